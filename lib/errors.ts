@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'ERR_UNSAFE_PATH'
   | 'ERR_UNSAFE_ENTRY'
   | 'ERR_INPUT_TOO_LARGE'
+  | 'ERR_INPUT_UNREADABLE'
   | 'ERR_NO_PACKAGE_JSON'
   | 'ERR_BAD_PACKAGE_JSON'
   // workflow
@@ -24,6 +25,7 @@ export type ErrorCode =
   | 'ERR_NATIVE_NEEDS_TARGET'
   | 'ERR_NATIVE_VERIFY'
   | 'ERR_PLATFORM_PACKAGE_MISSING'
+  | 'ERR_PACK_FAILED'
   | 'ERR_ABORTED'
   | 'ERR_BUILD_TIMEOUT'
   // storage
