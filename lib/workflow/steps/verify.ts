@@ -1,0 +1,491 @@
+import { access, lstat, opendir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { BundleError, throwIfAborted } from '../../errors.js';
+import { formatTarget, normalizeTarget } from '../../target.js';
+import type { Target, TargetCpu } from '../../target.js';
+import { readBinaryHeader } from '../binary-header.js';
+import type { BinaryHeader } from '../binary-header.js';
+import { runCommand } from '../runtime-registry.js';
+import type { LogFn } from '../runtime-registry.js';
+import type { Runtime } from './runtime.js';
+
+/**
+ * The verify step: what was installed really runs on the target. Nothing here trusts npm's
+ * resolution — headers are read, addons are loaded, the lockfile is compared with the disk.
+ */
+
+const BITS: Record<TargetCpu, 32 | 64> = { x64: 64, arm64: 64, ppc64: 64, s390x: 64, riscv64: 64, loong64: 64, arm: 32, ia32: 32 };
+
+/** Files worth a header read even without an exec bit: shared libraries travel without one. */
+const LIBRARY_NAME = /\.(node|so(\.\d+)*|dylib|dll|exe)$/i;
+
+export interface VerifyNativeOptions {
+  /** The package directory: its own files and all of `node_modules` are checked. */
+  dir: string;
+  target: Target;
+  runtime: Runtime;
+  /** The target is this machine's platform: every `.node` file is also loaded under `runtime.nodePath`. */
+  canExecute: boolean;
+  /** The env of the child that loads the addons (the build's filtered env). */
+  env?: NodeJS.ProcessEnv;
+  signal?: AbortSignal;
+  log?: LogFn;
+}
+
+export interface VerifyNativeResult {
+  /** `.node` files that were checked (and loaded, when `canExecute`), relative to `dir`, sorted. */
+  nativeFiles: string[];
+  /** Other binaries (executables, shared libraries) whose headers were checked. */
+  executables: string[];
+  /**
+   * Binaries in a package's `prebuilds/` folder built for another platform (packages that
+   * ship every platform's prebuild and pick one at run time, like better-sqlite3 ≥ 13).
+   * They are reported, not loaded, and never fail the build.
+   */
+  foreign: string[];
+}
+
+/**
+ * Checks every binary under `dir`: `.node` files anywhere, and every file with an exec bit
+ * or a shared-library name that has an ELF/Mach-O/PE header. Format and cpu must match the
+ * target (ELF for linux, Mach-O for darwin, PE for win32; a fat Mach-O must contain the cpu);
+ * on linux the interpreter and needed libraries must match the libc (static binaries pass).
+ * When `canExecute`, every `.node` file is then loaded with `process.dlopen` in a child
+ * process of the chosen runtime. Any mismatch → `ERR_NATIVE_VERIFY` naming the file.
+ *
+ * @example
+ * const { nativeFiles } = await verifyNative({ dir, target, runtime, canExecute: true, env, signal });
+ */
+export async function verifyNative(options: VerifyNativeOptions): Promise<VerifyNativeResult> {
+  const { dir, signal, log } = options;
+  const target = normalizeTarget(options.target);
+  const nativeFiles: string[] = [];
+  const executables: string[] = [];
+  const foreign: string[] = [];
+  const problems: Array<{ file: string; problem: string }> = [];
+
+  for await (const file of walk(dir, signal)) {
+    const isAddon = file.relative.endsWith('.node');
+    if (!isAddon && !file.executable && !LIBRARY_NAME.test(file.relative)) continue;
+    const header = await readBinaryHeader(file.absolute);
+    if (header.format === 'unknown') {
+      if (isAddon) problems.push({ file: file.relative, problem: 'is not an ELF, Mach-O or PE binary' });
+      continue; // scripts with an exec bit, text files named *.so.1, …
+    }
+    const problem = checkHeader(header, target);
+    if (problem && isPrebuildFolder(file.relative)) {
+      foreign.push(file.relative);
+      continue;
+    }
+    if (problem) problems.push({ file: file.relative, problem });
+    else if (isAddon) nativeFiles.push(file.relative);
+    else executables.push(file.relative);
+  }
+  if (foreign.length > 0) log?.(`Prebuilds for other platforms left as shipped: ${foreign.join(', ')}`, { event: 'verify.foreign', files: foreign });
+  if (problems.length > 0) throw verifyError(problems, target);
+
+  nativeFiles.sort();
+  executables.sort();
+  foreign.sort();
+  if (options.canExecute && nativeFiles.length > 0) {
+    await loadAddons({ ...options, nativeFiles });
+    log?.(`${nativeFiles.length} native addon(s) load under Node ${options.runtime.version}`, { event: 'verify.loaded', files: nativeFiles });
+  }
+  log?.(`Binaries match ${formatTarget(target, { withNode: false })}: ${nativeFiles.length} addon(s), ${executables.length} other`, { event: 'verify.headers' });
+  return { nativeFiles, executables, foreign };
+}
+
+/** Why a header does not fit the target, or undefined when it does. */
+export function checkHeader(header: BinaryHeader, target: Target): string | undefined {
+  const expectedFormat = target.os === 'darwin' ? 'Mach-O' : target.os === 'win32' ? 'PE' : 'ELF';
+  const expected = `${expectedFormat} ${target.cpu}${target.os === 'linux' ? ` (${target.libc ?? 'glibc'})` : ''}`;
+  const found = describeHeader(header);
+  const mismatch = (what: string) => `${what}: found ${found}, expected ${expected}`;
+  if (expectedFormat === 'Mach-O') {
+    if (header.format === 'macho-fat') return header.cpus?.includes(target.cpu) ? undefined : mismatch('universal binary without the target cpu');
+    if (header.format !== 'macho') return mismatch('wrong format');
+  } else if (header.format !== (expectedFormat === 'PE' ? 'pe' : 'elf')) {
+    return mismatch('wrong format');
+  }
+  if (header.cpu !== target.cpu) return mismatch('wrong cpu');
+  if (header.bits !== undefined && header.bits !== BITS[target.cpu]) return mismatch(`${header.bits}-bit binary`);
+  if (target.os === 'linux') {
+    const libc = libcOf(header);
+    if (libc && libc !== (target.libc ?? 'glibc')) return mismatch('wrong libc');
+  }
+  return undefined;
+}
+
+/** glibc or musl by the ELF interpreter and needed libraries; undefined for static binaries and addons that need no libc. */
+export function libcOf(header: BinaryHeader): 'glibc' | 'musl' | undefined {
+  const names = [header.interpreter ?? '', ...(header.needed ?? [])].map((n) => path.posix.basename(n));
+  // musl: /lib/ld-musl-<arch>.so.1, Alpine's libc.musl-<arch>.so.1, or a plain libc.so soname.
+  if (names.some((n) => n.startsWith('ld-musl-') || n.startsWith('libc.musl-') || n === 'libc.so')) return 'musl';
+  // glibc: ld-linux*.so.*, ld64.so.* and the versioned glibc sonames.
+  if (names.some((n) => /^(ld-linux.*\.so\.\d|ld64\.so\.\d|ld\.so\.\d|libc\.so\.6|libm\.so\.6|libpthread\.so\.0|libdl\.so\.2|librt\.so\.1)$/.test(n))) return 'glibc';
+  return undefined;
+}
+
+function describeHeader(header: BinaryHeader): string {
+  const format = { elf: 'ELF', macho: 'Mach-O', 'macho-fat': 'universal Mach-O', pe: 'PE', unknown: 'unknown' }[header.format];
+  const cpu = header.format === 'macho-fat' ? (header.cpus ?? []).join('+') : (header.cpu ?? '?');
+  const libc = header.format === 'elf' ? libcOf(header) : undefined;
+  const bits = header.bits && header.format === 'elf' ? ` ${header.bits}-bit` : '';
+  return `${format} ${cpu}${bits}${libc ? ` (${libc}${header.interpreter ? `, ${header.interpreter}` : ''})` : ''}`;
+}
+
+/** `…/prebuilds/…`: a package's shelf of prebuilt binaries for several platforms, chosen at run time. */
+function isPrebuildFolder(relative: string): boolean {
+  return relative.split(/[\\/]/).includes('prebuilds');
+}
+
+function verifyError(problems: Array<{ file: string; problem: string }>, target: Target): BundleError {
+  const shown = problems.slice(0, 10).map((p) => `${p.file}: ${p.problem}`);
+  const more = problems.length > shown.length ? ` (and ${problems.length - shown.length} more)` : '';
+  return new BundleError('ERR_NATIVE_VERIFY', `Binaries that do not run on ${formatTarget(target, { withNode: false })}: ${shown.join('; ')}${more}.`, {
+    hint: 'A native addon was built for another platform. Build this target on a builder of that platform, or report the package that ships the wrong binary.',
+    details: { target: formatTarget(target, { withNode: false }), files: problems },
+  });
+}
+
+// One child loads every addon and reports each before and after, so a crash (a segfault in
+// an addon's init) still names the file it happened in.
+const LOADER = `let input='';process.stdin.setEncoding('utf8');process.stdin.on('data',(d)=>{input+=d});process.stdin.on('end',()=>{for(const file of JSON.parse(input)){process.stdout.write(JSON.stringify({start:file})+'\\n');try{process.dlopen({exports:{}},file);process.stdout.write(JSON.stringify({ok:file})+'\\n')}catch(e){process.stdout.write(JSON.stringify({fail:file,message:String(e&&e.message||e)})+'\\n')}}process.exit(0)})`;
+
+/** How long the addon-loading child may take before the build calls it hung. */
+export const LOAD_TIMEOUT_MS = 120_000;
+
+async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[] }): Promise<void> {
+  const { dir, runtime, nativeFiles, signal } = options;
+  const timeout = AbortSignal.timeout(LOAD_TIMEOUT_MS);
+  const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
+  let result;
+  try {
+    result = await runCommand(runtime.nodePath, ['-e', LOADER], { env: options.env ?? {}, cwd: dir, signal: combined, input: JSON.stringify(nativeFiles.map((f) => path.join(dir, f))) });
+  } catch (error) {
+    throwIfAborted(signal);
+    if (timeout.aborted) throw new BundleError('ERR_NATIVE_VERIFY', `Loading the native addons under Node ${runtime.version} did not finish in ${LOAD_TIMEOUT_MS / 1000} s.`, { cause: error });
+    throw error;
+  }
+  const failures: Array<{ file: string; problem: string }> = [];
+  let pending: string | undefined;
+  for (const line of result.stdout.split('\n')) {
+    if (!line.startsWith('{')) continue; // an addon may print on load
+    let event: { start?: string; ok?: string; fail?: string; message?: string };
+    try {
+      event = JSON.parse(line) as typeof event;
+    } catch {
+      continue;
+    }
+    if (event.start) pending = event.start;
+    if (event.ok) pending = undefined;
+    if (event.fail) {
+      pending = undefined;
+      failures.push({ file: path.relative(dir, event.fail), problem: `does not load under Node ${runtime.version} (ABI ${runtime.abi}): ${(event.message ?? '').split('\n')[0] ?? ''}` });
+    }
+  }
+  if (pending) {
+    failures.push({ file: path.relative(dir, pending), problem: `crashed Node ${runtime.version} while loading (exit ${String(result.code)}): ${result.stderr.trim().split('\n').slice(-2).join(' ')}` });
+  } else if (result.code !== 0 && failures.length === 0) {
+    throw new BundleError('ERR_NATIVE_VERIFY', `The addon loader under Node ${runtime.version} failed (exit ${String(result.code)}): ${result.stderr.trim().slice(-500)}`);
+  }
+  if (failures.length > 0) {
+    const shown = failures.slice(0, 10).map((f) => `${f.file} ${f.problem}`);
+    throw new BundleError('ERR_NATIVE_VERIFY', `Native addons that do not load: ${shown.join('; ')}${failures.length > 10 ? ` (and ${failures.length - 10} more)` : ''}.`, {
+      hint: 'The addon was built for another Node ABI or platform, or needs a library the bundle does not carry.',
+      details: { runtime: { version: runtime.version, abi: runtime.abi }, files: failures },
+    });
+  }
+}
+
+interface WalkedFile {
+  absolute: string;
+  relative: string;
+  executable: boolean;
+}
+
+/** Regular files under `dir` (symlinks are not followed: npm's .bin links point at files checked elsewhere). */
+async function* walk(dir: string, signal?: AbortSignal): AsyncGenerator<WalkedFile> {
+  const stack = [''];
+  while (stack.length > 0) {
+    throwIfAborted(signal);
+    const relativeDir = stack.pop() as string;
+    const handle = await opendir(path.join(dir, relativeDir));
+    for await (const entry of handle) {
+      const relative = relativeDir ? path.join(relativeDir, entry.name) : entry.name;
+      if (entry.isDirectory()) stack.push(relative);
+      else if (entry.isFile()) {
+        const absolute = path.join(dir, relative);
+        // The exec bit is only in the mode: one lstat per file (a few ms per thousand).
+        const info = await lstat(absolute);
+        yield { absolute, relative, executable: (info.mode & 0o111) !== 0 };
+      }
+    }
+  }
+}
+
+// --- platform packages --------------------------------------------------------------------
+
+interface LockEntry {
+  name?: string;
+  version?: string;
+  os?: string[];
+  cpu?: string[];
+  libc?: string[];
+  optional?: boolean;
+  dev?: boolean;
+  link?: boolean;
+  optionalDependencies?: Record<string, string>;
+}
+
+/**
+ * Does a package's `os`/`cpu`/`libc` accept the target? npm's own rule
+ * (npm-install-checks): a list matches when it names the value (or holds only `!other`
+ * negations) and does not negate it; `libc` only ever matches on linux.
+ */
+export function platformMatches(entry: Pick<LockEntry, 'os' | 'cpu' | 'libc'>, target: Target): boolean {
+  const t = normalizeTarget(target);
+  const accepts = (list: string[] | undefined, value: string | undefined) => {
+    if (!list || list.length === 0) return true;
+    if (value === undefined) return false;
+    if (list.includes(`!${value}`)) return false;
+    const positive = list.filter((v) => !v.startsWith('!'));
+    return positive.length === 0 || positive.includes(value) || positive.includes('any');
+  };
+  if (!accepts(entry.os, t.os) || !accepts(entry.cpu, t.cpu)) return false;
+  if (entry.libc && entry.libc.length > 0) return t.os === 'linux' && accepts(entry.libc, t.libc);
+  return true;
+}
+
+const OS_WORDS: Record<string, string[]> = { darwin: ['darwin', 'macos', 'mac'], win32: ['win32', 'windows', 'win'], linux: ['linux'] };
+const CPU_WORDS: Record<string, string[]> = { x64: ['x64', 'x86_64', 'amd64'], arm64: ['arm64', 'aarch64'], ia32: ['ia32', 'x86', 'i386'], arm: ['arm', 'armv7', 'gnueabihf'] };
+
+/**
+ * For an optional dependency the lockfile has no entry for (npm/cli#4828: a lockfile made on
+ * one platform can lack other platforms' packages): does its name say it is for the target?
+ * `@rollup/rollup-linux-x64-musl`, `@esbuild/darwin-arm64`, `@swc/core-linux-x64-gnu`.
+ */
+export function nameSuggestsTarget(name: string, target: Target): boolean {
+  const t = normalizeTarget(target);
+  const words = name.toLowerCase().replace(/^@[^/]+\//, '').split(/[-_./]/);
+  const has = (list: string[] | undefined, fallback: string) => (list ?? [fallback]).some((w) => words.includes(w));
+  if (!has(OS_WORDS[t.os], t.os) && !(t.os === 'linux' && words.some((w) => w === 'linuxmusl'))) return false;
+  if (!has(CPU_WORDS[t.cpu], t.cpu)) return false;
+  if (t.os === 'linux') {
+    const saysMusl = words.includes('musl') || words.includes('linuxmusl');
+    const saysGlibc = words.includes('gnu') || words.includes('glibc') || words.includes('gnueabihf');
+    if (t.libc === 'musl' ? saysGlibc : saysMusl) return false;
+  }
+  return true;
+}
+
+/**
+ * After `npm install`: every optional dependency of an installed package whose lockfile
+ * entry (`os`/`cpu`/`libc`) accepts the target must be in node_modules — npm skips a missing
+ * or failed optional package silently. An optional dependency the lockfile does not know is
+ * expected when its name says it is for the target ({@link nameSuggestsTarget}).
+ * Missing → `ERR_PLATFORM_PACKAGE_MISSING` naming the packages.
+ */
+export async function checkPlatformPackages(options: { dir: string; target: Target; log?: LogFn }): Promise<void> {
+  const { dir, log } = options;
+  const target = normalizeTarget(options.target);
+  const lock = await readLockfile(dir);
+  if (!lock) {
+    log?.('No package-lock.json or npm-shrinkwrap.json: platform packages not checked', { event: 'verify.platform.skipped' });
+    return;
+  }
+  const packages = lock.packages;
+  const present = async (key: string) => access(path.join(dir, key, 'package.json')).then(() => true, () => false);
+  const missing = new Map<string, { name: string; requiredBy: string; reason: string }>();
+  for (const [key, entry] of Object.entries(packages)) {
+    if (entry.link || !entry.optionalDependencies) continue;
+    if (key !== '' && !(await present(key))) continue; // not installed (another platform's, or dev)
+    for (const name of Object.keys(entry.optionalDependencies)) {
+      const resolved = resolveLockKey(packages, key, name);
+      const dependency = resolved === undefined ? undefined : packages[resolved];
+      const expected = dependency ? platformMatches(dependency, target) : nameSuggestsTarget(name, target);
+      if (!expected) continue;
+      if (resolved !== undefined && (await present(resolved))) continue;
+      if (resolved === undefined && (await presentByResolution(dir, key, name))) continue;
+      const requiredBy = key === '' ? 'the package itself' : (entry.name ?? key.replace(/^.*node_modules\//, ''));
+      missing.set(`${resolved ?? name}`, {
+        name,
+        requiredBy,
+        reason: dependency ? `its os/cpu/libc accept ${formatTarget(target, { withNode: false })}` : 'its name says it is for this target (the lockfile has no entry for it)',
+      });
+    }
+  }
+  if (missing.size > 0) {
+    const list = [...missing.values()];
+    throw new BundleError(
+      'ERR_PLATFORM_PACKAGE_MISSING',
+      `Platform packages for ${formatTarget(target, { withNode: false })} are missing from node_modules: ${list.map((m) => `${m.name} (optional dependency of ${m.requiredBy})`).join(', ')}.`,
+      {
+        hint: 'npm skips an optional package it cannot install without failing. Check that this version is published for the target, that optional dependencies are not omitted, and that the lockfile lists it.',
+        details: { target: formatTarget(target, { withNode: false }), missing: list },
+      },
+    );
+  }
+}
+
+async function readLockfile(dir: string): Promise<{ packages: Record<string, LockEntry> } | undefined> {
+  for (const name of ['npm-shrinkwrap.json', 'package-lock.json']) {
+    const text = await readFile(path.join(dir, name), 'utf8').catch(() => undefined);
+    if (text === undefined) continue;
+    const parsed = JSON.parse(text) as { lockfileVersion?: number; packages?: Record<string, LockEntry> };
+    if (parsed.packages) return { packages: parsed.packages };
+  }
+  return undefined;
+}
+
+/** Node's resolution inside the lockfile: `<from>/node_modules/<name>`, then each ancestor's. */
+function resolveLockKey(packages: Record<string, LockEntry>, from: string, name: string): string | undefined {
+  let base = from;
+  for (;;) {
+    const candidate = `${base ? `${base}/` : ''}node_modules/${name}`;
+    if (packages[candidate]) return candidate;
+    if (!base) return undefined;
+    const at = base.lastIndexOf('/node_modules/');
+    base = at === -1 ? '' : base.slice(0, at);
+  }
+}
+
+async function presentByResolution(dir: string, from: string, name: string): Promise<boolean> {
+  let base = from;
+  for (;;) {
+    const candidate = path.join(dir, base, 'node_modules', name, 'package.json');
+    if (await access(candidate).then(() => true, () => false)) return true;
+    if (!base) return false;
+    const at = base.lastIndexOf('/node_modules/');
+    base = at === -1 ? '' : base.slice(0, at);
+  }
+}
+
+// --- cross targets: what would have needed a build ----------------------------------------
+
+/**
+ * Install scripts that may be skipped for a cross target because the optional platform
+ * package already does their job (and {@link checkPlatformPackages} makes sure it is there).
+ * Keyed by package name AND the exact script text, so a changed script is caught again.
+ */
+export interface AllowedScript {
+  name: string;
+  script: 'preinstall' | 'install' | 'postinstall';
+  /** The whole script must match. */
+  pattern: RegExp;
+  why: string;
+}
+
+export const INSTALL_SCRIPT_ALLOW_LIST: readonly AllowedScript[] = [
+  {
+    name: 'esbuild',
+    script: 'postinstall',
+    pattern: /^node install\.js$/,
+    why: 'install.js checks that @esbuild/<platform> is installed (downloading it if not) and, on the host, swaps bin/esbuild for the native binary; the JS bin/esbuild works without it.',
+  },
+  {
+    name: '@swc/core',
+    script: 'postinstall',
+    pattern: /^node postinstall\.js$/,
+    why: 'postinstall.js checks that the @swc/core-<platform> binding loads and otherwise installs @swc/wasm as a fallback.',
+  },
+  {
+    name: '@parcel/watcher',
+    script: 'install',
+    pattern: /^node scripts\/build-from-source\.js$/,
+    why: 'build-from-source.js runs node-gyp only when npm_config_build_from_source=true; otherwise @parcel/watcher-<platform> provides the binary.',
+  },
+];
+
+export interface NativeBuildNeed {
+  /** Package name (`(root)` for the package itself when it has no name). */
+  name: string;
+  /** Directory relative to the package dir; `.` for the root. */
+  path: string;
+  /** `binding.gyp`, `gypfile: true`, `install: node-gyp rebuild`, … */
+  reasons: string[];
+}
+
+/**
+ * For a cross target, after `npm install --os … --cpu … --ignore-scripts`: every installed
+ * package (and the root) that would have built or downloaded something at install time —
+ * a `binding.gyp` (unless `gypfile: false`, which tells npm not to build it), `gypfile: true`,
+ * or a preinstall/install/postinstall script not on `allowList`. A non-empty result means
+ * a builder of the target is needed ({@link nativeNeedsTargetError}).
+ */
+export async function findNativeBuildNeeds(options: { dir: string; allowList?: readonly AllowedScript[] }): Promise<NativeBuildNeed[]> {
+  const allowList = options.allowList ?? INSTALL_SCRIPT_ALLOW_LIST;
+  const needs: NativeBuildNeed[] = [];
+  for (const packageDir of await listPackageDirs(options.dir)) {
+    const text = await readFile(path.join(options.dir, packageDir, 'package.json'), 'utf8').catch(() => undefined);
+    if (text === undefined) continue;
+    let pkg: { name?: string; gypfile?: boolean; scripts?: Record<string, unknown> };
+    try {
+      pkg = JSON.parse(text) as typeof pkg;
+    } catch {
+      continue;
+    }
+    const reasons: string[] = [];
+    const hasGyp = await access(path.join(options.dir, packageDir, 'binding.gyp')).then(() => true, () => false);
+    if (pkg.gypfile === true) reasons.push('gypfile: true');
+    else if (hasGyp && pkg.gypfile !== false) reasons.push('binding.gyp');
+    for (const script of ['preinstall', 'install', 'postinstall'] as const) {
+      const body = pkg.scripts?.[script];
+      if (typeof body !== 'string' || body.trim() === '') continue;
+      const allowed = allowList.some((a) => a.name === pkg.name && a.script === script && a.pattern.test(body.trim()));
+      if (!allowed) reasons.push(`${script}: ${body}`);
+    }
+    if (reasons.length > 0) needs.push({ name: pkg.name ?? '(root)', path: packageDir || '.', reasons });
+  }
+  return needs.sort((a, b) => a.path.localeCompare(b.path));
+}
+
+/** The root and every package under node_modules (scoped and nested), relative to `dir`. */
+async function listPackageDirs(dir: string): Promise<string[]> {
+  const found = [''];
+  const visit = async (relative: string) => {
+    const modules = path.join(relative, 'node_modules');
+    const entries = await readdirSafe(path.join(dir, modules));
+    for (const entry of entries) {
+      if (entry.startsWith('.')) continue; // .bin, .package-lock.json, .cache
+      if (entry.startsWith('@')) {
+        for (const scoped of await readdirSafe(path.join(dir, modules, entry))) {
+          const packageDir = path.join(modules, entry, scoped);
+          found.push(packageDir);
+          await visit(packageDir);
+        }
+      } else {
+        const packageDir = path.join(modules, entry);
+        found.push(packageDir);
+        await visit(packageDir);
+      }
+    }
+  };
+  await visit('');
+  return found;
+}
+
+async function readdirSafe(dir: string): Promise<string[]> {
+  try {
+    const handle = await opendir(dir);
+    const names: string[] = [];
+    for await (const entry of handle) if (entry.isDirectory()) names.push(entry.name);
+    return names;
+  } catch {
+    return [];
+  }
+}
+
+/** The error the Scaffold throws when a cross target needs something built or downloaded at install time. */
+export function nativeNeedsTargetError(needs: NativeBuildNeed[], target: Target): BundleError {
+  const name = formatTarget(target, { withNode: false });
+  const list = needs.map((n) => `${n.name} (${n.reasons.join(', ')})`);
+  return new BundleError(
+    'ERR_NATIVE_NEEDS_TARGET',
+    `Cannot bundle for ${name} from this machine: ${list.join('; ')} ${needs.length === 1 ? 'needs' : 'need'} to be built or downloaded on ${name} at install time. A builder of ${name} is needed.`,
+    {
+      hint: `Configure a builder for ${name} (a pool in .bundlerc) so the addon is compiled on that platform.`,
+      details: { target: name, packages: needs },
+    },
+  );
+}
