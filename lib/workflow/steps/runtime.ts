@@ -334,7 +334,7 @@ const FROM_LABEL: Record<RangeSource, string> = {
 };
 
 function unsatisfied(o: { range: string; from: RangeSource; target: Target; pkg: string; installed: Installed[]; registryVersions: string[]; registryNote: string }): BundleError {
-  const installed = o.installed.map((i) => `${i.version} (${i.source})`);
+  const installed = o.installed.map((i) => `${i.version} (${i.source === 'registry' ? 'cached' : i.source})`);
   const parts = [
     `installed: ${installed.length > 0 ? [...new Set(installed)].join(', ') : 'none'}`,
     o.registryVersions.length > 0 ? `registry ${o.pkg}: ${summarizeVersions(o.registryVersions)} (highest of each major)` : `registry ${o.pkg}: ${o.registryNote || 'no versions'}`,

