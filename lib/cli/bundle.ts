@@ -1,0 +1,109 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { rename, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import { BundleError } from '../errors.js';
+import { bundleFileName } from '../keys.js';
+import { parseTarget, type Target, type TargetCpu, type TargetLibc, type TargetOs } from '../target.js';
+import { openInput } from '../workflow/tar-input.js';
+import type { Scaffold } from '../workflow/scaffold.js';
+import type { BuildEvent, BuildOverrides, BuildSummary } from '../workflow/types.js';
+
+export interface BundleRequest {
+  input: string;
+  output?: string;
+  os?: string;
+  cpu?: string;
+  libc?: string;
+  node?: string;
+  cwd: string;
+  host: Target;
+}
+
+export interface BundleOutcome {
+  file: string;
+  sha256: string;
+  tarSha256: string;
+  size: number;
+  node: string;
+  abi: string;
+  npm: string;
+  target: Target;
+  bundledDependencies: string[];
+  nativeFiles: string[];
+  durations: BuildSummary['durations'];
+  peakMemory: number;
+}
+
+/** The target a `bundle` run builds for: the host, with --os/--cpu/--libc/--node applied. */
+export function requestedTarget(request: Pick<BundleRequest, 'os' | 'cpu' | 'libc' | 'node' | 'host'>): Target {
+  const os = (request.os ?? request.host.os) as TargetOs;
+  const cpu = (request.cpu ?? request.host.cpu) as TargetCpu;
+  const libc = request.libc ?? (os === request.host.os ? request.host.libc : undefined);
+  // parseTarget validates every part the same way `--targets` does.
+  return parseTarget(`${os}-${cpu}${os === 'linux' && libc ? `-${libc as TargetLibc}` : ''}${request.node ? `@${request.node}` : ''}`);
+}
+
+/** Counts and hashes what passes through. */
+function hashing(): { stream: Transform; digest: () => string; bytes: () => number } {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  const stream = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      hash.update(chunk);
+      bytes += chunk.length;
+      callback(null, chunk);
+    },
+  });
+  return { stream, digest: () => hash.digest('hex'), bytes: () => bytes };
+}
+
+/**
+ * Runs one bundle build and writes the gzipped bundle atomically: to a temporary file beside
+ * the destination, renamed into place only when complete. A failure leaves nothing behind.
+ */
+export async function runBundle(scaffold: Scaffold, request: BundleRequest, options: { signal: AbortSignal; onEvent: (event: BuildEvent) => void }): Promise<BundleOutcome> {
+  const target = requestedTarget(request);
+  const inputPath = path.resolve(request.cwd, request.input);
+  const inputStat = await stat(inputPath).catch(() => undefined);
+  if (!inputStat?.isFile()) {
+    throw new BundleError('ERR_INPUT_NOT_FOUND', `Input "${request.input}" is not a file.`, { hint: 'Give the .tgz that `npm pack` writes.' });
+  }
+  if (request.output) {
+    const outDir = path.dirname(path.resolve(request.cwd, request.output));
+    if (!(await stat(outDir).catch(() => undefined))?.isDirectory()) {
+      throw new BundleError('ERR_OUTPUT', `The output directory ${outDir} does not exist.`, { hint: 'Create it first or give another -o path.' });
+    }
+  }
+  const overrides: BuildOverrides = { target };
+  const result = await scaffold.run(openInput(inputPath), overrides, options);
+  const { summary } = result;
+  const file = path.resolve(request.cwd, request.output ?? bundleFileName({ name: summary.name, version: summary.version, target: summary.target, nodeVersion: summary.runtime.version }));
+  const temporary = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString('hex')}.partial`);
+  const tar = hashing();
+  const gz = hashing();
+  try {
+    await pipeline(result.output as Readable, tar.stream, createGzip(), gz.stream, createWriteStream(temporary, { flags: 'wx' }), { signal: options.signal });
+    await rename(temporary, file);
+  } catch (error) {
+    await rm(temporary, { force: true });
+    throw error;
+  }
+  return {
+    file,
+    sha256: gz.digest(),
+    tarSha256: tar.digest(),
+    size: gz.bytes(),
+    node: summary.runtime.version,
+    abi: summary.runtime.abi,
+    npm: summary.npmVersion,
+    target: summary.target,
+    bundledDependencies: summary.bundledDependencies,
+    nativeFiles: summary.nativeFiles,
+    durations: summary.durations,
+    peakMemory: summary.peakMemory,
+  };
+}

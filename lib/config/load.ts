@@ -1,0 +1,175 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { CONFIG_KEYS, findKey, type KeyDefinition } from './schema.js';
+
+/** The resolved configuration, typed. Keys mirror CONFIG_KEYS. */
+export interface ResolvedConfig {
+  hooks: string[];
+  registry: string;
+  scopes: Record<string, string>;
+  registryTokens: Record<string, string>;
+  runtimes: string[];
+  envAllow: string[];
+  cacheDir: string;
+  workDir: string;
+  keepWorkdir: boolean;
+  limits: { maxBytes: number; maxEntries: number };
+}
+
+export interface ConfigResult {
+  config: ResolvedConfig;
+  /** Every problem, with its key path and where it came from. Empty means valid. */
+  errors: string[];
+  warnings: string[];
+  /** The .bundlerc that was read, if any. */
+  file?: string;
+}
+
+export interface LoadConfigOptions {
+  cwd: string;
+  env: NodeJS.ProcessEnv;
+  /** Values from CLI flags, by config key (already mapped from flag names). */
+  flags?: Record<string, unknown>;
+  homeDir: string;
+  tmpDir: string;
+  /** An explicit config file instead of searching up from cwd. */
+  configFile?: string;
+}
+
+export const CONFIG_FILE_NAME = '.bundlerc';
+
+/** The nearest `.bundlerc` from `cwd` up to the root. */
+export async function findConfigFile(cwd: string): Promise<string | undefined> {
+  for (let dir = path.resolve(cwd); ; dir = path.dirname(dir)) {
+    const candidate = path.join(dir, CONFIG_FILE_NAME);
+    if (await readFile(candidate).then(() => true, () => false)) return candidate;
+    if (path.dirname(dir) === dir) return undefined;
+  }
+}
+
+function typeProblem(definition: KeyDefinition, value: unknown): string | undefined {
+  switch (definition.type) {
+    case 'string': return typeof value === 'string' && value !== '' ? undefined : 'must be a non-empty string';
+    case 'number': return typeof value === 'number' && Number.isFinite(value) ? undefined : 'must be a number';
+    case 'boolean': return typeof value === 'boolean' ? undefined : 'must be true or false';
+    case 'string[]': return Array.isArray(value) && value.every((item) => typeof item === 'string') ? undefined : 'must be a list of strings';
+    case 'record': return typeof value === 'object' && value !== null && !Array.isArray(value) && Object.values(value).every((item) => typeof item === 'string')
+      ? undefined : 'must be an object of strings';
+  }
+}
+
+/** Flattens a .bundlerc object into dotted keys, stopping at keys the schema knows. */
+function flatten(value: Record<string, unknown>, prefix: string, out: Map<string, unknown>): void {
+  for (const [name, inner] of Object.entries(value)) {
+    if (name.startsWith('$')) continue; // "$comment" and friends document, they don't configure
+    const key = prefix ? `${prefix}.${name}` : name;
+    const isNamespace = CONFIG_KEYS.some((definition) => definition.key.startsWith(`${key}.`));
+    if (!findKey(key) && isNamespace && typeof inner === 'object' && inner !== null && !Array.isArray(inner)) {
+      flatten(inner as Record<string, unknown>, key, out);
+    } else {
+      out.set(key, inner);
+    }
+  }
+}
+
+function parseEnvValue(definition: KeyDefinition, raw: string): unknown {
+  switch (definition.type) {
+    case 'number': return raw.trim() === '' ? Number.NaN : Number(raw);
+    case 'boolean': return /^(1|true|yes)$/i.test(raw) ? true : /^(0|false|no)$/i.test(raw) ? false : raw;
+    case 'string[]': return raw.split(',').map((item) => item.trim()).filter(Boolean);
+    case 'record':
+      try {
+        return JSON.parse(raw) as unknown;
+      } catch {
+        return raw;
+      }
+    default: return raw;
+  }
+}
+
+function setPath(target: Record<string, unknown>, key: string, value: unknown): void {
+  const parts = key.split('.');
+  let node = target;
+  for (const part of parts.slice(0, -1)) {
+    node[part] ??= {};
+    node = node[part] as Record<string, unknown>;
+  }
+  node[parts.at(-1) as string] = value;
+}
+
+function machineDefault(definition: KeyDefinition, options: LoadConfigOptions): unknown {
+  if (definition.key === 'cacheDir') return path.join(options.env.XDG_CACHE_HOME ?? path.join(options.homeDir, '.cache'), 'bundle-dispatch');
+  if (definition.key === 'workDir') return path.join(options.tmpDir, 'bundle-dispatch');
+  return structuredClone(definition.default);
+}
+
+/**
+ * Loads configuration with one precedence, applied once: defaults < .bundlerc < BUNDLE_DISPATCH_*
+ * env < flags. Never throws for bad values and never prints: every problem is returned.
+ */
+export async function loadConfig(options: LoadConfigOptions): Promise<ConfigResult> {
+  const errors: string[] = [];
+  const warnings: string[] = [];
+  const layers: Array<{ origin: string; values: Map<string, unknown>; baseDir: string }> = [];
+
+  const file = options.configFile ? path.resolve(options.cwd, options.configFile) : await findConfigFile(options.cwd);
+  if (file) {
+    const values = new Map<string, unknown>();
+    try {
+      const parsed: unknown = JSON.parse(await readFile(file, 'utf8'));
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) errors.push(`${file}: must hold a JSON object`);
+      else flatten(parsed as Record<string, unknown>, '', values);
+    } catch (error) {
+      errors.push(`${file}: ${(error as NodeJS.ErrnoException).code === 'ENOENT' ? 'not found' : `is not valid JSON (${(error as Error).message})`}`);
+    }
+    layers.push({ origin: file, values, baseDir: path.dirname(file) });
+  }
+  const envValues = new Map<string, unknown>();
+  for (const definition of CONFIG_KEYS) {
+    const raw = definition.env ? options.env[definition.env] : undefined;
+    if (definition.env && raw !== undefined) envValues.set(definition.key, parseEnvValue(definition, raw));
+  }
+  layers.push({ origin: 'environment', values: envValues, baseDir: options.cwd });
+  layers.push({ origin: 'flags', values: new Map(Object.entries(options.flags ?? {}).filter(([, value]) => value !== undefined)), baseDir: options.cwd });
+
+  const config: Record<string, unknown> = {};
+  for (const definition of CONFIG_KEYS) setPath(config, definition.key, machineDefault(definition, options));
+  for (const layer of layers) {
+    for (const [key, value] of layer.values) {
+      const definition = findKey(key);
+      const where = layer.origin === 'environment' ? `${findKey(key)?.env ?? key}` : layer.origin === 'flags' ? `--${definition?.flag ?? key}` : `${layer.origin}: ${key}`;
+      if (!definition) {
+        errors.push(`${where}: unknown key "${key}"`);
+        continue;
+      }
+      const problem = typeProblem(definition, value) ?? definition.check?.(value);
+      if (problem) {
+        errors.push(`${where}: ${problem}`);
+        continue;
+      }
+      setPath(config, key, resolvePaths(definition, value, layer.baseDir, options.homeDir));
+    }
+  }
+  return { config: config as unknown as ResolvedConfig, errors, warnings, ...(file ? { file } : {}) };
+}
+
+/** Paths in the config resolve from where they were written (the .bundlerc's dir, or cwd). */
+function resolvePaths(definition: KeyDefinition, value: unknown, baseDir: string, homeDir: string): unknown {
+  const resolve = (item: string) => (item.startsWith('~/') ? path.join(homeDir, item.slice(2)) : path.resolve(baseDir, item));
+  const isRelativePath = (item: string) => item.startsWith('.') || item.startsWith('~/') || path.isAbsolute(item);
+  if (definition.key === 'hooks') return (value as string[]).map((item) => (isRelativePath(item) ? resolve(item) : item));
+  if (definition.key === 'runtimes') return (value as string[]).map(resolve);
+  if (definition.key === 'cacheDir' || definition.key === 'workDir') return resolve(value as string);
+  return value;
+}
+
+/** Renders `.bundlerc.example` from the schema table: every key, its default and description. */
+export function renderExampleConfig(): string {
+  const example: Record<string, unknown> = {};
+  const docs: string[] = [];
+  for (const definition of CONFIG_KEYS) {
+    setPath(example, definition.key, definition.example ?? definition.default);
+    docs.push(`${definition.key}: ${definition.description}`);
+  }
+  return `${JSON.stringify({ $comment: docs, ...example }, null, 2)}\n`;
+}

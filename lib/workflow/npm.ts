@@ -1,0 +1,279 @@
+/**
+ * Everything that touches npm itself: where it is, the environment and npmrc a build gives it,
+ * spawning it in its own process group, sampling its memory, and reading its error output.
+ */
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { realpathSync, statSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { promisify } from 'node:util';
+import { BundleError, abortError } from '../errors.js';
+import { redact } from '../redact.js';
+import type { BuildConfig, BuildDirs, RegistryAuth } from './types.js';
+
+const execFileAsync = promisify(execFile);
+
+/**
+ * Variables a build passes from the caller's environment to npm and lifecycle scripts. Anything
+ * else (AWS credentials, builder tokens, npm_config_* with auth) never reaches them.
+ */
+export const ENV_ALLOW_LIST: readonly string[] = [
+  'LANG', 'LANGUAGE', 'LC_ALL', 'LC_CTYPE', 'LC_MESSAGES', 'TZ',
+  'HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'http_proxy', 'https_proxy', 'no_proxy',
+  'SSL_CERT_FILE', 'SSL_CERT_DIR', 'NODE_EXTRA_CA_CERTS',
+  'CC', 'CXX', 'CFLAGS', 'CXXFLAGS', 'LDFLAGS', 'MAKEFLAGS', 'JOBS', 'PYTHON',
+];
+
+/** Finds npm's CLI script from a PATH. npm runs on the host Node; scripts run on the build's runtime. */
+export function locateNpm(envPath: string | undefined): string {
+  for (const dir of (envPath ?? '').split(path.delimiter).filter(Boolean)) {
+    const candidate = path.join(dir, 'npm');
+    try {
+      if (!statSync(candidate).isFile()) continue;
+      const real = realpathSync(candidate);
+      const cli = path.join(path.dirname(real), 'npm-cli.js');
+      if (statSync(cli).isFile()) return cli;
+    } catch {
+      // not here; keep looking
+    }
+  }
+  throw new BundleError('ERR_NPM_FAILED', 'npm was not found on PATH.', { hint: 'Install npm (it ships with Node.js) or put it on PATH.' });
+}
+
+export async function readNpmVersion(nodePath: string, npmCli: string, env: Record<string, string>): Promise<string> {
+  const { stdout } = await execFileAsync(nodePath, [npmCli, '--version'], { env });
+  return stdout.trim();
+}
+
+/** `//host/path/:` — the key npm uses for per-registry settings. */
+export function nerfDart(url: string): string {
+  const parsed = new URL(url);
+  const pathname = parsed.pathname.endsWith('/') ? parsed.pathname : `${parsed.pathname}/`;
+  return `//${parsed.host}${pathname}`;
+}
+
+/** The secrets a config carries, for redaction. */
+export function configSecrets(config: Pick<BuildConfig, 'auth'>): string[] {
+  const secrets: string[] = [];
+  for (const auth of Object.values(config.auth)) {
+    if (auth.token) secrets.push(auth.token);
+    if (auth.basic) secrets.push(auth.basic, Buffer.from(auth.basic).toString('base64'));
+  }
+  return secrets;
+}
+
+/** Writes the build's private npmrc (mode 0600): registry, scoped registries, tokens. */
+export async function writeNpmrc(file: string, config: Pick<BuildConfig, 'registry' | 'scopes' | 'auth'>): Promise<void> {
+  const lines = [`registry=${config.registry}`];
+  for (const [scope, url] of Object.entries(config.scopes)) {
+    lines.push(`${scope.startsWith('@') ? scope : `@${scope}`}:registry=${url}`);
+  }
+  for (const [url, auth] of Object.entries(config.auth) as Array<[string, RegistryAuth]>) {
+    if (auth.token) lines.push(`${nerfDart(url)}:_authToken=${auth.token}`);
+    if (auth.basic) lines.push(`${nerfDart(url)}:_auth=${Buffer.from(auth.basic).toString('base64')}`);
+  }
+  await writeFile(file, `${lines.join('\n')}\n`, { mode: 0o600 });
+}
+
+/**
+ * The environment npm and lifecycle scripts get: the allow-listed part of the caller's env,
+ * the build's own HOME/TMPDIR/npmrc/cache, and `PATH` with the chosen runtime first.
+ */
+export function buildNpmEnv(options: {
+  baseEnv: NodeJS.ProcessEnv;
+  allow: readonly string[];
+  dirs: BuildDirs;
+  extra: Record<string, string>;
+  runtimeBinDir?: string;
+  nodedir?: string;
+}): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const name of [...ENV_ALLOW_LIST, ...options.allow]) {
+    const value = options.baseEnv[name];
+    if (value !== undefined) env[name] = value;
+  }
+  const basePath = options.baseEnv.PATH ?? '/usr/local/bin:/usr/bin:/bin';
+  Object.assign(env, {
+    PATH: options.runtimeBinDir ? `${options.runtimeBinDir}${path.delimiter}${basePath}` : basePath,
+    HOME: options.dirs.home,
+    TMPDIR: options.dirs.tmp,
+    npm_config_userconfig: options.dirs.npmrc,
+    // An empty global config: the machine's own npmrc files must not leak settings or tokens in.
+    npm_config_globalconfig: path.join(options.dirs.work, 'global-npmrc'),
+    npm_config_cache: options.dirs.cache,
+    npm_config_update_notifier: 'false',
+    npm_config_fund: 'false',
+    npm_config_audit: 'false',
+    npm_config_progress: 'false',
+    npm_config_color: 'false',
+  });
+  if (options.nodedir) env.npm_config_nodedir = options.nodedir;
+  return { ...env, ...options.extra };
+}
+
+export interface NpmRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  /** The last lines npm wrote (both streams), for error messages. */
+  tail: string[];
+  peakMemory: number;
+}
+
+export interface SpawnNpmOptions {
+  command: string;
+  argv: string[];
+  cwd: string;
+  env: Record<string, string>;
+  signal?: AbortSignal;
+  secrets: readonly string[];
+  onLine: (line: string, stream: 'stdout' | 'stderr') => void;
+  onSpawn?: (child: ChildProcess) => void;
+  onMemory?: (rss: number, peak: number) => void;
+  /** How often to sample the process tree's memory. */
+  memoryIntervalMs?: number;
+}
+
+const TAIL_LINES = 60;
+const KILL_GRACE_MS = 2000;
+
+/**
+ * Spawns npm in a process group of its own so that cancelling kills every lifecycle script and
+ * compiler it started, not just npm. Resolves when npm has exited and its group is gone.
+ */
+export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
+  if (options.signal?.aborted) throw abortError(options.signal);
+  const child = spawn(options.command, options.argv, {
+    cwd: options.cwd,
+    env: options.env,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const tail: string[] = [];
+  const lineReaders = (['stdout', 'stderr'] as const).map((stream) => {
+    const reader = createInterface({ input: child[stream] });
+    reader.on('line', (raw) => {
+      const line = redact(raw, options.secrets);
+      tail.push(line);
+      if (tail.length > TAIL_LINES) tail.shift();
+      options.onLine(line, stream);
+    });
+    return new Promise<void>((resolve) => reader.on('close', resolve));
+  });
+  const spawned = new Promise<void>((resolve, reject) => {
+    child.once('spawn', resolve);
+    child.once('error', reject);
+  });
+  await spawned.catch((error: unknown) => {
+    throw new BundleError('ERR_NPM_FAILED', `Could not start npm: ${(error as Error).message}`, { cause: error });
+  });
+  const pgid = child.pid as number;
+  options.onSpawn?.(child);
+
+  let peak = 0;
+  let sampling = false;
+  const sample = async () => {
+    if (sampling) return;
+    sampling = true;
+    try {
+      const rss = await processGroupRss(pgid);
+      if (rss > peak) peak = rss;
+      if (rss > 0) options.onMemory?.(rss, peak);
+    } finally {
+      sampling = false;
+    }
+  };
+  void sample();
+  const timer = setInterval(() => void sample(), options.memoryIntervalMs ?? 500);
+
+  let killTimer: NodeJS.Timeout | undefined;
+  const onAbort = () => {
+    killGroup(pgid, 'SIGTERM');
+    killTimer = setTimeout(() => killGroup(pgid, 'SIGKILL'), KILL_GRACE_MS);
+  };
+  options.signal?.addEventListener('abort', onAbort, { once: true });
+
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => {
+    child.once('exit', (exitCode, exitSignal) => resolve([exitCode, exitSignal]));
+  });
+  clearInterval(timer);
+  options.signal?.removeEventListener('abort', onAbort);
+  // Scripts may leave daemons behind holding npm's pipes open: the group goes with npm, and
+  // we return only once it is gone.
+  killGroup(pgid, 'SIGKILL');
+  if (killTimer) clearTimeout(killTimer);
+  await waitForGroupExit(pgid, 5000);
+  await Promise.all(lineReaders);
+  if (options.signal?.aborted) throw abortError(options.signal);
+  return { code, signal, tail, peakMemory: peak };
+}
+
+function killGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch {
+    // ESRCH: the group is already gone
+  }
+}
+
+/** Live (non-zombie) processes of a group, via `ps` (Linux and macOS). */
+export async function processGroupMembers(pgid: number): Promise<number[]> {
+  try {
+    const { stdout } = await execFileAsync('ps', ['-A', '-o', 'pid=,pgid=,stat=']);
+    return stdout.split('\n').map((line) => line.trim().split(/\s+/))
+      .filter(([, group, state]) => Number(group) === pgid && !state?.startsWith('Z'))
+      .map(([pid]) => Number(pid));
+  } catch {
+    return [];
+  }
+}
+
+async function waitForGroupExit(pgid: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while ((await processGroupMembers(pgid)).length > 0 && Date.now() < deadline) {
+    killGroup(pgid, 'SIGKILL');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** Sum of RSS (bytes) of every process in a group, via `ps` (works on Linux and macOS). */
+export async function processGroupRss(pgid: number): Promise<number> {
+  try {
+    const { stdout } = await execFileAsync('ps', ['-A', '-o', 'pgid=,rss=']);
+    let kb = 0;
+    for (const line of stdout.split('\n')) {
+      const [group, rss] = line.trim().split(/\s+/);
+      if (Number(group) === pgid) kb += Number(rss) || 0;
+    }
+    return kb * 1024;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Turns a failed npm run into a BundleError that carries npm's own summary (`npm error …`
+ * lines) rather than a wall of log.
+ */
+export function npmFailure(what: string, run: NpmRun): BundleError {
+  const errorLines = run.tail
+    .filter((line) => /^npm (error|ERR!)/.test(line))
+    .map((line) => line.replace(/^npm (error|ERR!)\s?/, '').trim())
+    .filter((line) => line && !/complete log of this run|^A complete log|Note that you can also install|tarball, folder, http url/i.test(line));
+  const code = errorLines.find((line) => /^code\s+\S+/.test(line))?.replace(/^code\s+/, '');
+  const summary = errorLines.filter((line) => !/^code\s+\S+/.test(line)).slice(0, 8);
+  const fallback = run.tail.slice(-8);
+  const body = (summary.length > 0 ? summary : fallback).join('\n  ');
+  const status = run.signal ? `was killed by ${run.signal}` : `exited with code ${run.code}`;
+  const message = `${what} ${status}${code ? ` (${code})` : ''}:\n  ${body}`;
+  if (code === 'E404' || code === 'ETARGET') {
+    return new BundleError('ERR_NPM_PACKAGE_NOT_FOUND', message, {
+      hint: 'A dependency or version does not exist on the registry. Check the package.json and the registry settings (registry, scopes, tokens).',
+      details: { npmCode: code },
+    });
+  }
+  return new BundleError('ERR_NPM_FAILED', message, {
+    hint: 'Read npm\'s message above; run with --verbose for the full log.',
+    details: { ...(code ? { npmCode: code } : {}), exitCode: run.code },
+  });
+}

@@ -1,0 +1,359 @@
+import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { finished } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
+import { BundleError, toBundleError } from '../errors.js';
+import { redact } from '../redact.js';
+import { hostTarget, normalizeTarget, sameTarget, type Target } from '../target.js';
+import { HookRegistry } from './hooks.js';
+import { buildNpmEnv, configSecrets, locateNpm, npmFailure, readNpmVersion, spawnNpm, writeNpmrc } from './npm.js';
+import { dropGypIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall } from './steps/bundle.js';
+import { NPM_EPOCH, pack } from './steps/pack.js';
+import { chooseNodeRange, resolveRuntime, type Runtime } from './steps/runtime.js';
+import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
+import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative } from './steps/verify.js';
+import type {
+  BuildConfig,
+  BuildDirs,
+  BuildEvent,
+  BuildOverrides,
+  BuildStatus,
+  BuildSummary,
+  HookModule,
+  ScaffoldLike,
+  SpawnInfo,
+  StepName,
+} from './types.js';
+
+export const DEFAULT_REGISTRY = 'https://registry.npmjs.org/';
+
+/** Where a scaffold works and what it may see of its caller: passed in, never read from globals. */
+export interface ScaffoldEnvironment {
+  /** The caller's environment; only allow-listed names reach npm (see ENV_ALLOW_LIST). */
+  env: NodeJS.ProcessEnv;
+  /** Parent directory for per-build workdirs. */
+  workRoot: string;
+  /** npm's cache, shared by all builds of this scaffold (npm's cache is safe for concurrent use). */
+  npmCacheDir: string;
+  /** Where Node runtimes fetched from the registry are kept. */
+  runtimeCacheDir: string;
+  /** The Node that runs npm; defaults to the current process's. */
+  hostNode?: { path: string; version: string };
+  /** The platform this machine builds natively; defaults to the running process's. */
+  host?: Target;
+}
+
+export interface BuildOptions {
+  signal?: AbortSignal;
+  onEvent?: (event: BuildEvent) => void;
+}
+
+export interface BuildResult {
+  id: string;
+  /** The uncompressed tar of the bundle (or what the last `build.output` hook returned). */
+  output: Readable;
+  summary: BuildSummary;
+  /** Resolves once the output has been read (or failed) and the workdir is removed. */
+  settled: Promise<void>;
+}
+
+export interface Scaffold extends ScaffoldLike {
+  /** Runs the bundle workflow on an uncompressed `npm pack` tar; resolves to the bundle's tar. */
+  build(tar: Readable, overrides?: BuildOverrides, options?: BuildOptions): Promise<Readable>;
+  /** Like build(), with the build's id and summary. */
+  run(tar: Readable, overrides?: BuildOverrides, options?: BuildOptions): Promise<BuildResult>;
+  readonly hooks: HookRegistry;
+}
+
+export function defaultConfig(host: Target): BuildConfig {
+  return {
+    target: host,
+    registry: DEFAULT_REGISTRY,
+    scopes: {},
+    auth: {},
+    limits: { ...DEFAULT_UNPACK_LIMITS },
+    envAllow: [],
+    env: {},
+    runtimes: [],
+    keepWorkdir: false,
+    npmArgs: [],
+  };
+}
+
+/** Merges overrides onto a config: records merge one level deep, everything else replaces. */
+export function mergeConfig(base: BuildConfig, overrides: BuildOverrides): BuildConfig {
+  const merged: Record<string, unknown> = { ...base };
+  for (const [key, value] of Object.entries(overrides)) {
+    if (value === undefined) continue;
+    const current = merged[key];
+    const isRecord = (v: unknown) => typeof v === 'object' && v !== null && !Array.isArray(v);
+    merged[key] = isRecord(current) && isRecord(value) ? { ...(current as object), ...(value as object) } : value;
+  }
+  const config = merged as unknown as BuildConfig;
+  config.target = normalizeTarget(config.target);
+  return config;
+}
+
+/**
+ * Creates a scaffold: defaults and hooks shared by many concurrent builds.
+ *
+ * @example
+ * const scaffold = createScaffold({ registry: 'https://registry.npmjs.org/' }, [hooks], environment);
+ * const tar = await scaffold.build(openInput('app-1.0.0.tgz'), { target: parseTarget('linux-x64') });
+ */
+export function createScaffold(defaults: BuildOverrides, hooks: HookModule[], environment: ScaffoldEnvironment): Scaffold {
+  const host = environment.host ?? hostTarget();
+  const hostNode = environment.hostNode ?? { path: process.execPath, version: process.versions.node };
+  const registry = new HookRegistry();
+  hooks.forEach((module, index) => registry.add(module, `hook module #${index + 1}`));
+  const scaffoldDefaults = mergeConfig(defaultConfig(host), defaults);
+  let npmCli: string | undefined;
+
+  const scaffold: Scaffold = {
+    defaults: scaffoldDefaults,
+    hooks: registry,
+    async build(tar, overrides = {}, options = {}) {
+      return (await scaffold.run(tar, overrides, options)).output;
+    },
+    async run(tar, overrides = {}, options = {}) {
+      npmCli ??= locateNpm(environment.env.PATH);
+      return runBuild({ scaffold, registry, environment, host, hostNode, npmCli, tar, overrides, options });
+    },
+  };
+  return scaffold;
+}
+
+interface RunContext {
+  scaffold: Scaffold;
+  registry: HookRegistry;
+  environment: ScaffoldEnvironment;
+  host: Target;
+  hostNode: { path: string; version: string };
+  npmCli: string;
+  tar: Readable;
+  overrides: BuildOverrides;
+  options: BuildOptions;
+}
+
+async function runBuild(context: RunContext): Promise<BuildResult> {
+  const { scaffold, registry, environment, options } = context;
+  const buildId = randomUUID();
+  // One controller for the build: the caller's abort and our own first error both stop every step.
+  const controller = new AbortController();
+  const onCallerAbort = () => controller.abort(options.signal?.reason);
+  if (options.signal?.aborted) onCallerAbort();
+  options.signal?.addEventListener('abort', onCallerAbort, { once: true });
+  const signal = controller.signal;
+
+  let secrets: string[] = configSecrets(mergeConfig(scaffold.defaults, context.overrides));
+  const emit = (event: BuildEvent) => {
+    try {
+      options.onEvent?.(event);
+    } catch {
+      // A progress listener must not break the build.
+    }
+  };
+  const log = (step: StepName | 'hook', message: string, stream: 'stdout' | 'stderr' | 'status' = 'status', data?: Record<string, unknown>) =>
+    emit({ type: 'log', buildId, step, at: Date.now(), stream, message: redact(message, secrets), ...(data ? { data } : {}) });
+  const status: BuildStatus = { buildId, log: (message, data) => log('hook', message, 'status', data) };
+  const durations: Partial<Record<StepName, number>> = {};
+  const step = async <T>(name: StepName, work: () => Promise<T>): Promise<T> => {
+    const started = Date.now();
+    emit({ type: 'step', buildId, step: name, state: 'started', at: started });
+    try {
+      const value = await work();
+      durations[name] = Date.now() - started;
+      emit({ type: 'step', buildId, step: name, state: 'finished', at: Date.now(), durationMs: durations[name] });
+      return value;
+    } catch (error) {
+      emit({ type: 'step', buildId, step: name, state: 'failed', at: Date.now(), durationMs: Date.now() - started });
+      controller.abort(toBundleError(error, signal));
+      throw error;
+    }
+  };
+  const emitEvent = <K extends 'npm.spawned' | 'build.complete'>(name: K, args: Parameters<typeof registry.emit<K>>[1]) =>
+    registry.emit(name, args, (error) => log('hook', `A ${name} listener threw (ignored): ${error instanceof Error ? error.message : String(error)}`, 'stderr'));
+
+  await mkdir(environment.workRoot, { recursive: true });
+  const work = await mkdtemp(path.join(environment.workRoot, 'build-'));
+  const dirs: BuildDirs = {
+    work,
+    package: path.join(work, 'package'),
+    home: path.join(work, 'home'),
+    tmp: path.join(work, 'tmp'),
+    cache: environment.npmCacheDir,
+    npmrc: path.join(work, 'npmrc'),
+  };
+  let keepWorkdir = false;
+  const cleanup = async () => {
+    if (!keepWorkdir) await rm(work, { recursive: true, force: true });
+  };
+
+  try {
+    const spawnInfo: SpawnInfo = { dirs, env: {}, command: context.hostNode.path, argv: [] };
+    const early = mergeConfig(scaffold.defaults, context.overrides);
+    keepWorkdir = early.keepWorkdir;
+
+    const [unpacked, config] = await Promise.all([
+      step('unpack', async () => {
+        await mkdir(dirs.package, { recursive: true });
+        return unpack(context.tar, dirs.package, { limits: early.limits, signal });
+      }),
+      step('configure', async () => {
+        const defaults = structuredClone(scaffold.defaults) as BuildConfig;
+        const gathered = ((await registry.run('build.defaults', [scaffold, defaults, context.overrides, status], 1)) ?? defaults) as BuildConfig;
+        const merged = mergeConfig(gathered, context.overrides);
+        spawnInfo.env = buildNpmEnv({ baseEnv: environment.env, allow: merged.envAllow, dirs, extra: merged.env });
+        await registry.run('build.configure', [scaffold, merged, spawnInfo, status]);
+        merged.target = normalizeTarget(merged.target);
+        return merged;
+      }),
+      (async () => {
+        await Promise.all([dirs.home, dirs.tmp, dirs.cache].map((dir) => mkdir(dir, { recursive: true })));
+        await writeFile(path.join(dirs.work, 'global-npmrc'), '');
+      })(),
+    ]);
+    keepWorkdir = config.keepWorkdir;
+    secrets = configSecrets(config);
+    await writeNpmrc(dirs.npmrc, config);
+
+    const native = sameTarget(config.target, context.host);
+    const runtime: Runtime = await step('runtime', async () => {
+      const { range, from } = chooseNodeRange(unpacked.packageJson, config.target.node);
+      const chosen = await resolveRuntime({
+        range,
+        from,
+        target: config.target,
+        hostNode: context.hostNode,
+        host: context.host,
+        configured: config.runtimes,
+        cacheDir: environment.runtimeCacheDir,
+        npm: { env: spawnInfo.env, npmrcPath: dirs.npmrc, cacheDir: dirs.cache },
+        signal,
+        log: (message, data) => log('runtime', message, 'status', data as Record<string, unknown> | undefined),
+      });
+      log('runtime', `Node ${chosen.version} (ABI ${chosen.abi}, ${chosen.source}) for ${range} (from ${from})`);
+      return chosen;
+    });
+    spawnInfo.runtime = runtime;
+    // Lifecycle scripts find the chosen runtime first on PATH; node-gyp builds against its headers.
+    if (native) spawnInfo.env.PATH = `${runtime.binDir}${path.delimiter}${spawnInfo.env.PATH ?? ''}`;
+    spawnInfo.env.npm_config_nodedir = runtime.nodedir;
+    const crossFlags = native ? [] : ['--os', config.target.os, '--cpu', config.target.cpu, ...(config.target.libc ? ['--libc', config.target.libc] : [])];
+    spawnInfo.argv = [
+      context.npmCli,
+      unpacked.lockfile ? 'ci' : 'install',
+      '--omit=dev',
+      '--ignore-scripts',
+      '--no-audit',
+      '--no-fund',
+      ...crossFlags,
+      ...config.npmArgs,
+    ];
+    await registry.run('npm.configure', [scaffold, config, spawnInfo, status]);
+
+    let peakMemory = 0;
+    const runNpm = async (what: string, argv: string[]) => {
+      const run = await spawnNpm({
+        command: spawnInfo.command,
+        argv,
+        cwd: dirs.package,
+        env: spawnInfo.env,
+        signal,
+        secrets,
+        onLine: (line, stream) => log('install', line, stream),
+        onSpawn: (child) => emitEvent('npm.spawned', [scaffold, child, status]),
+        onMemory: (rss, peak) => emit({ type: 'memory', buildId, at: Date.now(), rss, peak: Math.max(peak, peakMemory) }),
+      });
+      peakMemory = Math.max(peakMemory, run.peakMemory);
+      if (run.code !== 0) throw npmFailure(what, run);
+    };
+    const npmVersion = await readNpmVersion(spawnInfo.command, context.npmCli, spawnInfo.env);
+    await step('install', async () => {
+      log('install', `npm ${spawnInfo.argv.slice(1).join(' ')}`);
+      await runNpm(`npm ${spawnInfo.argv[1]}`, spawnInfo.argv);
+      if (native) {
+        // Install scripts (node-gyp among them) run here, under the chosen runtime, but never
+        // the root's `prepare`: the input is already packed.
+        await runNpm('npm rebuild', [context.npmCli, 'rebuild', '--foreground-scripts', ...config.npmArgs]);
+      } else {
+        const needs = await findNativeBuildNeeds({ dir: dirs.package });
+        if (needs.length > 0) throw nativeNeedsTargetError(needs, config.target);
+      }
+    });
+
+    const bundled = await step('bundle', async () => {
+      const topLevel = await listTopLevelPackages(dirs.package);
+      const names = topLevel.map((pkg) => pkg.name);
+      const packageFile = path.join(dirs.package, 'package.json');
+      const original = JSON.parse(await readFile(packageFile, 'utf8')) as PackageJson;
+      let packageJson = lockPackage(original, { bundled: names, target: config.target, runtimeVersion: runtime.version });
+      packageJson = ((await registry.run('npm.package', [scaffold, config, packageJson, status], 2)) ?? packageJson) as PackageJson;
+      neutralizeInstall(packageJson, await fileExists(path.join(dirs.package, 'binding.gyp')));
+      await writeFile(packageFile, `${JSON.stringify(packageJson, null, 2)}\n`);
+      const all = await listAllPackages(dirs.package);
+      const neutralized = await neutralizeDependencies(all);
+      if (neutralized.length > 0) log('bundle', `install scripts neutralized: ${neutralized.join(', ')}`);
+      await dropGypIntermediates([dirs.package, ...all.map((pkg) => pkg.dir)]);
+      log('bundle', `${names.length} bundled dependencies`);
+      return names;
+    });
+
+    const verified = await step('verify', async () => {
+      const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native, signal, env: spawnInfo.env,
+        log: (message: string, data?: object) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
+      await checkPlatformPackages({ dir: dirs.package, target: config.target });
+      if (!unpacked.lockfile) await rm(path.join(dirs.package, 'package-lock.json'), { force: true });
+      await rm(path.join(dirs.package, 'node_modules', '.package-lock.json'), { force: true });
+      return report;
+    });
+
+    const summary: BuildSummary = {
+      buildId,
+      name: unpacked.packageJson.name,
+      version: unpacked.packageJson.version,
+      target: config.target,
+      runtime: { version: runtime.version, abi: runtime.abi, source: runtime.source },
+      npmVersion,
+      bundledDependencies: bundled,
+      nativeFiles: verified.nativeFiles,
+      durations: { ...durations },
+      peakMemory,
+    };
+    emitEvent('build.complete', [scaffold, config, summary, status]);
+    emit({ type: 'complete', buildId, at: Date.now(), summary });
+
+    const mtime = config.sourceDateEpoch === undefined ? NPM_EPOCH : new Date(config.sourceDateEpoch * 1000);
+    const packStarted = Date.now();
+    emit({ type: 'step', buildId, step: 'pack', state: 'started', at: packStarted });
+    const packed = pack(dirs.package, { mtime, signal, onSkip: (file: string, reason: string) => log('pack', `skipped ${file}: ${reason}`) });
+    const output = ((await registry.run('build.output', [scaffold, config, spawnInfo, packed, status], 3)) ?? packed) as Readable;
+    // Errors of the packed stream reach whoever reads it; this listener only keeps an
+    // unread (replaced) stream from crashing the process.
+    packed.on('error', () => undefined);
+    const outputDone = finished(output).then(() => true, () => false);
+    const settled = outputDone.then(async (ok) => {
+      // A hook may have replaced the stream without reading ours to the end: stop it first.
+      if (output !== packed && !packed.readableEnded) packed.destroy();
+      await finished(packed).catch(() => undefined);
+      emit({ type: 'step', buildId, step: 'pack', state: ok ? 'finished' : 'failed', at: Date.now(), durationMs: Date.now() - packStarted });
+      options.signal?.removeEventListener('abort', onCallerAbort);
+      await cleanup();
+    });
+    return { id: buildId, output, summary, settled };
+  } catch (error) {
+    options.signal?.removeEventListener('abort', onCallerAbort);
+    const failure = toBundleError(signal.aborted && !(error instanceof BundleError) ? signal.reason : error, options.signal);
+    emit({ type: 'error', buildId, at: Date.now(), error: { code: failure.code, message: redact(failure.message, secrets) } });
+    await cleanup();
+    if (failure.message !== redact(failure.message, secrets)) {
+      throw new BundleError(failure.code, redact(failure.message, secrets), { cause: failure.cause, ...(failure.hint ? { hint: failure.hint } : {}) });
+    }
+    throw failure;
+  }
+}
+
+async function fileExists(file: string): Promise<boolean> {
+  return (await stat(file).catch(() => undefined)) !== undefined;
+}

@@ -1,0 +1,69 @@
+import { mkdtemp, mkdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { pack as tarPack, extract as tarExtract } from 'tar-stream';
+import { hostTarget } from '../../lib/target.js';
+import { createScaffold, type Scaffold } from '../../lib/workflow/scaffold.js';
+import type { BuildOverrides, HookModule } from '../../lib/workflow/types.js';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+/** Caches the tests own, kept between runs so the registry is asked once per machine. */
+export const testCacheDir = path.join(repoRoot, '.cache', 'test');
+
+/** An uncompressed npm-pack-style tar (`package/…`) made in memory from a package.json and files. */
+export function packageTar(packageJson: Record<string, unknown>, files: Record<string, string | { content: string; mode: number }> = {}): Readable {
+  const tar = tarPack();
+  tar.entry({ name: 'package/package.json', mode: 0o644 }, JSON.stringify(packageJson, null, 2));
+  for (const [name, file] of Object.entries(files)) {
+    const { content, mode } = typeof file === 'string' ? { content: file, mode: 0o644 } : file;
+    tar.entry({ name: `package/${name}`, mode }, content);
+  }
+  tar.finalize();
+  return tar as unknown as Readable;
+}
+
+/** Reads a tar stream into a map of path → content (tests only: small bundles). */
+export async function readTar(stream: Readable): Promise<Map<string, { content: Buffer; mode: number; mtime: Date | undefined }>> {
+  const files = new Map<string, { content: Buffer; mode: number; mtime: Date | undefined }>();
+  const extract = tarExtract();
+  const done = new Promise<void>((resolve, reject) => {
+    extract.on('entry', (header, body, next) => {
+      const chunks: Buffer[] = [];
+      body.on('data', (chunk: unknown) => {
+        chunks.push(chunk as Buffer);
+      });
+      body.on('end', () => {
+        files.set(header.name, { content: Buffer.concat(chunks), mode: header.mode ?? 0, mtime: header.mtime });
+        next();
+      });
+      body.on('error', reject);
+    });
+    extract.on('finish', resolve);
+    extract.on('error', reject);
+    stream.on('error', reject);
+  });
+  stream.pipe(extract);
+  await done;
+  return files;
+}
+
+export async function tempDir(prefix = 'bd-test-'): Promise<{ dir: string; remove: () => Promise<void> }> {
+  const dir = await mkdtemp(path.join(tmpdir(), prefix));
+  return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/** A scaffold whose workdirs live in `workRoot` and whose caches are the tests' own. */
+export async function testScaffold(workRoot: string, defaults: BuildOverrides = {}, hooks: HookModule[] = [], env: NodeJS.ProcessEnv = process.env): Promise<Scaffold> {
+  await mkdir(testCacheDir, { recursive: true });
+  // Builds for the host's own Node unless a test asks otherwise: the runtime rule is tested on
+  // its own, and this keeps most tests from fetching runtimes.
+  const withTarget: BuildOverrides = { ...defaults, target: defaults.target ?? { ...hostTarget(), node: process.versions.node } };
+  return createScaffold(withTarget, hooks, {
+    env,
+    workRoot,
+    npmCacheDir: path.join(testCacheDir, 'npm'),
+    runtimeCacheDir: path.join(repoRoot, '.cache', 'test-runtimes'),
+  });
+}
