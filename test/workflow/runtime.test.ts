@@ -31,7 +31,7 @@ function options(overrides: Partial<ResolveRuntimeOptions> & { events?: Array<{ 
   };
 }
 
-const eventsNamed = (events: Array<{ data?: object }>, name: string) => events.filter((e) => (e.data as { event?: string } | undefined)?.event === name);
+const eventsNamed = <E extends { data?: object }>(events: E[], name: string): E[] => events.filter((e) => (e.data as { event?: string } | undefined)?.event === name);
 
 describe('pickVersion', () => {
   it.each([

@@ -181,7 +181,7 @@ async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[]
     if (event.ok) pending = undefined;
     if (event.fail) {
       pending = undefined;
-      failures.push({ file: path.relative(dir, event.fail), problem: `does not load under Node ${runtime.version} (ABI ${runtime.abi}): ${(event.message ?? '').split('\n')[0] ?? ''}` });
+      failures.push({ file: path.relative(dir, event.fail), problem: `does not load under Node ${runtime.version} (ABI ${runtime.abi}): ${oneLine(event.message ?? '', dir)}` });
     }
   }
   if (pending) {
@@ -196,6 +196,11 @@ async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[]
       details: { runtime: { version: runtime.version, abi: runtime.abi }, files: failures },
     });
   }
+}
+
+/** Node's load errors span lines and name absolute paths: one line, paths relative to the package. */
+function oneLine(message: string, dir: string): string {
+  return message.split(`${dir}${path.sep}`).join('').replace(/\s+/g, ' ').trim().slice(0, 600);
 }
 
 interface WalkedFile {
