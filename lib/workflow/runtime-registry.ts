@@ -169,11 +169,15 @@ export async function fetchRuntime(options: { pkg: string; version: string; cach
   if (await isCompleteRuntime(dir)) return dir;
 
   let shared = inflight.get(dir);
+  // A download whose every waiter gave up is being torn down: start a new one.
+  if (shared?.controller.signal.aborted) shared = undefined;
   if (shared) {
     log?.(`Waiting for the download of ${pkg}@${version} already under way`, { event: 'runtime.fetch.join', package: pkg, version });
   } else {
     const controller = new AbortController();
-    const promise = downloadRuntime({ ...options, dir, signal: controller.signal }).finally(() => inflight.delete(dir));
+    const promise = downloadRuntime({ ...options, dir, signal: controller.signal }).finally(() => {
+      if (inflight.get(dir)?.controller === controller) inflight.delete(dir);
+    });
     // Nobody may be left listening when every waiter aborted; the rejection is then expected.
     promise.catch(() => undefined);
     shared = { promise, controller, waiters: 0 };

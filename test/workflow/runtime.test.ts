@@ -98,12 +98,20 @@ describe('resolveRuntime (real registry, real npm)', () => {
     // A fresh runtime cache so the download really happens (npm's own cache keeps it cheap on reruns).
     const cacheDir = path.join(scratch, 'concurrent');
     const events: Array<{ message: string; data?: object }> = [];
+    // A third build joins and is cancelled while waiting: the others' download goes on.
+    const cancelled = new AbortController();
+    const third = resolveRuntime(options({ range: '>=22 <23', from: 'engines', cacheDir, events, signal: cancelled.signal }));
     const [a, b] = await Promise.all([
       resolveRuntime(options({ range: '>=22 <23', from: 'engines', cacheDir, events })),
       resolveRuntime(options({ range: '>=22 <23', from: 'engines', cacheDir, events })),
+      (async () => {
+        while (eventsNamed(events, 'runtime.fetch.join').length < 2) await new Promise((resolve) => setTimeout(resolve, 20));
+        cancelled.abort();
+        await expect(third).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+      })(),
     ]);
     expect(eventsNamed(events, 'runtime.fetch')).toHaveLength(1);
-    expect(eventsNamed(events, 'runtime.fetch.join')).toHaveLength(1);
+    expect(eventsNamed(events, 'runtime.fetch.join')).toHaveLength(2);
     expect(a).toEqual(b);
     expect(a.source).toBe('registry');
     expect(a.runnable).toBe(true);
