@@ -307,7 +307,7 @@ describe('a real cross install: npm install --os darwin --cpu arm64 --ignore-scr
   let dir: string;
   beforeAll(async () => {
     dir = await fresh('cross');
-    await put(dir, 'package.json', JSON.stringify({ name: 'app', version: '1.0.0', dependencies: { esbuild: '0.28.2', 'better-sqlite3': '12.11.1' } }));
+    await put(dir, 'package.json', JSON.stringify({ name: 'app', version: '1.0.0', dependencies: { esbuild: '0.28.2', rollup: '4.67.4', 'better-sqlite3': '12.11.1' } }));
     execFileSync('npm', ['install', '--os', 'darwin', '--cpu', 'arm64', '--ignore-scripts', '--omit=dev', '--no-audit', '--no-fund', '--cache', npmCache], {
       cwd: dir,
       env: { ...process.env, npm_config_nodedir: '' },
@@ -319,6 +319,8 @@ describe('a real cross install: npm install --os darwin --cpu arm64 --ignore-scr
     await checkPlatformPackages({ dir, target: { os: 'darwin', cpu: 'arm64' } });
     const result = await verifyNative({ dir, target: { os: 'darwin', cpu: 'arm64' }, runtime: node22, canExecute: false });
     expect(result.executables).toContain('node_modules/@esbuild/darwin-arm64/bin/esbuild');
+    // rollup's optional fsevents comes along for darwin, with its prebuilt (universal) addon.
+    expect(result.nativeFiles).toEqual(['node_modules/@rollup/rollup-darwin-arm64/rollup.darwin-arm64.node', 'node_modules/fsevents/fsevents.node']);
     const needs = await findNativeBuildNeeds({ dir });
     expect(needs.map((n) => n.name)).toEqual(['better-sqlite3']);
     expect(needs[0]?.reasons).toEqual(['binding.gyp', 'install: prebuild-install || node-gyp rebuild --release']);
@@ -329,5 +331,34 @@ describe('a real cross install: npm install --os darwin --cpu arm64 --ignore-scr
     expect(error.message).toContain('node_modules/@esbuild/darwin-arm64/bin/esbuild: wrong format: found Mach-O arm64, expected ELF x64 (glibc)');
     const missing = await verifyError(checkPlatformPackages({ dir, target: linuxX64 }));
     expect(missing.message).toContain('@esbuild/linux-x64 (optional dependency of esbuild)');
+  });
+});
+
+describe('a real musl cross install: npm install --os linux --cpu x64 --libc musl --ignore-scripts', () => {
+  const musl = { os: 'linux', cpu: 'x64', libc: 'musl' } as const;
+  let dir: string;
+  beforeAll(async () => {
+    dir = await fresh('musl-cross');
+    await put(dir, 'package.json', JSON.stringify({ name: 'app', version: '1.0.0', dependencies: { esbuild: '0.28.2', rollup: '4.67.4' } }));
+    execFileSync('npm', ['install', '--os', 'linux', '--cpu', 'x64', '--libc', 'musl', '--ignore-scripts', '--omit=dev', '--no-audit', '--no-fund', '--cache', npmCache], {
+      cwd: dir,
+      env: { ...process.env, npm_config_nodedir: '' },
+      stdio: 'pipe',
+    });
+  }, 300_000);
+
+  it("gets rollup's musl addon (needs libc.so) and esbuild's static binary; nothing to build", async () => {
+    await checkPlatformPackages({ dir, target: musl });
+    const result = await verifyNative({ dir, target: musl, runtime: node22, canExecute: false });
+    expect(result.nativeFiles).toEqual(['node_modules/@rollup/rollup-linux-x64-musl/rollup.linux-x64-musl.node']);
+    expect(result.executables).toContain('node_modules/@esbuild/linux-x64/bin/esbuild');
+    expect(await findNativeBuildNeeds({ dir })).toEqual([]);
+  });
+
+  it('is not a glibc tree', async () => {
+    const error = await verifyError(verifyNative({ dir, target: linuxX64, runtime: node22, canExecute: false }));
+    expect(error.message).toContain('node_modules/@rollup/rollup-linux-x64-musl/rollup.linux-x64-musl.node: wrong libc: found ELF x64 64-bit (musl), expected ELF x64 (glibc)');
+    const missing = await verifyError(checkPlatformPackages({ dir, target: linuxX64 }));
+    expect(missing.message).toContain('@rollup/rollup-linux-x64-gnu (optional dependency of rollup)');
   });
 });
