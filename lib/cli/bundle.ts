@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { rename, rm, stat } from 'node:fs/promises';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
@@ -14,6 +14,7 @@ import type { BuildEvent, BuildOverrides, BuildSummary } from '../workflow/types
 
 export interface BundleRequest {
   input: string;
+  /** A file, or a directory (existing or ending in /) for the default name. */
   output?: string;
   os?: string;
   cpu?: string;
@@ -72,16 +73,18 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
   if (!inputStat?.isFile()) {
     throw new BundleError('ERR_INPUT_NOT_FOUND', `Input "${request.input}" is not a file.`, { hint: 'Give the .tgz that `npm pack` writes.' });
   }
-  if (request.output) {
-    const outDir = path.dirname(path.resolve(request.cwd, request.output));
-    if (!(await stat(outDir).catch(() => undefined))?.isDirectory()) {
-      throw new BundleError('ERR_OUTPUT', `The output directory ${outDir} does not exist.`, { hint: 'Create it first or give another -o path.' });
-    }
-  }
+  // -o may name a file or a directory (existing, or written with a trailing slash).
+  const outputPath = request.output === undefined ? undefined : path.resolve(request.cwd, request.output);
+  const outputIsDir = outputPath !== undefined && (/[\\/]$/.test(request.output ?? '') || (await stat(outputPath).catch(() => undefined))?.isDirectory() === true);
+  const outDir = outputPath === undefined ? request.cwd : outputIsDir ? outputPath : path.dirname(outputPath);
+  await mkdir(outDir, { recursive: true }).catch((error: unknown) => {
+    throw new BundleError('ERR_OUTPUT', `Cannot create the output directory ${outDir}: ${(error as Error).message}`, { cause: error, hint: 'Give another -o path.' });
+  });
   const overrides: BuildOverrides = { target };
   const result = await scaffold.run(openInput(inputPath), overrides, options);
   const { summary } = result;
-  const file = path.resolve(request.cwd, request.output ?? bundleFileName({ name: summary.name, version: summary.version, target: summary.target, nodeVersion: summary.runtime.version }));
+  const defaultName = bundleFileName({ name: summary.name, version: summary.version, target: summary.target, nodeVersion: summary.runtime.version });
+  const file = outputPath !== undefined && !outputIsDir ? outputPath : path.join(outDir, defaultName);
   const temporary = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString('hex')}.partial`);
   const tar = hashing();
   const gz = hashing();

@@ -52,7 +52,7 @@ function commonOptions<T>(argv: Argv<T>) {
     .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout (for scripts and cron).' })
     .option('verbose', { type: 'boolean', default: false, describe: 'Show npm\'s full output and stack traces.' })
     .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' })
-    .option('hooks', { type: 'string', array: true, describe: 'Hook module(s) to load (repeatable); adds to nothing, replaces .bundlerc "hooks".' })
+    .option('hooks', { type: 'string', array: true, describe: 'Hook module(s) to load (repeatable); replaces the hooks of .bundlerc.' })
     .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
     .option('cache-dir', { type: 'string', describe: 'Directory for npm\'s cache and fetched Node runtimes.' })
     .option('keep-workdir', { type: 'boolean', describe: 'Keep the build\'s workdir for debugging.' });

@@ -100,6 +100,7 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     description: 'Parent directory of the per-build workdirs.',
     default: '<tmp>/bundle-dispatch',
     env: 'BUNDLE_DISPATCH_WORK_DIR',
+    example: '/var/tmp/bundle-dispatch',
   },
   {
     key: 'keepWorkdir',

@@ -233,7 +233,6 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         signal,
         log: (message, data) => log('runtime', message, 'status', data as Record<string, unknown> | undefined),
       });
-      log('runtime', `Node ${chosen.version} (ABI ${chosen.abi}, ${chosen.source}) for ${range} (from ${from})`);
       return chosen;
     });
     spawnInfo.runtime = runtime;

@@ -1,0 +1,113 @@
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from '../helpers/cli.js';
+import { installOffline, runInConsumer } from '../helpers/consumer.js';
+import { repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
+
+const sample = path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz');
+// The host's own Node: the runtime rule has tests of its own; these test the command.
+const hostNode = ['--node', process.versions.node, '--cache-dir', testCacheDir];
+let root: { dir: string; remove: () => Promise<void> };
+beforeAll(async () => {
+  root = await tempDir('bd-cli-');
+});
+afterAll(async () => {
+  await root.remove();
+});
+
+describe('bundle-dispatch bundle', () => {
+  it('bundles the sample package; --json is one parseable document whose hashes match the file; it installs offline', async () => {
+    const out = path.join(root.dir, 'out');
+    const run = await runCli(['bundle', sample, '-o', `${out}/`, '--json', ...hostNode], { cwd: root.dir });
+    expect(run.code).toBe(0);
+    const result = JSON.parse(run.stdout) as { file: string; sha256: string; tarSha256: string; size: number; node: string; target: { os: string; cpu: string; libc?: string }; bundledDependencies: string[] };
+    expect(path.basename(result.file)).toBe(`hello-app-1.0.0-linux-${process.arch}-glibc-node${process.versions.node.split('.')[0]}.tgz`);
+    const bytes = await readFile(result.file);
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(result.sha256);
+    expect(result.size).toBe(bytes.length);
+    expect(result.tarSha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(result.node).toBe(process.versions.node);
+    expect(result.target).toEqual({ os: 'linux', cpu: process.arch, libc: 'glibc', node: process.versions.node });
+    expect(result.bundledDependencies).toEqual(['kleur', 'ms']);
+    expect(await readdir(out)).toEqual([path.basename(result.file)]);
+
+    const consumer = path.join(root.dir, 'consumer');
+    const installed = await installOffline(result.file, consumer);
+    const said = await runInConsumer(consumer, 'import("hello-app").then((app) => console.log(app.ago(120000)))', installed.env);
+    expect(said).toContain('2 minutes');
+  });
+
+  it('prints the summary for people, and progress lines on stderr without a TTY', async () => {
+    const run = await runCli(['bundle', sample, '-o', path.join(root.dir, 'human.tgz'), ...hostNode], { cwd: root.dir });
+    expect(run.code).toBe(0);
+    expect(run.stdout).toContain('✔ human.tgz');
+    expect(run.stdout).toContain('bundled  2 packages');
+    expect(run.stderr).toContain('✔ Install production dependencies');
+  });
+
+  it('bad input: exit 1, a coded JSON error, no file written', async () => {
+    const bad = path.join(root.dir, 'bad.tgz');
+    await writeFile(bad, 'definitely not a tarball\n'.repeat(50));
+    const out = path.join(root.dir, 'bad-out');
+    const run = await runCli(['bundle', bad, '-o', `${out}/`, '--json', ...hostNode], { cwd: root.dir });
+    expect(run.code).toBe(1);
+    const result = JSON.parse(run.stdout) as { error: { code: string; message: string } };
+    expect(result.error.code).toBe('ERR_INPUT_NOT_TAR');
+    expect(await readdir(out).catch(() => [])).toEqual([]);
+    expect(run.stderr).not.toMatch(/at .*\.js:\d+/); // no stack without --verbose
+  });
+
+  it('usage errors exit 2 with a message that says what to do', async () => {
+    const missing = await runCli(['bundle', path.join(root.dir, 'nope.tgz')], { cwd: root.dir });
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toContain('ERR_INPUT_NOT_FOUND');
+    const unknownFlag = await runCli(['bundle', sample, '--colour'], { cwd: root.dir });
+    expect(unknownFlag.code).toBe(2);
+    expect(unknownFlag.stderr).toMatch(/Unknown argument/i);
+    const badTarget = await runCli(['bundle', sample, '--cpu', 'z80'], { cwd: root.dir });
+    expect(badTarget.code).toBe(2);
+    expect(badTarget.stderr).toContain('Unknown cpu "z80"');
+    const configDir = path.join(root.dir, 'with-config');
+    await mkdir(configDir, { recursive: true });
+    await writeFile(path.join(configDir, '.bundlerc'), JSON.stringify({ registry: 42 }));
+    const badConfig = await runCli(['bundle', sample], { cwd: configDir });
+    expect(badConfig.code).toBe(2);
+    expect(badConfig.stderr).toContain('registry: must be a non-empty string');
+  });
+
+  it('--help teaches the command', async () => {
+    const help = await runCli(['bundle', '--help'], { cwd: root.dir });
+    expect(help.code).toBe(0);
+    expect(help.stdout).toContain('--node');
+    expect(help.stdout).toContain('Examples:');
+  });
+
+  it('SIGINT cancels the build: exit 130 and no partial file', async () => {
+    const slowDir = path.join(root.dir, 'slow');
+    await mkdir(slowDir, { recursive: true });
+    const { pack } = await import('../../lib/workflow/steps/pack.js');
+    const source = path.join(slowDir, 'src');
+    await mkdir(source, { recursive: true });
+    await writeFile(path.join(source, 'package.json'), JSON.stringify({ name: 'slow', version: '1.0.0', scripts: { install: 'node -e "console.log(\'install-started\'); setTimeout(() => {}, 60000)"' } }));
+    const { createWriteStream } = await import('node:fs');
+    const { pipeline } = await import('node:stream/promises');
+    await pipeline(pack(source), createWriteStream(path.join(slowDir, 'slow.tar')));
+    const out = path.join(slowDir, 'out');
+    let signalled = false;
+    const run = await runCli(['bundle', path.join(slowDir, 'slow.tar'), '-o', `${out}/`, '--verbose', ...hostNode], {
+      cwd: slowDir,
+      onStderr: (text, child) => {
+        if (!signalled && text.includes('install-started')) {
+          signalled = true;
+          child.kill('SIGINT');
+        }
+      },
+    });
+    expect(signalled).toBe(true);
+    expect(run.code).toBe(130);
+    expect(run.stderr).toContain('ERR_ABORTED');
+    expect(await readdir(out)).toEqual([]);
+  });
+});
