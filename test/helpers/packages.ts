@@ -1,7 +1,10 @@
+import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGunzip, createGzip } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import { pack as tarPack, extract as tarExtract } from 'tar-stream';
 import { hostTarget } from '../../lib/target.js';
@@ -66,4 +69,10 @@ export async function testScaffold(workRoot: string, defaults: BuildOverrides = 
     npmCacheDir: path.join(testCacheDir, 'npm'),
     runtimeCacheDir: path.join(repoRoot, '.cache', 'test-runtimes'),
   });
+}
+
+/** Writes a tar stream gzipped to `file` and returns its tar's entries. */
+export async function saveTgz(tar: Readable, file: string): Promise<Map<string, { content: Buffer; mode: number; mtime: Date | undefined }>> {
+  await pipeline(tar, createGzip(), createWriteStream(file));
+  return readTar(createReadStream(file).pipe(createGunzip()));
 }

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
@@ -7,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pack } from '../../lib/workflow/steps/pack.js';
 import type { BuildEvent } from '../../lib/workflow/types.js';
 import { installOffline, runInConsumer } from '../helpers/consumer.js';
-import { readTar, repoRoot, tempDir, testScaffold } from '../helpers/packages.js';
+import { packageTar, repoRoot, saveTgz, tempDir, testScaffold } from '../helpers/packages.js';
 
 const fixture = path.join(repoRoot, 'test', 'fixtures', 'native-addon');
 let root: { dir: string; remove: () => Promise<void> };
@@ -24,8 +23,7 @@ describe('native addons', () => {
     const events: BuildEvent[] = [];
     const result = await scaffold.run(pack(fixture), {}, { onEvent: (event) => events.push(event) });
     const bundle = path.join(root.dir, 'native-fixture.tgz');
-    const hash = createHash('sha256');
-    const files = await readTar(result.output.on('data', (chunk: Buffer) => hash.update(chunk)));
+    const files = await saveTgz(result.output, bundle);
     await result.settled;
     const log = events.filter((event) => event.type === 'log').map((event) => (event as { message: string }).message).join('\n');
     expect(log).toContain('gyp info ok');
@@ -41,17 +39,32 @@ describe('native addons', () => {
       if (!name.endsWith('.node')) expect(file.content.toString('latin1')).not.toContain(root.dir);
     }
 
-    // Write it as a .tgz and install it as a consumer would: offline, empty cache, no compiler.
-    const { Readable } = await import('node:stream');
-    const { pack: tarPack } = await import('tar-stream');
-    const tar = tarPack();
-    for (const [name, file] of files) tar.entry({ name, mode: file.mode, mtime: file.mtime }, file.content);
-    tar.finalize();
-    await pipeline(tar as unknown as InstanceType<typeof Readable>, createGzip(), createWriteStream(bundle));
+    // Install it as a consumer would: offline, empty cache, no compiler on PATH.
     const consumer = path.join(root.dir, 'consumer');
     const installed = await installOffline(bundle, consumer);
     expect(installed.stderr).not.toMatch(/gyp|ERR/);
     const answer = await runInConsumer(consumer, 'console.log(require("native-fixture").add(2, 3))', installed.env);
     expect(answer).toBe('5');
+  });
+
+  it('compiles a native dependency, bundles it with its install neutralized, and the consumer loads it without a compiler', async () => {
+    // The fixture as a dependency, from a local tarball (the registry path is the same code).
+    const addonTgz = path.join(root.dir, 'native-fixture-1.0.0.tgz');
+    await pipeline(pack(fixture), createGzip(), createWriteStream(addonTgz));
+    const scaffold = await testScaffold(path.join(root.dir, 'work-dep'));
+    const result = await scaffold.run(packageTar({ name: 'uses-native', version: '1.0.0', main: 'index.js', dependencies: { 'native-fixture': `file:${addonTgz}` } }, {
+      'index.js': 'module.exports = (a, b) => require("native-fixture").add(a, b);\n',
+    }));
+    const bundle = path.join(root.dir, 'uses-native.tgz');
+    const files = await saveTgz(result.output, bundle);
+    await result.settled;
+    expect(result.summary.bundledDependencies).toEqual(['native-fixture']);
+    expect(result.summary.nativeFiles).toEqual(['node_modules/native-fixture/build/Release/adder.node']);
+    const dep = JSON.parse(files.get('package/node_modules/native-fixture/package.json')!.content.toString()) as Record<string, unknown>;
+    expect(dep.gypfile).toBe(false);
+    expect(files.has('package/node_modules/native-fixture/build/Release/adder.node')).toBe(true);
+    const consumer = path.join(root.dir, 'consumer-dep');
+    const installed = await installOffline(bundle, consumer);
+    expect(await runInConsumer(consumer, 'console.log(require("uses-native")(40, 2))', installed.env)).toBe('42');
   });
 });
