@@ -9,6 +9,7 @@ import { resolveRuntime } from '../../lib/workflow/steps/runtime.js';
 import type { Runtime } from '../../lib/workflow/steps/runtime.js';
 import {
   INSTALL_SCRIPT_ALLOW_LIST,
+  pathNamesOtherPlatform,
   checkPlatformPackages,
   findNativeBuildNeeds,
   nameSuggestsTarget,
@@ -188,6 +189,29 @@ describe('verifyNative', () => {
     expect(result.foreign.sort()).toEqual(['node_modules/multi/prebuilds/linux-arm64/multi.napi.node', 'node_modules/multi/prebuilds/linuxmusl-x64.node']);
   });
 
+  it('leaves binaries under a path naming another platform alone (7zip-bin style), but never in a platform package', async () => {
+    const dir = await fresh('multi-platform');
+    await put(dir, 'node_modules/7zip-bin/package.json', JSON.stringify({ name: '7zip-bin' }));
+    await put(dir, 'node_modules/7zip-bin/linux/x64/7za', craftElf(EM_X86_64, '/lib64/ld-linux-x86-64.so.2'), 0o755);
+    await put(dir, 'node_modules/7zip-bin/linux/arm64/7za', craftElf(EM_AARCH64, '/lib/ld-linux-aarch64.so.1'), 0o755);
+    const macho = Buffer.alloc(32);
+    macho.writeUInt32LE(0xfeedfacf, 0);
+    macho.writeUInt32LE(0x0100000c, 4);
+    await put(dir, 'node_modules/7zip-bin/mac/arm64/7za', macho, 0o755);
+    const linux = await verifyNative({ dir, target: linuxX64, runtime: node22, canExecute: false });
+    expect(linux.executables).toEqual(['node_modules/7zip-bin/linux/x64/7za']);
+    expect(linux.foreign.sort()).toEqual(['node_modules/7zip-bin/linux/arm64/7za', 'node_modules/7zip-bin/mac/arm64/7za']);
+    const darwin = await verifyNative({ dir, target: { os: 'darwin', cpu: 'arm64' }, runtime: node22, canExecute: false });
+    expect(darwin.executables).toEqual(['node_modules/7zip-bin/mac/arm64/7za']);
+
+    // npm chose a platform package for this target (its package.json says os/cpu): all of it must fit.
+    await put(dir, 'node_modules/@tool/linux-arm64/package.json', JSON.stringify({ name: '@tool/linux-arm64', os: ['linux'], cpu: ['arm64'] }));
+    await put(dir, 'node_modules/@tool/linux-arm64/bin/tool', craftElf(EM_AARCH64, '/lib/ld-linux-aarch64.so.1'), 0o755);
+    const error = await verifyError(verifyNative({ dir, target: linuxX64, runtime: node22, canExecute: false }));
+    expect(error.message).toContain('node_modules/@tool/linux-arm64/bin/tool: wrong cpu');
+    expect(error.details?.files).toHaveLength(1);
+  });
+
   it('fails a .node file that is no binary at all', async () => {
     const dir = await fresh('text');
     await put(dir, 'lib/odd.node', 'module.exports = 1;\n');
@@ -263,6 +287,11 @@ describe('checkPlatformPackages', () => {
     expect(nameSuggestsTarget('@img/sharp-libvips-linuxmusl-x64', { os: 'linux', cpu: 'x64', libc: 'musl' })).toBe(true);
     expect(nameSuggestsTarget('@img/sharp-libvips-linuxmusl-x64', linuxX64)).toBe(false);
     expect(nameSuggestsTarget('fsevents', { os: 'darwin', cpu: 'arm64' })).toBe(false);
+    expect(pathNamesOtherPlatform('prebuilds/darwin-x64+arm64/x.node', { os: 'darwin', cpu: 'arm64' })).toBe(true);
+    expect(pathNamesOtherPlatform('prebuilds/darwin-arm64/x.node', { os: 'darwin', cpu: 'arm64' })).toBe(false);
+    expect(pathNamesOtherPlatform('bin/x86_64/tool', { os: 'linux', cpu: 'arm64' })).toBe(true);
+    expect(pathNamesOtherPlatform('lib/binding/napi-v3-linux-musl-x64/x.node', linuxX64)).toBe(true);
+    expect(pathNamesOtherPlatform('build/Release/x.node', linuxX64)).toBe(false);
   });
 });
 

@@ -38,9 +38,10 @@ export interface VerifyNativeResult {
   /** Other binaries (executables, shared libraries) whose headers were checked. */
   executables: string[];
   /**
-   * Binaries in a package's `prebuilds/` folder built for another platform (packages that
-   * ship every platform's prebuild and pick one at run time, like better-sqlite3 ≥ 13).
-   * They are reported, not loaded, and never fail the build.
+   * Binaries shipped for another platform, chosen by their package at run time: in a
+   * `prebuilds/` folder (better-sqlite3 ≥ 13, prebuildify) or under a path naming another
+   * platform (`7zip-bin/linux/x64/7za`), outside platform packages. Reported, not loaded,
+   * never failing the build.
    */
   foreign: string[];
 }
@@ -63,6 +64,7 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
   const executables: string[] = [];
   const foreign: string[] = [];
   const problems: Array<{ file: string; problem: string }> = [];
+  const packageCache = new Map<string, Promise<boolean>>();
 
   for await (const file of walk(dir, signal)) {
     const isAddon = file.relative.endsWith('.node');
@@ -73,7 +75,7 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
       continue; // scripts with an exec bit, text files named *.so.1, …
     }
     const problem = checkHeader(header, target);
-    if (problem && isPrebuildFolder(file.relative)) {
+    if (problem && (await isShippedForOtherPlatform(dir, file.relative, target, packageCache))) {
       foreign.push(file.relative);
       continue;
     }
@@ -134,9 +136,59 @@ function describeHeader(header: BinaryHeader): string {
   return `${format} ${cpu}${bits}${libc ? ` (${libc}${header.interpreter ? `, ${header.interpreter}` : ''})` : ''}`;
 }
 
-/** `…/prebuilds/…`: a package's shelf of prebuilt binaries for several platforms, chosen at run time. */
-function isPrebuildFolder(relative: string): boolean {
-  return relative.split(/[\\/]/).includes('prebuilds');
+const OS_TOKENS: Record<string, string> = {
+  linux: 'linux', linuxmusl: 'linux', darwin: 'darwin', mac: 'darwin', macos: 'darwin', osx: 'darwin',
+  win: 'win32', win32: 'win32', win64: 'win32', windows: 'win32', freebsd: 'freebsd', openbsd: 'openbsd', sunos: 'sunos', aix: 'aix',
+};
+const CPU_TOKENS: Record<string, string> = {
+  x64: 'x64', x86_64: 'x64', amd64: 'x64', arm64: 'arm64', aarch64: 'arm64', ia32: 'ia32', x86: 'ia32', i386: 'ia32',
+  arm: 'arm', armv7: 'arm', armv7l: 'arm', armhf: 'arm', ppc64: 'ppc64', ppc64le: 'ppc64', s390x: 's390x', riscv64: 'riscv64', loong64: 'loong64',
+};
+
+/** Does a path inside a package name another platform (`prebuilds/linux-arm64/`, `mac/x64/7za`, `bin/win32/`)? */
+export function pathNamesOtherPlatform(relative: string, target: Target): boolean {
+  const t = normalizeTarget(target);
+  const tokens = relative.toLowerCase().split(/[\\/.+-]/);
+  return tokens.some((token) => {
+    const os = OS_TOKENS[token];
+    if (os && os !== t.os) return true;
+    const cpu = CPU_TOKENS[token];
+    if (cpu && cpu !== t.cpu) return true;
+    if (t.os === 'linux' && (token === 'musl' || token === 'linuxmusl')) return t.libc !== 'musl';
+    if (t.os === 'linux' && (token === 'glibc' || token === 'gnu')) return t.libc === 'musl';
+    return false;
+  });
+}
+
+/**
+ * A mismatching binary is *foreign* — shipped for another platform and chosen at run time,
+ * so left alone — when it sits in a `prebuilds/` folder, or when its path inside a package
+ * names another platform. Never inside a platform package (one whose package.json has
+ * `os`/`cpu`/`libc`): npm picked that one for this target, so everything in it must fit.
+ */
+async function isShippedForOtherPlatform(dir: string, relative: string, target: Target, cache: Map<string, Promise<boolean>>): Promise<boolean> {
+  const parts = relative.split(/[\\/]/);
+  let at = parts.lastIndexOf('node_modules');
+  let packageDir = '';
+  if (at !== -1) {
+    const scoped = parts[at + 1]?.startsWith('@') ? 2 : 1;
+    packageDir = parts.slice(0, at + 1 + scoped).join('/');
+    at += scoped;
+  }
+  const inside = parts.slice(at + 1).join('/');
+  if (!inside.split('/').includes('prebuilds') && !pathNamesOtherPlatform(inside, target)) return false;
+  let declares = cache.get(packageDir);
+  if (!declares) {
+    declares = readFile(path.join(dir, packageDir, 'package.json'), 'utf8').then(
+      (text) => {
+        const pkg = JSON.parse(text) as { os?: unknown; cpu?: unknown; libc?: unknown };
+        return pkg.os !== undefined || pkg.cpu !== undefined || pkg.libc !== undefined;
+      },
+      () => false,
+    );
+    cache.set(packageDir, declares);
+  }
+  return !(await declares);
 }
 
 function verifyError(problems: Array<{ file: string; problem: string }>, target: Target): BundleError {
