@@ -1,0 +1,201 @@
+import type { Dirent, Stats } from 'node:fs';
+import { lstat, open, readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { pack as createPack, type Header, type Pack } from 'tar-stream';
+import { abortError, BundleError, throwIfAborted } from '../../errors.js';
+
+/** The fixed mtime npm pack writes (npm's birthday), used when no SOURCE_DATE_EPOCH is given. */
+export const NPM_EPOCH = new Date('1985-10-26T08:15:00.000Z');
+
+export interface PackOptions {
+  /** Modification time of every entry; default {@link NPM_EPOCH}. The caller maps SOURCE_DATE_EPOCH here. */
+  mtime?: Date;
+  signal?: AbortSignal;
+  /**
+   * Return false to leave a file out; for a directory, its whole subtree. `relativePath` is
+   * relative to `dir` with `/` separators and no `package/` prefix; `stats` are lstat's.
+   */
+  filter?: (relativePath: string, stats: Stats) => boolean;
+  /** Told about every entry that is not a regular file or directory and is therefore left out. */
+  onSkip?: (relativePath: string, reason: string) => void;
+}
+
+/** Bytes read from a file per chunk; each chunk is handed to the tar stream, never the whole file. */
+const READ_CHUNK = 64 * 1024;
+
+/**
+ * Packs `dir` into an uncompressed tar under `package/`, byte-identical for identical trees.
+ *
+ * Like `npm pack`: regular files only, no directory entries. Entries are sorted by their path
+ * in UTF-8 byte order; every entry has the same mtime (`options.mtime`, default
+ * {@link NPM_EPOCH}), uid/gid 0, empty uname/gname, and mode 0o755 when the file has any
+ * executable bit, else 0o644 — so neither the absolute path of `dir`, nor the file system's
+ * readdir order, owners or times change a byte. Paths longer than ustar's fields get pax
+ * headers (deterministic too).
+ *
+ * Symbolic links (and sockets, FIFOs, devices) are left out and reported through
+ * `options.onSkip`: `npm install` recreates the `node_modules/.bin` links from each bundled
+ * package's `bin` field, and a link could point anywhere once the bundle is unpacked elsewhere.
+ *
+ * Files are read one at a time in 64 KiB chunks, with backpressure from the consumer: memory
+ * stays small whatever the tree's size (the list of paths is the only thing held). A file that
+ * vanishes, shrinks or cannot be read ends the stream with `ERR_PACK_FAILED`; an abort ends it
+ * with the signal's error (`ERR_ABORTED` / `ERR_BUILD_TIMEOUT`).
+ *
+ * @example
+ * await pipeline(pack(dirs.package, { mtime: NPM_EPOCH, signal }), createGzip(), createWriteStream(out));
+ */
+export function pack(dir: string, options: PackOptions = {}): Readable {
+  const { signal } = options;
+  const mtime = options.mtime ?? NPM_EPOCH;
+  const tar = createPack();
+  const onAbort = (): void => {
+    if (signal) tar.destroy(abortError(signal));
+  };
+  if (signal?.aborted) onAbort();
+  else signal?.addEventListener('abort', onAbort, { once: true });
+
+  const root = path.resolve(dir);
+  writeTree(tar, root, mtime, options)
+    .then(() => tar.finalize())
+    .catch((error: unknown) => {
+      if (!tar.destroyed) tar.destroy(toPackError(error, signal));
+    })
+    .finally(() => signal?.removeEventListener('abort', onAbort));
+  return Readable.from(tar as AsyncIterable<Buffer>, { objectMode: false });
+}
+
+async function writeTree(tar: Pack, root: string, mtime: Date, options: PackOptions): Promise<void> {
+  throwIfAborted(options.signal);
+  const files: Buffer[] = [];
+  await collectFiles(root, '', files, options);
+  // Byte order of the UTF-8 paths: what sort() on strings does only for ASCII.
+  files.sort(Buffer.compare);
+  for (const file of files) {
+    throwIfAborted(options.signal);
+    if (tar.destroyed) return;
+    await writeFile(tar, root, file.toString('utf8'), mtime);
+  }
+}
+
+async function collectFiles(root: string, relative: string, files: Buffer[], options: PackOptions): Promise<void> {
+  let entries: Dirent[];
+  try {
+    entries = await readdir(relative === '' ? root : path.join(root, relative), { withFileTypes: true });
+  } catch (error) {
+    throw packError(error, relative === '' ? '.' : relative);
+  }
+  for (const entry of entries) {
+    throwIfAborted(options.signal);
+    const child = relative === '' ? entry.name : `${relative}/${entry.name}`;
+    if (options.filter) {
+      let stats: Stats;
+      try {
+        stats = await lstat(path.join(root, child));
+      } catch (error) {
+        throw packError(error, child);
+      }
+      if (!options.filter(child, stats)) continue;
+    }
+    if (entry.isDirectory()) await collectFiles(root, child, files, options);
+    else if (entry.isFile()) files.push(Buffer.from(child, 'utf8'));
+    else options.onSkip?.(child, skipReason(entry));
+  }
+}
+
+async function writeFile(tar: Pack, root: string, relative: string, mtime: Date): Promise<void> {
+  let handle;
+  try {
+    handle = await open(path.join(root, relative), 'r');
+  } catch (error) {
+    throw packError(error, relative);
+  }
+  try {
+    const stats = await handle.stat();
+    if (!stats.isFile()) throw new BundleError('ERR_PACK_FAILED', `"${relative}" stopped being a regular file while the bundle was packed. Nothing else may change the work directory during a build.`);
+    const size = stats.size;
+    const header: Partial<Header> & Pick<Header, 'name'> = {
+      name: `package/${relative}`,
+      type: 'file',
+      size,
+      mode: stats.mode & 0o111 ? 0o755 : 0o644,
+      mtime,
+      uid: 0,
+      gid: 0,
+      uname: '',
+      gname: '',
+    };
+    let entryError: Error | null | undefined;
+    const finished = new Promise<void>((resolve, reject) => {
+      const sink = tar.entry(header, (error) => {
+        entryError = error;
+        if (error) reject(error);
+        else resolve();
+      });
+      // The entry callback reports the sink's failure; without a listener its 'error' would throw.
+      sink.on('error', () => undefined);
+      void copyFile(handle, sink, size, relative).catch((error: unknown) => {
+        sink.destroy(error instanceof Error ? error : new Error(String(error)));
+        reject(error);
+      });
+    });
+    await finished;
+    if (entryError) throw entryError;
+  } catch (error) {
+    throw packError(error, relative);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Streams exactly `size` bytes (the size in the header) into the entry, waiting for drain. */
+async function copyFile(handle: Awaited<ReturnType<typeof open>>, sink: ReturnType<Pack['entry']>, size: number, relative: string): Promise<void> {
+  let position = 0;
+  while (position < size) {
+    const buffer = Buffer.allocUnsafe(Math.min(READ_CHUNK, size - position));
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, position);
+    if (bytesRead === 0) {
+      throw new BundleError('ERR_PACK_FAILED', `"${relative}" shrank while the bundle was packed. Nothing else may change the work directory during a build.`);
+    }
+    position += bytesRead;
+    if (sink.destroyed) return;
+    if (!sink.write(bytesRead === buffer.length ? buffer : buffer.subarray(0, bytesRead))) {
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          sink.removeListener('drain', done);
+          sink.removeListener('close', done);
+          resolve();
+        };
+        sink.on('drain', done);
+        sink.on('close', done);
+      });
+    }
+  }
+  sink.end(null);
+}
+
+function skipReason(entry: Dirent): string {
+  if (entry.isSymbolicLink()) return 'symbolic link (npm install recreates .bin links from package.json "bin")';
+  if (entry.isFIFO()) return 'FIFO (named pipe)';
+  if (entry.isSocket()) return 'socket';
+  if (entry.isCharacterDevice() || entry.isBlockDevice()) return 'device file';
+  return 'not a regular file';
+}
+
+function packError(error: unknown, relative: string): BundleError {
+  if (error instanceof BundleError) return error;
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const message = error instanceof Error ? error.message : String(error);
+  const advice = code === 'ENOENT'
+    ? 'It vanished while the bundle was packed; nothing else may change the work directory during a build.'
+    : code === 'EACCES' || code === 'EPERM'
+      ? 'It cannot be read; an install script probably changed its permissions.'
+      : 'Check the work directory.';
+  return new BundleError('ERR_PACK_FAILED', `Could not pack "${relative}" (${message}). ${advice}`, { cause: error, details: { file: relative } });
+}
+
+function toPackError(error: unknown, signal: AbortSignal | undefined): BundleError {
+  if (signal?.aborted) return abortError(signal);
+  return packError(error, '.');
+}
