@@ -130,6 +130,8 @@ export interface SpawnNpmOptions {
   onLine: (line: string, stream: 'stdout' | 'stderr') => void;
   onSpawn?: (child: ChildProcess) => void;
   onMemory?: (rss: number, peak: number) => void;
+  /** Run npm (and so every script) as this unprivileged user. */
+  runAs?: { uid: number; gid: number };
   /** How often to sample the process tree's memory. */
   memoryIntervalMs?: number;
 }
@@ -148,6 +150,7 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
     env: options.env,
     detached: true,
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(options.runAs ? { uid: options.runAs.uid, gid: options.runAs.gid } : {}),
   });
   const tail: string[] = [];
   const lineReaders = (['stdout', 'stderr'] as const).map((stream) => {

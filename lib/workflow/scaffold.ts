@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, lchown, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -13,6 +13,7 @@ import { NPM_EPOCH, pack } from './steps/pack.js';
 import { chooseNodeRange, resolveRuntime, type Runtime } from './steps/runtime.js';
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
 import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative } from './steps/verify.js';
+import type { RunAs } from './runtime-registry.js';
 import type {
   BuildConfig,
   BuildDirs,
@@ -47,6 +48,12 @@ export interface ScaffoldEnvironment {
 export interface BuildOptions {
   signal?: AbortSignal;
   onEvent?: (event: BuildEvent) => void;
+  /**
+   * Run npm, every install script and the addon-loading check as this unprivileged user
+   * (a builder running as root gives each concurrent build a uid of its own). The workdir
+   * is handed to that user; npm's cache is one per uid so builds cannot poison each other's.
+   */
+  runAs?: RunAs;
 }
 
 export interface BuildResult {
@@ -182,7 +189,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     package: path.join(work, 'package'),
     home: path.join(work, 'home'),
     tmp: path.join(work, 'tmp'),
-    cache: environment.npmCacheDir,
+    cache: options.runAs ? path.join(environment.npmCacheDir, `uid-${options.runAs.uid}`) : environment.npmCacheDir,
     npmrc: path.join(work, 'npmrc'),
   };
   let keepWorkdir = false;
@@ -217,6 +224,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     keepWorkdir = config.keepWorkdir;
     secrets = configSecrets(config);
     await writeNpmrc(dirs.npmrc, config);
+    if (options.runAs) await handOver(dirs, options.runAs);
 
     const native = sameTarget(config.target, context.host);
     const runtime: Runtime = await step('runtime', async () => {
@@ -229,7 +237,8 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         host: context.host,
         configured: config.runtimes,
         cacheDir: environment.runtimeCacheDir,
-        npm: { env: spawnInfo.env, npmrcPath: dirs.npmrc, cacheDir: dirs.cache },
+        // npm runs as this process here (no scripts): it uses the scaffold's own cache.
+        npm: { env: { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }, npmrcPath: dirs.npmrc, cacheDir: environment.npmCacheDir },
         signal,
         log: (message, data) => log('runtime', message, 'status', data as Record<string, unknown> | undefined),
       });
@@ -264,11 +273,12 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         onLine: (line, stream) => log('install', line, stream),
         onSpawn: (child) => emitEvent('npm.spawned', [scaffold, child, status]),
         onMemory: (rss, peak) => emit({ type: 'memory', buildId, at: Date.now(), rss, peak: Math.max(peak, peakMemory) }),
+        ...(options.runAs ? { runAs: options.runAs } : {}),
       });
       peakMemory = Math.max(peakMemory, run.peakMemory);
       if (run.code !== 0) throw npmFailure(what, run);
     };
-    const npmVersion = await readNpmVersion(spawnInfo.command, context.npmCli, spawnInfo.env);
+    const npmVersion = await readNpmVersion(spawnInfo.command, context.npmCli, { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir });
     await step('install', async () => {
       log('install', `npm ${spawnInfo.argv.slice(1).join(' ')}`);
       await runNpm(`npm ${spawnInfo.argv[1]}`, spawnInfo.argv);
@@ -300,7 +310,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     });
 
     const verified = await step('verify', async () => {
-      const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native, signal, env: spawnInfo.env,
+      const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native, signal, env: spawnInfo.env, ...(options.runAs ? { runAs: options.runAs } : {}),
         log: (message: string, data?: object) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
       await checkPlatformPackages({ dir: dirs.package, target: config.target });
       if (!unpacked.lockfile) await rm(path.join(dirs.package, 'package-lock.json'), { force: true });
@@ -351,6 +361,28 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     }
     throw failure;
   }
+}
+
+/**
+ * Gives the build's directories to the unprivileged user: the workdir 0700 (other builds'
+ * users cannot look in) and its own npm cache.
+ */
+async function handOver(dirs: BuildDirs, user: RunAs): Promise<void> {
+  const walk = async (dir: string): Promise<void> => {
+    await lchown(dir, user.uid, user.gid);
+    for (const entry of await readdir(dir, { withFileTypes: true })) {
+      const full = path.join(dir, entry.name);
+      if (entry.isDirectory()) await walk(full);
+      else await lchown(full, user.uid, user.gid);
+    }
+  };
+  await mkdir(dirs.cache, { recursive: true });
+  await chmod(dirs.work, 0o700);
+  // The work root only needs to be passable (x), never listable, for the build users.
+  await chmod(path.dirname(dirs.work), 0o711);
+  // The cache is walked only when it is not the user's yet (first build of that uid).
+  const cacheOwner = (await stat(dirs.cache)).uid;
+  await Promise.all([walk(dirs.work), cacheOwner === user.uid ? Promise.resolve() : walk(dirs.cache)]);
 }
 
 async function fileExists(file: string): Promise<boolean> {

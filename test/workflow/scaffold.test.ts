@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { readFile, readdir, stat } from 'node:fs/promises';
+import { chmod, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -289,5 +289,26 @@ describe('scaffold.build', () => {
     const files = await readTar(Readable.from([first]));
     expect(files.get('package/bin/cli.js')?.mode).toBe(0o755);
     expect(files.get('package/index.js')?.mode).toBe(0o644);
+  });
+
+  it.runIf(process.getuid?.() === 0)('runAs: npm and install scripts run as the unprivileged user and cannot read root-only files', async () => {
+    const secretDir = await tempDir('bd-secret-');
+    const secretFile = path.join(secretDir.dir, 'token');
+    await writeFile(secretFile, 'root-only-secret', { mode: 0o600 });
+    // The build user must be able to reach its workdir (a builder's work root is 0711).
+    await chmod(root.dir, 0o711);
+    const scaffold = await testScaffold(path.join(root.dir, 'work-runas'));
+    const script = [
+      'const fs = require("fs");',
+      'let read = "unreadable";',
+      `try { read = fs.readFileSync(${JSON.stringify(secretFile)}, "utf8"); } catch (error) { read = error.code; }`,
+      'fs.writeFileSync("who.json", JSON.stringify({ uid: process.getuid(), read }));',
+    ].join('\n');
+    const result = await scaffold.run(packageTar({ name: 'who', version: '1.0.0', scripts: { install: 'node who.js' }, dependencies: { ms: '2.1.3' } }, { 'who.js': script }), {}, { runAs: { uid: 65534, gid: 65534 } });
+    const files = await readTar(result.output);
+    await result.settled;
+    expect(JSON.parse(files.get('package/who.json')!.content.toString())).toEqual({ uid: 65534, read: 'EACCES' });
+    expect(files.has('package/node_modules/ms/index.js')).toBe(true);
+    await secretDir.remove();
   });
 });
