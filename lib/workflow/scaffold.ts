@@ -8,7 +8,7 @@ import { redact } from '../redact.js';
 import { hostTarget, normalizeTarget, sameTarget, type Target } from '../target.js';
 import { HookRegistry } from './hooks.js';
 import { buildNpmEnv, configSecrets, locateNpm, npmFailure, readNpmVersion, spawnNpm, writeNpmrc } from './npm.js';
-import { dropGypIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall } from './steps/bundle.js';
+import { dropGypIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall, packagesWithInstallWork } from './steps/bundle.js';
 import { NPM_EPOCH, pack } from './steps/pack.js';
 import { chooseNodeRange, resolveRuntime, type Runtime } from './steps/runtime.js';
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
@@ -116,6 +116,14 @@ export function createScaffold(defaults: BuildOverrides, hooks: HookModule[], en
   hooks.forEach((module, index) => registry.add(module, `hook module #${index + 1}`));
   const scaffoldDefaults = mergeConfig(defaultConfig(host), defaults);
   let npmCli: string | undefined;
+  let npmVersion: Promise<string> | undefined;
+  const memoNpmVersion = (read: () => Promise<string>) => {
+    npmVersion ??= read();
+    npmVersion.catch(() => {
+      npmVersion = undefined;
+    });
+    return npmVersion;
+  };
 
   const scaffold: Scaffold = {
     defaults: scaffoldDefaults,
@@ -125,13 +133,15 @@ export function createScaffold(defaults: BuildOverrides, hooks: HookModule[], en
     },
     async run(tar, overrides = {}, options = {}) {
       npmCli ??= locateNpm(environment.env.PATH);
-      return runBuild({ scaffold, registry, environment, host, hostNode, npmCli, tar, overrides, options });
+      return runBuild({ npmVersion: memoNpmVersion, scaffold, registry, environment, host, hostNode, npmCli, tar, overrides, options });
     },
   };
   return scaffold;
 }
 
 interface RunContext {
+  /** Memoizes npm's version for the scaffold's lifetime. */
+  npmVersion: (read: () => Promise<string>) => Promise<string>;
   scaffold: Scaffold;
   registry: HookRegistry;
   environment: ScaffoldEnvironment;
@@ -278,14 +288,19 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       peakMemory = Math.max(peakMemory, run.peakMemory);
       if (run.code !== 0) throw npmFailure(what, run);
     };
-    const npmVersion = await readNpmVersion(spawnInfo.command, context.npmCli, { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir });
+    // Asked once per scaffold, while npm installs.
+    const npmVersion = context.npmVersion(() => readNpmVersion(spawnInfo.command, context.npmCli, { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }));
     await step('install', async () => {
       log('install', `npm ${spawnInfo.argv.slice(1).join(' ')}`);
       await runNpm(`npm ${spawnInfo.argv[1]}`, spawnInfo.argv);
       if (native) {
         // Install scripts (node-gyp among them) run here, under the chosen runtime, but never
-        // the root's `prepare`: the input is already packed.
-        await runNpm('npm rebuild', [context.npmCli, 'rebuild', '--foreground-scripts', ...config.npmArgs]);
+        // the root's `prepare`: the input is already packed. A tree without any is not rebuilt.
+        const scripted = await packagesWithInstallWork(dirs.package);
+        if (scripted.length > 0) {
+          log('install', `install scripts to run: ${scripted.join(', ')}`);
+          await runNpm('npm rebuild', [context.npmCli, 'rebuild', '--foreground-scripts', ...config.npmArgs]);
+        }
       } else {
         const needs = await findNativeBuildNeeds({ dir: dirs.package });
         if (needs.length > 0) throw nativeNeedsTargetError(needs, config.target);
@@ -324,7 +339,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       version: unpacked.packageJson.version,
       target: config.target,
       runtime: { version: runtime.version, abi: runtime.abi, source: runtime.source },
-      npmVersion,
+      npmVersion: await npmVersion,
       bundledDependencies: bundled,
       nativeFiles: verified.nativeFiles,
       durations: { ...durations },

@@ -114,6 +114,22 @@ export function neutralizeInstall(packageJson: PackageJson, hasBindingGyp: boole
   return changed;
 }
 
+/** Whether a package has work for `npm rebuild`: an install script, or node-gyp's implicit one. */
+async function hasInstallWork(dir: string): Promise<boolean> {
+  const json = await readJson(path.join(dir, 'package.json'));
+  if (!json) return false;
+  const scripts = (json.scripts ?? {}) as Record<string, unknown>;
+  if (INSTALL_SCRIPTS.some((name) => typeof scripts[name] === 'string')) return true;
+  return json.gypfile !== false && (await exists(path.join(dir, 'binding.gyp')));
+}
+
+/** The packages (and `.` for the root) that have install scripts or a binding.gyp to build. */
+export async function packagesWithInstallWork(packageDir: string): Promise<string[]> {
+  const all = await listAllPackages(packageDir);
+  const flags = await Promise.all([{ name: '.', dir: packageDir }, ...all].map(async (pkg) => ((await hasInstallWork(pkg.dir)) ? pkg.name : undefined)));
+  return flags.filter((name): name is string => name !== undefined);
+}
+
 async function readJson(file: string): Promise<PackageJson | undefined> {
   try {
     return JSON.parse(await readFile(file, 'utf8')) as PackageJson;
