@@ -26,6 +26,8 @@ export interface NpmOptions {
   cacheDir?: string;
   /** The npm executable; `npm` on the env's PATH unless told. */
   command?: string;
+  /** Arguments before npm's own, e.g. `command: process.execPath, commandArgs: ['/usr/lib/node_modules/npm/bin/npm-cli.js']`. */
+  commandArgs?: string[];
 }
 
 export type LogFn = (message: string, data?: object) => void;
@@ -95,7 +97,7 @@ export function runCommand(command: string, args: string[], options: { env: Node
 }
 
 function runNpm(npm: NpmOptions, args: string[], signal?: AbortSignal, cwd?: string): Promise<NpmResult> {
-  return runCommand(npm.command ?? 'npm', npmArgs(npm, args), { env: npm.env, ...(cwd ? { cwd } : {}), ...(signal ? { signal } : {}) });
+  return runCommand(npm.command ?? 'npm', [...(npm.commandArgs ?? []), ...npmArgs(npm, args)], { env: npm.env, ...(cwd ? { cwd } : {}), ...(signal ? { signal } : {}) });
 }
 
 /** npm's `--json` error object (`{"error": {"code": "E404", "summary": …}}`), else the stderr tail. */

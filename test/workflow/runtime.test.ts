@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { realpathSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, utimes } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -140,7 +141,11 @@ describe('resolveRuntime (real registry, real npm)', () => {
 
   it('uses the host Node when it is the chosen version, with its headers as nodedir', async () => {
     const events: Array<{ message: string; data?: object }> = [];
-    const runtime = await resolveRuntime(options({ range: process.version.slice(1), from: 'target', cacheDir: path.join(scratch, 'host'), events }));
+    // npm run the way the Scaffold runs it: the host Node and npm's CLI script.
+    const npmCli = realpathSync(execFileSync('sh', ['-c', 'command -v npm'], { encoding: 'utf8' }).trim());
+    expect(npmCli).toMatch(/npm-cli\.js$/);
+    const npm = { env: { ...process.env }, cacheDir: npmCache, command: process.execPath, commandArgs: [npmCli] };
+    const runtime = await resolveRuntime(options({ range: process.version.slice(1), from: 'target', cacheDir: path.join(scratch, 'host'), npm, events }));
     expect(runtime).toMatchObject({ version: process.version.slice(1), abi: process.versions.modules, nodePath: process.execPath, source: 'host', runnable: true, nodedir: '/usr' });
     expect(eventsNamed(events, 'runtime.fetch')).toHaveLength(0);
   });
