@@ -198,9 +198,16 @@ describe('verifyNative', () => {
     macho.writeUInt32LE(0xfeedfacf, 0);
     macho.writeUInt32LE(0x0100000c, 4);
     await put(dir, 'node_modules/7zip-bin/mac/arm64/7za', macho, 0o755);
+    // node-notifier ships a Windows helper whose path names no os: PE never comes from a (linux/macOS) builder.
+    const pe = Buffer.alloc(0x80 + 26);
+    pe.write('MZ', 0, 'latin1');
+    pe.writeUInt32LE(0x80, 0x3c);
+    pe.writeUInt32BE(0x50450000, 0x80);
+    pe.writeUInt16LE(0x8664, 0x84);
+    await put(dir, 'node_modules/node-notifier/vendor/snoreToast/snoretoast-x64.exe', pe);
     const linux = await verifyNative({ dir, target: linuxX64, runtime: node22, canExecute: false });
     expect(linux.executables).toEqual(['node_modules/7zip-bin/linux/x64/7za']);
-    expect(linux.foreign.sort()).toEqual(['node_modules/7zip-bin/linux/arm64/7za', 'node_modules/7zip-bin/mac/arm64/7za']);
+    expect(linux.foreign.sort()).toEqual(['node_modules/7zip-bin/linux/arm64/7za', 'node_modules/7zip-bin/mac/arm64/7za', 'node_modules/node-notifier/vendor/snoreToast/snoretoast-x64.exe']);
     const darwin = await verifyNative({ dir, target: { os: 'darwin', cpu: 'arm64' }, runtime: node22, canExecute: false });
     expect(darwin.executables).toEqual(['node_modules/7zip-bin/mac/arm64/7za']);
 

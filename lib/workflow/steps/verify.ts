@@ -77,7 +77,7 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
       continue; // scripts with an exec bit, text files named *.so.1, …
     }
     const problem = checkHeader(header, target);
-    if (problem && (await isShippedForOtherPlatform(dir, file.relative, target, packageCache))) {
+    if (problem && (await isShippedForOtherPlatform(dir, file.relative, header, target, packageCache))) {
       foreign.push(file.relative);
       continue;
     }
@@ -164,11 +164,11 @@ export function pathNamesOtherPlatform(relative: string, target: Target): boolea
 
 /**
  * A mismatching binary is *foreign* — shipped for another platform and chosen at run time,
- * so left alone — when it sits in a `prebuilds/` folder, or when its path inside a package
- * names another platform. Never inside a platform package (one whose package.json has
+ * so left alone — when it sits in a `prebuilds/` folder, when its path inside a package
+ * names another platform, or when it is a Windows PE file in a bundle for another os. Never inside a platform package (one whose package.json has
  * `os`/`cpu`/`libc`): npm picked that one for this target, so everything in it must fit.
  */
-async function isShippedForOtherPlatform(dir: string, relative: string, target: Target, cache: Map<string, Promise<boolean>>): Promise<boolean> {
+async function isShippedForOtherPlatform(dir: string, relative: string, header: BinaryHeader, target: Target, cache: Map<string, Promise<boolean>>): Promise<boolean> {
   const parts = relative.split(/[\\/]/);
   let at = parts.lastIndexOf('node_modules');
   let packageDir = '';
@@ -178,7 +178,10 @@ async function isShippedForOtherPlatform(dir: string, relative: string, target: 
     at += scoped;
   }
   const inside = parts.slice(at + 1).join('/');
-  if (!inside.split('/').includes('prebuilds') && !pathNamesOtherPlatform(inside, target)) return false;
+  // Builders run on linux and macOS only, so a PE file in a non-Windows bundle was shipped by
+  // its package (node-notifier's snoretoast-x64.exe), never built or downloaded here.
+  const windowsOnly = header.format === 'pe' && target.os !== 'win32';
+  if (!windowsOnly && !inside.split('/').includes('prebuilds') && !pathNamesOtherPlatform(inside, target)) return false;
   let declares = cache.get(packageDir);
   if (!declares) {
     declares = readFile(path.join(dir, packageDir, 'package.json'), 'utf8').then(
