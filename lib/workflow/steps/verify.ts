@@ -85,12 +85,14 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
     else if (isAddon) nativeFiles.push(file.relative);
     else executables.push(file.relative);
   }
-  if (foreign.length > 0) log?.(`Prebuilds for other platforms left as shipped: ${foreign.join(', ')}`, { event: 'verify.foreign', files: foreign });
-  if (problems.length > 0) throw verifyError(problems, target);
-
+  // The walk's order depends on the file system: sort so messages and results are stable.
   nativeFiles.sort();
   executables.sort();
   foreign.sort();
+  problems.sort((a, b) => a.file.localeCompare(b.file));
+  if (foreign.length > 0) log?.(`Binaries their packages ship for other platforms, left as they are: ${foreign.join(', ')}`, { event: 'verify.foreign', files: foreign });
+  if (problems.length > 0) throw verifyError(problems, target);
+
   if (options.canExecute && nativeFiles.length > 0) {
     await loadAddons({ ...options, nativeFiles });
     log?.(`${nativeFiles.length} native addon(s) load under Node ${options.runtime.version}`, { event: 'verify.loaded', files: nativeFiles });
