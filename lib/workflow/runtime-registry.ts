@@ -300,6 +300,8 @@ export async function extractPackage(tarball: string, dest: string, signal?: Abo
     made.add(dir);
   };
   extract.on('entry', (header, stream, next) => {
+    // Destroying the extractor errors the current entry too; the pipeline reports the cause.
+    stream.on('error', () => undefined);
     const done = (error?: unknown) => {
       if (error) extract.destroy(error as Error);
       else next();

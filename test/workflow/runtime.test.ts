@@ -1,12 +1,17 @@
 import { execFileSync } from 'node:child_process';
 import { realpathSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rm, utimes } from 'node:fs/promises';
+import { createWriteStream } from 'node:fs';
+import { lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, utimes } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import tar from 'tar-stream';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BundleError } from '../../lib/errors.js';
 import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
+import { extractPackage } from '../../lib/workflow/runtime-registry.js';
 import { chooseNodeRange, pickVersion, registryPackageName, resolveRuntime, summarizeVersions } from '../../lib/workflow/steps/runtime.js';
 import type { ResolveRuntimeOptions } from '../../lib/workflow/steps/runtime.js';
 
@@ -216,5 +221,43 @@ describe('resolveRuntime (real registry, real npm)', () => {
     const controller = new AbortController();
     controller.abort();
     await expect(resolveRuntime(options({ range: '22', signal: controller.signal }))).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+  });
+});
+
+describe('extractPackage', () => {
+  async function tarball(file: string, entries: Array<{ name: string; type?: 'file' | 'symlink' | 'directory'; linkname?: string; content?: string; mode?: number }>): Promise<string> {
+    const pack = tar.pack();
+    for (const e of entries) pack.entry({ name: e.name, type: e.type ?? 'file', ...(e.linkname ? { linkname: e.linkname } : {}), ...(e.mode ? { mode: e.mode } : {}) }, e.content ?? '');
+    pack.finalize();
+    await pipeline(pack, createGzip(), createWriteStream(file));
+    return file;
+  }
+  let dir: string;
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'extract-test-'));
+  });
+  afterAll(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('strips package/, keeps modes and inside symlinks, drops links that leave', async () => {
+    const file = await tarball(path.join(dir, 'ok.tgz'), [
+      { name: 'package/bin/node', content: '#!/bin/sh\n', mode: 0o755 },
+      { name: 'package/include/node/node_version.h', content: '#define NODE_MODULE_VERSION 127\n' },
+      { name: 'package/bin/nodejs', type: 'symlink', linkname: 'node' },
+      { name: 'package/bin/escape', type: 'symlink', linkname: '../../../etc/passwd' },
+    ]);
+    const out = path.join(dir, 'ok');
+    await extractPackage(file, out);
+    expect((await stat(path.join(out, 'bin', 'node'))).mode & 0o777).toBe(0o755);
+    expect(await readFile(path.join(out, 'include', 'node', 'node_version.h'), 'utf8')).toContain('127');
+    expect(await readlink(path.join(out, 'bin', 'nodejs'))).toBe('node');
+    await expect(lstat(path.join(out, 'bin', 'escape'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('refuses paths that leave the destination', async () => {
+    const file = await tarball(path.join(dir, 'evil.tgz'), [{ name: 'package/../../evil', content: 'x' }]);
+    await expect(extractPackage(file, path.join(dir, 'evil'))).rejects.toThrow(/unsafe path in tarball/);
+    await expect(lstat(path.resolve(dir, 'evil', '../../evil'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 });

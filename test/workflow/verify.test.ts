@@ -283,6 +283,13 @@ describe('checkPlatformPackages', () => {
     expect(error.message).not.toContain('gnu');
   });
 
+  it('says so and checks nothing without a lockfile', async () => {
+    const dir = await fresh('no-lock');
+    const events: string[] = [];
+    await checkPlatformPackages({ dir, target: linuxX64, log: (m) => events.push(m) });
+    expect(events).toEqual(['No package-lock.json or npm-shrinkwrap.json: platform packages not checked']);
+  });
+
   it("follows npm's os/cpu/libc rules", () => {
     expect(platformMatches({ os: ['!win32'], cpu: ['x64', 'arm64'] }, linuxX64)).toBe(true);
     expect(platformMatches({ os: ['!linux'] }, linuxX64)).toBe(false);
