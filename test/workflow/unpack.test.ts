@@ -368,6 +368,22 @@ describe('unpack: unsafe paths', () => {
     await refused(tar, 'ERR_UNSAFE_PATH');
   });
 
+  it('refuses an absurdly deep path quickly (no quadratic directory walk)', async () => {
+    const deep = `package/${'a/'.repeat(1_000_000)}x`;
+    const started = Date.now();
+    const error = await refused(await tarOf([{ name: 'package/x', content: 'x', pax: { path: deep } }]), 'ERR_UNSAFE_PATH');
+    expect(error.message).toMatch(/longer than 4096 bytes/);
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it('refuses a path component longer than NAME_MAX', async () => {
+    await refused(await tarOf([{ name: 'package/x', content: 'x', pax: { path: `package/${'n'.repeat(300)}` } }]), 'ERR_UNSAFE_PATH');
+  });
+
+  it('refuses a symlink target longer than PATH_MAX', async () => {
+    await refused(await tarOf([{ name: 'package/l', type: 'symlink', linkname: 'x', pax: { linkpath: 'a/'.repeat(3000) } }]), 'ERR_UNSAFE_PATH');
+  });
+
   it('refuses a NUL byte in a pax path', async () => {
     await refused(await tarOf([{ name: 'package/a.js', content: 'x', pax: { path: 'package/a.js\0/../../x' } }]), 'ERR_UNSAFE_PATH');
   });

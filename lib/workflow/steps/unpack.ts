@@ -51,6 +51,12 @@ const OVERHEAD_PER_ENTRY = 64 * 1024;
 const OVERHEAD_SLACK = 16 * 1024 * 1024;
 /** Symbolic links followed while checking where one symlink ends up (Linux uses 40). */
 const MAX_SYMLINK_HOPS = 40;
+/** Longest path or link target accepted (Linux PATH_MAX); longer ones only serve to make work. */
+const MAX_PATH_BYTES = 4096;
+/** Longest path component (NAME_MAX on Linux and macOS). */
+const MAX_NAME_BYTES = 255;
+/** Path components walked while resolving one symlink, links included, before giving up. */
+const MAX_RESOLVE_STEPS = 4096;
 const BLOCK = 512;
 
 type Entry = ExtractEvents['entry'][1];
@@ -248,9 +254,11 @@ function safeRelativePath(name: string, entry: string): string {
   if (name.includes('\0')) throw unsafe('contains a NUL byte');
   if (name.includes('\\')) throw unsafe('contains a backslash (a Windows path separator)');
   if (name.startsWith('/')) throw unsafe(`has the absolute path "${name}"`);
+  if (Buffer.byteLength(name) > MAX_PATH_BYTES) throw unsafe(`has a path longer than ${MAX_PATH_BYTES} bytes`);
   const parts = name.split('/');
   for (const part of parts) {
     if (part === '..') throw unsafe(`contains ".." in "${name}"`);
+    if (Buffer.byteLength(part) > MAX_NAME_BYTES) throw unsafe(`has a path component longer than ${MAX_NAME_BYTES} bytes`);
     if (/^[a-zA-Z]:/.test(part)) throw unsafe(`contains the drive letter "${part.slice(0, 2)}"`);
   }
   return parts.slice(1).filter((part) => part !== '' && part !== '.').join('/');
@@ -307,6 +315,7 @@ class TreeWriter {
       { details: { entry, linkname: target } });
     if (target === '') throw outside('has an empty target');
     if (target.includes('\0') || target.includes('\\')) throw outside('has a NUL byte or backslash in its target');
+    if (Buffer.byteLength(target) > MAX_PATH_BYTES) throw outside(`has a target longer than ${MAX_PATH_BYTES} bytes`);
     if (path.posix.isAbsolute(target) || /^[a-zA-Z]:/.test(target)) throw outside('points to an absolute path outside the package');
     const resolved = path.posix.normalize(path.posix.join(path.posix.dirname(relative), target));
     if (resolved === '..' || resolved.startsWith('../')) throw outside('points outside the package');
@@ -356,7 +365,9 @@ class TreeWriter {
     let pending = (await readlink(this.absolute(relative))).split('/');
     if (path.posix.isAbsolute(pending.join('/'))) return 'outside';
     let hops = 0;
+    let steps = 0;
     while (pending.length > 0) {
+      if (++steps > MAX_RESOLVE_STEPS) return 'loop';
       const part = pending.shift() as string;
       if (part === '' || part === '.') continue;
       if (part === '..') {
@@ -536,6 +547,9 @@ function toUnpackError(error: unknown, stats: Counters): BundleError {
   const code = errorCode(error);
   if (code === 'ENOSPC' || code === 'EDQUOT') {
     return new BundleError('ERR_DISK_FULL', `The disk filled up while extracting the input (${message}). Free space in the work directory, or lower the unpack limits.`, { cause: error });
+  }
+  if (code === 'ENAMETOOLONG' || code === 'ELOOP') {
+    return new BundleError('ERR_UNSAFE_PATH', `An entry's path cannot be created in the work directory (${message}). ${RECREATE}`, { cause: error });
   }
   const gzipped = stats.head[0] === 0x1f && stats.head[1] === 0x8b;
   if (message.startsWith('Invalid tar header') || message === 'Invalid header' || (message === 'Unexpected end of data' && stats.entries === 0 && !looksLikeTar(stats.head))) {
