@@ -58,6 +58,7 @@ let node22: Runtime;
 let napiAddon: string; // N-API: loads under any Node
 let abi115Addon: string; // registered with NODE_MODULE_VERSION 115 (the host's Node 20 headers)
 let crashingAddon: string;
+let plainLibrary: string;
 
 async function put(dir: string, relative: string, content: string | Buffer, mode?: number): Promise<string> {
   const file = path.join(dir, relative);
@@ -107,6 +108,9 @@ __attribute__((constructor)) static void reg(void) { node_module_register(&m); }
 `,
     '/usr/include/node',
   );
+  // A shared library named .node that registers nothing (better-sqlite3 builds its SQLite
+  // test_extension this way).
+  plainLibrary = compile('plain', 'int sqlite3_extension_init(void) { return 0; }\n', '/usr/include/node');
   crashingAddon = compile('crash', '#include <stdlib.h>\n__attribute__((constructor)) static void boom(void) { abort(); }\n', '/usr/include/node');
 });
 
@@ -149,6 +153,15 @@ describe('verifyNative', () => {
     expect(error.code).toBe('ERR_NATIVE_VERIFY');
     expect(error.message).toContain('node_modules/old/build/Release/old.node does not load under Node 22.');
     expect(error.message).toMatch(/NODE_MODULE_VERSION 115.*NODE_MODULE_VERSION 127/);
+  });
+
+  it('accepts a .node file that loads but registers no module (a plain shared library), and says so', async () => {
+    const dir = await fresh('plain');
+    await place(dir, 'node_modules/db/build/Release/test_extension.node', plainLibrary);
+    const events: string[] = [];
+    const result = await verifyNative({ dir, target: linuxX64, runtime: node22, canExecute: true, env, log: (m) => events.push(m) });
+    expect(result.nativeFiles).toEqual(['node_modules/db/build/Release/test_extension.node']);
+    expect(events.join('\n')).toContain('test_extension.node loads but is not a Node addon');
   });
 
   it('names the addon that crashes the loader', async () => {

@@ -240,6 +240,13 @@ async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[]
     if (event.ok) pending = undefined;
     if (event.fail) {
       pending = undefined;
+      // dlopen worked (right format, ABI, libraries) but nothing registered: a plain shared
+      // library that happens to be named .node (better-sqlite3's SQLite test_extension), not
+      // an addon. Its header was checked like every binary's; it cannot be loaded as one.
+      if (/did not self-register/.test(event.message ?? '')) {
+        options.log?.(`${path.relative(dir, event.fail)} loads but is not a Node addon (no module registered); its header matches the target`);
+        continue;
+      }
       failures.push({ file: path.relative(dir, event.fail), problem: `does not load under Node ${runtime.version} (ABI ${runtime.abi}): ${oneLine(event.message ?? '', dir)}` });
     }
   }
