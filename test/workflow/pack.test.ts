@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { chmod, mkdir, mkdtemp, readFile, rm, symlink, unlink, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -194,6 +195,19 @@ describe('pack', () => {
     expect(stream.readableLength).toBeLessThan(1024 * 1024);
     const tar = await readAll(stream);
     expect(tar.length).toBe(512 + 20 * 1024 * 1024 + 1024);
+  });
+
+  it.skipIf(!existsSync('/proc/self/fd'))('closes its files when the consumer stops reading', async () => {
+    const dir = path.join(parent, 'pkg');
+    await mkdir(dir);
+    await writeFile(path.join(dir, 'a-large.bin'), Buffer.alloc(4 * 1024 * 1024, 1));
+    await writeFile(path.join(dir, 'b.txt'), 'b');
+    const before = (await readdir('/proc/self/fd')).length;
+    const stream = pack(dir);
+    for await (const _chunk of stream) break; // destroys the stream
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(stream.destroyed).toBe(true);
+    expect((await readdir('/proc/self/fd')).length).toBe(before);
   });
 
   it('ends with ERR_PACK_FAILED when the directory does not exist', async () => {

@@ -92,7 +92,12 @@ export async function unpack(tar: Readable, dir: string, options: UnpackOptions 
     throw abortError(signal);
   }
   const root = path.resolve(dir);
-  await mkdir(root, { recursive: true });
+  try {
+    await mkdir(root, { recursive: true });
+  } catch (error) {
+    tar.destroy();
+    throw new BundleError('ERR_INTERNAL', `Cannot create the directory to unpack into, "${root}": ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+  }
 
   const writer = new TreeWriter(root);
   const extract = createExtract();
