@@ -297,7 +297,7 @@ export class DirStore implements ObjectStore {
       }
       for (const entry of entries) {
         const key = relative ? `${relative}/${entry.name}` : entry.name;
-        if (!relative && entry.name === RESERVED_SEGMENT) continue;
+        if (entry.name === RESERVED_SEGMENT) continue;
         if (entry.isDirectory()) {
           if (key.startsWith(prefix) || prefix.startsWith(`${key}/`)) await walk(key);
         } else if (entry.isFile() && key.startsWith(prefix) && (after === undefined || key > after)) {

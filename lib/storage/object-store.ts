@@ -173,7 +173,7 @@ export interface ObjectStore {
 /** What `put` accepts. Strings are written as UTF-8. */
 export type PutBody = Readable | AsyncIterable<Uint8Array | string> | Uint8Array | string;
 
-/** Top-level key segment that stores keep for themselves (temp files, staging, metadata). */
+/** Key segment that stores keep for themselves (temp files, staging, metadata). */
 export const RESERVED_SEGMENT = '.bundle-dispatch';
 
 /** The largest object a single S3 CopyObject can copy (5 GiB). */
@@ -181,8 +181,8 @@ export const MAX_SINGLE_COPY_BYTES = 5 * 1024 ** 3;
 
 /**
  * Checks a key and returns it unchanged: `/`-separated, relative, no empty, `.` or `..`
- * segments, no backslashes or control characters, at most 1024 bytes, and not inside the
- * reserved `.bundle-dispatch/` area. Anything else is ERR_STORE_KEY.
+ * segments, no backslashes or control characters, at most 1024 bytes, and no
+ * `.bundle-dispatch` segment (reserved for the stores). Anything else is ERR_STORE_KEY.
  */
 export function validateKey(key: string): string {
   const fail = (why: string): never => {
@@ -202,7 +202,9 @@ export function validateKey(key: string): string {
     if (segment === '') return fail('it has an empty segment');
     if (segment === '.' || segment === '..') return fail(`it has a "${segment}" segment`);
   }
-  if (segments[0] === RESERVED_SEGMENT) return fail(`"${RESERVED_SEGMENT}/" is reserved for the store itself`);
+  // Reserved at any depth: a store whose prefix is inside another store's keeps its
+  // internals there, and the outer store must not list or overwrite them.
+  if (segments.includes(RESERVED_SEGMENT)) return fail(`"${RESERVED_SEGMENT}" is reserved for the stores themselves`);
   return key;
 }
 

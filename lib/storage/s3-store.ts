@@ -70,7 +70,7 @@ export interface S3StoreOptions {
   credentials?: S3ClientConfig['credentials'];
   /** Default presigned URL lifetime in seconds (3600; at most 604800 = 7 days). */
   presignExpiresIn?: number;
-  /** Multipart part size in bytes (8 MiB; at least 5 MiB). */
+  /** Multipart part size in bytes (5 MiB, the minimum S3 allows; raise it for objects over ~48 GiB). */
   partSize?: number;
   /** Parts uploaded at once (4). Memory held ≈ partSize × (queueSize + 1). */
   queueSize?: number;
@@ -81,7 +81,7 @@ export interface S3StoreOptions {
   immutable?: boolean;
 }
 
-export const DEFAULT_PART_SIZE = 8 * 1024 * 1024;
+export const DEFAULT_PART_SIZE = 5 * 1024 * 1024;
 const MIN_PART_SIZE = 5 * 1024 * 1024;
 const MAX_PRESIGN_SECONDS = 7 * 24 * 3600;
 const SHA256_META = 'sha256';
@@ -465,7 +465,7 @@ export class S3Store implements ObjectStore {
     const items: ObjectInfo[] = [];
     for (const entry of output.Contents ?? []) {
       const key = entry.Key?.slice(this.prefix.length);
-      if (!key || key.startsWith(`${RESERVED_SEGMENT}/`)) continue;
+      if (!key || key.split('/').includes(RESERVED_SEGMENT)) continue;
       items.push({
         key,
         size: entry.Size ?? 0,

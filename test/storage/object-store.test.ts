@@ -21,7 +21,7 @@ describe('validateKey', () => {
   });
 
   it('refuses keys that could escape or are ambiguous', () => {
-    for (const key of ['', '..', '../a', 'a/..', 'a/../b', '.', './a', '/a', 'a//b', 'a/', 'a\\b', '..\\a', 'C:/x', 'a\u0000b', 'a\nb', '.bundle-dispatch/x', 'x'.repeat(1025)]) {
+    for (const key of ['', '..', '../a', 'a/..', 'a/../b', '.', './a', '/a', 'a//b', 'a/', 'a\\b', '..\\a', 'C:/x', 'a\u0000b', 'a\nb', '.bundle-dispatch/x', 'a/.bundle-dispatch/b', 'x'.repeat(1025)]) {
       expect(codeOf(() => validateKey(key)), key).toBe('ERR_STORE_KEY');
     }
   });
