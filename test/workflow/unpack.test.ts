@@ -443,6 +443,13 @@ describe('unpack: limits', () => {
     expect((await readdir(target)).length).toBeLessThanOrEqual(20);
   });
 
+  it('counts the directories that deep paths imply (an inode bomb)', async () => {
+    const deep = `package/${'d/'.repeat(30)}file`;
+    const error = await refused(await tarOf([{ name: deep, content: 'x' }]), 'ERR_INPUT_TOO_LARGE', { maxEntries: 20 });
+    expect(error.message).toMatch(/directories its paths imply/);
+    expect(error.details).toMatchObject({ entries: 3 });
+  });
+
   it('accepts exactly the limits', async () => {
     const tar = await makeTar([{ name: 'package/package.json', content: '{"name":"a","version":"1"}' }]);
     const result = await unpack(streamOf(tar), target, { limits: { maxBytes: 26, maxEntries: 1 } });

@@ -42,12 +42,12 @@ const MAX_SYNC_MS = 10;
  * `options.onSkip`: `npm install` recreates the `node_modules/.bin` links from each bundled
  * package's `bin` field, and a link could point anywhere once the bundle is unpacked elsewhere.
  *
- * Entries are written one at a time with backpressure from the consumer; large files are
- * streamed in 256 KiB chunks and only the next 16 files are opened ahead (small ones, ≤ 128 KiB,
- * read whole), so memory stays small whatever the tree's size — the sorted list of paths is the
- * only thing held for the whole tree. A file that
- * vanishes, shrinks or cannot be read ends the stream with `ERR_PACK_FAILED`; an abort ends it
- * with the signal's error (`ERR_ABORTED` / `ERR_BUILD_TIMEOUT`).
+ * Entries are written one at a time with backpressure from the consumer: a file of up to
+ * 128 KiB is read whole (synchronously — see openFile), a larger one is streamed in 256 KiB
+ * chunks, so memory stays small whatever the tree's size; the sorted list of paths is the only
+ * thing held for the whole tree. A file that vanishes, shrinks or cannot be read ends the stream
+ * with `ERR_PACK_FAILED`; an abort ends it with the signal's error (`ERR_ABORTED` /
+ * `ERR_BUILD_TIMEOUT`). The walk starts at once; file contents flow only as fast as they are read.
  *
  * @example
  * await pipeline(pack(dirs.package, { mtime: NPM_EPOCH, signal }), createGzip(), createWriteStream(out));

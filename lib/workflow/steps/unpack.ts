@@ -57,6 +57,8 @@ const MAX_PATH_BYTES = 4096;
 const MAX_NAME_BYTES = 255;
 /** Path components walked while resolving one symlink, links included, before giving up. */
 const MAX_RESOLVE_STEPS = 4096;
+/** Path components walked for all symlinks together: a real package has a handful of links. */
+const MAX_TOTAL_RESOLVE_STEPS = 1_000_000;
 const BLOCK = 512;
 
 type Entry = ExtractEvents['entry'][1];
@@ -99,9 +101,13 @@ export async function unpack(tar: Readable, dir: string, options: UnpackOptions 
     throw new BundleError('ERR_INTERNAL', `Cannot create the directory to unpack into, "${root}": ${error instanceof Error ? error.message : String(error)}`, { cause: error });
   }
 
-  const writer = new TreeWriter(root);
+  const stats: Counters = { entries: 0, directories: 0, bytes: 0, raw: 0, lastEnd: 0, head: Buffer.alloc(0), tail: Buffer.alloc(0) };
+  const writer = new TreeWriter(root, () => {
+    // Parent directories implied by deep paths are inodes too: count them against the limit.
+    stats.directories += 1;
+    checkEntryLimit(stats, limits);
+  });
   const extract = createExtract();
-  const stats = { entries: 0, bytes: 0, raw: 0, lastEnd: 0, head: Buffer.alloc(0), tail: Buffer.alloc(0) };
   let failure: BundleError | undefined;
   const fail = (error: unknown): BundleError => {
     failure ??= toUnpackError(error, stats);
@@ -149,6 +155,8 @@ export async function unpack(tar: Readable, dir: string, options: UnpackOptions 
 
 interface Counters {
   entries: number;
+  /** Directories created because a path needed them, without an entry of their own. */
+  directories: number;
   bytes: number;
   /** Raw tar bytes fed to the parser so far. */
   raw: number;
@@ -199,11 +207,7 @@ async function extractEntry(entry: Entry, writer: TreeWriter, stats: Counters, l
   stats.lastEnd = offset + BLOCK + Math.ceil(size / BLOCK) * BLOCK;
   stats.entries += 1;
   stats.bytes += size;
-  if (stats.entries > limits.maxEntries) {
-    throw new BundleError('ERR_INPUT_TOO_LARGE',
-      `The input has more than ${limits.maxEntries} entries, the limit for one package. Check that the tarball holds only the package (no node_modules, build caches), or raise the entry limit.`,
-      { details: { entries: stats.entries, limits } });
-  }
+  checkEntryLimit(stats, limits);
   if (stats.bytes > limits.maxBytes) {
     throw new BundleError('ERR_INPUT_TOO_LARGE',
       `The input's files add up to more than ${limits.maxBytes} bytes (entry "${header.name}" declares ${size}), the limit for one package. Check what the tarball contains, or raise the size limit.`,
@@ -246,6 +250,13 @@ async function extractEntry(entry: Entry, writer: TreeWriter, stats: Counters, l
   }
 }
 
+function checkEntryLimit(stats: Counters, limits: UnpackLimits): void {
+  if (stats.entries + stats.directories <= limits.maxEntries) return;
+  throw new BundleError('ERR_INPUT_TOO_LARGE',
+    `The input has more than ${limits.maxEntries} entries (counting the directories its paths imply), the limit for one package. Check that the tarball holds only the package (no node_modules, build caches), or raise the entry limit.`,
+    { details: { entries: stats.entries, impliedDirectories: stats.directories, limits } });
+}
+
 /**
  * Validates an archive path and strips its first component. Refuses absolute paths, `..`,
  * backslashes, drive letters and NUL bytes anywhere in it — a Windows extractor or a later
@@ -284,7 +295,11 @@ class TreeWriter {
   /** Archive names of top-level non-directory entries dropped by the strip (for a better hint). */
   readonly topLevelFiles: string[] = [];
 
-  constructor(private readonly root: string) {}
+  /** Resolution steps left for all symlinks together (see MAX_TOTAL_RESOLVE_STEPS). */
+  private resolveBudget = MAX_TOTAL_RESOLVE_STEPS;
+
+  /** `beforeImpliedDirectory` runs before a parent directory without an entry is created; it may throw. */
+  constructor(private readonly root: string, private readonly beforeImpliedDirectory: () => void) {}
 
   async directory(relative: string): Promise<void> {
     await this.ensureParents(relative, relative);
@@ -373,6 +388,9 @@ class TreeWriter {
     let steps = 0;
     while (pending.length > 0) {
       if (++steps > MAX_RESOLVE_STEPS) return 'loop';
+      if (--this.resolveBudget < 0) {
+        throw new BundleError('ERR_INPUT_TOO_LARGE', `The archive's symbolic links take too long to check (over ${MAX_TOTAL_RESOLVE_STEPS} steps); a package needs few links. ${RECREATE}`);
+      }
       const part = pending.shift() as string;
       if (part === '' || part === '.') continue;
       if (part === '..') {
@@ -402,16 +420,21 @@ class TreeWriter {
   }
 
   private async ensureParents(relative: string, entry: string): Promise<void> {
-    const parts = relative.split('/');
-    for (let i = 1; i < parts.length; i++) {
-      await this.makeDirectory(parts.slice(0, i).join('/'), entry);
+    // Walk up only until a known directory: the common case (parent seen before) costs one lookup.
+    const missing: string[] = [];
+    for (let slash = relative.lastIndexOf('/'); slash > 0; slash = relative.lastIndexOf('/', slash - 1)) {
+      const parent = relative.slice(0, slash);
+      if (this.directories.has(parent)) break;
+      missing.push(parent);
     }
+    for (const parent of missing.reverse()) await this.makeDirectory(parent, entry, true);
   }
 
-  private async makeDirectory(relative: string, entry: string): Promise<void> {
+  private async makeDirectory(relative: string, entry: string, implied = false): Promise<void> {
     if (this.directories.has(relative)) return;
     const absolute = this.absolute(relative);
     try {
+      if (implied) this.beforeImpliedDirectory();
       await mkdir(absolute, { mode: 0o755 });
     } catch (error) {
       if (errorCode(error) !== 'EEXIST') throw error;
