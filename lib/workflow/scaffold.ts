@@ -248,7 +248,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         configured: config.runtimes,
         cacheDir: environment.runtimeCacheDir,
         // npm runs as this process here (no scripts): it uses the scaffold's own cache.
-        npm: { env: { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }, npmrcPath: dirs.npmrc, cacheDir: environment.npmCacheDir },
+        npm: { env: { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }, npmrcPath: dirs.npmrc, registry: config.registry, cacheDir: environment.npmCacheDir },
         signal,
         log: (message, data) => log('runtime', message, 'status', data as Record<string, unknown> | undefined),
       });

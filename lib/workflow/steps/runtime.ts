@@ -1,4 +1,5 @@
-import { access, realpath, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { access, mkdir, readFile, realpath, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import semver from 'semver';
 import { BundleError, throwIfAborted } from '../../errors.js';
@@ -14,7 +15,7 @@ import {
   runCommand,
   cachedRuntimeDir,
 } from '../runtime-registry.js';
-import type { LogFn, NpmOptions } from '../runtime-registry.js';
+import type { LogFn, NpmOptions, RegistryVersions } from '../runtime-registry.js';
 
 export { registryPackageName } from '../runtime-registry.js';
 export type { NpmOptions, LogFn } from '../runtime-registry.js';
@@ -187,8 +188,11 @@ export async function resolveRuntime(options: ResolveRuntimeOptions): Promise<Ru
     log?.(`Not using registry runtimes: ${registryNote}`, { event: 'runtime.registry.skipped', target: formatTarget(target) });
   } else if (options.offline) {
     registryNote = 'offline';
+  } else if (semver.valid(range) && installed.some((i) => i.version === semver.clean(range))) {
+    // An exact version that is installed: nothing the registry lists can change the choice.
+    registryNote = 'not asked: the exact version is installed';
   } else {
-    const listed = await listRegistryVersions(pkg, npm, signal);
+    const listed = await cachedRegistryVersions(cacheDir, pkg, npm, signal);
     if (listed.ok) {
       registryVersions = listed.versions;
     } else if (listed.reason === 'not-found') {
@@ -216,6 +220,31 @@ export async function resolveRuntime(options: ResolveRuntimeOptions): Promise<Ru
     from,
   });
   return runtime;
+}
+
+/** How long a registry's list of Node versions is reused (Node releases are days apart). */
+export const REGISTRY_VERSIONS_TTL_MS = 60 * 60 * 1000;
+
+/**
+ * The registry's versions of `pkg`, reused from `<cacheDir>/.versions/` for an hour: asking
+ * npm costs a second or more per build. Only successful answers are kept.
+ */
+async function cachedRegistryVersions(cacheDir: string, pkg: string, npm: NpmOptions, signal?: AbortSignal): Promise<RegistryVersions> {
+  const key = createHash('sha256').update(`${npm.registry ?? ''}\0${pkg}`).digest('hex').slice(0, 16);
+  const file = path.join(cacheDir, '.versions', `${pkg}-${key}.json`);
+  const cached = await stat(file).catch(() => undefined);
+  if (cached && Date.now() - cached.mtimeMs < REGISTRY_VERSIONS_TTL_MS) {
+    const versions = JSON.parse(await readFile(file, 'utf8').catch(() => 'null')) as unknown;
+    if (Array.isArray(versions) && versions.every((v) => typeof v === 'string')) return { ok: true, versions };
+  }
+  const listed = await listRegistryVersions(pkg, npm, signal);
+  if (listed.ok) {
+    await mkdir(path.dirname(file), { recursive: true });
+    const temporary = `${file}.${process.pid}.${Date.now()}.tmp`;
+    await writeFile(temporary, JSON.stringify(listed.versions));
+    await rename(temporary, file);
+  }
+  return listed;
 }
 
 async function provide(
