@@ -14,6 +14,8 @@ const GZIP_MAGIC = [0x1f, 0x8b] as const;
  * Errors of the returned stream: a gzip header followed by garbage → `ERR_INPUT_NOT_TAR`;
  * gzip data that ends early → `ERR_INPUT_TRUNCATED`; errors of `input` itself pass through
  * unchanged. An empty input gives an empty stream (unpack then reports `ERR_INPUT_NOT_TAR`).
+ * The stream may fail before its consumer attaches listeners, so it carries a no-op 'error'
+ * listener: consume it with `pipeline()` or `for await`, which report a stored error.
  *
  * @example
  * const tar = maybeGunzip(response); // .tgz or plain .tar alike
@@ -85,6 +87,9 @@ function gunzipIfNeeded(input: Readable, mapSourceError: (error: unknown) => unk
   input.on('end', start);
   input.on('error', fail);
   output.on('close', stopEarly);
+  // A missing file fails before the consumer may have attached anything; an 'error' event with
+  // no listener would crash the process. pipeline() and `for await` still see the stored error.
+  output.on('error', () => undefined);
   return output;
 }
 

@@ -255,6 +255,13 @@ describe('pack', () => {
     expect(received).toBeLessThan(10 * 1024 * 1024);
   });
 
+  it('does not crash the process when it fails before anyone reads', async () => {
+    const stream = pack(path.join(parent, 'missing'));
+    await new Promise((resolve) => setTimeout(resolve, 100)); // the walk has failed by now
+    const error: unknown = await readAll(stream).catch((rejection: unknown) => rejection);
+    expect((error as BundleError).code).toBe('ERR_PACK_FAILED');
+  });
+
   it('ends with ERR_ABORTED for an already aborted signal', async () => {
     const dir = path.join(parent, 'pkg');
     await writeTree(dir);

@@ -121,6 +121,13 @@ describe('openInput', () => {
     expect(error.message).toContain('missing.tgz');
   });
 
+  it('does not crash the process when the file is missing and nobody listens yet', async () => {
+    const stream = openInput(path.join(parent, 'missing.tgz'));
+    await new Promise((resolve) => setTimeout(resolve, 100)); // the open has failed by now
+    expect(stream.destroyed).toBe(true);
+    expect((await failure(stream)).code).toBe('ERR_INPUT_NOT_FOUND');
+  });
+
   it('emits ERR_INPUT_NOT_TAR for a directory', async () => {
     const dir = path.join(parent, 'a-dir');
     await mkdir(dir);

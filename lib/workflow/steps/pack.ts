@@ -48,6 +48,8 @@ const MAX_SYNC_MS = 10;
  * thing held for the whole tree. A file that vanishes, shrinks or cannot be read ends the stream
  * with `ERR_PACK_FAILED`; an abort ends it with the signal's error (`ERR_ABORTED` /
  * `ERR_BUILD_TIMEOUT`). The walk starts at once; file contents flow only as fast as they are read.
+ * The stream carries a no-op 'error' listener (it may fail before the caller attaches one):
+ * consume it with `pipeline()` or `for await`, which report a stored error.
  *
  * @example
  * await pipeline(pack(dirs.package, { mtime: NPM_EPOCH, signal }), createGzip(), createWriteStream(out));
@@ -69,7 +71,11 @@ export function pack(dir: string, options: PackOptions = {}): Readable {
       if (!tar.destroyed) tar.destroy(toPackError(error, signal));
     })
     .finally(() => signal?.removeEventListener('abort', onAbort));
-  return Readable.from(tar as AsyncIterable<Buffer>, { objectMode: false });
+  const output = Readable.from(tar as AsyncIterable<Buffer>, { objectMode: false });
+  // The stream may fail (abort, vanished file) before the caller attaches anything; an 'error'
+  // event with no listener would crash the process. pipeline() and `for await` still see it.
+  output.on('error', () => undefined);
+  return output;
 }
 
 async function writeTree(tar: Pack, root: string, mtime: Date, options: PackOptions): Promise<void> {
