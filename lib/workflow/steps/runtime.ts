@@ -247,6 +247,14 @@ async function cachedRegistryVersions(cacheDir: string, pkg: string, npm: NpmOpt
   return listed;
 }
 
+/**
+ * NODE_MODULE_VERSION by Node major (nodejs/node doc/abi_version_registry.json). Used only for
+ * cross targets; a major missing here makes the runtime step fetch that build and read its headers.
+ */
+export const NODE_MODULE_VERSIONS: Readonly<Record<number, string>> = {
+  16: '93', 17: '102', 18: '108', 19: '111', 20: '115', 21: '120', 22: '127', 23: '131', 24: '137', 25: '141', 26: '147',
+};
+
 async function provide(
   options: ResolveRuntimeOptions & { target: Target; runnable: boolean; pkg: string; version: string; installed: Installed[]; registryVersions: string[] },
 ): Promise<Runtime> {
@@ -269,6 +277,15 @@ async function provide(
       log?.(`${local.nodePath} has no include/node and the registry cannot provide it; native builds will fail`, { event: 'runtime.headers.missing', version });
     }
     return finish({ version, source: local.source, nodePath: local.nodePath, nodedir, runnable, env: npm.env, ...(local.abi ? { abi: local.abi } : {}), ...(signal ? { signal } : {}) });
+  }
+
+  const knownAbi = NODE_MODULE_VERSIONS[semver.major(version)];
+  if (!runnable && knownAbi) {
+    // Nothing runs or compiles for a cross target: the version locks engines.node and the ABI
+    // is Node's published one, so the platform's build (tens of MB) is not downloaded.
+    const dir = cachedRuntimeDir(cacheDir, pkg, version);
+    log?.(`Node ${version} for ${formatTarget(options.target)} is not downloaded: nothing runs or compiles for a cross target`, { event: 'runtime.cross', package: pkg, version });
+    return { version, abi: knownAbi, nodePath: path.join(dir, 'bin', 'node'), binDir: path.join(dir, 'bin'), nodedir: dir, source: 'registry', runnable: false };
   }
 
   let dir: string;
