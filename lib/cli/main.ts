@@ -10,6 +10,7 @@ import { hostTarget, formatTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { createScaffold } from '../workflow/scaffold.js';
 import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
+import { builderCommand } from './builder.js';
 import { runBundle } from './bundle.js';
 import { EXIT, errorJson, exitCodeFor, formatError } from './errors.js';
 import { createLineView, createListrView, formatBytes, formatMs } from './progress.js';
@@ -174,6 +175,9 @@ export async function main(argv: string[], context: CliContext): Promise<number>
     async (args) => {
       exitCode = await commandBundle(args as unknown as BundleArgs, context, controller.signal);
     })
+    .command(builderCommand(context, controller.signal, (code) => {
+      exitCode = code;
+    }))
     .demandCommand(1, 'Give a command: bundle-dispatch bundle <input.tgz>. See --help.')
     .strict()
     .help()

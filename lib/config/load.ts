@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises';
+import { availableParallelism, hostname } from 'node:os';
 import path from 'node:path';
 import { CONFIG_KEYS, findKey, type KeyDefinition } from './schema.js';
 
@@ -14,6 +15,29 @@ export interface ResolvedConfig {
   workDir: string;
   keepWorkdir: boolean;
   limits: { maxBytes: number; maxEntries: number };
+  builder: BuilderConfig;
+}
+
+/** `builder.*`: the `bundle-dispatch builder` service. */
+export interface BuilderConfig {
+  host: string;
+  port: number;
+  store: string;
+  id: string;
+  slots: number;
+  targets: string[];
+  tokenFile?: string;
+  /** Seconds. */
+  buildTimeout: number;
+  maxSourceBytes: number;
+  maxBodyBytes: number;
+  minFreeDisk: number;
+  /** `first-last` or `off`. */
+  runAsUids: string;
+  /** Seconds. */
+  shutdownGrace: number;
+  /** Seconds. */
+  heartbeat: number;
 }
 
 export interface ConfigResult {
@@ -100,6 +124,9 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
 function machineDefault(definition: KeyDefinition, options: LoadConfigOptions): unknown {
   if (definition.key === 'cacheDir') return path.join(options.env.XDG_CACHE_HOME ?? path.join(options.homeDir, '.cache'), 'bundle-dispatch');
   if (definition.key === 'workDir') return path.join(options.tmpDir, 'bundle-dispatch');
+  if (definition.key === 'builder.store') return path.join(options.env.XDG_STATE_HOME ?? path.join(options.homeDir, '.local', 'state'), 'bundle-dispatch', 'builder');
+  if (definition.key === 'builder.id') return hostname();
+  if (definition.key === 'builder.slots') return availableParallelism();
   return structuredClone(definition.default);
 }
 
@@ -159,7 +186,9 @@ function resolvePaths(definition: KeyDefinition, value: unknown, baseDir: string
   const isRelativePath = (item: string) => item.startsWith('.') || item.startsWith('~/') || path.isAbsolute(item);
   if (definition.key === 'hooks') return (value as string[]).map((item) => (isRelativePath(item) ? resolve(item) : item));
   if (definition.key === 'runtimes') return (value as string[]).map(resolve);
-  if (definition.key === 'cacheDir' || definition.key === 'workDir') return resolve(value as string);
+  if (definition.key === 'cacheDir' || definition.key === 'workDir' || definition.key === 'builder.tokenFile') return resolve(value as string);
+  // A store is a directory path (resolved like the others) or an s3:// / file:// URL (as written).
+  if (definition.key === 'builder.store') return /^[a-z][a-z0-9+.-]+:/i.test(value as string) ? value : resolve(value as string);
   return value;
 }
 

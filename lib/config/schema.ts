@@ -22,6 +22,14 @@ export interface KeyDefinition {
 }
 
 const positive = (value: unknown) => (typeof value === 'number' && Number.isFinite(value) && value > 0 ? undefined : 'must be a positive number');
+const nonNegative = (value: unknown) => (typeof value === 'number' && Number.isFinite(value) && value >= 0 ? undefined : 'must be a number ≥ 0');
+const positiveInteger = (value: unknown) => (Number.isInteger(value) && (value as number) > 0 ? undefined : 'must be a whole number ≥ 1');
+const port = (value: unknown) => (Number.isInteger(value) && (value as number) >= 0 && (value as number) <= 65535 ? undefined : 'must be a port number (0–65535; 0 = any free port)');
+const uidRange = (value: unknown) => {
+  if (value === 'off') return undefined;
+  const match = /^(\d+)-(\d+)$/.exec(String(value));
+  return match && Number(match[1]) > 0 && Number(match[1]) <= Number(match[2]) && Number(match[2]) < 2 ** 31 ? undefined : 'must be "first-last" (e.g. 61000-61999) or "off"';
+};
 const httpUrl = (value: unknown) => {
   try {
     const url = new URL(String(value));
@@ -122,6 +130,120 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     type: 'number',
     description: 'Most entries an input tarball may have (tar-bomb guard).',
     default: 100_000,
+    check: positive,
+  },
+  {
+    key: 'builder.host',
+    type: 'string',
+    description: 'Address the builder listens on (`bundle-dispatch builder`).',
+    default: '127.0.0.1',
+    env: 'BUNDLE_DISPATCH_BUILDER_HOST',
+    flag: 'host',
+  },
+  {
+    key: 'builder.port',
+    type: 'number',
+    description: 'Port the builder listens on; 0 picks a free port (the URL is the first line on stdout).',
+    default: 7420,
+    env: 'BUNDLE_DISPATCH_BUILDER_PORT',
+    flag: 'port',
+    check: port,
+  },
+  {
+    key: 'builder.store',
+    type: 'string',
+    description: 'Where the builder keeps build records, logs and results: a directory or s3://bucket/prefix.',
+    default: '~/.local/state/bundle-dispatch/builder',
+    env: 'BUNDLE_DISPATCH_BUILDER_STORE',
+    flag: 'store',
+    example: 's3://builds/linux-x64',
+  },
+  {
+    key: 'builder.id',
+    type: 'string',
+    description: 'This builder\'s name in build records (replicas sharing a store need different ids); default the host name.',
+    default: '<hostname>',
+    env: 'BUNDLE_DISPATCH_BUILDER_ID',
+    example: 'builder-linux-x64-1',
+  },
+  {
+    key: 'builder.slots',
+    type: 'number',
+    description: 'Builds that run at once; the rest wait in a FIFO queue. Default: the number of CPUs.',
+    default: '<cpus>',
+    env: 'BUNDLE_DISPATCH_BUILDER_SLOTS',
+    flag: 'slots',
+    check: positiveInteger,
+    example: 2,
+  },
+  {
+    key: 'builder.targets',
+    type: 'string[]',
+    description: 'Targets this builder serves (os-cpu[-libc]); default: the host plus the cross targets (built only when nothing needs compiling).',
+    default: [],
+    env: 'BUNDLE_DISPATCH_BUILDER_TARGETS',
+    flag: 'targets',
+    example: ['linux-x64', 'linux-x64-musl'],
+  },
+  {
+    key: 'builder.tokenFile',
+    type: 'string',
+    description: 'File with the builder\'s accepted bearer tokens, one per line (besides BUNDLE_DISPATCH_BUILDER_TOKENS). Keep it mode 0600.',
+    env: 'BUNDLE_DISPATCH_BUILDER_TOKEN_FILE',
+    flag: 'token-file',
+    example: '/etc/bundle-dispatch/builder-tokens',
+  },
+  {
+    key: 'builder.buildTimeout',
+    type: 'number',
+    description: 'Seconds a build may run before it fails with ERR_BUILD_TIMEOUT.',
+    default: 1800,
+    env: 'BUNDLE_DISPATCH_BUILDER_BUILD_TIMEOUT',
+    check: positive,
+  },
+  {
+    key: 'builder.maxSourceBytes',
+    type: 'number',
+    description: 'Largest source .tgz the builder downloads, in bytes.',
+    default: 512 * 1024 ** 2,
+    check: positive,
+  },
+  {
+    key: 'builder.maxBodyBytes',
+    type: 'number',
+    description: 'Largest request body the builder API accepts, in bytes (HTTP 413 above).',
+    default: 64 * 1024,
+    check: positive,
+  },
+  {
+    key: 'builder.minFreeDisk',
+    type: 'number',
+    description: 'Free bytes the work disk must have for a build to start (ERR_DISK_FULL below).',
+    default: 1024 ** 3,
+    check: nonNegative,
+  },
+  {
+    key: 'builder.runAsUids',
+    type: 'string',
+    description: 'When the builder runs as root: the uid range (first-last) whose uids run npm and scripts, one uid per running build (gid = uid). "off" runs them as root.',
+    default: '61000-61999',
+    env: 'BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS',
+    check: uidRange,
+  },
+  {
+    key: 'builder.shutdownGrace',
+    type: 'number',
+    description: 'Seconds running builds get to finish after SIGTERM before they are cancelled.',
+    default: 30,
+    env: 'BUNDLE_DISPATCH_BUILDER_SHUTDOWN_GRACE',
+    flag: 'shutdown-grace',
+    check: nonNegative,
+  },
+  {
+    key: 'builder.heartbeat',
+    type: 'number',
+    description: 'Seconds between heartbeats written to a running build\'s record.',
+    default: 10,
     check: positive,
   },
 ];

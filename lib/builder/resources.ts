@@ -1,0 +1,107 @@
+/**
+ * What a build needs from the machine: free disk (checked before it starts), a uid of its
+ * own when the builder runs as root, and directories the build users can pass through.
+ */
+import { execFile } from 'node:child_process';
+import { statfs, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { BundleError } from '../errors.js';
+import type { RunAs } from '../workflow/runtime-registry.js';
+
+/** Free bytes for an unprivileged writer on the filesystem holding `dir` (statfs: Linux and macOS). */
+export async function freeDiskBytes(dir: string): Promise<number> {
+  const info = await statfs(dir);
+  return Number(info.bavail) * Number(info.bsize);
+}
+
+export async function checkFreeDisk(dir: string, minFree: number): Promise<number> {
+  const free = await freeDiskBytes(dir);
+  if (free < minFree) {
+    throw new BundleError('ERR_DISK_FULL', `Only ${free} bytes free under ${dir}; a build needs at least ${minFree} (builder.minFreeDisk).`, { details: { free, minFree } });
+  }
+  return free;
+}
+
+/**
+ * The uids builds run as, one per running build, so a hostile install script cannot read
+ * another build's workdir (0700, owned by that build's uid) or its processes' /proc entries.
+ */
+export class UidPool {
+  private readonly free: number[] = [];
+
+  constructor(readonly first: number, readonly last: number) {
+    for (let uid = last; uid >= first; uid -= 1) this.free.push(uid);
+  }
+
+  get size(): number {
+    return this.last - this.first + 1;
+  }
+
+  /** The lowest free uid (gid = uid); the queue's slots never exceed the pool's size. */
+  acquire(): RunAs {
+    const uid = this.free.pop();
+    if (uid === undefined) throw new BundleError('ERR_INTERNAL', 'No free build uid: builder.slots is larger than builder.runAsUids.');
+    return { uid, gid: uid };
+  }
+
+  release(user: RunAs): void {
+    if (!this.free.includes(user.uid)) {
+      this.free.push(user.uid);
+      this.free.sort((a, b) => b - a);
+    }
+  }
+}
+
+/** Parses `builder.runAsUids`: a range, or undefined for "off". */
+export function parseUidRange(text: string): { first: number; last: number } | undefined {
+  if (text === 'off') return undefined;
+  const match = /^(\d+)-(\d+)$/.exec(text);
+  if (!match) throw new BundleError('ERR_CONFIG', `builder.runAsUids: "${text}" is not first-last or off.`);
+  return { first: Number(match[1]), last: Number(match[2]) };
+}
+
+/**
+ * Build users must be able to pass through (x) every directory above their caches and
+ * runtimes; root's home (0700) is the usual trap. Returns the first directory that blocks.
+ */
+export async function findBlockingAncestor(dir: string): Promise<string | undefined> {
+  let current = path.resolve(dir);
+  const chain: string[] = [];
+  for (;;) {
+    chain.unshift(current);
+    const parent = path.dirname(current);
+    if (parent === current) break;
+    current = parent;
+  }
+  for (const entry of chain) {
+    const info = await stat(entry).catch(() => undefined);
+    if (!info) return undefined; // created later, by us, with a passable mode
+    if ((info.mode & 0o001) === 0) return entry;
+  }
+  return undefined;
+}
+
+/**
+ * Kills every process whose uid is in [first, last] (`ps`, Linux and macOS). Those uids are
+ * the builder's alone: whatever runs as one of them after its build ended (a daemon an
+ * install script detached from npm's process group, orphans of a crashed builder) must not
+ * live on to read the next build that gets the same uid. Returns the pids signalled.
+ */
+export async function killUidProcesses(first: number, last: number): Promise<number[]> {
+  const stdout = await new Promise<string>((resolve) => {
+    execFile('ps', ['-A', '-o', 'pid=,uid='], (error, out) => resolve(error ? '' : out));
+  });
+  const pids: number[] = [];
+  for (const line of stdout.split('\n')) {
+    const [pid, uid] = line.trim().split(/\s+/).map(Number);
+    if (pid && uid !== undefined && uid >= first && uid <= last) pids.push(pid);
+  }
+  for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone already
+    }
+  }
+  return pids;
+}

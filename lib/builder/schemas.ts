@@ -1,0 +1,214 @@
+/**
+ * JSON schemas of the builder API: fastify validates every body, params and query against
+ * them (and serializes responses with them), and `openapi.ts` builds `/v1/openapi.json` from
+ * the same objects. The TypeScript shapes are in `lib/protocol.ts`; keep both in step.
+ */
+
+const OSES = ['linux', 'darwin', 'win32', 'freebsd', 'openbsd', 'sunos', 'aix'];
+const CPUS = ['x64', 'arm64', 'arm', 'ia32', 'ppc64', 's390x', 'riscv64', 'loong64'];
+const SHA256 = { type: 'string', pattern: '^[0-9a-fA-F]{64}$', description: 'lowercase or uppercase hex sha256' } as const;
+const ISO_TIME = { type: 'string', format: 'date-time' } as const;
+const STATES = ['queued', 'running', 'succeeded', 'failed', 'cancelled'];
+const STEP_NAMES = ['unpack', 'configure', 'runtime', 'install', 'bundle', 'verify', 'pack', 'output'];
+const STRING_RECORD = { type: 'object', additionalProperties: { type: 'string', maxLength: 4096 }, maxProperties: 64 } as const;
+
+export const targetSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['os', 'cpu'],
+  properties: {
+    os: { type: 'string', enum: OSES },
+    cpu: { type: 'string', enum: CPUS },
+    libc: { type: 'string', enum: ['glibc', 'musl'] },
+    node: { type: 'string', minLength: 1, maxLength: 100, description: 'semver range for Node' },
+  },
+} as const;
+
+export const createBuildBodySchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['source', 'target'],
+  properties: {
+    source: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['sha256'],
+      properties: {
+        url: { type: 'string', pattern: '^https?://', maxLength: 8192, description: 'http(s) URL (presigned or plain) the builder GETs when it accepts the build' },
+        key: { type: 'string', minLength: 1, maxLength: 1024, description: 'a key in the builder\'s own store' },
+        sha256: SHA256,
+      },
+      oneOf: [{ required: ['url'] }, { required: ['key'] }],
+    },
+    target: targetSchema,
+    output: {
+      type: 'object',
+      additionalProperties: false,
+      required: ['url'],
+      properties: {
+        url: { type: 'string', pattern: '^https?://', maxLength: 8192, description: 'URL the builder PUTs the .tgz to (presigned S3 PUT)' },
+        headers: STRING_RECORD,
+      },
+    },
+    overrides: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        registry: { type: 'string', pattern: '^https?://', maxLength: 2048 },
+        scopes: STRING_RECORD,
+        env: STRING_RECORD,
+        sourceDateEpoch: { type: 'integer', minimum: 0 },
+      },
+    },
+    label: { type: 'string', maxLength: 200 },
+  },
+} as const;
+
+export const idParamsSchema = {
+  type: 'object',
+  additionalProperties: false,
+  required: ['id'],
+  properties: { id: { type: 'string', pattern: '^[0-9a-z]{6,64}$' } },
+} as const;
+
+export const createBuildHeadersSchema = {
+  type: 'object',
+  properties: { 'idempotency-key': { type: 'string', minLength: 1, maxLength: 200 } },
+} as const;
+
+export const logQuerySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: { since: { type: 'integer', minimum: 0, default: 0, description: 'only lines with seq > since' } },
+} as const;
+
+export const eventsHeadersSchema = {
+  type: 'object',
+  properties: { 'last-event-id': { type: 'string', pattern: '^[0-9]*$' } },
+} as const;
+
+export const listQuerySchema = {
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    limit: { type: 'integer', minimum: 1, maximum: 100, default: 20 },
+    cursor: { type: 'string', maxLength: 2048 },
+    state: { type: 'string', enum: STATES },
+  },
+} as const;
+
+export const linksSchema = {
+  type: 'object',
+  required: ['self', 'events', 'log'],
+  properties: { self: { type: 'string' }, events: { type: 'string' }, log: { type: 'string' }, artifact: { type: 'string' } },
+} as const;
+
+export const buildRecordSchema = {
+  type: 'object',
+  required: ['id', 'builder', 'state', 'target', 'source', 'steps', 'createdAt', 'lastSeq', 'links'],
+  properties: {
+    id: { type: 'string' },
+    builder: { type: 'string' },
+    state: { type: 'string', enum: STATES },
+    label: { type: 'string' },
+    idempotencyKey: { type: 'string' },
+    target: targetSchema,
+    source: {
+      type: 'object',
+      required: ['sha256', 'size'],
+      properties: { sha256: { type: 'string' }, size: { type: 'integer' }, key: { type: 'string' }, url: { type: 'string' } },
+    },
+    queuePosition: { type: 'integer' },
+    steps: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['name', 'state', 'startedAt'],
+        properties: {
+          name: { type: 'string', enum: STEP_NAMES },
+          state: { type: 'string', enum: ['running', 'finished', 'failed'] },
+          startedAt: ISO_TIME,
+          finishedAt: ISO_TIME,
+          durationMs: { type: 'integer' },
+        },
+      },
+    },
+    package: { type: 'object', required: ['name', 'version'], properties: { name: { type: 'string' }, version: { type: 'string' } } },
+    resolved: {
+      type: 'object',
+      required: ['node', 'abi', 'npm'],
+      properties: { node: { type: 'string' }, abi: { type: 'string' }, npm: { type: 'string' } },
+    },
+    artifact: {
+      type: 'object',
+      required: ['sha256', 'size', 'file'],
+      properties: { url: { type: 'string' }, key: { type: 'string' }, sha256: { type: 'string' }, size: { type: 'integer' }, file: { type: 'string' } },
+    },
+    error: { type: 'object', required: ['code', 'message'], properties: { code: { type: 'string' }, message: { type: 'string' } } },
+    heartbeatAt: ISO_TIME,
+    peakMemory: { type: 'integer' },
+    freeDisk: { type: 'integer' },
+    createdAt: ISO_TIME,
+    startedAt: ISO_TIME,
+    finishedAt: ISO_TIME,
+    lastSeq: { type: 'integer' },
+    links: linksSchema,
+  },
+} as const;
+
+export const createBuildResponseSchema = {
+  type: 'object',
+  required: ['id', 'state', 'existing', 'links'],
+  properties: { id: { type: 'string' }, state: { type: 'string', enum: STATES }, existing: { type: 'boolean' }, links: linksSchema },
+} as const;
+
+export const buildListSchema = {
+  type: 'object',
+  required: ['builds'],
+  properties: { builds: { type: 'array', items: buildRecordSchema }, cursor: { type: 'string' } },
+} as const;
+
+export const healthSchema = {
+  type: 'object',
+  required: ['ok', 'version', 'builder', 'targets', 'runtimes', 'node', 'npm', 'queue', 'stopping'],
+  properties: {
+    ok: { type: 'boolean' },
+    version: { type: 'string' },
+    builder: { type: 'string' },
+    targets: { type: 'array', items: { type: 'string' } },
+    runtimes: { type: 'array', items: { type: 'string' } },
+    node: { type: 'string' },
+    npm: { type: 'string' },
+    queue: {
+      type: 'object',
+      required: ['running', 'queued', 'capacity'],
+      properties: { running: { type: 'integer' }, queued: { type: 'integer' }, capacity: { type: 'integer' } },
+    },
+    stopping: { type: 'boolean' },
+  },
+} as const;
+
+export const logLineSchema = {
+  type: 'object',
+  required: ['seq', 'time', 'step', 'stream', 'message'],
+  properties: {
+    seq: { type: 'integer' },
+    time: ISO_TIME,
+    step: { type: 'string' },
+    stream: { type: 'string', enum: ['stdout', 'stderr', 'status'] },
+    message: { type: 'string' },
+    data: { type: 'object', additionalProperties: true },
+  },
+} as const;
+
+export const errorSchema = {
+  type: 'object',
+  required: ['error'],
+  properties: {
+    error: {
+      type: 'object',
+      required: ['code', 'message'],
+      properties: { code: { type: 'string' }, message: { type: 'string' }, details: { type: 'object', additionalProperties: true } },
+    },
+  },
+} as const;

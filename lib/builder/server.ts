@@ -1,0 +1,184 @@
+/**
+ * The builder's HTTP server (fastify): auth, validation, error mapping, request ids and
+ * structured JSON logs around the routes of `routes.ts`.
+ */
+import { randomUUID } from 'node:crypto';
+import type { Writable } from 'node:stream';
+import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
+import { BundleError, toBundleError, type ErrorCode } from '../errors.js';
+import type { HealthResponse } from '../protocol.js';
+import { redact } from '../redact.js';
+import { createAuthenticator } from './auth.js';
+import { openapiDocument } from './openapi.js';
+import { ROUTES } from './routes.js';
+import { BuilderService, type BuilderServiceOptions } from './service.js';
+
+export interface BuilderServerOptions extends Omit<BuilderServiceOptions, 'logger' | 'secrets'> {
+  host: string;
+  port: number;
+  /** Accepted bearer tokens. At least one. */
+  tokens: readonly string[];
+  maxBodyBytes: number;
+  /** Where JSON logs go (one object per line); nothing is logged without it. */
+  logStream?: Writable;
+  logLevel?: 'debug' | 'info' | 'warn' | 'error';
+  /** Interval of SSE heartbeat comments, ms (default 15 s). */
+  sseHeartbeatMs?: number;
+  version: string;
+  npmVersion: string;
+  runtimes: string[];
+}
+
+export interface RunningBuilder {
+  /** `http://host:port` */
+  url: string;
+  service: BuilderService;
+  app: FastifyInstance;
+  /** Graceful stop (SIGTERM): no new builds, running ones get `graceMs`, then the server closes. */
+  stop(graceMs: number): Promise<void>;
+}
+
+const STATUS: Partial<Record<ErrorCode, number>> = {
+  ERR_REQUEST_INVALID: 400,
+  ERR_STORE_KEY: 400,
+  ERR_UNAUTHORIZED: 401,
+  ERR_BUILD_NOT_FOUND: 404,
+  ERR_REQUEST_TOO_LARGE: 413,
+  ERR_TARGET_UNSUPPORTED: 422,
+  ERR_SOURCE_FETCH: 422,
+  ERR_INTEGRITY: 422,
+  ERR_INPUT_TOO_LARGE: 422,
+  ERR_STORE_NOT_FOUND: 422,
+  ERR_BUILDER_STOPPING: 503,
+};
+
+/** A request id from `X-Request-Id` when it is sane, else a new one. */
+function requestId(header: string | string[] | undefined): string {
+  return typeof header === 'string' && /^[\w.:-]{1,100}$/.test(header) ? header : randomUUID();
+}
+
+/**
+ * Starts a builder: recovers the builds a previous run left behind, then listens.
+ *
+ * @example
+ * const builder = await startBuilder({ host: '127.0.0.1', port: 0, tokens: [token], store, scaffold, … });
+ * console.log(builder.url);
+ * await builder.stop(30_000);
+ */
+export async function startBuilder(options: BuilderServerOptions): Promise<RunningBuilder> {
+  if (options.tokens.length === 0) throw new BundleError('ERR_CONFIG', 'The builder needs at least one token.', { hint: 'Set BUNDLE_DISPATCH_BUILDER_TOKENS or builder.tokenFile.' });
+  const auth = createAuthenticator(options.tokens);
+  const app = Fastify({
+    logger: options.logStream ? { level: options.logLevel ?? 'info', stream: options.logStream, redact: ['req.headers.authorization', 'req.headers.cookie'] } : false,
+    bodyLimit: options.maxBodyBytes,
+    // One line per request, written by our onResponse hook (status polls at debug).
+    logController: new LogController({ disableRequestLogging: true }),
+    genReqId: (request) => requestId(request.headers['x-request-id']),
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: 'array', useDefaults: true, allErrors: false } },
+    return503OnClosing: true,
+  });
+  const logger = app.log;
+  const service = new BuilderService({ ...options, secrets: auth.secrets, logger: {
+    info: (object, message) => logger.info(object, message),
+    warn: (object, message) => logger.warn(object, message),
+    error: (object, message) => logger.error(object, message),
+  } });
+  const { recovered } = await service.start();
+  if (recovered.length > 0) logger.warn({ builds: recovered }, `${recovered.length} build(s) failed with ERR_BUILDER_RESTARTED`);
+
+  const health = (): HealthResponse => ({
+    ok: !service.stopping,
+    version: options.version,
+    builder: options.builderId,
+    targets: service.targets,
+    runtimes: options.runtimes,
+    node: process.versions.node,
+    npm: options.npmVersion,
+    queue: service.queueState,
+    stopping: service.stopping,
+  });
+  let openapi: Record<string, unknown> | undefined;
+  const context = {
+    service,
+    health,
+    openapi: () => (openapi ??= openapiDocument(ROUTES, { version: options.version })),
+    sseHeartbeatMs: options.sseHeartbeatMs ?? 15_000,
+  };
+
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+    const isPublic = (request.routeOptions.config as { public?: boolean } | undefined)?.public === true;
+    if (!isPublic && !auth.check(request.headers.authorization)) {
+      // No detail: a wrong token and a missing one look the same.
+      await reply.code(401).header('www-authenticate', 'Bearer').send({ error: { code: 'ERR_UNAUTHORIZED', message: 'Unauthorized.' } });
+    }
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    const entry = { reqId: request.id, method: request.method, url: redact(request.url, auth.secrets), status: reply.statusCode, ms: Math.round(reply.elapsedTime) };
+    // Status polling is the bulk of the traffic: it logs at debug.
+    if (request.method === 'GET' && reply.statusCode < 400) logger.debug(entry, 'request');
+    else logger.info(entry, 'request');
+  });
+  app.setErrorHandler((error: FastifyError, request, reply) => {
+    let status: number;
+    let body: { code: string; message: string; details?: Record<string, unknown> };
+    if (error.validation) {
+      status = 400;
+      body = { code: 'ERR_REQUEST_INVALID', message: `Invalid request: ${error.message}` };
+    } else if (error.code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      status = 413;
+      body = { code: 'ERR_REQUEST_TOO_LARGE', message: `The request body is larger than ${options.maxBodyBytes} bytes.` };
+    } else if (error.code?.startsWith('FST_ERR_CTP_') || (error.statusCode === 400 && !(error instanceof BundleError))) {
+      status = error.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE' ? 415 : 400;
+      body = { code: 'ERR_REQUEST_INVALID', message: `Invalid request: ${error.message}` };
+    } else {
+      const failure = toBundleError(error);
+      status = STATUS[failure.code] ?? (typeof failure.details?.status === 'number' ? failure.details.status : 500);
+      body = {
+        code: failure.code,
+        message: redact(failure.message, auth.secrets),
+        ...(failure.details?.served ? { details: { served: failure.details.served } } : {}),
+      };
+      if (status >= 500) logger.error({ reqId: request.id, err: { code: failure.code, message: body.message, stack: redact(failure.stack ?? '', auth.secrets) } }, 'request failed');
+    }
+    void reply.code(status).send({ error: body });
+  });
+  app.setNotFoundHandler((request, reply) => {
+    void reply.code(404).send({ error: { code: 'ERR_REQUEST_INVALID', message: `No route ${request.method} ${request.url.split('?')[0]}.` } });
+  });
+
+  for (const route of ROUTES) {
+    app.route({
+      method: route.method,
+      url: route.url,
+      schema: route.schema,
+      config: { public: route.public === true },
+      handler: (request, reply) => route.handler(context, request, reply),
+    });
+  }
+
+  await app.listen({ host: options.host, port: options.port });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : options.port;
+  const host = options.host.includes(':') ? `[${options.host}]` : options.host;
+  const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${port}`;
+  logger.info({ url, builder: options.builderId, targets: service.targets, slots: options.slots, store: options.store.location }, 'builder listening');
+
+  let stopping: Promise<void> | undefined;
+  return {
+    url,
+    service,
+    app,
+    stop(graceMs) {
+      stopping ??= (async () => {
+        logger.info({ graceMs }, 'stopping: no new builds');
+        await service.stop(graceMs);
+        // SSE streams are hijacked: close every connection so close() does not wait on them.
+        app.server.closeAllConnections();
+        await app.close();
+        logger.info({}, 'stopped');
+      })();
+      return stopping;
+    },
+  };
+}

@@ -1,0 +1,609 @@
+/**
+ * The builder's core, without HTTP: accepts builds (source fetched and verified first),
+ * queues them, runs the bundle workflow for each, keeps records and logs in memory for its
+ * own builds and in the store as they happen, and lets listeners follow a build.
+ */
+import { randomBytes } from 'node:crypto';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { chmod, mkdir, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import { createHash } from 'node:crypto';
+import { BundleError, toBundleError } from '../errors.js';
+import { bundleFileName } from '../keys.js';
+import { isTerminal, type BuildLinks, type BuildRecord, type BuildState, type CreateBuildRequest, type LogLine, type StepName } from '../protocol.js';
+import { redact } from '../redact.js';
+import { validateKey, type ObjectStore } from '../storage/index.js';
+import { formatTarget, normalizeTarget, sameTarget, type Target } from '../target.js';
+import { maybeGunzip } from '../workflow/tar-input.js';
+import type { Scaffold } from '../workflow/scaffold.js';
+import type { RunAs } from '../workflow/runtime-registry.js';
+import type { BuildEvent, BuildOverrides } from '../workflow/types.js';
+import { downloadToFile, uploadFile } from './client.js';
+import { SlotQueue } from './queue.js';
+import { RecordStore, keys, notFound } from './records.js';
+import { UidPool, checkFreeDisk, findBlockingAncestor, killUidProcesses } from './resources.js';
+
+/** The few logger methods the service uses (fastify's pino logger fits). */
+export interface ServiceLogger {
+  info(object: Record<string, unknown>, message: string): void;
+  warn(object: Record<string, unknown>, message: string): void;
+  error(object: Record<string, unknown>, message: string): void;
+}
+
+export interface BuilderServiceOptions {
+  store: ObjectStore;
+  scaffold: Scaffold;
+  /** This builder's name in records; replicas sharing a store need different ids. */
+  builderId: string;
+  slots: number;
+  /** Targets served (matched on os, cpu and libc; the node range is the request's). */
+  targets: Target[];
+  /** The builder's own work area: per-build workdirs and the source/output spool. */
+  workDir: string;
+  buildTimeoutMs: number;
+  maxSourceBytes: number;
+  minFreeDisk: number;
+  /** Uids for builds when running as root; undefined runs npm as this process's user. */
+  uidRange?: { first: number; last: number };
+  heartbeatMs: number;
+  /** Builder tokens and other secrets: redacted from every log line, error and record. */
+  secrets: readonly string[];
+  logger: ServiceLogger;
+}
+
+/** What follows a build: log lines, record changes, and the end (then nothing more). */
+export interface BuildListener {
+  log(line: LogLine): void;
+  status(record: BuildRecord): void;
+  end(record: BuildRecord): void;
+}
+
+interface BuildEntry {
+  record: BuildRecord;
+  lines: LogLine[];
+  listeners: Set<BuildListener>;
+  request: CreateBuildRequest;
+  spool: string;
+  controller: AbortController;
+  finished: Promise<void>;
+  markFinished: () => void;
+}
+
+/** Finished builds kept in memory (with their logs); older ones are served from the store. */
+const MEMORY_KEEP = 200;
+const CANCEL_WAIT_MS = 5000;
+
+export function newBuildId(now = Date.now()): string {
+  return `${now.toString(36).padStart(9, '0')}${randomBytes(8).toString('hex')}`;
+}
+
+export function buildLinks(id: string, withArtifact = false): BuildLinks {
+  const self = `/v1/builds/${id}`;
+  return { self, events: `${self}/events`, log: `${self}/log`, ...(withArtifact ? { artifact: `${self}/artifact` } : {}) };
+}
+
+/** A URL without its query string (a presigned URL's signature stays out of records). */
+function withoutQuery(url: string): string {
+  try {
+    const parsed = new URL(url);
+    return `${parsed.origin}${parsed.pathname}`;
+  } catch {
+    return '';
+  }
+}
+
+function hashing(): { stream: Transform; result: () => { sha256: string; size: number } } {
+  const hash = createHash('sha256');
+  let size = 0;
+  const stream = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      hash.update(chunk);
+      size += chunk.length;
+      callback(null, chunk);
+    },
+  });
+  return { stream, result: () => ({ sha256: hash.digest('hex'), size }) };
+}
+
+export class BuilderService {
+  readonly records: RecordStore;
+  private readonly builds = new Map<string, BuildEntry>();
+  private readonly idempotent = new Map<string, string>();
+  private readonly accepting = new Map<string, Promise<{ record: BuildRecord; existing: boolean }>>();
+  private readonly queue: SlotQueue;
+  private readonly pool: UidPool | undefined;
+  private readonly spoolDir: string;
+  private readonly workRoot: string;
+  private stoppingFlag = false;
+
+  constructor(private readonly options: BuilderServiceOptions) {
+    this.records = new RecordStore({ store: options.store, onWriteError: (error, what) => options.logger.error({ err: this.safe(error) }, `store write failed: ${what}`) });
+    this.queue = new SlotQueue(options.slots, (id) => this.run(id));
+    this.pool = options.uidRange ? new UidPool(options.uidRange.first, options.uidRange.last) : undefined;
+    if (this.pool && this.pool.size < options.slots) {
+      throw new BundleError('ERR_CONFIG', `builder.slots (${options.slots}) is larger than the uid range builder.runAsUids (${this.pool.size} uids).`);
+    }
+    this.spoolDir = path.join(options.workDir, 'spool');
+    this.workRoot = path.join(options.workDir, 'builds');
+  }
+
+  get stopping(): boolean {
+    return this.stoppingFlag;
+  }
+
+  get queueState(): { running: number; queued: number; capacity: number } {
+    return { running: this.queue.running, queued: this.queue.queued, capacity: this.options.slots };
+  }
+
+  get targets(): string[] {
+    return this.options.targets.map((target) => formatTarget(target));
+  }
+
+  /**
+   * Prepares the work area and marks builds this builder left queued or running when it died
+   * as failed with ERR_BUILDER_RESTARTED. Call once, before accepting requests.
+   */
+  async start(): Promise<{ recovered: string[] }> {
+    await mkdir(this.options.workDir, { recursive: true });
+    if (this.options.uidRange) {
+      const blocking = await findBlockingAncestor(path.dirname(this.options.workDir));
+      if (blocking) {
+        throw new BundleError('ERR_CONFIG', `The work dir ${this.options.workDir} is under ${blocking}, which the build users (builder.runAsUids) cannot pass through.`, {
+          hint: 'Set workDir to a directory whose parents are o+x (e.g. /var/tmp/bundle-dispatch), or chmod o+x that directory.',
+        });
+      }
+    }
+    // Build users pass through the work dir (x) but cannot list it; the spool stays root's.
+    await chmod(this.options.workDir, 0o711);
+    await mkdir(this.spoolDir, { recursive: true, mode: 0o700 });
+    await chmod(this.spoolDir, 0o700);
+    await mkdir(this.workRoot, { recursive: true });
+    for (const dir of [this.spoolDir, this.workRoot]) {
+      for (const name of await readdir(dir)) await rm(path.join(dir, name), { recursive: true, force: true });
+    }
+    if (this.options.uidRange) {
+      const killed = await killUidProcesses(this.options.uidRange.first, this.options.uidRange.last);
+      if (killed.length > 0) this.options.logger.warn({ pids: killed }, 'killed processes left behind by builds of a previous run');
+    }
+    const recovered: string[] = [];
+    for (const id of await this.records.listActive(this.options.builderId)) {
+      const record = await this.records.readRecord(id);
+      if (record && !isTerminal(record.state)) {
+        const now = new Date().toISOString();
+        const was = record.state;
+        record.state = 'failed';
+        record.error = { code: 'ERR_BUILDER_RESTARTED', message: `The builder restarted while this build was ${was}; dispatch it again.` };
+        record.finishedAt = now;
+        for (const step of record.steps) {
+          if (step.state === 'running') Object.assign(step, { state: 'failed', finishedAt: now, durationMs: Date.parse(now) - Date.parse(step.startedAt) });
+        }
+        record.lastSeq += 1;
+        this.records.appendLog(id, { seq: record.lastSeq, time: now, step: 'builder', stream: 'status', message: record.error.message });
+        await this.records.closeLog(id);
+        await this.records.saveRecord(record);
+        recovered.push(id);
+        this.options.logger.warn({ buildId: id, was }, 'build failed: the builder restarted');
+      }
+      await this.records.clearActive(this.options.builderId, id);
+    }
+    return { recovered };
+  }
+
+  /** Accepts a build: checks the target, fetches and verifies the source, queues it. */
+  async submit(request: CreateBuildRequest, idempotencyKey?: string): Promise<{ record: BuildRecord; existing: boolean }> {
+    if (this.stoppingFlag) throw new BundleError('ERR_BUILDER_STOPPING', 'The builder is shutting down and accepts no new builds.');
+    const target = normalizeTarget(request.target);
+    if (!this.options.targets.some((served) => sameTarget(served, target))) {
+      throw new BundleError('ERR_TARGET_UNSUPPORTED', `This builder does not serve ${formatTarget(target)}; it serves ${this.targets.join(', ')}.`, { details: { served: this.targets } });
+    }
+    if (request.source.key !== undefined) validateKey(request.source.key);
+    if (idempotencyKey === undefined) return this.accept(request, target);
+
+    const known = this.idempotent.get(idempotencyKey);
+    if (known) {
+      const record = await this.get(known);
+      if (record) return { record, existing: true };
+    }
+    const inFlight = this.accepting.get(idempotencyKey);
+    if (inFlight) return { record: (await inFlight).record, existing: true };
+    const attempt = (async () => {
+      const stored = await this.records.findIdempotent(idempotencyKey);
+      const record = stored ? await this.get(stored) : undefined;
+      if (record) {
+        this.idempotent.set(idempotencyKey, record.id);
+        return { record, existing: true };
+      }
+      return this.accept(request, target, idempotencyKey);
+    })();
+    this.accepting.set(idempotencyKey, attempt);
+    try {
+      return await attempt;
+    } finally {
+      this.accepting.delete(idempotencyKey);
+    }
+  }
+
+  private async accept(request: CreateBuildRequest, target: Target, idempotencyKey?: string): Promise<{ record: BuildRecord; existing: boolean }> {
+    const id = newBuildId();
+    const spool = path.join(this.spoolDir, `${id}.tgz`);
+    const expected = request.source.sha256.toLowerCase();
+    let fetched: { sha256: string; size: number };
+    if (request.source.url !== undefined) {
+      fetched = await downloadToFile(request.source.url, spool, { maxBytes: this.options.maxSourceBytes, timeoutMs: 5 * 60_000 });
+    } else {
+      fetched = await this.copyFromStore(request.source.key as string, spool);
+    }
+    if (fetched.sha256 !== expected) {
+      await rm(spool, { force: true });
+      throw new BundleError('ERR_INTEGRITY', `The source's sha256 is ${fetched.sha256}, not ${expected} as the request says.`, { details: { expected, actual: fetched.sha256 } });
+    }
+    let markFinished = () => undefined as void;
+    const finished = new Promise<void>((resolve) => {
+      markFinished = resolve;
+    });
+    const record: BuildRecord = {
+      id,
+      builder: this.options.builderId,
+      state: 'queued',
+      ...(request.label ? { label: request.label } : {}),
+      ...(idempotencyKey ? { idempotencyKey } : {}),
+      target,
+      source: {
+        sha256: expected,
+        size: fetched.size,
+        ...(request.source.key !== undefined ? { key: request.source.key } : { url: withoutQuery(request.source.url as string) }),
+      },
+      steps: [],
+      createdAt: new Date().toISOString(),
+      lastSeq: 0,
+      links: buildLinks(id),
+    };
+    const entry: BuildEntry = { record, lines: [], listeners: new Set(), request, spool, controller: new AbortController(), finished, markFinished };
+    this.builds.set(id, entry);
+    if (idempotencyKey) this.idempotent.set(idempotencyKey, id);
+    await Promise.all([
+      this.records.saveRecord(record),
+      this.records.addToIndex(record),
+      this.records.markActive(this.options.builderId, id),
+      idempotencyKey ? this.records.saveIdempotent(idempotencyKey, id) : undefined,
+    ]);
+    this.options.logger.info({ buildId: id, target: formatTarget(target), label: request.label, sourceSize: fetched.size }, 'build accepted');
+    this.queue.push(id);
+    this.evict();
+    return { record: this.view(entry), existing: false };
+  }
+
+  private async copyFromStore(key: string, file: string): Promise<{ sha256: string; size: number }> {
+    const { body, info } = await this.options.store.get(key);
+    if (info.size > this.options.maxSourceBytes) {
+      body.destroy();
+      throw new BundleError('ERR_INPUT_TOO_LARGE', `The source is ${info.size} bytes, over builder.maxSourceBytes (${this.options.maxSourceBytes}).`);
+    }
+    const hash = hashing();
+    try {
+      await pipeline(body, hash.stream, createWriteStream(file, { mode: 0o600 }));
+    } catch (error) {
+      await rm(file, { force: true });
+      throw new BundleError('ERR_SOURCE_FETCH', `Could not read the source ${key} from the builder's store: ${(error as Error).message}`, { cause: error });
+    }
+    return hash.result();
+  }
+
+  /** The record as served: own builds from memory (with the live queue position), others from the store. */
+  async get(id: string): Promise<BuildRecord | undefined> {
+    const entry = this.builds.get(id);
+    if (entry) return this.view(entry);
+    return this.records.readRecord(id);
+  }
+
+  /** The record of an own build from memory, synchronously (the fast path of GET /v1/builds/:id). */
+  getOwn(id: string): BuildRecord | undefined {
+    const entry = this.builds.get(id);
+    return entry ? this.view(entry) : undefined;
+  }
+
+  /** Streams a result from the builder's store. */
+  artifact(key: string): ReturnType<ObjectStore['get']> {
+    return this.options.store.get(key);
+  }
+
+  async log(id: string, since: number): Promise<LogLine[]> {
+    const entry = this.builds.get(id);
+    if (entry) return entry.lines.filter((line) => line.seq > since);
+    if (!(await this.records.readRecord(id))) throw notFound(id);
+    return this.records.readLog(id, since);
+  }
+
+  /**
+   * Follows a build: log lines after `since`, then the current record, then live changes until
+   * it ends. Builds of other replicas are followed by polling the store. Returns an unsubscribe.
+   */
+  async subscribe(id: string, since: number, listener: BuildListener): Promise<() => void> {
+    const entry = this.builds.get(id);
+    if (entry) {
+      for (const line of entry.lines) if (line.seq > since) listener.log(line);
+      const record = this.view(entry);
+      listener.status(record);
+      if (isTerminal(record.state)) {
+        listener.end(record);
+        return () => undefined;
+      }
+      entry.listeners.add(listener);
+      return () => entry.listeners.delete(listener);
+    }
+    let record = await this.records.readRecord(id);
+    if (!record) throw notFound(id);
+    let last = since;
+    const replay = async () => {
+      for (const line of await this.records.readLog(id, last)) {
+        listener.log(line);
+        last = line.seq;
+      }
+    };
+    await replay();
+    listener.status(record);
+    if (isTerminal(record.state)) {
+      listener.end(record);
+      return () => undefined;
+    }
+    let stopped = false;
+    void (async () => {
+      while (!stopped) {
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+        if (stopped) break;
+        const next = await this.records.readRecord(id).catch(() => undefined);
+        if (!next) continue;
+        if (next.lastSeq > last) await replay().catch(() => undefined);
+        if (stopped) break;
+        if (JSON.stringify(next) !== JSON.stringify(record)) listener.status(next);
+        record = next;
+        if (isTerminal(next.state)) {
+          listener.end(next);
+          break;
+        }
+      }
+    })();
+    return () => {
+      stopped = true;
+    };
+  }
+
+  /**
+   * Cancels a build: a queued one leaves the queue; a running one has npm's process group
+   * killed. Resolves with the record once the build has stopped (or after 5 s).
+   */
+  async cancel(id: string, reason = 'Cancelled by DELETE /v1/builds/:id.'): Promise<BuildRecord> {
+    const entry = this.builds.get(id);
+    if (!entry) {
+      const record = await this.records.readRecord(id);
+      if (!record) throw notFound(id);
+      if (isTerminal(record.state)) return record;
+      throw new BundleError('ERR_BUILDER_REJECTED', `Build ${id} runs on builder ${record.builder}; cancel it there.`, { details: { builder: record.builder, status: 409 } });
+    }
+    if (isTerminal(entry.record.state)) return this.view(entry);
+    if (this.queue.remove(id)) {
+      await this.finish(entry, new BundleError('ERR_ABORTED', `${reason} (while queued)`));
+      return this.view(entry);
+    }
+    entry.controller.abort(new BundleError('ERR_ABORTED', reason));
+    await Promise.race([entry.finished, new Promise((resolve) => setTimeout(resolve, CANCEL_WAIT_MS))]);
+    return this.view(entry);
+  }
+
+  /** History, newest first: ids from the store's index, records from memory or the store. */
+  async list(options: { limit: number; cursor?: string; state?: BuildState }): Promise<{ builds: BuildRecord[]; cursor?: string }> {
+    const page = await this.records.listIndex(options);
+    const records = await Promise.all(page.ids.map((id) => this.get(id).catch(() => undefined)));
+    const builds = records.filter((record): record is BuildRecord => record !== undefined && (options.state === undefined || record.state === options.state));
+    return { builds, ...(page.cursor ? { cursor: page.cursor } : {}) };
+  }
+
+  /**
+   * SIGTERM: accept nothing new, cancel what waits, give running builds `graceMs` to finish,
+   * then cancel them with ERR_BUILDER_STOPPING, and wait for every record to be written.
+   */
+  async stop(graceMs: number): Promise<void> {
+    this.stoppingFlag = true;
+    for (const id of this.queue.drainWaiting()) {
+      const entry = this.builds.get(id);
+      if (entry) await this.finish(entry, new BundleError('ERR_BUILDER_STOPPING', 'The builder shut down before this build started.'));
+    }
+    const running = () => [...this.builds.values()].filter((entry) => entry.record.state === 'running');
+    const all = Promise.all(running().map((entry) => entry.finished));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([all, new Promise((resolve) => { timer = setTimeout(resolve, graceMs); })]);
+    clearTimeout(timer);
+    for (const entry of running()) {
+      entry.controller.abort(new BundleError('ERR_BUILDER_STOPPING', `The builder shut down; the build was cancelled after the ${Math.round(graceMs / 1000)} s grace period.`));
+    }
+    await Promise.all(running().map((entry) => entry.finished));
+    await this.records.drain();
+  }
+
+  private view(entry: BuildEntry): BuildRecord {
+    const position = entry.record.state === 'queued' ? this.queue.position(entry.record.id) : undefined;
+    return position === undefined ? entry.record : { ...entry.record, queuePosition: position };
+  }
+
+  private safe(error: unknown): { code?: string; message: string } {
+    const failure = toBundleError(error);
+    return { code: failure.code, message: redact(failure.message, this.options.secrets) };
+  }
+
+  private notifyStatus(entry: BuildEntry): void {
+    const record = this.view(entry);
+    for (const listener of entry.listeners) listener.status(record);
+  }
+
+  private addLine(entry: BuildEntry, step: LogLine['step'], stream: LogLine['stream'], message: string, data?: Record<string, unknown>): void {
+    const seq = entry.record.lastSeq + 1;
+    entry.record.lastSeq = seq;
+    let cleanData: Record<string, unknown> | undefined;
+    if (data) {
+      try {
+        cleanData = JSON.parse(redact(JSON.stringify(data), this.options.secrets)) as Record<string, unknown>;
+      } catch {
+        cleanData = undefined;
+      }
+    }
+    const line: LogLine = { seq, time: new Date().toISOString(), step, stream, message: redact(message, this.options.secrets), ...(cleanData ? { data: cleanData } : {}) };
+    entry.lines.push(line);
+    this.records.appendLog(entry.record.id, line);
+    for (const listener of entry.listeners) listener.log(line);
+  }
+
+  private changed(entry: BuildEntry): void {
+    void this.records.saveRecord(entry.record);
+    this.notifyStatus(entry);
+  }
+
+  private stepStarted(entry: BuildEntry, name: StepName, at: number): void {
+    entry.record.steps.push({ name, state: 'running', startedAt: new Date(at).toISOString() });
+    this.changed(entry);
+  }
+
+  private stepEnded(entry: BuildEntry, name: StepName, state: 'finished' | 'failed', at: number, durationMs?: number): void {
+    const step = entry.record.steps.findLast((candidate) => candidate.name === name && candidate.state === 'running');
+    if (!step) return;
+    step.state = state;
+    step.finishedAt = new Date(at).toISOString();
+    step.durationMs = durationMs ?? at - Date.parse(step.startedAt);
+    this.changed(entry);
+  }
+
+  private onEvent(entry: BuildEntry, event: BuildEvent): void {
+    switch (event.type) {
+      case 'step':
+        if (event.state === 'started') this.stepStarted(entry, event.step, event.at);
+        else this.stepEnded(entry, event.step, event.state, event.at, event.durationMs);
+        break;
+      case 'log':
+        this.addLine(entry, event.step, event.stream, event.message, event.data);
+        break;
+      case 'memory':
+        entry.record.peakMemory = Math.max(entry.record.peakMemory ?? 0, event.peak);
+        break;
+      case 'complete':
+        entry.record.resolved = { node: event.summary.runtime.version, abi: event.summary.runtime.abi, npm: event.summary.npmVersion };
+        entry.record.package = { name: event.summary.name, version: event.summary.version };
+        entry.record.peakMemory = Math.max(entry.record.peakMemory ?? 0, event.summary.peakMemory);
+        this.changed(entry);
+        break;
+      case 'error':
+        break;
+    }
+  }
+
+  private overrides(entry: BuildEntry): BuildOverrides {
+    const requested = entry.request.overrides ?? {};
+    return {
+      target: normalizeTarget(entry.request.target),
+      ...(requested.registry ? { registry: requested.registry } : {}),
+      ...(requested.scopes ? { scopes: requested.scopes } : {}),
+      ...(requested.env ? { env: requested.env } : {}),
+      ...(requested.sourceDateEpoch !== undefined ? { sourceDateEpoch: requested.sourceDateEpoch } : {}),
+    };
+  }
+
+  /** Runs one build in its slot. Never throws: every outcome ends in the record. */
+  private async run(id: string): Promise<void> {
+    const entry = this.builds.get(id);
+    if (!entry || isTerminal(entry.record.state)) return;
+    const { record, controller } = entry;
+    const signal = controller.signal;
+    record.state = 'running';
+    record.startedAt = new Date().toISOString();
+    record.heartbeatAt = record.startedAt;
+    this.changed(entry);
+    const heartbeat = setInterval(() => {
+      record.heartbeatAt = new Date().toISOString();
+      void this.records.saveRecord(record);
+    }, this.options.heartbeatMs);
+    const timeout = setTimeout(() => controller.abort(new BundleError('ERR_BUILD_TIMEOUT', `The build took longer than ${Math.round(this.options.buildTimeoutMs / 1000)} s (builder.buildTimeout).`)), this.options.buildTimeoutMs);
+    let user: RunAs | undefined;
+    const outFile = `${entry.spool}.out`;
+    let failure: BundleError | undefined;
+    try {
+      record.freeDisk = await checkFreeDisk(this.options.workDir, this.options.minFreeDisk);
+      user = this.pool?.acquire();
+      this.addLine(entry, 'builder', 'status', `build ${id} started on ${this.options.builderId}${user ? ` as uid ${user.uid}` : ''}`, { freeDisk: record.freeDisk });
+      const result = await this.options.scaffold.run(maybeGunzip(createReadStream(entry.spool)), this.overrides(entry), {
+        signal,
+        onEvent: (event) => this.onEvent(entry, event),
+        ...(user ? { runAs: user } : {}),
+      });
+      const gz = hashing();
+      await pipeline(result.output as Readable, createGzip(), gz.stream, createWriteStream(outFile, { mode: 0o600 }), { signal });
+      await result.settled;
+      const { sha256, size } = gz.result();
+      const file = bundleFileName({ name: result.summary.name, version: result.summary.version, target: result.summary.target, nodeVersion: result.summary.runtime.version });
+      const started = Date.now();
+      this.stepStarted(entry, 'output', started);
+      try {
+        if (entry.request.output) {
+          await uploadFile(entry.request.output.url, outFile, { size, ...(entry.request.output.headers ? { headers: entry.request.output.headers } : {}), signal });
+          record.artifact = { url: withoutQuery(entry.request.output.url), sha256, size, file };
+        } else {
+          const key = keys.artifact(id, file);
+          await this.options.store.put(key, createReadStream(outFile), { sha256, size, contentType: 'application/gzip', signal });
+          record.artifact = { key, sha256, size, file };
+          record.links = buildLinks(id, true);
+        }
+        this.stepEnded(entry, 'output', 'finished', Date.now());
+      } catch (error) {
+        this.stepEnded(entry, 'output', 'failed', Date.now());
+        throw error;
+      }
+      this.addLine(entry, 'builder', 'status', `bundle ${file}: ${size} bytes, sha256 ${sha256}`);
+    } catch (error) {
+      failure = toBundleError(signal.aborted ? signal.reason : error);
+    } finally {
+      clearInterval(heartbeat);
+      clearTimeout(timeout);
+      if (user) {
+        await killUidProcesses(user.uid, user.uid);
+        this.pool?.release(user);
+      }
+      await rm(outFile, { force: true });
+    }
+    await this.finish(entry, failure);
+  }
+
+  /** Ends a build: state, error, running steps closed, everything persisted, listeners told. */
+  private async finish(entry: BuildEntry, failure: BundleError | undefined): Promise<void> {
+    const { record } = entry;
+    const now = Date.now();
+    for (const step of record.steps) {
+      if (step.state === 'running') Object.assign(step, { state: 'failed', finishedAt: new Date(now).toISOString(), durationMs: now - Date.parse(step.startedAt) });
+    }
+    if (failure) {
+      const cancelled = failure.code === 'ERR_ABORTED' || failure.code === 'ERR_BUILDER_STOPPING';
+      record.state = cancelled ? 'cancelled' : 'failed';
+      record.error = { code: failure.code, message: redact(failure.message, this.options.secrets) };
+      this.addLine(entry, 'builder', 'status', `${cancelled ? 'cancelled' : 'failed'}: ${failure.code}: ${record.error.message}`);
+    } else {
+      record.state = 'succeeded';
+    }
+    record.finishedAt = new Date(now).toISOString();
+    record.heartbeatAt = record.finishedAt;
+    // Durable first: a follower that saw the end must find the same end after a crash.
+    await Promise.all([this.records.closeLog(record.id), this.records.saveRecord(record)]);
+    const final = this.view(entry);
+    for (const listener of entry.listeners) listener.end(final);
+    entry.listeners.clear();
+    await Promise.all([rm(entry.spool, { force: true }), this.records.clearActive(this.options.builderId, record.id)]);
+    this.options.logger.info({ buildId: record.id, state: record.state, error: record.error?.code, ms: record.startedAt ? now - Date.parse(record.startedAt) : 0 }, 'build finished');
+    entry.markFinished();
+  }
+
+  private evict(): void {
+    if (this.builds.size <= MEMORY_KEEP) return;
+    for (const [id, entry] of this.builds) {
+      if (this.builds.size <= MEMORY_KEEP) break;
+      if (isTerminal(entry.record.state)) this.builds.delete(id);
+    }
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * `bundle-dispatch builder`: the long-running build service. Prints the URL it listens on as
+ * the first line of stdout, JSON logs on stderr, and stops gracefully on SIGTERM/SIGINT.
+ */
+import { once } from 'node:events';
+import { readFile } from 'node:fs/promises';
+import { homedir, tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Argv, CommandModule } from 'yargs';
+import { readTokens } from '../builder/auth.js';
+import { findBlockingAncestor, parseUidRange } from '../builder/resources.js';
+import { startBuilder } from '../builder/server.js';
+import { describeTargets, servedTargets } from '../builder/targets.js';
+import { loadConfig, type ResolvedConfig } from '../config/load.js';
+import { CONFIG_KEYS } from '../config/schema.js';
+import { BundleError } from '../errors.js';
+import { openStore } from '../storage/index.js';
+import { hostTarget } from '../target.js';
+import { loadHookModules } from '../workflow/hooks.js';
+import { locateNpm, readNpmVersion } from '../workflow/npm.js';
+import { createScaffold } from '../workflow/scaffold.js';
+import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
+import type { CliContext } from './main.js';
+
+export interface BuilderArgs {
+  config?: string;
+  host?: string;
+  port?: number;
+  store?: string;
+  slots?: number;
+  targets?: string[];
+  hooks?: string[];
+  'token-file'?: string;
+  'shutdown-grace'?: number;
+  registry?: string;
+  'cache-dir'?: string;
+  'log-level'?: 'debug' | 'info' | 'warn' | 'error';
+}
+
+/** Environment variable with the builder's tokens (comma-separated). */
+export const TOKENS_ENV = 'BUNDLE_DISPATCH_BUILDER_TOKENS';
+
+/** Names that never reach the workflow's environment, even before its allow-list filters it. */
+const WITHHELD_ENV = /^(BUNDLE_DISPATCH_BUILDER_TOKENS|AWS_.*|.*_TOKEN|.*_SECRET.*|.*PASSWORD.*)$/i;
+
+function options<T>(argv: Argv<T>) {
+  return argv
+    .option('host', { type: 'string', describe: 'Address to listen on (default 127.0.0.1).' })
+    .option('port', { type: 'number', describe: 'Port (default 7420; 0 = any free port, the URL is the first line on stdout).' })
+    .option('store', { type: 'string', describe: 'Records, logs and results: a directory or s3://bucket/prefix.' })
+    .option('slots', { type: 'number', describe: 'Builds that run at once (default: number of CPUs).' })
+    .option('targets', { type: 'string', array: true, describe: 'Targets served, e.g. linux-x64 linux-x64-musl (default: this machine plus cross targets).' })
+    .option('hooks', { type: 'string', array: true, describe: 'Hook module(s) every build loads.' })
+    .option('token-file', { type: 'string', describe: `File with accepted bearer tokens, one per line (besides $${TOKENS_ENV}).` })
+    .option('shutdown-grace', { type: 'number', describe: 'Seconds running builds get after SIGTERM (default 30).' })
+    .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
+    .option('cache-dir', { type: 'string', describe: 'npm cache and fetched Node runtimes.' })
+    .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error'], describe: 'JSON log level on stderr (default info).' })
+    .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' });
+}
+
+async function ownVersion(): Promise<string> {
+  for (let dir = path.dirname(fileURLToPath(import.meta.url)); path.dirname(dir) !== dir; dir = path.dirname(dir)) {
+    const text = await readFile(path.join(dir, 'package.json'), 'utf8').catch(() => undefined);
+    if (text && (JSON.parse(text) as { name?: string }).name === 'bundle-dispatch') return (JSON.parse(text) as { version: string }).version;
+  }
+  return '0.0.0';
+}
+
+function registryAuth(config: ResolvedConfig, env: NodeJS.ProcessEnv): Record<string, RegistryAuth> {
+  const auth: Record<string, RegistryAuth> = {};
+  for (const [url, variable] of Object.entries(config.registryTokens)) {
+    const token = env[variable];
+    if (!token) throw new BundleError('ERR_CONFIG', `registryTokens: the environment variable ${variable} (token for ${url}) is not set.`);
+    auth[url] = { token };
+  }
+  return auth;
+}
+
+/** The builder's own work area under `workDir`. */
+export function builderWorkDir(workDir: string): string {
+  return path.join(workDir, 'builder');
+}
+
+export async function commandBuilder(args: BuilderArgs, context: CliContext, signal: AbortSignal): Promise<number> {
+  const loaded = await loadConfig({
+    cwd: context.cwd,
+    env: context.env,
+    flags: {
+      'builder.host': args.host,
+      'builder.port': args.port,
+      'builder.store': args.store,
+      'builder.slots': args.slots,
+      'builder.targets': args.targets,
+      'builder.tokenFile': args['token-file'],
+      'builder.shutdownGrace': args['shutdown-grace'],
+      hooks: args.hooks,
+      registry: args.registry,
+      cacheDir: args['cache-dir'],
+    },
+    homeDir: homedir(),
+    tmpDir: tmpdir(),
+    ...(args.config ? { configFile: args.config } : {}),
+  });
+  if (loaded.errors.length > 0) {
+    throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${loaded.errors.join('\n  ')}`, { hint: `Known keys: ${CONFIG_KEYS.map((key) => key.key).join(', ')}.` });
+  }
+  const { config } = loaded;
+  const settings = config.builder;
+  const { tokens, warnings } = await readTokens({ envValue: context.env[TOKENS_ENV], ...(settings.tokenFile ? { tokenFile: settings.tokenFile } : {}) });
+  if (tokens.length === 0) {
+    throw new BundleError('ERR_CONFIG', 'The builder has no token: every API call but /v1/health would be refused.', {
+      hint: `Set ${TOKENS_ENV}=<token>[,<token>…] or --token-file <file> (one token per line, mode 0600).`,
+    });
+  }
+  for (const warning of warnings) context.stderr.write(`${JSON.stringify({ level: 40, time: Date.now(), msg: warning })}\n`);
+
+  const host = hostTarget();
+  const targets = servedTargets(settings.targets, host);
+  const asRoot = process.getuid?.() === 0;
+  const uidRange = asRoot ? parseUidRange(settings.runAsUids) : undefined;
+  if (uidRange) {
+    // Build users need to pass through to their npm caches and the runtimes they execute.
+    const blocking = await findBlockingAncestor(config.cacheDir);
+    if (blocking) {
+      throw new BundleError('ERR_CONFIG', `cacheDir ${config.cacheDir} is under ${blocking}, which the build users (builder.runAsUids) cannot pass through.`, {
+        hint: 'Put cacheDir outside root\'s home, e.g. --cache-dir /var/cache/bundle-dispatch, or chmod o+x the directory.',
+      });
+    }
+  }
+  const hookModules = await loadHookModules(config.hooks, context.cwd);
+  const defaults: BuildOverrides = {
+    registry: config.registry,
+    scopes: config.scopes,
+    auth: registryAuth(config, context.env),
+    runtimes: config.runtimes,
+    envAllow: config.envAllow,
+    keepWorkdir: config.keepWorkdir,
+    limits: config.limits,
+  };
+  const scaffoldEnv = Object.fromEntries(Object.entries(context.env).filter(([name]) => !WITHHELD_ENV.test(name)));
+  const workDir = builderWorkDir(config.workDir);
+  const scaffold = createScaffold(defaults, hookModules.map((hook) => hook.module), {
+    env: scaffoldEnv,
+    workRoot: path.join(workDir, 'builds'),
+    npmCacheDir: path.join(config.cacheDir, 'npm'),
+    runtimeCacheDir: path.join(config.cacheDir, 'runtimes'),
+    host,
+  });
+  const store = await openStore(settings.store, { cwd: context.cwd });
+  const npmVersion = await readNpmVersion(process.execPath, locateNpm(context.env.PATH), { PATH: context.env.PATH ?? '', npm_config_update_notifier: 'false' });
+
+  const builder = await startBuilder({
+    host: settings.host,
+    port: settings.port,
+    tokens,
+    store,
+    scaffold,
+    builderId: settings.id,
+    slots: settings.slots,
+    targets,
+    workDir,
+    buildTimeoutMs: settings.buildTimeout * 1000,
+    maxSourceBytes: settings.maxSourceBytes,
+    maxBodyBytes: settings.maxBodyBytes,
+    minFreeDisk: settings.minFreeDisk,
+    ...(uidRange ? { uidRange } : {}),
+    heartbeatMs: settings.heartbeat * 1000,
+    logStream: context.stderr,
+    logLevel: args['log-level'] ?? 'info',
+    version: await ownVersion(),
+    npmVersion,
+    runtimes: [process.versions.node, ...config.runtimes],
+  });
+  context.stdout.write(`${builder.url}\n`);
+  context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `serving ${describeTargets(targets)} with ${settings.slots} slot(s)${uidRange ? `, builds as uids ${uidRange.first}-${uidRange.last}` : ''}` })}\n`);
+
+  if (!signal.aborted) await once(signal, 'abort');
+  await builder.stop(settings.shutdownGrace * 1000);
+  return 0;
+}
+
+/** The yargs command; main.ts registers it. */
+export function builderCommand(context: CliContext, signal: AbortSignal, setExitCode: (code: number) => void): CommandModule<object, BuilderArgs> {
+  return {
+    command: 'builder',
+    describe: 'Run the builder service: the bundle workflow behind an HTTP API (see docs/builder.md).',
+    builder: (argv) => options(argv)
+      .example('BUNDLE_DISPATCH_BUILDER_TOKENS=$(openssl rand -hex 32) $0 builder --port 0 --store ./builder-store', 'a local builder on a free port')
+      .example('$0 builder --host 0.0.0.0 --store s3://builds/linux-x64 --token-file /etc/bundle-dispatch/tokens', 'a pool member') as unknown as Argv<BuilderArgs>,
+    handler: async (args) => {
+      setExitCode(await commandBuilder(args, context, signal));
+    },
+  };
+}

@@ -1,0 +1,175 @@
+/**
+ * The builder HTTP API (v1): request and response types shared by the builder
+ * (`lib/builder/`) and its clients (`lib/builder/client.ts`, dispatch). The JSON schemas that
+ * validate these shapes on the wire, and the OpenAPI document, are in `lib/builder/schemas.ts`.
+ */
+import type { TargetCpu, TargetLibc, TargetOs } from './target.js';
+
+/** Version of the API; part of every path (`/v1/…`). */
+export const API_VERSION = 'v1';
+
+/** The header that makes `POST /v1/builds` idempotent: the same key returns the existing build. */
+export const IDEMPOTENCY_HEADER = 'idempotency-key';
+
+export type BuildState = 'queued' | 'running' | 'succeeded' | 'failed' | 'cancelled';
+
+/** States a build never leaves. */
+export const TERMINAL_STATES: readonly BuildState[] = ['succeeded', 'failed', 'cancelled'];
+
+export function isTerminal(state: BuildState): boolean {
+  return TERMINAL_STATES.includes(state);
+}
+
+/** Where the builder gets the source: an http(s) URL (presigned or plain) or a key in its own store. */
+export type SourceSpec = { url: string; key?: never; sha256: string } | { key: string; url?: never; sha256: string };
+
+/** The target as a JSON object; `node` is a semver range. */
+export interface TargetSpec {
+  os: TargetOs;
+  cpu: TargetCpu;
+  libc?: TargetLibc;
+  node?: string;
+}
+
+/**
+ * Where the result goes: a URL the builder PUTs the `.tgz` to (a presigned S3 URL), with the
+ * headers that are part of its signature. Without it the result goes to the builder's store.
+ */
+export interface OutputSpec {
+  url: string;
+  headers?: Record<string, string>;
+}
+
+/**
+ * What a client may change per build. Deliberately small: paths, env allow-lists and registry
+ * credentials are the builder's own configuration and are never taken from a request.
+ */
+export interface RequestOverrides {
+  registry?: string;
+  scopes?: Record<string, string>;
+  /** Extra environment variables for npm and scripts (not secrets: they are logged). */
+  env?: Record<string, string>;
+  /** Seconds since the epoch for every mtime in the bundle. */
+  sourceDateEpoch?: number;
+}
+
+/** `POST /v1/builds` body. Send `Idempotency-Key: <build key>` with it. */
+export interface CreateBuildRequest {
+  source: SourceSpec;
+  target: TargetSpec;
+  output?: OutputSpec;
+  overrides?: RequestOverrides;
+  /** Free text shown in histories and the dashboard (`ci #512`, `cron nightly`). */
+  label?: string;
+}
+
+export type StepName = 'unpack' | 'configure' | 'runtime' | 'install' | 'bundle' | 'verify' | 'pack' | 'output';
+
+export interface StepRecord {
+  name: StepName;
+  state: 'running' | 'finished' | 'failed';
+  startedAt: string;
+  finishedAt?: string;
+  durationMs?: number;
+}
+
+export interface ArtifactRecord {
+  /** Where the `.tgz` went: the output URL without its query (signatures stay secret)… */
+  url?: string;
+  /** …or its key in the builder's store (download it from `links.artifact`). */
+  key?: string;
+  /** sha256 of the gzipped bundle. */
+  sha256: string;
+  size: number;
+  /** The bundle's file name (`{pkgfile}-{version}-{os}-{cpu}[-{libc}]-node{major}.tgz`). */
+  file: string;
+}
+
+export interface BuildLinks {
+  self: string;
+  events: string;
+  log: string;
+  artifact?: string;
+}
+
+/** A build as `GET /v1/builds/:id` returns it, and as it is persisted in the builder's store. */
+export interface BuildRecord {
+  id: string;
+  /** The builder that ran (or runs) it: `builder.id`. */
+  builder: string;
+  state: BuildState;
+  label?: string;
+  idempotencyKey?: string;
+  target: TargetSpec;
+  source: { sha256: string; size: number; key?: string; url?: string };
+  /** 1 = next to start; only while queued. */
+  queuePosition?: number;
+  steps: StepRecord[];
+  package?: { name: string; version: string };
+  resolved?: { node: string; abi: string; npm: string };
+  artifact?: ArtifactRecord;
+  error?: { code: string; message: string };
+  /** Last sign of life of a running build (ISO time). Stale → the build is lost. */
+  heartbeatAt?: string;
+  /** Peak resident memory of npm's process tree, bytes. */
+  peakMemory?: number;
+  /** Free bytes on the builder's work disk when the build started. */
+  freeDisk?: number;
+  createdAt: string;
+  startedAt?: string;
+  finishedAt?: string;
+  /** Sequence number of the last log line (0 = none yet). */
+  lastSeq: number;
+  links: BuildLinks;
+}
+
+/** One log line (`GET /v1/builds/:id/log` NDJSON, SSE `log` events). */
+export interface LogLine {
+  /** 1, 2, 3… per build; the SSE event id. */
+  seq: number;
+  /** ISO time. */
+  time: string;
+  step: StepName | 'hook' | 'builder';
+  stream: 'stdout' | 'stderr' | 'status';
+  message: string;
+  data?: Record<string, unknown>;
+}
+
+/** `POST /v1/builds` → 202 (new) or 200 (same Idempotency-Key). */
+export interface CreateBuildResponse {
+  id: string;
+  state: BuildState;
+  /** True when the Idempotency-Key matched an existing build. */
+  existing: boolean;
+  links: BuildLinks;
+}
+
+/** `GET /v1/builds` */
+export interface BuildList {
+  builds: BuildRecord[];
+  /** Pass back as `?cursor=` for the next (older) page. */
+  cursor?: string;
+}
+
+/** `GET /v1/health` */
+export interface HealthResponse {
+  ok: boolean;
+  version: string;
+  builder: string;
+  /** Targets served, as `linux-x64`, `linux-arm64-musl`… */
+  targets: string[];
+  runtimes: string[];
+  node: string;
+  npm: string;
+  queue: { running: number; queued: number; capacity: number };
+  /** True once SIGTERM was received: no new builds. */
+  stopping: boolean;
+}
+
+/** Every error response: `{ error: { code, message } }` with a 4xx/5xx status. */
+export interface ErrorResponse {
+  error: { code: string; message: string; details?: Record<string, unknown> };
+}
+
+/** SSE event names on `GET /v1/builds/:id/events`. */
+export type BuildEventName = 'log' | 'status' | 'end';

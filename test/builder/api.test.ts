@@ -1,0 +1,207 @@
+import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { gunzipSync } from 'node:zlib';
+import got from 'got';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isBundleError } from '../../lib/errors.js';
+import type { BuildRecord, CreateBuildRequest, LogLine } from '../../lib/protocol.js';
+import { createBuilderClient } from '../../lib/builder/client.js';
+import { TEST_UID_RANGES, hostTargetSpec, isRoot, startSourceServer, startTestBuilder, tgz, waitFor, type SourceServer, type TestBuilder } from '../helpers/builder.js';
+import { packageTar, readTar, tempDir } from '../helpers/packages.js';
+
+let builder: TestBuilder;
+let sources: SourceServer;
+let small: { url: string; sha256: string };
+
+beforeAll(async () => {
+  [builder, sources] = await Promise.all([startTestBuilder({ uids: TEST_UID_RANGES.api, slots: 2, sseHeartbeatMs: 200 }), startSourceServer()]);
+  const source = await tgz(packageTar({ name: 'small-app', version: '1.2.3', main: 'index.js', dependencies: { ms: '2.1.3' } }, { 'index.js': 'module.exports = require("ms")("2h");\n' }));
+  small = { url: sources.add('small-app-1.2.3.tgz', source.body), sha256: source.sha256 };
+});
+afterAll(async () => {
+  await builder?.stop();
+  await sources?.stop();
+});
+
+const request = (overrides: Partial<CreateBuildRequest> = {}): CreateBuildRequest => ({ source: { url: small.url, sha256: small.sha256 }, target: hostTargetSpec(), ...overrides });
+/** A request as it is, without the client's error mapping (to see status codes and bodies). */
+const raw = (pathname: string, options: { method?: 'GET' | 'POST'; body?: string; headers?: Record<string, string> } = {}) =>
+  got(`${builder.url}${pathname}`, { method: options.method ?? 'GET', headers: options.headers ?? {}, ...(options.body === undefined ? {} : { body: options.body }), throwHttpErrors: false, retry: { limit: 0 } });
+const auth = () => ({ authorization: `Bearer ${builder.token}` });
+
+describe('builder API', () => {
+  it('builds a small real package over HTTP: record, steps, log, SSE, artifact', async () => {
+    const created = await builder.client.createBuild(request({ label: 'api test' }), { idempotencyKey: `full-${Date.now()}` });
+    expect(created.existing).toBe(false);
+    const lines: LogLine[] = [];
+    const statuses: string[] = [];
+    const final = await builder.client.followBuild(created.id, { onLog: (line) => lines.push(line), onStatus: (record) => statuses.push(record.state) });
+    expect(final.error).toBeUndefined();
+    expect(final.state).toBe('succeeded');
+    expect(final.package).toEqual({ name: 'small-app', version: '1.2.3' });
+    expect(final.resolved).toEqual({ node: process.versions.node, abi: process.versions.modules, npm: expect.any(String) });
+    expect(final.steps.map((step) => step.name)).toEqual(expect.arrayContaining(['unpack', 'configure', 'runtime', 'install', 'bundle', 'verify', 'pack', 'output']));
+    expect(final.steps.every((step) => step.state === 'finished' && typeof step.durationMs === 'number')).toBe(true);
+    expect(final.label).toBe('api test');
+    expect(final.startedAt && final.finishedAt && final.heartbeatAt).toBeTruthy();
+    expect(final.peakMemory).toBeGreaterThan(0);
+    expect(final.freeDisk).toBeGreaterThan(0);
+    expect(final.artifact?.key).toMatch(/small-app-1\.2\.3-linux-.*-node20\.tgz$/);
+    // SSE delivered every line in order, and the NDJSON log agrees.
+    expect(lines.map((line) => line.seq)).toEqual(Array.from({ length: lines.length }, (_, index) => index + 1));
+    expect(lines.some((line) => line.step === 'install')).toBe(true);
+    const log = await builder.client.getLog(created.id);
+    expect(log.map((line) => line.seq)).toEqual(lines.map((line) => line.seq));
+    expect(await builder.client.getLog(created.id, { since: 3 })).toEqual(log.slice(3));
+    // The artifact: download, sha256, and the bundle inside.
+    const dir = await tempDir('bd-artifact-');
+    const file = path.join(dir.dir, 'bundle.tgz');
+    const got1 = await builder.client.downloadArtifact(created.id, file);
+    expect(got1).toEqual({ sha256: final.artifact?.sha256, size: final.artifact?.size });
+    const files = await readTar(Readable.from([gunzipSync(await readFile(file))]));
+    const packageJson = JSON.parse(files.get('package/package.json')!.content.toString()) as { bundleDependencies: string[] };
+    expect(packageJson.bundleDependencies).toEqual(['ms']);
+    expect(files.has('package/node_modules/ms/index.js')).toBe(true);
+    await dir.remove();
+    // The record persisted in the store as served.
+    const stored = JSON.parse(await readFile(path.join(builder.dir, 'store', 'builder', 'builds', created.id, 'record.json'), 'utf8')) as BuildRecord;
+    expect(stored.state).toBe('succeeded');
+    expect(stored.artifact).toEqual(final.artifact);
+    // Resume: Last-Event-ID 5 replays from line 6, then the final status and end.
+    const resumed: number[] = [];
+    await builder.client.followBuild(created.id, { since: 5, onLog: (line) => resumed.push(line.seq) });
+    expect(resumed[0]).toBe(6);
+    // History: newest first.
+    const second = await builder.client.createBuild(request(), { idempotencyKey: `full-2-${Date.now()}` });
+    const page = await builder.client.listBuilds({ limit: 1 });
+    expect(page.builds.map((record) => record.id)).toEqual([second.id]);
+    expect(page.cursor).toBeTruthy();
+    const next = await builder.client.listBuilds({ limit: 1, cursor: page.cursor as string });
+    expect(next.builds.map((record) => record.id)).toEqual([created.id]);
+    await builder.client.followBuild(second.id);
+  });
+
+  it('returns the existing build for the same Idempotency-Key, also when both arrive at once', async () => {
+    const key = `idem-${Date.now()}`;
+    const [a, b] = await Promise.all([
+      builder.client.createBuild(request(), { idempotencyKey: key }),
+      builder.client.createBuild(request(), { idempotencyKey: key }),
+    ]);
+    expect(a.id).toBe(b.id);
+    expect([a.existing, b.existing].sort()).toEqual([false, true]);
+    const again = await builder.client.createBuild(request(), { idempotencyKey: key });
+    expect(again).toMatchObject({ id: a.id, existing: true });
+    const record = await builder.client.getBuild(a.id);
+    expect(record.idempotencyKey).toBe(key);
+    await builder.client.cancelBuild(a.id);
+  });
+
+  it('answers 401 without detail unless the token is right; health and openapi are public', async () => {
+    for (const headers of [{}, { authorization: 'Bearer wrong-token-wrong-token' }, { authorization: `Basic ${builder.token}` }] as Array<Record<string, string>>) {
+      for (const pathname of ['/v1/builds', '/v1/builds/0000000000000000000000000', '/v1/nothing-here']) {
+        const response = await raw(pathname, { headers });
+        expect(response.statusCode).toBe(401);
+        expect(JSON.parse(response.body)).toEqual({ error: { code: 'ERR_UNAUTHORIZED', message: 'Unauthorized.' } });
+      }
+    }
+    const post = await raw('/v1/builds', { method: 'POST', body: '{not json', headers: { 'content-type': 'application/json' } });
+    expect(post.statusCode).toBe(401);
+    const wrong = createBuilderClient({ url: builder.url, token: 'x'.repeat(40) });
+    await expect(wrong.getBuild('0000000000000000')).rejects.toMatchObject({ code: 'ERR_UNAUTHORIZED' });
+    const health = await wrong.health();
+    expect(health).toMatchObject({ ok: true, builder: 'test-builder', queue: { capacity: 2 }, node: process.versions.node });
+    expect(health.targets).toContain('darwin-arm64');
+    const openapi = JSON.parse((await raw('/v1/openapi.json')).body) as { openapi: string; paths: Record<string, Record<string, { requestBody?: unknown }>> };
+    expect(openapi.openapi).toBe('3.1.0');
+    expect(Object.keys(openapi.paths)).toEqual(expect.arrayContaining(['/v1/builds', '/v1/builds/{id}', '/v1/builds/{id}/events', '/v1/builds/{id}/log', '/v1/health']));
+    expect(openapi.paths['/v1/builds']?.post?.requestBody).toBeTruthy();
+    // The token never reaches the builder's own logs.
+    expect(builder.logs.join('')).not.toContain(builder.token);
+  });
+
+  it('rejects malformed JSON, schema violations and oversized bodies with coded 4xx', async () => {
+    const post = (body: string, headers: Record<string, string> = {}) => raw('/v1/builds', { method: 'POST', body, headers: { ...auth(), 'content-type': 'application/json', ...headers } });
+    const malformed = await post('{"source": ');
+    expect(malformed.statusCode).toBe(400);
+    expect(JSON.parse(malformed.body).error.code).toBe('ERR_REQUEST_INVALID');
+    const unknownField = await post(JSON.stringify({ ...request(), extra: 1 }));
+    expect(unknownField.statusCode).toBe(400);
+    expect(JSON.parse(unknownField.body).error.message).toMatch(/additional/i);
+    const badSha = await post(JSON.stringify(request({ source: { url: small.url, sha256: 'abc' } })));
+    expect(badSha.statusCode).toBe(400);
+    const noSource = await post(JSON.stringify({ target: hostTargetSpec(), source: { sha256: small.sha256 } }));
+    expect(noSource.statusCode).toBe(400);
+    const fileUrl = await post(JSON.stringify(request({ source: { url: 'file:///etc/passwd', sha256: small.sha256 } })));
+    expect(fileUrl.statusCode).toBe(400);
+    const huge = await post(JSON.stringify({ ...request(), label: 'x'.repeat(20_000) }));
+    expect(huge.statusCode).toBe(413);
+    expect(JSON.parse(huge.body).error.code).toBe('ERR_REQUEST_TOO_LARGE');
+    const badId = await raw('/v1/builds/..%2f..%2fetc', { headers: auth() });
+    expect(badId.statusCode).toBe(400);
+    const missing = await raw('/v1/builds/0000000000000000', { headers: auth() });
+    expect(missing.statusCode).toBe(404);
+    expect(JSON.parse(missing.body).error.code).toBe('ERR_BUILD_NOT_FOUND');
+  });
+
+  it('refuses a wrong sha256, an unreachable source and a target it does not serve (422)', async () => {
+    const wrongSha = builder.client.createBuild(request({ source: { url: small.url, sha256: createHash('sha256').update('other').digest('hex') } }), { idempotencyKey: `sha-${Date.now()}` });
+    await expect(wrongSha).rejects.toMatchObject({ code: 'ERR_INTEGRITY', details: expect.objectContaining({ status: 422 }) });
+    const unreachable = builder.client.createBuild(request({ source: { url: 'http://127.0.0.1:1/nothing.tgz', sha256: small.sha256 } }), { idempotencyKey: `unreach-${Date.now()}` });
+    await expect(unreachable).rejects.toMatchObject({ code: 'ERR_SOURCE_FETCH', details: expect.objectContaining({ status: 422 }) });
+    const missing = builder.client.createBuild(request({ source: { url: `${sources.url}/missing.tgz`, sha256: small.sha256 } }), { idempotencyKey: `missing-${Date.now()}` });
+    await expect(missing).rejects.toMatchObject({ code: 'ERR_SOURCE_FETCH' });
+    try {
+      await builder.client.createBuild(request({ target: { os: 'aix', cpu: 'ppc64' } }), { idempotencyKey: `aix-${Date.now()}` });
+      expect.unreachable();
+    } catch (error) {
+      expect(isBundleError(error, 'ERR_TARGET_UNSUPPORTED')).toBe(true);
+      expect((error as Error).message).toContain('linux-x64');
+      expect((error as { details: { served: string[] } }).details.served).toContain('darwin-arm64');
+    }
+    // Nothing was queued for any of them.
+    expect((await builder.client.health()).queue.queued).toBe(0);
+  });
+
+  it('cancels during npm install: npm and its scripts are gone, state cancelled', async () => {
+    const script = [
+      'const { spawn } = require("child_process");',
+      'const child = spawn("sleep", ["300"], { stdio: "ignore" });',
+      'console.log("PIDS " + process.pid + " " + child.pid);',
+      'setInterval(() => {}, 1000);',
+    ].join('\n');
+    const source = await tgz(packageTar({ name: 'slow-install', version: '1.0.0', scripts: { install: 'node slow.js' } }, { 'slow.js': script }));
+    const url = sources.add('slow-install.tgz', source.body);
+    const { id } = await builder.client.createBuild(request({ source: { url, sha256: source.sha256 } }), { idempotencyKey: `cancel-${Date.now()}` });
+    const pids = await waitFor(async () => {
+      const line = (await builder.client.getLog(id)).find((candidate) => candidate.message.startsWith('PIDS '));
+      return line ? line.message.split(' ').slice(1).map(Number) : undefined;
+    }, 60_000, 200);
+    // Alive = exists and is not a zombie waiting for init to reap it.
+    const alive = (pid: number) => {
+      try {
+        return !execFileSync('ps', ['-o', 'stat=', '-p', String(pid)]).toString().trim().startsWith('Z');
+      } catch {
+        return false;
+      }
+    };
+    expect(pids.every(alive)).toBe(true);
+    const started = Date.now();
+    const record = await builder.client.cancelBuild(id);
+    expect(Date.now() - started).toBeLessThan(5000);
+    expect(record.state).toBe('cancelled');
+    expect(record.error?.code).toBe('ERR_ABORTED');
+    expect(record.steps.find((step) => step.name === 'install')?.state).toBe('failed');
+    expect(pids.some(alive)).toBe(false);
+    if (isRoot) {
+      // No live process of the build uids is left (zombies wait for init and hold nothing).
+      const live = execFileSync('ps', ['-A', '-o', 'uid=,stat=']).toString().split('\n').map((line) => line.trim().split(/\s+/))
+        .filter(([uid, stat]) => Number(uid) >= TEST_UID_RANGES.api.first && Number(uid) <= TEST_UID_RANGES.api.last && !stat?.startsWith('Z'));
+      expect(live).toEqual([]);
+    }
+    // Cancelling again is harmless; a queued build leaves the queue.
+    expect((await builder.client.cancelBuild(id)).state).toBe('cancelled');
+  });
+});
