@@ -509,6 +509,12 @@ describe('unpack: package.json', () => {
     });
   }
 
+  it('refuses a package.json too big to be a manifest', async () => {
+    const huge = `{"name":"a","version":"1.0.0","x":"${'x'.repeat(17 * 1024 * 1024)}"}`;
+    const error = await refused(await makeTar([{ name: 'package/package.json', content: huge }]), 'ERR_BAD_PACKAGE_JSON');
+    expect(error.message).toMatch(/more than any real manifest/);
+  });
+
   it('refuses a package.json that is a symlink', async () => {
     const tar = await makeTar([
       { name: 'package/real.json', content: '{"name":"a","version":"1.0.0"}' },
