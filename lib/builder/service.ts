@@ -180,7 +180,9 @@ export class BuilderService {
         for (const step of record.steps) {
           if (step.state === 'running') Object.assign(step, { state: 'failed', finishedAt: now, durationMs: Date.parse(now) - Date.parse(step.startedAt) });
         }
-        record.lastSeq += 1;
+        // The record is written on changes and heartbeats, the log every 500 ms: the log knows the last line.
+        const logged = await this.records.readLog(id, record.lastSeq);
+        record.lastSeq = Math.max(record.lastSeq, ...logged.map((line) => line.seq)) + 1;
         this.records.appendLog(id, { seq: record.lastSeq, time: now, step: 'builder', stream: 'status', message: record.error.message });
         await this.records.closeLog(id);
         await this.records.saveRecord(record);
@@ -356,7 +358,8 @@ export class BuilderService {
         if (stopped) break;
         const next = await this.records.readRecord(id).catch(() => undefined);
         if (!next) continue;
-        if (next.lastSeq > last) await replay().catch(() => undefined);
+        // The stored record's lastSeq lags behind the log (written every 500 ms): always look.
+        await replay().catch(() => undefined);
         if (stopped) break;
         if (JSON.stringify(next) !== JSON.stringify(record)) listener.status(next);
         record = next;
