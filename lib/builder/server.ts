@@ -4,7 +4,7 @@
  */
 import { randomUUID } from 'node:crypto';
 import type { Writable } from 'node:stream';
-import Fastify, { LogController, type FastifyError, type FastifyInstance } from 'fastify';
+import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { BundleError, toBundleError, type ErrorCode } from '../errors.js';
 import type { HealthResponse } from '../protocol.js';
 import { redact } from '../redact.js';
@@ -27,6 +27,16 @@ export interface BuilderServerOptions extends Omit<BuilderServiceOptions, 'logge
   version: string;
   npmVersion: string;
   runtimes: string[];
+  /**
+   * Another way in besides the bearer token (the dashboard's session cookie, issue 7): called
+   * for non-public routes without a valid token; true lets the request through.
+   */
+  authorize?: (request: FastifyRequest) => boolean;
+  /**
+   * Adds routes before the server listens (the dashboard). Routes with `config: { public: true }`
+   * need no token.
+   */
+  register?: (app: FastifyInstance, service: BuilderService) => void | Promise<void>;
 }
 
 export interface RunningBuilder {
@@ -108,7 +118,7 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
     const isPublic = (request.routeOptions.config as { public?: boolean } | undefined)?.public === true;
-    if (!isPublic && !auth.check(request.headers.authorization)) {
+    if (!isPublic && !auth.check(request.headers.authorization) && !(options.authorize?.(request) ?? false)) {
       // No detail: a wrong token and a missing one look the same.
       await reply.code(401).header('www-authenticate', 'Bearer').send({ error: { code: 'ERR_UNAUTHORIZED', message: 'Unauthorized.' } });
     }
@@ -157,6 +167,7 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
     });
   }
 
+  await options.register?.(app, service);
   await app.listen({ host: options.host, port: options.port });
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : options.port;

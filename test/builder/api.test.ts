@@ -11,10 +11,13 @@ import type { BuildRecord, CreateBuildRequest, LogLine } from '../../lib/protoco
 import { createBuilderClient } from '../../lib/builder/client.js';
 import { TEST_UID_RANGES, hostTargetSpec, isRoot, startSourceServer, startTestBuilder, tgz, waitFor, type SourceServer, type TestBuilder } from '../helpers/builder.js';
 import { packageTar, readTar, tempDir } from '../helpers/packages.js';
+import { startS3, type S3TestServer } from '../helpers/s3.js';
+import { S3Store } from '../../lib/storage/s3-store.js';
 
 let builder: TestBuilder;
 let sources: SourceServer;
 let small: { url: string; sha256: string };
+let s3: S3TestServer | undefined;
 
 beforeAll(async () => {
   [builder, sources] = await Promise.all([startTestBuilder({ uids: TEST_UID_RANGES.api, slots: 2, sseHeartbeatMs: 200 }), startSourceServer()]);
@@ -24,6 +27,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await builder?.stop();
   await sources?.stop();
+  await s3?.stop();
 });
 
 const request = (overrides: Partial<CreateBuildRequest> = {}): CreateBuildRequest => ({ source: { url: small.url, sha256: small.sha256 }, target: hostTargetSpec(), ...overrides });
@@ -82,6 +86,39 @@ describe('builder API', () => {
     const next = await builder.client.listBuilds({ limit: 1, cursor: page.cursor as string });
     expect(next.builds.map((record) => record.id)).toEqual([created.id]);
     await builder.client.followBuild(second.id);
+  });
+
+  it('takes the source from a presigned S3 GET and PUTs the bundle to a presigned S3 URL; or a key in its own store', async () => {
+    s3 = await startS3({ buckets: ['sources', 'results'] });
+    const sourceStore = new S3Store({ ...s3.storeOptions, bucket: 'sources' });
+    const resultStore = new S3Store({ ...s3.storeOptions, bucket: 'results' });
+    const source = await tgz(packageTar({ name: 'via-s3', version: '2.0.0' }, { 'index.js': 'module.exports = 2;\n' }));
+    await sourceStore.put('src/via-s3.tgz', source.body, { sha256: source.sha256 });
+    const get = await sourceStore.presignGet('src/via-s3.tgz', { expiresIn: 60 });
+    const put = await resultStore.presignPut('out/via-s3.tgz', { expiresIn: 600 });
+    expect(put.url).not.toMatch(/x-amz-checksum/i);
+    const { id } = await builder.client.createBuild({ source: { url: get.url, sha256: source.sha256 }, target: hostTargetSpec(), output: { url: put.url, headers: put.headers } }, { idempotencyKey: `s3-${Date.now()}` });
+    const record = await builder.client.followBuild(id);
+    expect(record.error).toBeUndefined();
+    expect(record.artifact?.url).toBe(put.url.split('?')[0]);
+    expect(JSON.stringify(record)).not.toMatch(/X-Amz-Signature/i);
+    expect(record.source.url).toBe(get.url.split('?')[0]);
+    const { body } = await resultStore.get('out/via-s3.tgz');
+    const chunks: Buffer[] = [];
+    for await (const chunk of body) chunks.push(chunk as Buffer);
+    const uploaded = Buffer.concat(chunks);
+    expect(uploaded.length).toBe(record.artifact?.size);
+    expect(createHash('sha256').update(uploaded).digest('hex')).toBe(record.artifact?.sha256);
+
+    // A key in the builder's own store: verified like a URL.
+    await builder.store.put('sources/via-key.tgz', source.body);
+    const wrong = builder.client.createBuild({ source: { key: 'sources/via-key.tgz', sha256: small.sha256 }, target: hostTargetSpec() }, { idempotencyKey: `key-wrong-${Date.now()}` });
+    await expect(wrong).rejects.toMatchObject({ code: 'ERR_INTEGRITY' });
+    await expect(builder.client.createBuild({ source: { key: 'sources/none.tgz', sha256: small.sha256 }, target: hostTargetSpec() }, { idempotencyKey: `key-none-${Date.now()}` })).rejects.toMatchObject({ code: 'ERR_STORE_NOT_FOUND' });
+    const viaKey = await builder.client.createBuild({ source: { key: 'sources/via-key.tgz', sha256: source.sha256 }, target: hostTargetSpec() }, { idempotencyKey: `key-${Date.now()}` });
+    expect((await builder.client.followBuild(viaKey.id)).state).toBe('succeeded');
+    sourceStore.close();
+    resultStore.close();
   });
 
   it('returns the existing build for the same Idempotency-Key, also when both arrive at once', async () => {

@@ -30,6 +30,7 @@ export const TEST_UID_RANGES = {
   restart: { first: 61020, last: 61029 },
   hostile: { first: 61030, last: 61039 },
   bench: { first: 61040, last: 61049 },
+  limits: { first: 61050, last: 61059 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
@@ -96,7 +97,7 @@ export interface TestBuilder {
 }
 
 /** A builder in this process: directory store in a temp dir, the tests' npm cache. */
-export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number }): Promise<TestBuilder> {
+export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number }): Promise<TestBuilder> {
   const root = await tempDir('bd-builder-');
   // Build users pass through to their workdirs (a builder refuses a work dir they cannot reach).
   await chmod(root.dir, 0o711);
@@ -131,7 +132,7 @@ export async function startTestBuilder(options: { uids: { first: number; last: n
     buildTimeoutMs: options.buildTimeoutMs ?? 120_000,
     maxSourceBytes: 10 * 1024 * 1024,
     maxBodyBytes: options.maxBodyBytes ?? 16 * 1024,
-    minFreeDisk: 1024 * 1024,
+    minFreeDisk: options.minFreeDisk ?? 1024 * 1024,
     ...(isRoot ? { uidRange: options.uids } : {}),
     heartbeatMs: 1000,
     logStream,
