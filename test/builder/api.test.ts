@@ -78,6 +78,11 @@ describe('builder API', () => {
     const resumed: number[] = [];
     await builder.client.followBuild(created.id, { since: 5, onLog: (line) => resumed.push(line.seq) });
     expect(resumed[0]).toBe(6);
+    // The polling fallback (what followBuild does when event streams keep failing) sees the same.
+    const polled: number[] = [];
+    const viaPolling = await builder.client.followBuild(created.id, { maxStreamFailures: 0, onLog: (line) => polled.push(line.seq) });
+    expect(viaPolling.state).toBe('succeeded');
+    expect(polled).toEqual(lines.map((line) => line.seq));
     // History: newest first.
     const second = await builder.client.createBuild(request(), { idempotencyKey: `full-2-${Date.now()}` });
     const page = await builder.client.listBuilds({ limit: 1 });
