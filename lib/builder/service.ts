@@ -72,6 +72,12 @@ interface BuildEntry {
   markFinished: () => void;
 }
 
+/**
+ * Environment names a request may not set: npm and the runtime step run as the builder's own
+ * user with the build's env, so NODE_OPTIONS or LD_PRELOAD from a request would run code there.
+ */
+const RESERVED_ENV = /^(NODE_.*|NPM_.*|PATH|HOME|TMPDIR|TMP|TEMP|LD_.*|DYLD_.*|BASH_ENV|ENV|SHELL|IFS|UV_.*|OPENSSL_.*)$/i;
+
 /** Finished builds kept in memory (with their logs); older ones are served from the store. */
 const MEMORY_KEEP = 200;
 const CANCEL_WAIT_MS = 5000;
@@ -202,6 +208,10 @@ export class BuilderService {
       throw new BundleError('ERR_TARGET_UNSUPPORTED', `This builder does not serve ${formatTarget(target)}; it serves ${this.targets.join(', ')}.`, { details: { served: this.targets } });
     }
     if (request.source.key !== undefined) validateKey(request.source.key);
+    const refused = Object.keys(request.overrides?.env ?? {}).filter((name) => RESERVED_ENV.test(name));
+    if (refused.length > 0) {
+      throw new BundleError('ERR_REQUEST_INVALID', `overrides.env may not set ${refused.join(', ')}: the builder sets these itself (and some would reach processes it runs as itself).`);
+    }
     if (idempotencyKey === undefined) return this.accept(request, target);
 
     const known = this.idempotent.get(idempotencyKey);

@@ -178,6 +178,9 @@ describe('builder API', () => {
     expect(noSource.statusCode).toBe(400);
     const fileUrl = await post(JSON.stringify(request({ source: { url: 'file:///etc/passwd', sha256: small.sha256 } })));
     expect(fileUrl.statusCode).toBe(400);
+    const nodeOptions = await post(JSON.stringify(request({ overrides: { env: { NODE_OPTIONS: '--require /tmp/x.js', FOO: 'bar' } } })));
+    expect(nodeOptions.statusCode).toBe(400);
+    expect(JSON.parse(nodeOptions.body).error.message).toContain('NODE_OPTIONS');
     const huge = await post(JSON.stringify({ ...request(), label: 'x'.repeat(20_000) }));
     expect(huge.statusCode).toBe(413);
     expect(JSON.parse(huge.body).error.code).toBe('ERR_REQUEST_TOO_LARGE');
