@@ -333,6 +333,10 @@ export class DirStore implements ObjectStore {
     };
   }
 
+  close(): void {
+    // Nothing held open between operations.
+  }
+
   async presignPut(key: string, _options: PresignPutOptions = {}): Promise<PresignedRequest> {
     validateKey(key);
     throw new BundleError('ERR_STORE_URL', `A directory store (${this.location}) cannot hand out upload URLs.`, {

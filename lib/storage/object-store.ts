@@ -168,6 +168,8 @@ export interface ObjectStore {
   presignGet(key: string, options?: PresignOptions): Promise<PresignedRequest>;
   /** A URL anyone can PUT to for `expiresIn` seconds (S3 only; ERR_STORE_URL elsewhere). */
   presignPut(key: string, options?: PresignPutOptions): Promise<PresignedRequest>;
+  /** Releases what the store holds open (the S3 client's sockets); the store is unusable after. */
+  close(): void;
 }
 
 /** What `put` accepts. Strings are written as UTF-8. */

@@ -556,8 +556,7 @@ export class S3Store implements ObjectStore {
     return { url, method: 'PUT', headers, expiresAt: new Date(Date.now() + expiresIn * 1000) };
   }
 
-  /** Closes the client's sockets. */
-  destroy(): void {
+  close(): void {
     this.#client.destroy();
   }
 }

@@ -65,6 +65,8 @@ export async function startS3(options: StartS3Options = {}): Promise<S3TestServe
   const close = async (): Promise<void> => {
     if (closed) return;
     closed = true;
+    // Requests still in flight log after close() has ended the logger's transports.
+    server.logger.silent = true;
     server.httpServer?.closeAllConnections();
     await server.close();
   };

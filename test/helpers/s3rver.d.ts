@@ -18,6 +18,8 @@ declare module 's3rver' {
     run(): Promise<{ address: string; port: number; family: string }>;
     close(): Promise<void>;
     httpServer: Server | undefined;
+    /** winston logger; `silent` stops its "no transports" warnings after close. */
+    logger: { silent: boolean };
     store: { putBucket(name: string): Promise<unknown>; getBucket(name: string): Promise<unknown> };
   }
 

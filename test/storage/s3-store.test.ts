@@ -25,8 +25,8 @@ describeStoreContract('s3 (s3rver)', async () => {
       expect(response.status).toBe(200);
     },
     async cleanup() {
-      store.destroy();
-      other.destroy();
+      store.close();
+      other.close();
       await s3.stop();
     },
   };
@@ -40,7 +40,7 @@ describe('S3Store specifics', () => {
     store = new S3Store({ ...s3.storeOptions, ...FAST_RETRY, bucket: 'specific', prefix: 'pre' });
   });
   afterAll(async () => {
-    store?.destroy();
+    store?.close();
     await s3?.stop();
   });
 
@@ -49,7 +49,7 @@ describe('S3Store specifics', () => {
     await store.put('shared/key', 'mine');
     expect(await neighbour.exists('shared/key')).toBe(false);
     expect(store.location).toBe('s3://specific/pre/');
-    neighbour.destroy();
+    neighbour.close();
   });
 
   it('presigned GET and PUT work with plain fetch and carry no x-amz-checksum parameter', async () => {
@@ -88,8 +88,8 @@ describe('S3Store specifics', () => {
     expect(await elsewhere.copyFrom(store, 'server/src.bin', 'x.bin')).toBeUndefined();
     const streamed = await copyObject(store, 'server/src.bin', elsewhere, 'streamed.bin');
     expect(streamed.sha256).toBe(sha256(data));
-    second.destroy();
-    elsewhere.destroy();
+    second.close();
+    elsewhere.close();
   });
 
   it('wrong credentials are ERR_STORE_AUTH with a hint about the default credential chain', async () => {
@@ -101,7 +101,7 @@ describe('S3Store specifics', () => {
       expect((error as { hint?: string }).hint).toMatch(/default provider chain/);
       expect(error.message).toContain('InvalidAccessKeyId');
       await expectCode(bad.list(), 'ERR_STORE_AUTH');
-      bad.destroy();
+      bad.close();
     }
   });
 
@@ -112,7 +112,7 @@ describe('S3Store specifics', () => {
     await expectCode(missing.put('big', chunked(randomBytes(6 * MiB))), 'ERR_STORE_NOT_FOUND');
     await expectCode(missing.list(), 'ERR_STORE_NOT_FOUND');
     await expectCode(missing.head('x'), 'ERR_STORE_NOT_FOUND');
-    missing.destroy();
+    missing.close();
   });
 
   it('lists past 1000 keys (s3rver continuation tokens)', async () => {
@@ -143,13 +143,13 @@ describe('S3Store faults', () => {
     const error = await expectCode(put, 'ERR_STORE_IO');
     expect(error.message).toMatch(/s3:\/\/faults\/half\/object\.bin/);
     expect(error.message).toMatch(/ECONNREFUSED|ECONNRESET|socket|EPIPE/i);
-    store.destroy();
+    store.close();
     // Same data directory, new server: the object must not exist, and no staging key shows.
     const again = await startS3({ buckets: [], directory: s3.directory });
     const revived = new S3Store({ ...again.storeOptions, ...FAST_RETRY, bucket: 'faults' });
     expect(await revived.exists('half/object.bin')).toBe(false);
     expect((await revived.list()).items).toEqual([]);
-    revived.destroy();
+    revived.close();
     await again.stop();
     await s3.stop();
   });
@@ -189,7 +189,7 @@ describe('S3Store faults', () => {
     const error = await expectCode(store.put('x', 'x'), 'ERR_STORE_AUTH');
     expect((error as { hint?: string }).hint).toMatch(/AWS_ACCESS_KEY_ID/);
     expect(calls).toBe(102);
-    store.destroy();
+    store.close();
     await new Promise((resolve) => flaky.close(resolve));
   });
 });
