@@ -15,7 +15,7 @@ import { createBuilderClient, type BuilderClient } from '../../lib/builder/clien
 import { startBuilder, type RunningBuilder } from '../../lib/builder/server.js';
 import { servedTargets } from '../../lib/builder/targets.js';
 import type { TargetSpec } from '../../lib/protocol.js';
-import { DirStore } from '../../lib/storage/index.js';
+import { DirStore, type ObjectStore } from '../../lib/storage/index.js';
 import { hostTarget } from '../../lib/target.js';
 import { createScaffold } from '../../lib/workflow/scaffold.js';
 import { repoRoot, tempDir, testCacheDir } from './packages.js';
@@ -31,6 +31,8 @@ export const TEST_UID_RANGES = {
   hostile: { first: 61030, last: 61039 },
   bench: { first: 61040, last: 61049 },
   limits: { first: 61050, last: 61059 },
+  replicaA: { first: 61060, last: 61064 },
+  replicaB: { first: 61065, last: 61069 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
@@ -90,19 +92,19 @@ export interface TestBuilder {
   token: string;
   client: BuilderClient;
   builder: RunningBuilder;
-  store: DirStore;
+  store: ObjectStore;
   dir: string;
   logs: string[];
   stop(): Promise<void>;
 }
 
 /** A builder in this process: directory store in a temp dir, the tests' npm cache. */
-export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number }): Promise<TestBuilder> {
+export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number; store?: ObjectStore; builderId?: string }): Promise<TestBuilder> {
   const root = await tempDir('bd-builder-');
   // Build users pass through to their workdirs (a builder refuses a work dir they cannot reach).
   await chmod(root.dir, 0o711);
   const token = newToken();
-  const store = new DirStore({ root: path.join(root.dir, 'store') });
+  const store = options.store ?? new DirStore({ root: path.join(root.dir, 'store') });
   const workDir = path.join(root.dir, 'work');
   await mkdir(testCacheDir, { recursive: true });
   const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/TOKEN|SECRET|AWS_/i.test(name)));
@@ -125,7 +127,7 @@ export async function startTestBuilder(options: { uids: { first: number; last: n
     tokens: [token],
     store,
     scaffold,
-    builderId: 'test-builder',
+    builderId: options.builderId ?? 'test-builder',
     slots: options.slots ?? 2,
     targets: servedTargets([], hostTarget()),
     workDir,

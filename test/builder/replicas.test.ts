@@ -1,0 +1,48 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { S3Store } from '../../lib/storage/s3-store.js';
+import type { LogLine } from '../../lib/protocol.js';
+import { TEST_UID_RANGES, hostTargetSpec, startSourceServer, startTestBuilder, tgz, type SourceServer, type TestBuilder } from '../helpers/builder.js';
+import { packageTar } from '../helpers/packages.js';
+import { startS3, type S3TestServer } from '../helpers/s3.js';
+
+let s3: S3TestServer;
+let sources: SourceServer;
+let a: TestBuilder;
+let b: TestBuilder;
+let stores: S3Store[] = [];
+
+beforeAll(async () => {
+  [s3, sources] = await Promise.all([startS3({ buckets: ['builds'] }), startSourceServer()]);
+  stores = [new S3Store({ ...s3.storeOptions, bucket: 'builds', prefix: 'linux' }), new S3Store({ ...s3.storeOptions, bucket: 'builds', prefix: 'linux' })];
+  a = await startTestBuilder({ uids: TEST_UID_RANGES.replicaA, store: stores[0], builderId: 'replica-a' });
+  b = await startTestBuilder({ uids: TEST_UID_RANGES.replicaB, store: stores[1], builderId: 'replica-b' });
+});
+afterAll(async () => {
+  await a?.stop();
+  await b?.stop();
+  for (const store of stores) store.close();
+  await sources?.stop();
+  await s3?.stop();
+});
+
+describe('replicas sharing an S3 store', () => {
+  it('answer for each other\'s builds: record, log, event stream (from the store) and history', async () => {
+    const script = 'for (let i = 0; i < 5; i++) console.log("line " + i); setTimeout(() => {}, 2500);';
+    const source = await tgz(packageTar({ name: 'shared', version: '1.0.0', scripts: { install: 'node lines.js' } }, { 'lines.js': script }));
+    const url = sources.add('shared.tgz', source.body);
+    const { id } = await a.client.createBuild({ source: { url, sha256: source.sha256 }, target: hostTargetSpec() }, { idempotencyKey: 'shared' });
+    // B follows A's build while it runs: B polls the store and streams what A wrote.
+    const seen: LogLine[] = [];
+    const fromB = await b.client.followBuild(id, { onLog: (line) => seen.push(line) });
+    expect(fromB.state).toBe('succeeded');
+    expect(fromB.builder).toBe('replica-a');
+    expect(seen.some((line) => line.message === 'line 4')).toBe(true);
+    expect(seen.map((line) => line.seq)).toEqual([...seen.map((line) => line.seq)].sort((x, y) => x - y));
+    const fromA = await a.client.getBuild(id);
+    expect(await b.client.getBuild(id)).toEqual(fromA);
+    expect((await b.client.getLog(id)).map((line) => line.seq)).toEqual((await a.client.getLog(id)).map((line) => line.seq));
+    expect((await b.client.listBuilds()).builds.map((record) => record.id)).toContain(id);
+    // B cannot cancel a build it does not run; an ended one it returns as it is.
+    expect((await b.client.cancelBuild(id)).state).toBe('succeeded');
+  }, 90_000);
+});
