@@ -12,6 +12,7 @@ import { createScaffold } from '../workflow/scaffold.js';
 import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
 import { builderCommand } from './builder.js';
 import { runBundle } from './bundle.js';
+import { dispatchCommand, statusCommand } from './dispatch.js';
 import { EXIT, errorJson, exitCodeFor, formatError } from './errors.js';
 import { createLineView, createListrView, formatBytes, formatMs } from './progress.js';
 
@@ -176,6 +177,12 @@ export async function main(argv: string[], context: CliContext): Promise<number>
       exitCode = await commandBundle(args as unknown as BundleArgs, context, controller.signal);
     })
     .command(builderCommand(context, controller.signal, (code) => {
+      exitCode = code;
+    }))
+    .command(dispatchCommand(context, controller.signal, (code) => {
+      exitCode = code;
+    }))
+    .command(statusCommand(context, controller.signal, (code) => {
       exitCode = code;
     }))
     .demandCommand(1, 'Give a command: bundle-dispatch bundle <input.tgz>. See --help.')

@@ -16,6 +16,31 @@ export interface ResolvedConfig {
   keepWorkdir: boolean;
   limits: { maxBytes: number; maxEntries: number };
   builder: BuilderConfig;
+  dispatch: DispatchConfig;
+}
+
+/** One builder of a pool: its URL and the NAME of the env var holding its token. */
+export interface PoolMember {
+  url: string;
+  tokenEnv?: string;
+}
+
+/** `dispatch.*`: the main command (`bundle-dispatch <input> --targets …`). */
+export interface DispatchConfig {
+  /** Undefined: `<cacheDir>/dispatch/store`. */
+  source?: string;
+  destination: string;
+  keyTemplate: string;
+  manifestTemplate: string;
+  /** Target (`os-cpu[-libc]`) → builders. Empty: the embedded default builder. */
+  pools: Record<string, PoolMember[]>;
+  concurrency: number;
+  /** Seconds. */
+  presignExpiry: number;
+  /** Seconds. */
+  waitLock: number;
+  notify?: string;
+  s3: { endpoint?: string; region?: string; forcePathStyle: boolean };
 }
 
 /** `builder.*`: the `bundle-dispatch builder` service. */
@@ -79,6 +104,7 @@ function typeProblem(definition: KeyDefinition, value: unknown): string | undefi
     case 'string[]': return Array.isArray(value) && value.every((item) => typeof item === 'string') ? undefined : 'must be a list of strings';
     case 'record': return typeof value === 'object' && value !== null && !Array.isArray(value) && Object.values(value).every((item) => typeof item === 'string')
       ? undefined : 'must be an object of strings';
+    case 'json': return value === undefined ? 'must be JSON' : undefined;
   }
 }
 
@@ -102,6 +128,7 @@ function parseEnvValue(definition: KeyDefinition, raw: string): unknown {
     case 'boolean': return /^(1|true|yes)$/i.test(raw) ? true : /^(0|false|no)$/i.test(raw) ? false : raw;
     case 'string[]': return raw.split(',').map((item) => item.trim()).filter(Boolean);
     case 'record':
+    case 'json':
       try {
         return JSON.parse(raw) as unknown;
       } catch {
@@ -127,6 +154,8 @@ function machineDefault(definition: KeyDefinition, options: LoadConfigOptions): 
   if (definition.key === 'builder.store') return path.join(options.env.XDG_STATE_HOME ?? path.join(options.homeDir, '.local', 'state'), 'bundle-dispatch', 'builder');
   if (definition.key === 'builder.id') return hostname();
   if (definition.key === 'builder.slots') return availableParallelism();
+  if (definition.key === 'dispatch.source') return undefined;
+  if (definition.key === 'dispatch.destination') return path.resolve(options.cwd, 'dist');
   return structuredClone(definition.default);
 }
 
@@ -188,7 +217,7 @@ function resolvePaths(definition: KeyDefinition, value: unknown, baseDir: string
   if (definition.key === 'runtimes') return (value as string[]).map(resolve);
   if (definition.key === 'cacheDir' || definition.key === 'workDir' || definition.key === 'builder.tokenFile') return resolve(value as string);
   // A store is a directory path (resolved like the others) or an s3:// / file:// URL (as written).
-  if (definition.key === 'builder.store') return /^[a-z][a-z0-9+.-]+:/i.test(value as string) ? value : resolve(value as string);
+  if (definition.key === 'builder.store' || definition.key === 'dispatch.source' || definition.key === 'dispatch.destination') return /^[a-z][a-z0-9+.-]+:/i.test(value as string) ? value : resolve(value as string);
   return value;
 }
 

@@ -2,7 +2,8 @@
  * The one table of configuration keys. Validation, `--help` text, the env names and the
  * committed `.bundlerc.example` all come from it (npm's config definitions, changesets' schema).
  */
-export type KeyType = 'string' | 'number' | 'boolean' | 'string[]' | 'record';
+/** `json`: any JSON value whose shape the key's `check` validates (builder pools). */
+export type KeyType = 'string' | 'number' | 'boolean' | 'string[]' | 'record' | 'json';
 
 export interface KeyDefinition {
   /** Dotted path in `.bundlerc` (`limits.maxBytes`). */
@@ -43,6 +44,41 @@ const envName = (value: unknown) => {
     if (typeof name !== 'string' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) return 'values must be names of environment variables (the token itself never goes in .bundlerc)';
   }
   return undefined;
+};
+
+/**
+ * `dispatch.pools`: target (`os-cpu[-libc]`) → builders, each `{ url, tokenEnv }`. Lists every
+ * problem, each with its path inside the value.
+ */
+const pools = (value: unknown) => {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'must be an object: { "linux-x64": [{ "url": "https://…", "tokenEnv": "POOL_TOKEN" }] }';
+  const problems: string[] = [];
+  for (const [target, members] of Object.entries(value as Record<string, unknown>)) {
+    if (!/^[a-z0-9]+-[a-z0-9]+(-(glibc|musl))?$/.test(target)) problems.push(`["${target}"]: not a target (os-cpu[-libc], e.g. linux-x64, linux-arm64-musl)`);
+    if (!Array.isArray(members) || members.length === 0) {
+      problems.push(`["${target}"]: must be a non-empty list of { url, tokenEnv }`);
+      continue;
+    }
+    members.forEach((member: unknown, index) => {
+      const where = `["${target}"][${index}]`;
+      if (typeof member !== 'object' || member === null || Array.isArray(member)) {
+        problems.push(`${where}: must be { url, tokenEnv }`);
+        return;
+      }
+      const { url, tokenEnv, ...rest } = member as Record<string, unknown>;
+      const urlProblem = httpUrl(url);
+      if (urlProblem) problems.push(`${where}.url: ${urlProblem}`);
+      if (tokenEnv !== undefined && (typeof tokenEnv !== 'string' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(tokenEnv))) {
+        problems.push(`${where}.tokenEnv: must be the NAME of an environment variable (the token itself never goes in .bundlerc)`);
+      }
+      for (const name of Object.keys(rest)) problems.push(`${where}: unknown key "${name}"`);
+    });
+  }
+  return problems.length > 0 ? problems.join('; ') : undefined;
+};
+const keyTemplate = (value: unknown) => {
+  const unknown = [...String(value).matchAll(/\{([^}]*)\}/g)].map((match) => match[1]).filter((name) => !['name', 'version', 'file', 'pkgfile', 'os', 'cpu', 'libc', 'node', 'commit', 'sourceSha', 'buildKey'].includes(name ?? ''));
+  return unknown.length > 0 ? `unknown placeholder(s) ${unknown.map((name) => `{${name}}`).join(', ')}` : undefined;
 };
 
 export const CONFIG_KEYS: readonly KeyDefinition[] = [
@@ -245,6 +281,106 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     description: 'Seconds between heartbeats written to a running build\'s record.',
     default: 10,
     check: positive,
+  },
+  {
+    key: 'dispatch.source',
+    type: 'string',
+    description: 'The SOURCE store: where dispatch uploads each input once, content-addressed (a directory or s3://bucket/prefix). Default: <cacheDir>/dispatch/store.',
+    default: '<cacheDir>/dispatch/store',
+    env: 'BUNDLE_DISPATCH_SOURCE',
+    flag: 'source',
+    example: 's3://bundle-sources/src',
+  },
+  {
+    key: 'dispatch.destination',
+    type: 'string',
+    description: 'The DESTINATION store: where finished bundles and manifest.json go (a directory or s3://bucket/prefix).',
+    default: './dist',
+    env: 'BUNDLE_DISPATCH_DESTINATION',
+    flag: 'destination',
+    example: 's3://releases/bundles',
+  },
+  {
+    key: 'dispatch.keyTemplate',
+    type: 'string',
+    description: 'Destination key of a bundle: {name} {version} {file} {pkgfile} {os} {cpu} {libc} {node} {commit} {sourceSha} {buildKey}.',
+    default: '{name}/{version}/{file}',
+    env: 'BUNDLE_DISPATCH_KEY_TEMPLATE',
+    flag: 'key-template',
+    check: keyTemplate,
+  },
+  {
+    key: 'dispatch.manifestTemplate',
+    type: 'string',
+    description: 'Destination key of the run\'s manifest.json (written last); same placeholders as keyTemplate except the per-target ones.',
+    default: '{name}/{version}/manifest.json',
+    env: 'BUNDLE_DISPATCH_MANIFEST_TEMPLATE',
+    check: keyTemplate,
+  },
+  {
+    key: 'dispatch.pools',
+    type: 'json',
+    description: 'Builder pools: target (os-cpu[-libc]) → list of { "url", "tokenEnv" } (tokenEnv = NAME of the env var holding that builder\'s token). Empty: the embedded default builder for this machine.',
+    default: {},
+    check: pools,
+    example: { 'linux-x64': [{ url: 'https://builder-x64-1.internal:7420', tokenEnv: 'BUILDER_X64_TOKEN' }, { url: 'https://builder-x64-2.internal:7420', tokenEnv: 'BUILDER_X64_TOKEN' }], 'linux-arm64': [{ url: 'https://builder-arm64.internal:7420', tokenEnv: 'BUILDER_ARM64_TOKEN' }] },
+  },
+  {
+    key: 'dispatch.concurrency',
+    type: 'number',
+    description: 'Targets dispatched at once (builds queue on the builders beyond their slots).',
+    default: 8,
+    env: 'BUNDLE_DISPATCH_CONCURRENCY',
+    flag: 'concurrency',
+    check: positiveInteger,
+  },
+  {
+    key: 'dispatch.presignExpiry',
+    type: 'number',
+    description: 'Seconds the presigned source GET and output PUT URLs stay valid; must cover queue wait + build timeout.',
+    default: 7200,
+    env: 'BUNDLE_DISPATCH_PRESIGN_EXPIRY',
+    check: positive,
+  },
+  {
+    key: 'dispatch.waitLock',
+    type: 'number',
+    description: 'Seconds to wait for another run on the same destination + input to finish; 0 fails at once with ERR_LOCKED.',
+    default: 0,
+    env: 'BUNDLE_DISPATCH_WAIT_LOCK',
+    flag: 'wait-lock',
+    check: nonNegative,
+  },
+  {
+    key: 'dispatch.notify',
+    type: 'string',
+    description: 'Webhook URL that receives the final JSON summary of every run (POST).',
+    env: 'BUNDLE_DISPATCH_NOTIFY',
+    flag: 'notify',
+    check: httpUrl,
+    example: 'https://hooks.example/bundle-dispatch',
+  },
+  {
+    key: 'dispatch.s3.endpoint',
+    type: 'string',
+    description: 'S3-compatible endpoint for the s3:// source and destination stores (unset: AWS). Credentials come from the AWS SDK\'s default chain, never from .bundlerc.',
+    env: 'BUNDLE_DISPATCH_S3_ENDPOINT',
+    check: httpUrl,
+    example: 'https://s3.eu-central-1.amazonaws.com',
+  },
+  {
+    key: 'dispatch.s3.region',
+    type: 'string',
+    description: 'Region for the s3:// stores (unset: the SDK resolves AWS_REGION / the profile).',
+    env: 'BUNDLE_DISPATCH_S3_REGION',
+    example: 'eu-central-1',
+  },
+  {
+    key: 'dispatch.s3.forcePathStyle',
+    type: 'boolean',
+    description: 'Path-style S3 URLs (endpoint/bucket/key), needed by most S3-compatible servers.',
+    default: false,
+    env: 'BUNDLE_DISPATCH_S3_FORCE_PATH_STYLE',
   },
 ];
 

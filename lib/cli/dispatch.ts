@@ -1,0 +1,563 @@
+/**
+ * `bundle-dispatch <input> --targets …` (the default command) and `bundle-dispatch status`.
+ * Wires config, stores, builder clients, the embedded default, the lock and the run history
+ * around `dispatch()`, renders progress (listr2 on a TTY, plain lines otherwise, one JSON
+ * document with --json) and picks the exit code: 0 all ok · 1 a target failed · 2 usage or
+ * config · 130 interrupted.
+ */
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { availableParallelism, homedir, tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Writable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { Listr } from 'listr2';
+import type { Argv, CommandModule } from 'yargs';
+import { createBuilderClient, type BuilderClient } from '../builder/client.js';
+import { loadConfig, type ResolvedConfig } from '../config/load.js';
+import { CONFIG_KEYS } from '../config/schema.js';
+import { createEmbeddedBuilder, type EmbeddedBuilder } from '../dispatch/embedded.js';
+import { listRuns, readRun, RunHistory, targetStateOf, type RunDocument } from '../dispatch/history.js';
+import { prepareInput, type ToolEnvironment } from '../dispatch/input.js';
+import { acquireLock, lockFile, type HeldLock } from '../dispatch/lock.js';
+import { ensureLockfile } from '../dispatch/lockfile.js';
+import { parseTargets, planTargets, resolvePools, type Pool } from '../dispatch/plan.js';
+import { dispatch, newRunId, type DispatchEvent, type DispatchResult } from '../dispatch/run.js';
+import { BundleError, toBundleError } from '../errors.js';
+import { isTerminal, type BuildRecord, type RequestOverrides } from '../protocol.js';
+import { redact } from '../redact.js';
+import { openStore, type ObjectStore, type OpenStoreOptions } from '../storage/index.js';
+import { hostTarget } from '../target.js';
+import { loadHookModules } from '../workflow/hooks.js';
+import { ENV_ALLOW_LIST, configSecrets, locateNpm, writeNpmrc } from '../workflow/npm.js';
+import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
+import { EXIT } from './errors.js';
+import type { CliContext } from './main.js';
+import { formatBytes, formatMs, STEP_TITLES } from './progress.js';
+
+export interface DispatchArgs {
+  input: string;
+  targets?: string[];
+  source?: string;
+  destination?: string;
+  'key-template'?: string;
+  concurrency?: number;
+  force?: boolean;
+  overwrite?: boolean;
+  'fail-fast'?: boolean;
+  'wait-lock'?: number;
+  notify?: string;
+  label?: string;
+  json: boolean;
+  verbose: boolean;
+  config?: string;
+  registry?: string;
+  'cache-dir'?: string;
+}
+
+export interface StatusArgs {
+  run: string;
+  json: boolean;
+  verbose: boolean;
+  config?: string;
+}
+
+/** How long the webhook of --notify may take. */
+const NOTIFY_TIMEOUT_MS = 10_000;
+
+async function ownVersion(): Promise<string> {
+  for (let dir = path.dirname(fileURLToPath(import.meta.url)); path.dirname(dir) !== dir; dir = path.dirname(dir)) {
+    const text = await readFile(path.join(dir, 'package.json'), 'utf8').catch(() => undefined);
+    if (text && (JSON.parse(text) as { name?: string }).name === 'bundle-dispatch') return (JSON.parse(text) as { version: string }).version;
+  }
+  return '0.0.0';
+}
+
+async function loadDispatchConfig(context: CliContext, flags: Record<string, unknown>, configFile: string | undefined): Promise<ResolvedConfig> {
+  const loaded = await loadConfig({ cwd: context.cwd, env: context.env, flags, homeDir: homedir(), tmpDir: tmpdir(), ...(configFile ? { configFile } : {}) });
+  if (loaded.errors.length > 0) {
+    throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${loaded.errors.join('\n  ')}`, { hint: `Known keys: ${CONFIG_KEYS.map((key) => key.key).join(', ')}.` });
+  }
+  return loaded.config;
+}
+
+function registryAuth(config: ResolvedConfig, env: NodeJS.ProcessEnv): Record<string, RegistryAuth> {
+  const auth: Record<string, RegistryAuth> = {};
+  for (const [url, variable] of Object.entries(config.registryTokens)) {
+    const token = env[variable];
+    if (!token) throw new BundleError('ERR_CONFIG', `registryTokens: the environment variable ${variable} (token for ${url}) is not set.`, { hint: `Export ${variable} with the registry's token, or remove the entry.` });
+    auth[url] = { token };
+  }
+  return auth;
+}
+
+/** npm and git on the dispatching side: allow-listed env, a private npmrc, the shared npm cache. */
+async function toolEnvironment(config: ResolvedConfig, env: NodeJS.ProcessEnv, workDir: string): Promise<ToolEnvironment> {
+  const auth = registryAuth(config, env);
+  const npmrc = path.join(workDir, 'npmrc');
+  await writeNpmrc(npmrc, { registry: config.registry, scopes: config.scopes, auth });
+  await writeFile(path.join(workDir, 'global-npmrc'), '');
+  const base: Record<string, string> = {};
+  for (const name of [...ENV_ALLOW_LIST, 'PATH', 'HOME', 'USER', 'SSH_AUTH_SOCK', 'GIT_SSH_COMMAND', ...config.envAllow]) {
+    const value = env[name];
+    if (value !== undefined) base[name] = value;
+  }
+  return {
+    node: process.execPath,
+    npmCli: locateNpm(env.PATH),
+    env: {
+      ...base,
+      npm_config_userconfig: npmrc,
+      npm_config_globalconfig: path.join(workDir, 'global-npmrc'),
+      npm_config_cache: path.join(config.cacheDir, 'npm'),
+      npm_config_update_notifier: 'false',
+      npm_config_fund: 'false',
+      npm_config_audit: 'false',
+      npm_config_progress: 'false',
+      GIT_TERMINAL_PROMPT: '0',
+    },
+    secrets: configSecrets({ auth }),
+  };
+}
+
+function storeOptions(config: ResolvedConfig, cwd: string): OpenStoreOptions {
+  const { s3 } = config.dispatch;
+  return {
+    cwd,
+    s3: {
+      ...(s3.endpoint ? { endpoint: s3.endpoint } : {}),
+      ...(s3.region ? { region: s3.region } : {}),
+      ...(s3.forcePathStyle ? { forcePathStyle: true } : {}),
+      presignExpiresIn: config.dispatch.presignExpiry,
+    },
+  };
+}
+
+function runsDir(config: ResolvedConfig): string {
+  return path.join(config.cacheDir, 'dispatch', 'runs');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Views
+
+interface DispatchView {
+  onEvent(event: DispatchEvent): void;
+  done(): Promise<void>;
+}
+
+const TARGET_WORDS: Record<string, string> = {
+  planned: 'waiting', cached: 'cached', queued: 'queued', running: 'building', copying: 'copying', succeeded: 'delivered', failed: 'failed', cancelled: 'cancelled',
+};
+
+function currentStep(record: BuildRecord): string | undefined {
+  const step = record.steps.findLast((candidate) => candidate.state === 'running') ?? record.steps.at(-1);
+  if (!step) return undefined;
+  return step.name === 'output' ? 'Upload the bundle' : STEP_TITLES[step.name];
+}
+
+/** Plain lines (no TTY, CI, logs): one per target state and step; full logs with --verbose. */
+function createLineView(out: Writable, options: { verbose: boolean }): DispatchView {
+  const steps = new Map<string, Set<string>>();
+  return {
+    onEvent(event) {
+      if (event.type === 'phase') {
+        if (event.state === 'finished' && event.detail) out.write(`${event.phase}: ${event.detail}\n`);
+      } else if (event.type === 'target') {
+        if (event.state === 'planned') return;
+        const where = event.builder && event.builder !== 'embedded' ? ` on ${event.builder}` : '';
+        out.write(`[${event.target}] ${TARGET_WORDS[event.state] ?? event.state}${where}${event.buildId ? ` (build ${event.buildId})` : ''}${event.detail ? `: ${event.detail}` : ''}\n`);
+      } else if (event.type === 'record') {
+        // Steps overlap (unpack ∥ configure): each is announced once, when it starts.
+        const seen = steps.get(event.target) ?? new Set<string>();
+        steps.set(event.target, seen);
+        for (const step of event.record.steps) {
+          if (seen.has(step.name)) continue;
+          seen.add(step.name);
+          out.write(`[${event.target}]   ▸ ${step.name === 'output' ? 'Upload the bundle' : STEP_TITLES[step.name]}\n`);
+        }
+      } else if (options.verbose || event.line.stream === 'status') {
+        out.write(`[${event.target}]   ${event.line.step}: ${event.line.message}\n`);
+      }
+    },
+    async done() {},
+  };
+}
+
+/** listr2 on a terminal: a task per target showing its step and last log line. */
+function createListrView(labels: readonly string[], options: { verbose: boolean }): DispatchView {
+  type Waiter = { resolve: (skipped?: string) => void; reject: (error: Error) => void; promise: Promise<string | undefined> };
+  const waiters = new Map<string, Waiter>();
+  const outputs = new Map<string, (text: string) => void>();
+  const titles = new Map<string, (text: string) => void>();
+  const state = new Map<string, { step?: string; line?: string; word: string }>();
+  for (const label of labels) {
+    let resolve!: Waiter['resolve'];
+    let reject!: Waiter['reject'];
+    const promise = new Promise<string | undefined>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    promise.catch(() => undefined);
+    waiters.set(label, { resolve, reject, promise });
+    state.set(label, { word: 'waiting' });
+  }
+  const render = (label: string) => {
+    const current = state.get(label);
+    if (!current) return;
+    outputs.get(label)?.([current.step, current.line].filter(Boolean).join(' · '));
+    titles.get(label)?.(`${label} — ${current.word}`);
+  };
+  const list = new Listr(labels.map((label) => ({
+    title: `${label} — waiting`,
+    task: async (_ctx: unknown, task: { output: string; title: string; skip: (message?: string) => void }) => {
+      outputs.set(label, (text) => {
+        task.output = text;
+      });
+      titles.set(label, (text) => {
+        task.title = text;
+      });
+      render(label);
+      const skipped = await waiters.get(label)?.promise;
+      if (skipped) task.skip(`${label} — ${skipped}`);
+    },
+    rendererOptions: { outputBar: options.verbose ? 8 : 1, persistentOutput: false },
+  })), { concurrent: true, exitOnError: false, registerSignalListeners: false, rendererOptions: { collapseSubtasks: false } });
+  const running = list.run().catch(() => undefined);
+  return {
+    onEvent(event) {
+      if (event.type === 'target') {
+        const current = state.get(event.target);
+        if (!current) return;
+        current.word = TARGET_WORDS[event.state] ?? event.state;
+        if (event.state === 'succeeded') {
+          current.word = `delivered ${event.detail ?? ''}`;
+          render(event.target);
+          waiters.get(event.target)?.resolve();
+        } else if (event.state === 'cached') {
+          current.word = `cached ${event.detail ?? ''}`;
+          render(event.target);
+          waiters.get(event.target)?.resolve();
+        } else if (event.state === 'failed') {
+          render(event.target);
+          waiters.get(event.target)?.reject(new Error(`${event.target} — ${event.detail ?? 'failed'}`));
+        } else if (event.state === 'cancelled') {
+          waiters.get(event.target)?.resolve('cancelled');
+        } else {
+          render(event.target);
+        }
+      } else if (event.type === 'record') {
+        const current = state.get(event.target);
+        if (!current) return;
+        const step = currentStep(event.record);
+        if (step) current.step = step;
+        render(event.target);
+      } else if (event.type === 'log') {
+        const current = state.get(event.target);
+        if (!current) return;
+        current.line = event.line.message.slice(0, 160);
+        render(event.target);
+      }
+    },
+    async done() {
+      for (const waiter of waiters.values()) waiter.resolve('not finished');
+      await running;
+    },
+  };
+}
+
+function summaryTable(result: DispatchResult, destination: string): string {
+  const rows = result.targets.map((outcome) => outcome.ok
+    ? [outcome.target, outcome.cached ? 'cached' : 'built', outcome.node ?? '', formatBytes(outcome.size), outcome.cached ? '' : formatMs(outcome.durations.buildMs ?? outcome.durations.totalMs), outcome.key]
+    : [outcome.target, outcome.cancelled ? 'cancelled' : 'FAILED', '', '', '', `${outcome.error.code}: ${outcome.error.message.split('\n')[0] ?? ''}`]);
+  const header = ['target', 'result', 'node', 'size', 'build', 'key / error'];
+  const widths = header.map((title, index) => Math.max(title.length, ...rows.map((row) => (row[index] ?? '').length)));
+  const line = (row: string[]) => row.map((cell, index) => (index === row.length - 1 ? cell : cell.padEnd(widths[index] ?? 0))).join('  ').trimEnd();
+  const ok = result.targets.filter((outcome) => outcome.ok).length;
+  return [
+    line(header),
+    ...rows.map(line),
+    '',
+    `${result.ok ? '✔' : '✖'} ${ok}/${result.targets.length} target(s) ok · ${result.package.name}@${result.package.version} · source ${result.source.sha256.slice(0, 12)}${result.input.commit ? ` · commit ${result.input.commit.slice(0, 12)}` : ''} · ${formatMs(result.durationMs)}`,
+    ...(result.manifest ? [`  manifest ${destination}${result.manifest}`] : []),
+    `  run ${result.runId} (bundle-dispatch status ${result.runId})`,
+    '',
+  ].join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// dispatch
+
+async function notify(url: string, result: DispatchResult): Promise<string | undefined> {
+  try {
+    const response = await fetch(url, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'user-agent': 'bundle-dispatch' },
+      body: JSON.stringify(result),
+      signal: AbortSignal.timeout(NOTIFY_TIMEOUT_MS),
+    });
+    return response.ok ? undefined : `HTTP ${response.status}`;
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  }
+}
+
+export async function commandDispatch(args: DispatchArgs, context: CliContext, signal: AbortSignal): Promise<number> {
+  const config = await loadDispatchConfig(context, {
+    registry: args.registry,
+    cacheDir: args['cache-dir'],
+    'dispatch.source': args.source,
+    'dispatch.destination': args.destination,
+    'dispatch.keyTemplate': args['key-template'],
+    'dispatch.concurrency': args.concurrency,
+    'dispatch.waitLock': args['wait-lock'],
+    'dispatch.notify': args.notify,
+  }, args.config);
+  const settings = config.dispatch;
+  const runId = newRunId();
+  const cleanups: Array<() => Promise<unknown>> = [];
+  const stores: ObjectStore[] = [];
+  try {
+    // Plan first: targets and pools are checked before the input is even packed.
+    const targetList = args.targets && args.targets.length > 0 ? parseTargets(args.targets) : [hostTarget()];
+    const options = storeOptions(config, context.cwd);
+    const sourceLocation = settings.source ?? path.join(config.cacheDir, 'dispatch', 'store');
+    const sourceStore = await openStore(sourceLocation, options);
+    stores.push(sourceStore);
+    const destination = await openStore(settings.destination, options);
+    stores.push(destination);
+    let embedded: EmbeddedBuilder | undefined;
+    let pools: Pool[];
+    if (Object.keys(settings.pools).length > 0) {
+      pools = resolvePools(settings.pools, context.env, (url, token) => createBuilderClient({ url, ...(token ? { token } : {}) }));
+    } else {
+      const builderStore = sourceStore.kind === 'dir' ? sourceStore : await openStore(path.join(config.cacheDir, 'dispatch', 'builder-store'), options);
+      if (builderStore !== sourceStore) stores.push(builderStore);
+      const defaults: BuildOverrides = {
+        registry: config.registry,
+        scopes: config.scopes,
+        auth: registryAuth(config, context.env),
+        runtimes: config.runtimes,
+        envAllow: config.envAllow,
+        keepWorkdir: config.keepWorkdir,
+        limits: config.limits,
+      };
+      const hooks = await loadHookModules(config.hooks, context.cwd);
+      embedded = createEmbeddedBuilder({
+        store: builderStore,
+        workDir: config.workDir,
+        cacheDir: config.cacheDir,
+        env: context.env,
+        defaults,
+        hooks: hooks.map((hook) => hook.module),
+        slots: Math.max(1, Math.min(availableParallelism(), targetList.length)),
+        runtimes: config.runtimes,
+        version: await ownVersion(),
+        builderId: `embedded-${runId}`,
+      });
+      cleanups.push(() => embedded?.stop() ?? Promise.resolve());
+      pools = embedded.pools;
+    }
+    const plan = planTargets(targetList, pools);
+
+    // Inspect and resolve the input: a bad one fails here, before anything is uploaded.
+    await mkdir(config.workDir, { recursive: true });
+    const workDir = await mkdtemp(path.join(config.workDir, 'dispatch-'));
+    cleanups.push(() => rm(workDir, { recursive: true, force: true }));
+    const tools = await toolEnvironment(config, context.env, workDir);
+    const input = await prepareInput(args.input, { cwd: context.cwd, workDir, tools, limits: config.limits, signal });
+    const source = await ensureLockfile(input, { tools, workDir, signal });
+
+    const progress = args.json ? undefined : context.stderr;
+    const lock: HeldLock = await acquireLock(lockFile(path.join(config.cacheDir, 'dispatch', 'locks'), destination.location, source.sha256), {
+      runId,
+      waitMs: settings.waitLock * 1000,
+      signal,
+      onWait: (owner) => progress?.write(`waiting for run ${owner.runId} (pid ${owner.pid}) to finish (--wait-lock ${settings.waitLock})…\n`),
+    });
+    cleanups.push(() => lock.release());
+
+    const history = new RunHistory(runsDir(config), {
+      runId, pid: process.pid, startedAt: new Date().toISOString(), state: 'running', input: redact(args.input), destination: destination.location,
+      targets: Object.fromEntries(plan.map((target) => [target.label, { state: 'planned' as const }])),
+    });
+    await history.flush();
+    const interactive = !args.json && Boolean(context.stderr.isTTY) && !context.env.CI;
+    const view = args.json ? undefined : interactive ? createListrView(plan.map((target) => target.label), { verbose: args.verbose }) : createLineView(context.stderr, { verbose: args.verbose });
+    const overrides: RequestOverrides = context.env.SOURCE_DATE_EPOCH ? { sourceDateEpoch: Number(context.env.SOURCE_DATE_EPOCH) } : {};
+    let result: DispatchResult;
+    try {
+      result = await dispatch({
+        runId,
+        input,
+        source,
+        targets: plan,
+        sourceStore,
+        destination,
+        keyTemplate: settings.keyTemplate,
+        manifestTemplate: settings.manifestTemplate,
+        concurrency: settings.concurrency,
+        force: Boolean(args.force),
+        overwrite: Boolean(args.overwrite),
+        failFast: Boolean(args['fail-fast']),
+        presignExpiry: settings.presignExpiry,
+        ...(Object.keys(overrides).length > 0 ? { overrides } : {}),
+        ...(args.label ? { label: args.label } : {}),
+        signal,
+        tmpDir: workDir,
+        onEvent: (event) => {
+          view?.onEvent(event);
+          history.onEvent(event);
+        },
+      });
+    } catch (error) {
+      await view?.done();
+      const failure = toBundleError(error, signal);
+      await history.finish(failure.code === 'ERR_ABORTED' ? 'interrupted' : 'failed', undefined, { code: failure.code, message: failure.message });
+      throw failure;
+    }
+    await view?.done();
+    await history.finish(result.interrupted ? 'interrupted' : 'finished', result);
+    if (settings.notify) {
+      const problem = await notify(settings.notify, result);
+      if (problem) context.stderr.write(`! --notify ${redact(settings.notify)}: ${problem}\n`);
+    }
+    if (args.json) context.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+    else context.stdout.write(summaryTable(result, destination.location));
+    return result.interrupted ? EXIT.interrupted : result.ok ? EXIT.ok : EXIT.failed;
+  } finally {
+    for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
+    for (const store of stores) store.close();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// status
+
+function clientFor(config: ResolvedConfig, env: NodeJS.ProcessEnv, url: string): BuilderClient {
+  const origin = new URL(url).origin;
+  for (const members of Object.values(config.dispatch.pools)) {
+    for (const member of members) {
+      if (new URL(member.url).origin === origin) return createBuilderClient({ url: member.url, ...(member.tokenEnv && env[member.tokenEnv] ? { token: env[member.tokenEnv] } : {}) });
+    }
+  }
+  return createBuilderClient({ url: origin });
+}
+
+function describeRecord(record: BuildRecord): string {
+  const step = currentStep(record);
+  return `${record.state}${step && !isTerminal(record.state) ? ` · ${step}` : ''}${record.error ? ` · ${record.error.code}: ${record.error.message}` : ''}${record.artifact ? ` · ${record.artifact.file} sha256 ${record.artifact.sha256}` : ''}`;
+}
+
+export async function commandStatus(args: StatusArgs, context: CliContext, signal: AbortSignal): Promise<number> {
+  const config = await loadDispatchConfig(context, {}, args.config);
+  const out = args.json ? undefined : context.stdout;
+  if (/^https?:\/\//i.test(args.run)) {
+    const match = /^(https?:\/\/[^/]+)(?:\/.*)?\/v1\/builds\/([\w-]+)/i.exec(args.run);
+    if (!match?.[1] || !match[2]) throw new BundleError('ERR_USAGE', `"${args.run}" is not a build URL (…/v1/builds/<id>).`);
+    const client = clientFor(config, context.env, match[1]);
+    const record = await client.followBuild(match[2], {
+      signal,
+      onLog: (line) => {
+        if (args.verbose || line.stream === 'status') out?.write(`  ${line.step}: ${line.message}\n`);
+      },
+    });
+    if (args.json) context.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
+    else out?.write(`${record.id} ${describeRecord(record)}\n`);
+    return record.state === 'succeeded' ? EXIT.ok : record.state === 'cancelled' ? EXIT.interrupted : EXIT.failed;
+  }
+  const doc: RunDocument | undefined = await readRun(runsDir(config), args.run);
+  if (!doc) {
+    const recent = await listRuns(runsDir(config));
+    throw new BundleError('ERR_USAGE', `No run "${args.run}" in ${runsDir(config)}.`, { hint: recent.length > 0 ? `Recent runs: ${recent.join(', ')}.` : 'No run has been recorded yet.' });
+  }
+  // Re-attach: builds the run left unfinished (still running, or the dispatcher died) are
+  // followed to their end on their builders.
+  if (doc.state === 'running' || doc.state === 'interrupted') {
+    await Promise.all(Object.entries(doc.targets).map(async ([label, entry]) => {
+      if (!entry.builderUrl || !entry.buildId || entry.builderUrl === 'embedded' || ['succeeded', 'failed', 'cancelled', 'cached'].includes(entry.state)) return;
+      try {
+        const record = await clientFor(config, context.env, entry.builderUrl).followBuild(entry.buildId, {
+          signal,
+          onStatus: (status) => {
+            const step = currentStep(status);
+            if (step && step !== entry.step) {
+              entry.step = step;
+              out?.write(`[${label}]   ▸ ${step}\n`);
+            }
+          },
+        });
+        entry.state = targetStateOf(record.state);
+        entry.detail = describeRecord(record);
+      } catch (error) {
+        entry.detail = `could not follow: ${toBundleError(error).message}`;
+      }
+    }));
+  }
+  if (args.json) {
+    context.stdout.write(`${JSON.stringify(doc, null, 2)}\n`);
+  } else {
+    out?.write(`run ${doc.runId} · ${doc.state} · started ${doc.startedAt} · ${doc.input} → ${doc.destination}\n`);
+    for (const [label, entry] of Object.entries(doc.targets)) {
+      out?.write(`  ${label.padEnd(20)} ${TARGET_WORDS[entry.state] ?? entry.state}${entry.buildId ? ` (build ${entry.buildId}${entry.builderUrl && entry.builderUrl !== 'embedded' ? ` on ${entry.builderUrl}` : ''})` : ''}${entry.detail ? ` ${entry.detail}` : ''}\n`);
+    }
+  }
+  const states = Object.values(doc.targets).map((entry) => entry.state);
+  if (doc.state === 'interrupted') return EXIT.interrupted;
+  return states.every((state) => state === 'succeeded' || state === 'cached') ? EXIT.ok : EXIT.failed;
+}
+
+// ---------------------------------------------------------------------------------------------
+// yargs
+
+function dispatchOptions<T>(argv: Argv<T>) {
+  return argv
+    .positional('input', { type: 'string', demandOption: true, describe: 'A .tgz/.tar from npm pack, a package directory, a registry spec (name@version) or a git URL with #ref.' })
+    .option('targets', { alias: 't', type: 'string', array: true, describe: 'Targets os-cpu[-libc][@node range], comma-separated or repeated (default: this machine).' })
+    .option('source', { type: 'string', describe: 'Source store: a directory or s3://bucket/prefix (dispatch.source).' })
+    .option('destination', { alias: 'd', type: 'string', describe: 'Destination store for bundles and manifest.json (dispatch.destination; default ./dist).' })
+    .option('key-template', { type: 'string', describe: 'Destination key of a bundle (default {name}/{version}/{file}).' })
+    .option('concurrency', { type: 'number', describe: 'Targets dispatched at once (default 8).' })
+    .option('force', { type: 'boolean', describe: 'Rebuild targets the destination already holds.' })
+    .option('overwrite', { type: 'boolean', describe: 'Replace a different object at a destination key (immutable otherwise).' })
+    .option('fail-fast', { type: 'boolean', describe: 'Cancel the other targets on the first failure.' })
+    .option('wait-lock', { type: 'number', describe: 'Seconds to wait for another run on the same destination + input (default 0: fail).' })
+    .option('notify', { type: 'string', describe: 'POST the final JSON summary to this URL.' })
+    .option('label', { type: 'string', describe: 'Label shown in the builders\' histories (e.g. "cron nightly").' })
+    .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
+    .option('verbose', { type: 'boolean', default: false, describe: 'Stream full build logs, prefixed by target; stack traces.' })
+    .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' })
+    .option('registry', { type: 'string', describe: 'npm registry URL (for npm pack and the lockfile).' })
+    .option('cache-dir', { type: 'string', describe: 'npm cache, run history, locks and the default source store.' });
+}
+
+/** The default command: `bundle-dispatch <input> --targets …`. main.ts registers it. */
+export function dispatchCommand(context: CliContext, signal: AbortSignal, setExitCode: (code: number) => void): CommandModule<object, DispatchArgs> {
+  return {
+    command: ['$0 <input>', 'dispatch <input>'],
+    describe: 'Build bundles of <input> for every target on builders and deliver them, verified, to the destination.',
+    builder: (argv) => dispatchOptions(argv)
+      .example('$0 my-app-1.0.0.tgz', 'this machine, embedded builder, bundles in ./dist')
+      .example('$0 ./my-app --targets linux-x64,linux-arm64-musl@22 -d s3://releases/bundles', 'builder pools from .bundlerc')
+      .example('$0 my-app@latest --targets linux-x64 --json', 'a registry spec, machine-readable')
+      .example('$0 git+https://git.example/app.git#v1.2.0 --targets linux-x64', 'a git ref (the commit goes in the manifest)') as unknown as Argv<DispatchArgs>,
+    handler: async (args) => {
+      setExitCode(await commandDispatch(args, context, signal));
+    },
+  };
+}
+
+/** `bundle-dispatch status <run-id|build-url>`. */
+export function statusCommand(context: CliContext, signal: AbortSignal, setExitCode: (code: number) => void): CommandModule<object, StatusArgs> {
+  return {
+    command: 'status <run>',
+    describe: 'Show a dispatch run from the local history (re-attaching to its unfinished builds), or follow one build by its URL.',
+    builder: (argv) => argv
+      .positional('run', { type: 'string', demandOption: true, describe: 'A run id (printed by every run) or a build URL …/v1/builds/<id>.' })
+      .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
+      .option('verbose', { type: 'boolean', default: false, describe: 'Full build logs.' })
+      .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' }) as unknown as Argv<StatusArgs>,
+    handler: async (args) => {
+      setExitCode(await commandStatus(args, context, signal));
+    },
+  };
+}
+

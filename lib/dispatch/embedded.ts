@@ -1,0 +1,124 @@
+/**
+ * The embedded default: with no builder pools configured, dispatch starts a builder for this
+ * machine IN-PROCESS on 127.0.0.1, port 0, and talks to it over HTTP with the same client as
+ * to a remote one — one code path. Its store is the (directory) source store, so it reads the
+ * source by key and leaves its result there for dispatch to copy: no presigned URLs needed.
+ * It starts lazily, on the first request: a run whose targets are all cached starts nothing.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { createBuilderClient, type BuilderClient } from '../builder/client.js';
+import { startBuilder, type RunningBuilder } from '../builder/server.js';
+import { servedTargets } from '../builder/targets.js';
+import type { ObjectStore } from '../storage/index.js';
+import { hostTarget, type Target } from '../target.js';
+import { locateNpm, readNpmVersion } from '../workflow/npm.js';
+import { createScaffold } from '../workflow/scaffold.js';
+import type { BuildOverrides, HookModule } from '../workflow/types.js';
+import type { Pool } from './plan.js';
+
+/** Names that never reach the workflow's environment (as in `bundle-dispatch builder`). */
+const WITHHELD_ENV = /^(BUNDLE_DISPATCH_BUILDER_TOKENS|AWS_.*|.*_TOKEN|.*_SECRET.*|.*PASSWORD.*)$/i;
+
+export interface EmbeddedBuilderOptions {
+  store: ObjectStore;
+  /** Parent of the builder's own work area (a fresh directory per run is made in it). */
+  workDir: string;
+  cacheDir: string;
+  env: NodeJS.ProcessEnv;
+  defaults: BuildOverrides;
+  hooks: HookModule[];
+  /** Builds at once. */
+  slots: number;
+  runtimes: string[];
+  version: string;
+  /** Unique per run: a builder marks its own unfinished builds failed when it starts. */
+  builderId: string;
+  host?: Target;
+}
+
+export interface EmbeddedBuilder {
+  /** One pool per served target (the host natively, plus cross targets), all this builder. */
+  pools: Pool[];
+  /** True once the builder was started. */
+  readonly started: boolean;
+  stop(): Promise<void>;
+}
+
+/** A client that starts the builder on its first call. */
+function lazyClient(start: () => Promise<BuilderClient>): BuilderClient {
+  const forward = <K extends keyof BuilderClient>(name: K) => (async (...args: unknown[]) => {
+    const client = await start();
+    return (client[name] as (...inner: unknown[]) => unknown)(...args);
+  }) as BuilderClient[K];
+  return {
+    get url() {
+      return 'embedded';
+    },
+    createBuild: forward('createBuild'),
+    getBuild: forward('getBuild'),
+    listBuilds: forward('listBuilds'),
+    getLog: forward('getLog'),
+    cancelBuild: forward('cancelBuild'),
+    health: forward('health'),
+    downloadArtifact: forward('downloadArtifact'),
+    followBuild: forward('followBuild'),
+  };
+}
+
+export function createEmbeddedBuilder(options: EmbeddedBuilderOptions): EmbeddedBuilder {
+  const host = options.host ?? hostTarget();
+  const targets = servedTargets([], host);
+  let running: Promise<{ builder: RunningBuilder; client: BuilderClient; workDir: string }> | undefined;
+  const start = () => {
+    running ??= (async () => {
+      await mkdir(options.workDir, { recursive: true });
+      const workDir = await mkdtemp(path.join(options.workDir, 'embedded-builder-'));
+      const token = randomBytes(24).toString('hex');
+      const env = Object.fromEntries(Object.entries(options.env).filter(([name]) => !WITHHELD_ENV.test(name)));
+      const scaffold = createScaffold(options.defaults, options.hooks, {
+        env,
+        workRoot: path.join(workDir, 'builds'),
+        npmCacheDir: path.join(options.cacheDir, 'npm'),
+        runtimeCacheDir: path.join(options.cacheDir, 'runtimes'),
+        host,
+      });
+      const npmVersion = await readNpmVersion(process.execPath, locateNpm(options.env.PATH), { PATH: options.env.PATH ?? '', npm_config_update_notifier: 'false' }).catch(() => 'unknown');
+      const builder = await startBuilder({
+        host: '127.0.0.1',
+        port: 0,
+        tokens: [token],
+        store: options.store,
+        scaffold,
+        builderId: options.builderId,
+        slots: options.slots,
+        targets,
+        workDir,
+        buildTimeoutMs: 30 * 60_000,
+        maxSourceBytes: 512 * 1024 ** 2,
+        maxBodyBytes: 64 * 1024,
+        minFreeDisk: 64 * 1024 ** 2,
+        heartbeatMs: 10_000,
+        version: options.version,
+        npmVersion,
+        runtimes: [process.versions.node, ...options.runtimes],
+      });
+      return { builder, client: createBuilderClient({ url: builder.url, token }), workDir };
+    })();
+    return running;
+  };
+  const client = lazyClient(async () => (await start()).client);
+  return {
+    pools: targets.map((platform) => ({ platform, builders: [{ url: 'embedded', client }] })),
+    get started() {
+      return running !== undefined;
+    },
+    async stop() {
+      if (!running) return;
+      const { builder, workDir } = await running.catch(() => ({ builder: undefined, workDir: undefined }));
+      await builder?.stop(0);
+      if (workDir) await rm(workDir, { recursive: true, force: true });
+    },
+  };
+}

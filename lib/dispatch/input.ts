@@ -1,0 +1,168 @@
+/**
+ * Inputs of a dispatch run: a .tgz/.tar, a package directory (`npm pack`), a registry spec
+ * (`npm pack <spec>`) or a git URL with `#ref` (cloned, the ref resolved to a full commit,
+ * packed). Each is unpacked and inspected here — npm-pack layout, name and version — before
+ * anything is uploaded.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { BundleError, throwIfAborted } from '../errors.js';
+import { redact } from '../redact.js';
+import { spawnNpm } from '../workflow/npm.js';
+import { openInput } from '../workflow/tar-input.js';
+import { unpack, type PackageJson, type UnpackLimits } from '../workflow/steps/unpack.js';
+
+export type InputKind = 'tarball' | 'directory' | 'registry' | 'git';
+
+/** How to run npm (and git) on the dispatching side. */
+export interface ToolEnvironment {
+  /** `process.execPath`. */
+  node: string;
+  /** npm's CLI script (`locateNpm(env.PATH)`). */
+  npmCli: string;
+  /** Environment for npm and git: PATH, HOME, a private npmrc, npm's cache. */
+  env: Record<string, string>;
+  /** Secrets to redact from their output (registry tokens). */
+  secrets: readonly string[];
+}
+
+export interface PreparedInput {
+  kind: InputKind;
+  /** The input as given. */
+  spec: string;
+  /** The packed tarball (the input itself for a tarball). */
+  tarball: string;
+  /** sha256 of that tarball as it was given or packed. */
+  sha256: string;
+  /** The package unpacked (for the lockfile step). */
+  dir: string;
+  packageJson: PackageJson;
+  lockfile?: 'npm-shrinkwrap.json' | 'package-lock.json';
+  /** Full commit of a git input. */
+  commit?: string;
+}
+
+export interface PrepareInputOptions {
+  cwd: string;
+  /** A fresh directory for this run (clones, packs, the unpacked package). */
+  workDir: string;
+  tools: ToolEnvironment;
+  limits?: Partial<UnpackLimits>;
+  signal?: AbortSignal;
+}
+
+/** `git+https://…`, `git+ssh://…`, `git://…`, `git@host:…`, or an URL ending in `.git`. */
+export function isGitUrl(spec: string): boolean {
+  return /^git(\+[a-z]+)?:\/\//i.test(spec) || /^git@[^:]+:/.test(spec) || /^[a-z+]+:\/\/.*\.git(#.*)?$/i.test(spec);
+}
+
+export async function sha256File(file: string): Promise<{ sha256: string; size: number }> {
+  const hash = createHash('sha256');
+  let size = 0;
+  for await (const chunk of createReadStream(file)) {
+    hash.update(chunk as Buffer);
+    size += (chunk as Buffer).length;
+  }
+  return { sha256: hash.digest('hex'), size };
+}
+
+/** Runs a command (npm, git) in a process group of its own; its last lines go into the error. */
+export async function runTool(tools: ToolEnvironment, command: string, argv: string[], options: { cwd: string; signal?: AbortSignal; what: string }): Promise<string> {
+  const lines: string[] = [];
+  const run = await spawnNpm({
+    command,
+    argv,
+    cwd: options.cwd,
+    env: tools.env,
+    secrets: tools.secrets,
+    ...(options.signal ? { signal: options.signal } : {}),
+    onLine: (line, stream) => {
+      if (stream === 'stdout') lines.push(line);
+    },
+  });
+  if (run.code !== 0) {
+    throw new BundleError('ERR_INPUT_UNREADABLE', `${options.what} failed (exit ${run.code ?? run.signal}):\n  ${redact(run.tail.slice(-12).join('\n  '), tools.secrets)}`, {
+      details: { command: path.basename(command), code: run.code },
+    });
+  }
+  return lines.join('\n');
+}
+
+async function npmPack(tools: ToolEnvironment, what: string, target: string, into: string, cwd: string, signal?: AbortSignal): Promise<string> {
+  await mkdir(into, { recursive: true });
+  const out = await runTool(tools, tools.node, [tools.npmCli, 'pack', target, '--pack-destination', into, '--json', '--loglevel=error'], { cwd, what, ...(signal ? { signal } : {}) });
+  try {
+    const parsed = JSON.parse(out.slice(out.indexOf('['))) as Array<{ filename: string }>;
+    const name = parsed[0]?.filename;
+    // npm ≥ 9 writes the scoped name as `scope-name-1.0.0.tgz`; be lenient about older forms.
+    if (name) return path.join(into, name.replace(/^@/, '').replace('/', '-'));
+  } catch {
+    // fall back to what is in the directory
+  }
+  const files = (await readdir(into)).filter((name) => name.endsWith('.tgz'));
+  if (files.length !== 1) throw new BundleError('ERR_INPUT_UNREADABLE', `${what} wrote no tarball.`);
+  return path.join(into, files[0] as string);
+}
+
+/**
+ * Turns an input into a packed tarball, unpacked and inspected. Nothing is uploaded here; a bad
+ * input fails with its code (ERR_INPUT_NOT_FOUND, ERR_INPUT_NOT_TAR, ERR_NO_PACKAGE_JSON, …).
+ *
+ * @example
+ * const input = await prepareInput('./my-app', { cwd, workDir, tools, signal });
+ * input.packageJson.name // 'my-app'
+ */
+export async function prepareInput(spec: string, options: PrepareInputOptions): Promise<PreparedInput> {
+  const { cwd, workDir, tools, signal } = options;
+  await mkdir(workDir, { recursive: true });
+  const packDir = path.join(workDir, 'pack');
+  let kind: InputKind;
+  let tarball: string;
+  let commit: string | undefined;
+  if (isGitUrl(spec)) {
+    kind = 'git';
+    const hash = spec.lastIndexOf('#');
+    const url = (hash === -1 ? spec : spec.slice(0, hash)).replace(/^git\+(?=[a-z]+:)/i, '');
+    const ref = hash === -1 ? undefined : spec.slice(hash + 1);
+    const clone = path.join(workDir, 'clone');
+    await runTool(tools, 'git', ['clone', '--quiet', '--no-tags', ...(ref ? [] : ['--depth', '1']), url, clone], { cwd: workDir, what: `git clone ${redact(url)}`, ...(signal ? { signal } : {}) });
+    if (ref) {
+      await runTool(tools, 'git', ['fetch', '--quiet', 'origin', ref], { cwd: clone, what: `git fetch ${ref}`, ...(signal ? { signal } : {}) }).catch(() => '');
+      await runTool(tools, 'git', ['-c', 'advice.detachedHead=false', 'checkout', '--quiet', ref], { cwd: clone, what: `git checkout ${ref}`, ...(signal ? { signal } : {}) });
+    }
+    commit = (await runTool(tools, 'git', ['rev-parse', 'HEAD'], { cwd: clone, what: 'git rev-parse HEAD', ...(signal ? { signal } : {}) })).trim();
+    tarball = await npmPack(tools, `npm pack (${redact(spec)})`, clone, packDir, clone, signal);
+  } else {
+    const local = path.resolve(cwd, spec);
+    const info = await stat(local).catch(() => undefined);
+    const looksLikePath = /^(\.{1,2}[\\/]|[\\/]|~)/.test(spec) || /\.(tgz|tar|tar\.gz)$/i.test(spec);
+    if (info?.isFile()) {
+      kind = 'tarball';
+      tarball = local;
+    } else if (info?.isDirectory()) {
+      kind = 'directory';
+      tarball = await npmPack(tools, `npm pack ${spec}`, local, packDir, local, signal);
+    } else if (looksLikePath) {
+      throw new BundleError('ERR_INPUT_NOT_FOUND', `The input "${spec}" does not exist.`, { hint: 'Give a .tgz, a package directory, a registry spec (name@version) or a git URL with #ref.' });
+    } else {
+      kind = 'registry';
+      tarball = await npmPack(tools, `npm pack ${spec}`, spec, packDir, workDir, signal);
+    }
+  }
+  throwIfAborted(signal);
+  const { sha256 } = await sha256File(tarball);
+  const dir = path.join(workDir, 'package');
+  const unpacked = await unpack(openInput(tarball), dir, { ...(options.limits ? { limits: options.limits } : {}), ...(signal ? { signal } : {}) });
+  return {
+    kind,
+    spec,
+    tarball,
+    sha256,
+    dir,
+    packageJson: unpacked.packageJson,
+    ...(unpacked.lockfile ? { lockfile: unpacked.lockfile } : {}),
+    ...(commit ? { commit } : {}),
+  };
+}

@@ -1,0 +1,76 @@
+/**
+ * Resolve once: unless the input carries a lockfile, its dependency tree is resolved here, on
+ * the dispatching side, and added to the source as `npm-shrinkwrap.json` — so every target
+ * installs the same versions (the builders run `npm ci`).
+ *
+ * `npm install --package-lock-only` resolves without installing and records EVERY optional
+ * dependency with its `os`/`cpu`/`libc` fields, whatever platform resolves it (esbuild's
+ * `@esbuild/*` packages all appear), so one lockfile serves every target.
+ */
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import { pack, NPM_EPOCH } from '../workflow/steps/pack.js';
+import { runTool, sha256File, type PreparedInput, type ToolEnvironment } from './input.js';
+
+export interface SourceTarball {
+  /** The tarball to upload: the input itself when it carried a lockfile, else repacked. */
+  file: string;
+  sha256: string;
+  size: number;
+  lockfile: {
+    name: 'npm-shrinkwrap.json' | 'package-lock.json';
+    sha256: string;
+    /** True when dispatch resolved it and added it to the source. */
+    added: boolean;
+  };
+}
+
+const DEPENDENCY_FIELDS = ['dependencies', 'optionalDependencies', 'peerDependencies', 'bundleDependencies', 'bundledDependencies'] as const;
+
+/** True when the package installs nothing: its lockfile can be written without asking npm. */
+function hasNoDependencies(packageJson: Record<string, unknown>): boolean {
+  return DEPENDENCY_FIELDS.every((field) => {
+    const value = packageJson[field];
+    return value === undefined || (Array.isArray(value) ? value.length === 0 : typeof value === 'object' && value !== null && Object.keys(value).length === 0);
+  });
+}
+
+/**
+ * Makes sure the source carries a lockfile, resolving one when it does not, and returns the
+ * tarball to upload with the sha256 of it and of the lockfile.
+ *
+ * @example
+ * const source = await ensureLockfile(input, { tools, workDir, signal });
+ * source.lockfile.added // true: npm-shrinkwrap.json was resolved here
+ */
+export async function ensureLockfile(input: PreparedInput, options: { tools: ToolEnvironment; workDir: string; mtime?: Date; signal?: AbortSignal }): Promise<SourceTarball> {
+  if (input.lockfile) {
+    const text = await readFile(path.join(input.dir, input.lockfile));
+    const { size } = await sha256File(input.tarball);
+    return { file: input.tarball, sha256: input.sha256, size, lockfile: { name: input.lockfile, sha256: sha(text), added: false } };
+  }
+  const shrinkwrap = path.join(input.dir, 'npm-shrinkwrap.json');
+  if (hasNoDependencies(input.packageJson)) {
+    // What npm writes for a package without dependencies; no npm start-up for the common tiny case.
+    const { name, version } = input.packageJson;
+    await writeFile(shrinkwrap, `${JSON.stringify({ name, version, lockfileVersion: 3, requires: true, packages: { '': { name, version } } }, null, 2)}\n`);
+  } else {
+    await runTool(options.tools, options.tools.node, [
+      options.tools.npmCli, 'install', '--package-lock-only', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--loglevel=error',
+    ], { cwd: input.dir, what: 'npm install --package-lock-only (resolving the dependency tree once)', ...(options.signal ? { signal: options.signal } : {}) });
+    await rename(path.join(input.dir, 'package-lock.json'), shrinkwrap);
+  }
+  const file = path.join(options.workDir, 'source.tgz');
+  await rm(file, { force: true });
+  await pipeline(pack(input.dir, { mtime: options.mtime ?? NPM_EPOCH, ...(options.signal ? { signal: options.signal } : {}) }), createGzip({ level: 9 }), createWriteStream(file, { flags: 'wx' }));
+  const { sha256, size } = await sha256File(file);
+  return { file, sha256, size, lockfile: { name: 'npm-shrinkwrap.json', sha256: sha(await readFile(shrinkwrap)), added: true } };
+}
+
+function sha(data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}

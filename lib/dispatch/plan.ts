@@ -1,0 +1,80 @@
+/**
+ * Plan: which targets, and which builders may build each. Everything here is checked before
+ * anything is uploaded.
+ */
+import type { BuilderClient } from '../builder/client.js';
+import { BundleError } from '../errors.js';
+import { formatTarget, parseTarget, sameTarget, type Target } from '../target.js';
+
+/** One builder of a pool, ready to call. */
+export interface PoolBuilder {
+  url: string;
+  client: BuilderClient;
+}
+
+/** The pools: one entry per configured platform (`linux-x64`), its builders in config order. */
+export interface Pool {
+  platform: Target;
+  builders: PoolBuilder[];
+}
+
+export interface PlannedTarget {
+  /** Normalized, with the node range when one was asked for. */
+  target: Target;
+  /** `linux-x64@22` as the user wrote it (normalized). */
+  label: string;
+  builders: PoolBuilder[];
+}
+
+/** `--targets linux-x64,darwin-arm64@22 --targets linux-arm64`: parsed, duplicates dropped. */
+export function parseTargets(values: readonly string[]): Target[] {
+  const targets: Target[] = [];
+  for (const text of values.flatMap((value) => value.split(',')).map((value) => value.trim()).filter(Boolean)) {
+    const target = parseTarget(text);
+    if (!targets.some((known) => formatTarget(known) === formatTarget(target))) targets.push(target);
+  }
+  if (targets.length === 0) {
+    throw new BundleError('ERR_USAGE', 'No targets given.', { hint: 'Pass --targets os-cpu[-libc][@node], e.g. --targets linux-x64,linux-arm64-musl@22.' });
+  }
+  return targets;
+}
+
+/**
+ * Matches each target to its pool (by os, cpu and libc; the node range is the build's). A
+ * target without a pool is ERR_TARGET_UNSUPPORTED naming the configured targets.
+ */
+export function planTargets(targets: readonly Target[], pools: readonly Pool[]): PlannedTarget[] {
+  const missing = targets.filter((target) => !pools.some((pool) => sameTarget(pool.platform, target)));
+  if (missing.length > 0) {
+    const configured = pools.map((pool) => formatTarget(pool.platform));
+    throw new BundleError('ERR_TARGET_UNSUPPORTED', `No builder for ${missing.map((target) => formatTarget(target)).join(', ')}. Configured targets: ${configured.join(', ') || 'none'}.`, {
+      hint: 'Add a pool for the target under dispatch.pools in .bundlerc, or drop it from --targets.',
+      details: { missing: missing.map((target) => formatTarget(target)), configured },
+    });
+  }
+  return targets.map((target) => ({
+    target,
+    label: formatTarget(target),
+    builders: pools.filter((pool) => sameTarget(pool.platform, target)).flatMap((pool) => pool.builders),
+  }));
+}
+
+/**
+ * Builds the pools from `dispatch.pools`: tokens are read from the env vars the config names
+ * (a named variable that is unset is ERR_CONFIG, listing every one).
+ */
+export function resolvePools(config: Record<string, Array<{ url: string; tokenEnv?: string }>>, env: NodeJS.ProcessEnv, createClient: (url: string, token: string | undefined) => BuilderClient): Pool[] {
+  const problems: string[] = [];
+  const pools: Pool[] = [];
+  for (const [platform, members] of Object.entries(config)) {
+    const builders: PoolBuilder[] = [];
+    for (const member of members) {
+      const token = member.tokenEnv ? env[member.tokenEnv] : undefined;
+      if (member.tokenEnv && !token) problems.push(`dispatch.pools["${platform}"]: the environment variable ${member.tokenEnv} (token for ${member.url}) is not set`);
+      builders.push({ url: member.url, client: createClient(member.url, token) });
+    }
+    pools.push({ platform: parseTarget(platform), builders });
+  }
+  if (problems.length > 0) throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${problems.join('\n  ')}`, { hint: 'Export each builder token under the name dispatch.pools gives it.' });
+  return pools;
+}

@@ -1,0 +1,542 @@
+/**
+ * `dispatch()`: one input to finished, verified bundles for every target in the destination.
+ * A plain async function: stores, builder clients, the signal and the clock come in as
+ * arguments; per-target outcomes come back as data; nothing here prints or exits.
+ */
+import { randomBytes } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import pRetry, { AbortError as StopRetrying } from 'p-retry';
+import type { BuilderClient } from '../builder/client.js';
+import { BundleError, abortError, toBundleError, type ErrorCode } from '../errors.js';
+import { type BuildRecord, type CreateBuildRequest, type LogLine, type RequestOverrides } from '../protocol.js';
+import { copyObject, type ObjectStore } from '../storage/index.js';
+import { formatTarget, type Target } from '../target.js';
+import type { PreparedInput } from './input.js';
+import { buildKey as computeBuildKey, markerKey, renderKey, sourceKey, stagingKey } from './keys.js';
+import type { SourceTarball } from './lockfile.js';
+import type { PlannedTarget, PoolBuilder } from './plan.js';
+
+/** Targets dispatched at once when the caller does not say (changesets-style named constant). */
+export const DEFAULT_CONCURRENCY = 8;
+/** How long a `/v1/health` probe may take before that builder counts as unhealthy. */
+const HEALTH_TIMEOUT_MS = 5000;
+/** Rounds over a pool whose builders could not be reached at all (p-retry, with backoff). */
+const UNREACHABLE_ROUNDS = 3;
+/** Retries of the same builder after a timeout or 5xx once the request was sent (same key). */
+const SENT_RETRIES = 2;
+/** How long cancelling remote builds may take when the run is interrupted. */
+const CANCEL_TIMEOUT_MS = 10_000;
+/** Version of manifest.json's shape. */
+export const MANIFEST_VERSION = 1;
+
+export type TargetState = 'planned' | 'cached' | 'queued' | 'running' | 'copying' | 'succeeded' | 'failed' | 'cancelled';
+
+/** What dispatch tells its caller while it works (the CLI's views and the run history listen). */
+export type DispatchEvent =
+  | { type: 'phase'; phase: 'cache' | 'upload' | 'manifest'; state: 'started' | 'finished'; detail?: string }
+  | { type: 'target'; target: string; state: TargetState; detail?: string; builder?: string; buildId?: string }
+  | { type: 'record'; target: string; record: BuildRecord }
+  | { type: 'log'; target: string; line: LogLine };
+
+export interface TargetSuccess {
+  target: string;
+  ok: true;
+  /** True when the destination already held the build key (no build ran). */
+  cached: boolean;
+  buildKey: string;
+  /** Destination key of the bundle. */
+  key: string;
+  file: string;
+  sha256: string;
+  size: number;
+  node?: string;
+  abi?: string;
+  npm?: string;
+  builder?: string;
+  builderUrl?: string;
+  buildId?: string;
+  durations: { queueMs?: number; buildMs?: number; copyMs?: number; totalMs: number };
+}
+
+export interface TargetFailure {
+  target: string;
+  ok: false;
+  buildKey: string;
+  /** True when it was stopped (Ctrl-C, --fail-fast) rather than failing on its own. */
+  cancelled: boolean;
+  error: { code: string; message: string };
+  builder?: string;
+  builderUrl?: string;
+  buildId?: string;
+  durations: { totalMs: number };
+}
+
+export type TargetOutcome = TargetSuccess | TargetFailure;
+
+export interface DispatchResult {
+  runId: string;
+  ok: boolean;
+  interrupted: boolean;
+  package: { name: string; version: string };
+  input: { spec: string; kind: PreparedInput['kind']; sha256: string; commit?: string };
+  source: { key: string; sha256: string; size: number; uploaded: boolean };
+  lockfile: SourceTarball['lockfile'];
+  targets: TargetOutcome[];
+  /** Destination key of manifest.json (absent when interrupted). */
+  manifest?: string;
+  destination: string;
+  startedAt: string;
+  durationMs: number;
+}
+
+export interface DispatchOptions {
+  runId?: string;
+  input: PreparedInput;
+  source: SourceTarball;
+  targets: PlannedTarget[];
+  sourceStore: ObjectStore;
+  destination: ObjectStore;
+  keyTemplate: string;
+  manifestTemplate: string;
+  concurrency?: number;
+  /** Rebuild even when the destination holds the build key. */
+  force?: boolean;
+  /** Replace a different object at a destination key (publishing is immutable otherwise). */
+  overwrite?: boolean;
+  /** Cancel the other targets on the first failure. */
+  failFast?: boolean;
+  /** Seconds the presigned URLs stay valid (queue wait + build timeout). */
+  presignExpiry: number;
+  overrides?: RequestOverrides;
+  /** Shown in the builders' histories. */
+  label?: string;
+  signal: AbortSignal;
+  onEvent?: (event: DispatchEvent) => void;
+  /** Temp space for artifacts downloaded over HTTP. */
+  tmpDir?: string;
+}
+
+export function newRunId(now = new Date()): string {
+  return `${now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z')}-${randomBytes(4).toString('hex')}`;
+}
+
+/** A builder's sketch of how busy it is: (running + queued) per slot. */
+async function rankBuilders(builders: readonly PoolBuilder[], target: Target, signal: AbortSignal): Promise<{ healthy: PoolBuilder[]; problems: string[] }> {
+  const problems: string[] = [];
+  const probes = await Promise.all(builders.map(async (builder) => {
+    try {
+      const health = await builder.client.health({ signal: AbortSignal.any([signal, AbortSignal.timeout(HEALTH_TIMEOUT_MS)]) });
+      if (!health.ok || health.stopping) {
+        problems.push(`${builder.url}: stopping`);
+        return undefined;
+      }
+      const platform = formatTarget(target, { withNode: false });
+      if (health.targets.length > 0 && !health.targets.includes(platform)) {
+        problems.push(`${builder.url}: does not serve ${platform} (serves ${health.targets.join(', ')})`);
+        return undefined;
+      }
+      const { running, queued, capacity } = health.queue;
+      return { builder, load: (running + queued) / Math.max(capacity, 1) };
+    } catch (error) {
+      if (signal.aborted) throw abortError(signal);
+      problems.push(`${builder.url}: ${toBundleError(error).message}`);
+      return undefined;
+    }
+  }));
+  const healthy = probes.filter((probe): probe is { builder: PoolBuilder; load: number } => probe !== undefined)
+    // Stable: equal loads keep the configured order.
+    .sort((a, b) => a.load - b.load)
+    .map((probe) => probe.builder);
+  return { healthy, problems };
+}
+
+function neverSent(error: unknown): boolean {
+  return error instanceof BundleError && error.code === 'ERR_BUILDER_UNREACHABLE' && error.details?.sent === false;
+}
+
+function retryableAfterSend(error: unknown): boolean {
+  return error instanceof BundleError && error.details?.sent === true && error.details.retryable === true;
+}
+
+/**
+ * Creates the build on the first builder of `ordered` that can be reached. A request that never
+ * reached a builder fails over to the next one; a timeout or 5xx after it was sent is retried
+ * on the SAME builder with the same Idempotency-Key, so a build never starts twice.
+ */
+async function createWithFailover(ordered: readonly PoolBuilder[], request: CreateBuildRequest, idempotencyKey: string, signal: AbortSignal): Promise<{ builder: PoolBuilder; id: string; existing: boolean; state: BuildRecord['state'] }> {
+  return pRetry(async () => {
+    let lastUnreachable: unknown;
+    for (const builder of ordered) {
+      try {
+        const created = await pRetry(() => builder.client.createBuild(request, { idempotencyKey, signal }), {
+          retries: SENT_RETRIES,
+          minTimeout: 500,
+          signal,
+          shouldRetry: ({ error }) => retryableAfterSend(error),
+        });
+        return { builder, id: created.id, existing: created.existing, state: created.state };
+      } catch (error) {
+        if (signal.aborted) throw abortError(signal);
+        if (!neverSent(error)) throw new StopRetrying(error instanceof Error ? error : new Error(String(error)));
+        lastUnreachable = error;
+      }
+    }
+    throw lastUnreachable instanceof Error ? lastUnreachable : new BundleError('ERR_BUILDER_UNREACHABLE', 'No builder of the pool could be reached.');
+  }, { retries: UNREACHABLE_ROUNDS - 1, minTimeout: 500, factor: 2, signal }).catch((error: unknown) => {
+    throw signal.aborted ? abortError(signal) : toBundleError(error);
+  });
+}
+
+async function limitConcurrency<T>(items: readonly T[], limit: number, run: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const workers = Array.from({ length: Math.min(Math.max(limit, 1), items.length) }, async () => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      await run(item);
+    }
+  });
+  await Promise.all(workers);
+}
+
+interface CacheMarker {
+  buildKey: string;
+  target: string;
+  key: string;
+  file: string;
+  sha256: string;
+  size: number;
+  node?: string;
+  abi?: string;
+  npm?: string;
+  builder?: string;
+  buildId?: string;
+  createdAt: string;
+}
+
+async function readJson<T>(store: ObjectStore, key: string, signal: AbortSignal): Promise<T | undefined> {
+  try {
+    const { body } = await store.get(key, { signal });
+    const chunks: Buffer[] = [];
+    for await (const chunk of body) chunks.push(Buffer.from(chunk as Buffer));
+    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as T;
+  } catch (error) {
+    if (error instanceof BundleError && error.code === 'ERR_STORE_NOT_FOUND') return undefined;
+    if (error instanceof SyntaxError) return undefined;
+    throw error;
+  }
+}
+
+/**
+ * Dispatches one prepared source to every planned target.
+ *
+ * @example
+ * const result = await dispatch({ input, source, targets, sourceStore, destination,
+ *   keyTemplate: '{name}/{version}/{file}', manifestTemplate: '{name}/{version}/manifest.json',
+ *   presignExpiry: 7200, signal });
+ * result.targets.filter((t) => !t.ok) // the failures, as data
+ */
+export async function dispatch(options: DispatchOptions): Promise<DispatchResult> {
+  const started = Date.now();
+  const startedAt = new Date(started).toISOString();
+  const runId = options.runId ?? newRunId(new Date(started));
+  const { input, source, sourceStore, destination, signal } = options;
+  const emit = (event: DispatchEvent) => {
+    try {
+      options.onEvent?.(event);
+    } catch {
+      // a listener cannot stop the run
+    }
+  };
+  const name = input.packageJson.name;
+  const version = input.packageJson.version;
+  const srcKey = sourceKey(source.sha256);
+  const vars = { name, version, sourceSha: source.sha256, ...(input.commit ? { commit: input.commit } : {}) };
+  const shared = sourceStore.kind === 'dir';
+  // Failing fast or being interrupted both stop every target through this one signal.
+  const stop = new AbortController();
+  const onOuterAbort = () => stop.abort(signal.reason);
+  if (signal.aborted) onOuterAbort();
+  else signal.addEventListener('abort', onOuterAbort, { once: true });
+  const runSignal = stop.signal;
+
+  const planned = options.targets.map((plan) => ({ plan, buildKey: computeBuildKey({ sourceSha256: source.sha256, target: plan.target, ...(options.overrides ? { overrides: options.overrides } : {}) }) }));
+  const outcomes = new Map<string, TargetOutcome>();
+  /** Builds started and not seen to end: cancelled on interruption. */
+  const active = new Map<string, { client: BuilderClient; id: string }>();
+  const staged = new Set<string>();
+  let uploaded = false;
+
+  try {
+    // 1. Cache: a destination that holds the build key (and the bundle it names) is done.
+    emit({ type: 'phase', phase: 'cache', state: 'started' });
+    const toBuild: typeof planned = [];
+    await Promise.all(planned.map(async ({ plan, buildKey }) => {
+      if (!options.force) {
+        const marker = await readJson<CacheMarker>(destination, markerKey({ name, version }, buildKey), runSignal);
+        const bundle = marker ? await destination.head(marker.key, { signal: runSignal }).catch(() => undefined) : undefined;
+        if (marker && bundle && (bundle.sha256 === undefined || bundle.sha256 === marker.sha256)) {
+          outcomes.set(plan.label, {
+            target: plan.label, ok: true, cached: true, buildKey, key: marker.key, file: marker.file, sha256: marker.sha256, size: marker.size,
+            ...(marker.node ? { node: marker.node } : {}), ...(marker.abi ? { abi: marker.abi } : {}), ...(marker.npm ? { npm: marker.npm } : {}),
+            ...(marker.builder ? { builder: marker.builder } : {}), ...(marker.buildId ? { buildId: marker.buildId } : {}),
+            durations: { totalMs: 0 },
+          });
+          emit({ type: 'target', target: plan.label, state: 'cached', detail: marker.key });
+          return;
+        }
+      }
+      toBuild.push({ plan, buildKey });
+      emit({ type: 'target', target: plan.label, state: 'planned' });
+    }));
+    emit({ type: 'phase', phase: 'cache', state: 'finished', detail: `${outcomes.size} cached, ${toBuild.length} to build` });
+
+    // 2. Upload the source once, content-addressed (skipped when present).
+    if (toBuild.length > 0) {
+      emit({ type: 'phase', phase: 'upload', state: 'started', detail: srcKey });
+      if (!(await sourceStore.exists(srcKey, { signal: runSignal }))) {
+        await sourceStore.put(srcKey, createReadStream(source.file), { sha256: source.sha256, size: source.size, contentType: 'application/gzip', signal: runSignal });
+        uploaded = true;
+      }
+      emit({ type: 'phase', phase: 'upload', state: 'finished', detail: uploaded ? 'uploaded' : 'already present' });
+    }
+
+    // 3–4. Build each target: trigger, follow, copy, verify.
+    const tmp = await mkdtemp(path.join(options.tmpDir ?? tmpdir(), 'bd-dispatch-'));
+    try {
+      await limitConcurrency(toBuild, options.concurrency ?? DEFAULT_CONCURRENCY, async ({ plan, buildKey }) => {
+        const outcome = await buildTarget(plan, buildKey);
+        outcomes.set(plan.label, outcome);
+        if (!outcome.ok && !outcome.cancelled && options.failFast && !runSignal.aborted) {
+          stop.abort(new BundleError('ERR_ABORTED', `Cancelled: ${plan.label} failed and --fail-fast is set.`));
+        }
+      });
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+
+    async function buildTarget(plan: PlannedTarget, buildKey: string): Promise<TargetOutcome> {
+      const t0 = Date.now();
+      let builder: PoolBuilder | undefined;
+      let builderName: string | undefined;
+      let id: string | undefined;
+      const stageKey = stagingKey(buildKey);
+      const fail = (error: unknown): TargetFailure => {
+        const failure = runSignal.aborted && !(error instanceof BundleError && error.code !== 'ERR_ABORTED') ? abortError(runSignal) : toBundleError(error);
+        const cancelled = failure.code === 'ERR_ABORTED';
+        emit({ type: 'target', target: plan.label, state: cancelled ? 'cancelled' : 'failed', detail: `${failure.code}: ${failure.message}` });
+        return {
+          target: plan.label, ok: false, buildKey, cancelled, error: { code: failure.code, message: failure.message },
+          ...(builderName ? { builder: builderName } : {}), ...(builder ? { builderUrl: builder.url } : {}), ...(id ? { buildId: id } : {}),
+          durations: { totalMs: Date.now() - t0 },
+        };
+      };
+      try {
+        if (runSignal.aborted) throw abortError(runSignal);
+        const { healthy, problems } = await rankBuilders(plan.builders, plan.target, runSignal);
+        if (healthy.length === 0) {
+          throw new BundleError('ERR_BUILDER_UNREACHABLE', `No healthy builder for ${plan.label}: ${problems.join('; ')}.`, { details: { problems } });
+        }
+        const request: CreateBuildRequest = {
+          source: shared ? { key: srcKey, sha256: source.sha256 } : { url: (await sourceStore.presignGet(srcKey, { expiresIn: options.presignExpiry, signal: runSignal })).url, sha256: source.sha256 },
+          target: { os: plan.target.os, cpu: plan.target.cpu, ...(plan.target.libc ? { libc: plan.target.libc } : {}), ...(plan.target.node ? { node: plan.target.node } : {}) },
+          ...(options.overrides ? { overrides: options.overrides } : {}),
+          label: options.label ?? `dispatch ${runId} ${name}@${version}`,
+        };
+        if (!shared) {
+          const put = await sourceStore.presignPut(stageKey, { expiresIn: options.presignExpiry, contentType: 'application/gzip', signal: runSignal });
+          request.output = { url: put.url, ...(Object.keys(put.headers).length > 0 ? { headers: put.headers } : {}) };
+          staged.add(stageKey);
+        }
+        // The build key is the Idempotency-Key: a retry, a second run or a re-attached run finds
+        // the same build instead of starting another. A build that already ended badly, or whose
+        // output went to another run's staging key, is not reused: this run's own key then.
+        let created = await createWithFailover(healthy, request, buildKey, runSignal);
+        const reusable = !created.existing
+          || created.state === 'queued' || created.state === 'running'
+          // A finished build's result must still be there: in the builder's store, or staged.
+          || (created.state === 'succeeded' && (shared || (await sourceStore.exists(stageKey, { signal: runSignal }))));
+        if (!reusable) {
+          created = await createWithFailover([created.builder, ...healthy.filter((other) => other !== created.builder)], request, `${buildKey}:${runId}`, runSignal);
+        }
+        builder = created.builder;
+        id = created.id;
+        active.set(plan.label, { client: builder.client, id });
+        emit({ type: 'target', target: plan.label, state: 'queued', builder: builder.url, buildId: id });
+        let running = false;
+        const record = await builder.client.followBuild(id, {
+          signal: runSignal,
+          onLog: (line) => emit({ type: 'log', target: plan.label, line }),
+          onStatus: (status) => {
+            builderName = status.builder;
+            if (status.state === 'running' && !running) {
+              running = true;
+              emit({ type: 'target', target: plan.label, state: 'running', builder: builder?.url ?? '', buildId: status.id });
+            }
+            emit({ type: 'record', target: plan.label, record: status });
+          },
+        });
+        active.delete(plan.label);
+        builderName = record.builder;
+        emit({ type: 'record', target: plan.label, record });
+        if (record.state !== 'succeeded' || !record.artifact) {
+          const code = (record.error?.code ?? (record.state === 'cancelled' ? 'ERR_ABORTED' : 'ERR_INTERNAL')) as ErrorCode;
+          throw new BundleError(code, record.error?.message ?? `The build ended ${record.state}.`, { details: { buildId: id } });
+        }
+        // 4. Copy into the destination at the key, verifying the builder's sha256.
+        emit({ type: 'target', target: plan.label, state: 'copying' });
+        const copyStarted = Date.now();
+        const { artifact } = record;
+        const key = renderKey(options.keyTemplate, { ...vars, file: artifact.file, target: plan.target, ...(record.resolved ? { node: record.resolved.node } : {}), buildKey });
+        const immutable = !options.overwrite;
+        if (artifact.key !== undefined && shared && (await sourceStore.exists(artifact.key, { signal: runSignal }))) {
+          await copyObject(sourceStore, artifact.key, destination, key, { sha256: artifact.sha256, immutable, signal: runSignal });
+        } else if (artifact.key !== undefined) {
+          const file = path.join(tmp, `${buildKey}.tgz`);
+          try {
+            const downloaded = await builder.client.downloadArtifact(id, file, { signal: runSignal });
+            if (downloaded.sha256 !== artifact.sha256) {
+              throw new BundleError('ERR_INTEGRITY', `The result of build ${id} has sha256 ${downloaded.sha256}, but the builder reported ${artifact.sha256}; nothing was copied.`);
+            }
+            await destination.put(key, createReadStream(file), { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
+          } finally {
+            await rm(file, { force: true });
+          }
+        } else {
+          try {
+            await copyObject(sourceStore, stageKey, destination, key, { sha256: artifact.sha256, immutable, signal: runSignal });
+          } finally {
+            await sourceStore.delete(stageKey).catch(() => undefined);
+            staged.delete(stageKey);
+          }
+        }
+        const written = await destination.head(key, { signal: runSignal });
+        if (written.sha256 !== undefined && written.sha256 !== artifact.sha256) {
+          throw new BundleError('ERR_INTEGRITY', `${destination.location}${key} has sha256 ${written.sha256}, expected ${artifact.sha256}.`);
+        }
+        const copyMs = Date.now() - copyStarted;
+        const startedMs = record.startedAt ? Date.parse(record.startedAt) : undefined;
+        const outcome: TargetSuccess = {
+          target: plan.label, ok: true, cached: false, buildKey, key, file: artifact.file, sha256: artifact.sha256, size: artifact.size,
+          ...(record.resolved ? { node: record.resolved.node, abi: record.resolved.abi, npm: record.resolved.npm } : {}),
+          builder: record.builder, builderUrl: builder.url, buildId: id,
+          durations: {
+            ...(startedMs ? { queueMs: startedMs - Date.parse(record.createdAt) } : {}),
+            ...(startedMs && record.finishedAt ? { buildMs: Date.parse(record.finishedAt) - startedMs } : {}),
+            copyMs,
+            totalMs: Date.now() - t0,
+          },
+        };
+        const marker: CacheMarker = {
+          buildKey, target: plan.label, key, file: outcome.file, sha256: outcome.sha256, size: outcome.size,
+          ...(outcome.node ? { node: outcome.node } : {}), ...(outcome.abi ? { abi: outcome.abi } : {}), ...(outcome.npm ? { npm: outcome.npm } : {}),
+          builder: record.builder, buildId: id, createdAt: new Date().toISOString(),
+        };
+        await destination.put(markerKey({ name, version }, buildKey), `${JSON.stringify(marker, null, 2)}\n`, { contentType: 'application/json', immutable: false, signal: runSignal });
+        emit({ type: 'target', target: plan.label, state: 'succeeded', detail: key });
+        return outcome;
+      } catch (error) {
+        if (staged.has(stageKey) && !active.has(plan.label)) {
+          await sourceStore.delete(stageKey).catch(() => undefined);
+          staged.delete(stageKey);
+        }
+        return fail(error);
+      }
+    }
+  } finally {
+    signal.removeEventListener('abort', onOuterAbort);
+    // Interrupted or failing fast: every build still running is cancelled on its builder, and
+    // what was staged for it is removed — a killed cron job leaves nothing running.
+    if (active.size > 0 || staged.size > 0) {
+      await Promise.all([...active.values()].map(async ({ client, id }) => {
+        await client.cancelBuild(id, { signal: AbortSignal.timeout(CANCEL_TIMEOUT_MS) }).catch(() => undefined);
+      }));
+      await Promise.all([...staged].map((key) => sourceStore.delete(key).catch(() => undefined)));
+    }
+  }
+
+  const interrupted = signal.aborted;
+  const targets = planned.map(({ plan, buildKey }) => outcomes.get(plan.label) ?? {
+    target: plan.label, ok: false as const, buildKey, cancelled: true, error: { code: 'ERR_ABORTED', message: 'Not started: the run was stopped.' }, durations: { totalMs: 0 },
+  });
+  const result: DispatchResult = {
+    runId,
+    ok: targets.every((outcome) => outcome.ok),
+    interrupted,
+    package: { name, version },
+    input: { spec: input.spec, kind: input.kind, sha256: input.sha256, ...(input.commit ? { commit: input.commit } : {}) },
+    source: { key: srcKey, sha256: source.sha256, size: source.size, uploaded },
+    lockfile: source.lockfile,
+    targets,
+    destination: destination.location,
+    startedAt,
+    durationMs: 0,
+  };
+  // 5. manifest.json last: what this run delivered (and failed), merged over earlier runs'
+  // targets of the same version. Not written for an interrupted run.
+  if (!interrupted) {
+    emit({ type: 'phase', phase: 'manifest', state: 'started' });
+    const manifestKey = renderKey(options.manifestTemplate, vars);
+    const previous = await readJson<Manifest>(destination, manifestKey, signal).catch(() => undefined);
+    const manifest = buildManifest(result, previous);
+    await destination.put(manifestKey, `${JSON.stringify(manifest, null, 2)}\n`, { contentType: 'application/json', immutable: false, signal });
+    result.manifest = manifestKey;
+    emit({ type: 'phase', phase: 'manifest', state: 'finished', detail: manifestKey });
+  }
+  result.durationMs = Date.now() - started;
+  return result;
+}
+
+/** `manifest.json`: per target the bundle (or the failure), plus the input, lockfile and commit. */
+export interface Manifest {
+  manifestVersion: number;
+  name: string;
+  version: string;
+  updatedAt: string;
+  runId: string;
+  input: DispatchResult['input'];
+  source: { key: string; sha256: string; size: number };
+  lockfile: DispatchResult['lockfile'];
+  targets: Record<string, ManifestTarget>;
+}
+
+export type ManifestTarget =
+  | { ok: true; key: string; file: string; sha256: string; size: number; node?: string; abi?: string; npm?: string; builder?: string; buildId?: string; buildKey: string; runId: string; cached: boolean; durations: TargetSuccess['durations'] }
+  | { ok: false; error: { code: string; message: string }; builder?: string; buildId?: string; buildKey: string; runId: string };
+
+function buildManifest(result: DispatchResult, previous: Manifest | undefined): Manifest {
+  const targets: Record<string, ManifestTarget> = {};
+  // Earlier targets of the same source stay listed; targets of another source are dropped.
+  if (previous && previous.source?.sha256 === result.source.sha256) Object.assign(targets, previous.targets);
+  for (const outcome of result.targets) {
+    if (outcome.ok) {
+      const earlier = targets[outcome.target];
+      // A cache hit keeps the entry of the run that built it.
+      if (outcome.cached && earlier?.ok && earlier.buildKey === outcome.buildKey) continue;
+      targets[outcome.target] = {
+        ok: true, key: outcome.key, file: outcome.file, sha256: outcome.sha256, size: outcome.size,
+        ...(outcome.node ? { node: outcome.node } : {}), ...(outcome.abi ? { abi: outcome.abi } : {}), ...(outcome.npm ? { npm: outcome.npm } : {}),
+        ...(outcome.builder ? { builder: outcome.builder } : {}), ...(outcome.buildId ? { buildId: outcome.buildId } : {}),
+        buildKey: outcome.buildKey, runId: result.runId, cached: outcome.cached, durations: outcome.durations,
+      };
+    } else {
+      targets[outcome.target] = {
+        ok: false, error: outcome.error, ...(outcome.builder ? { builder: outcome.builder } : {}), ...(outcome.buildId ? { buildId: outcome.buildId } : {}),
+        buildKey: outcome.buildKey, runId: result.runId,
+      };
+    }
+  }
+  return {
+    manifestVersion: MANIFEST_VERSION,
+    name: result.package.name,
+    version: result.package.version,
+    updatedAt: new Date().toISOString(),
+    runId: result.runId,
+    input: result.input,
+    source: { key: result.source.key, sha256: result.source.sha256, size: result.source.size },
+    lockfile: result.lockfile,
+    targets,
+  };
+}
