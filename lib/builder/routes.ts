@@ -185,7 +185,8 @@ async function streamEvents(context: RouteContext, request: FastifyRequest, repl
     heartbeat = setInterval(() => {
       if (open) raw.write(': heartbeat\n\n');
     }, context.sseHeartbeatMs);
-    request.raw.on('close', close);
+    // The response's close is the connection's (the request's fires once its body is read).
+    raw.on('close', close);
   };
   // subscribe() throws ERR_BUILD_NOT_FOUND before anything is sent: that becomes a 404.
   subscription.stop = await context.service.subscribe(id, since, {

@@ -233,6 +233,20 @@ describe('builder API', () => {
       }
     };
     expect(pids.every(alive)).toBe(true);
+    // A raw event stream stays open with heartbeats while the build runs, and ends with it.
+    const stream = got.stream(`${builder.url}/v1/builds/${id}/events`, { headers: auth(), retry: { limit: 0 } });
+    let text = '';
+    stream.on('data', (chunk: Buffer) => {
+      text += chunk.toString();
+    });
+    const ended = new Promise<void>((resolve, reject) => {
+      stream.on('end', resolve);
+      stream.on('error', reject);
+    });
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    expect(text.match(/^: heartbeat$/gm)?.length).toBeGreaterThanOrEqual(3);
+    expect(text).toContain('event: status');
+    expect(text).not.toContain('event: end');
     const started = Date.now();
     const record = await builder.client.cancelBuild(id);
     expect(Date.now() - started).toBeLessThan(5000);
@@ -240,6 +254,9 @@ describe('builder API', () => {
     expect(record.error?.code).toBe('ERR_ABORTED');
     expect(record.steps.find((step) => step.name === 'install')?.state).toBe('failed');
     expect(pids.some(alive)).toBe(false);
+    await ended;
+    const end = /event: end\nid: \d+\ndata: (.*)\n\n/.exec(text);
+    expect(JSON.parse(end?.[1] ?? '{}')).toMatchObject({ id, state: 'cancelled' });
     if (isRoot) {
       // No live process of the build uids is left (zombies wait for init and hold nothing).
       const live = execFileSync('ps', ['-A', '-o', 'uid=,stat=']).toString().split('\n').map((line) => line.trim().split(/\s+/))
