@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['build/', 'node_modules/', 'examples/', 'coverage/', '.cache/', 'test/fixtures/', '**/*.d.ts'] },
+  { ignores: ['build/', 'node_modules/', 'examples/', 'coverage/', '.cache/', 'test/fixtures/', 'bench/.work/', '**/*.d.ts'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
