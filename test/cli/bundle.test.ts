@@ -110,4 +110,30 @@ describe('bundle-dispatch bundle', () => {
     expect(run.stderr).toContain('ERR_ABORTED');
     expect(await readdir(out)).toEqual([]);
   });
+
+  it('loads hook modules from --hooks and from .bundlerc, and their changes reach the bundle', async () => {
+    const dir = path.join(root.dir, 'hooks');
+    await mkdir(dir, { recursive: true });
+    await writeFile(path.join(dir, 'stamp.mjs'), 'export default { "npm.package": (scaffold, config, pkg, status) => { pkg.stampedBy = "flag"; status.log("stamped"); } };\n');
+    await writeFile(path.join(dir, 'rc-hooks.mjs'), 'export default { "npm.package": [(s, c, pkg) => ({ ...pkg, fromRc: true })] };\n');
+    await writeFile(path.join(dir, '.bundlerc'), JSON.stringify({ hooks: ['./rc-hooks.mjs'] }));
+    const viaFlag = await runCli(['bundle', sample, '-o', `${path.join(dir, 'a')}/`, '--hooks', './stamp.mjs', '--json', ...hostNode], { cwd: dir });
+    expect(viaFlag.code).toBe(0);
+    const viaRc = await runCli(['bundle', sample, '-o', `${path.join(dir, 'b')}/`, '--json', ...hostNode], { cwd: dir });
+    expect(viaRc.code).toBe(0);
+    const read = async (file: string) => {
+      const { execFile } = await import('node:child_process');
+      const { promisify } = await import('node:util');
+      const { stdout } = await promisify(execFile)('tar', ['xzf', file, '-O', 'package/package.json']);
+      return JSON.parse(stdout) as Record<string, unknown>;
+    };
+    const flagged = await read((JSON.parse(viaFlag.stdout) as { file: string }).file);
+    expect(flagged.stampedBy).toBe('flag');
+    expect(flagged.fromRc).toBeUndefined(); // --hooks replaces the .bundlerc list
+    const fromRc = await read((JSON.parse(viaRc.stdout) as { file: string }).file);
+    expect(fromRc.fromRc).toBe(true);
+    const unknown = await runCli(['bundle', sample, '--hooks', './nope.mjs'], { cwd: dir });
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('ERR_HOOK_MODULE');
+  });
 });
