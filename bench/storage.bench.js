@@ -113,11 +113,12 @@ export async function run({ log }) {
   const remove = (Key) => admin.send(new DeleteObjectCommand({ Bucket: BUCKET, Key }));
   /** A-B-B-A, `rounds` times; each side's mean seconds and max RSS. `after` cleans up between runs. */
   const abba = async (sdkOp, oursOp, extra, after, rounds = 1) => {
-    const sides = { sdk: { seconds: 0, maxRssMB: 0 }, ours: { seconds: 0, maxRssMB: 0 } };
+    const sides = { sdk: { seconds: 0, maxRssMB: 0, runs: [] }, ours: { seconds: 0, maxRssMB: 0, runs: [] } };
     for (let round = 0; round < rounds; round += 1) {
       for (const [side, op] of [['sdk', sdkOp], ['ours', oursOp], ['ours', oursOp], ['sdk', sdkOp]]) {
         const result = await measure(op, extra);
         sides[side].seconds += result.seconds / (2 * rounds);
+        sides[side].runs.push(result.seconds);
         sides[side].maxRssMB = Math.max(sides[side].maxRssMB, result.maxRssMB);
         await after?.();
       }
@@ -159,6 +160,12 @@ export async function run({ log }) {
       ];
       log(`| ${cells.join(' | ')}`);
     }
+    log('');
+    log('seconds per run, in the order run:');
+    for (const [name, sides] of [['upload', upload], ['download', download], ['copy', copy]]) {
+      log(`  ${name.padEnd(8)} SDK ${sides.sdk.runs.map((t) => t.toFixed(2)).join(' ')} · ours ${sides.ours.runs.map((t) => t.toFixed(2)).join(' ')}`);
+    }
+    log(`  upload with unknown sha256: ${unknown.seconds.toFixed(2)}`);
     log('');
     log(`ratio = our throughput ÷ the SDK's; peak RSS = maxRSS of the child process doing the transfer. Total ${((Date.now() - started) / 1000).toFixed(0)} s.`);
   } finally {

@@ -393,5 +393,3 @@ function ioError(action: string, key: string, error: unknown): BundleError {
     details: { key },
   });
 }
-
-export { existsError, notFound };

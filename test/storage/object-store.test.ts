@@ -43,7 +43,7 @@ describe('parseLocation / openStore', () => {
     expect(codeOf(() => parseLocation('relative/dir'))).toBe('ERR_STORE_URL');
   });
 
-  it('opens a directory store without loading the AWS SDK', async () => {
+  it('opens directory locations as a DirStore', async () => {
     const store = await openStore('dist', { cwd: '/tmp/bd-open-store', immutable: true });
     expect(store).toBeInstanceOf(DirStore);
     expect(store.location).toBe('file:///tmp/bd-open-store/dist/');
