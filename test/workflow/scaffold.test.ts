@@ -311,4 +311,18 @@ describe('scaffold.build', () => {
     expect(files.has('package/node_modules/ms/index.js')).toBe(true);
     await secretDir.remove();
   });
+
+  it('one scaffold runs builds concurrently, each in its own workdir; keepWorkdir keeps one for debugging', async () => {
+    const shared = path.join(root.dir, 'work-concurrent');
+    const scaffold = await testScaffold(shared);
+    const inputs = ['one', 'two', 'three'].map((name) => packageTar({ name, version: '1.0.0', dependencies: { ms: '2.1.3' } }, { 'id.txt': name }));
+    const results = await Promise.all(inputs.map((input, index) => scaffold.run(input, index === 2 ? { keepWorkdir: true } : {})));
+    expect(new Set(results.map((result) => result.id)).size).toBe(3);
+    const contents = await Promise.all(results.map(async (result) => (await readTar(result.output)).get('package/id.txt')?.content.toString()));
+    expect(contents).toEqual(['one', 'two', 'three']);
+    await Promise.all(results.map((result) => result.settled));
+    const left = (await readdir(shared)).filter((name) => name.startsWith('build-'));
+    expect(left).toHaveLength(1);
+    expect(JSON.parse(await readFile(path.join(shared, left[0]!, 'package', 'package.json'), 'utf8'))).toMatchObject({ name: 'three' });
+  });
 });
