@@ -127,12 +127,17 @@ export async function prepareInput(spec: string, options: PrepareInputOptions): 
     const url = (hash === -1 ? spec : spec.slice(0, hash)).replace(/^git\+(?=[a-z]+:)/i, '');
     const ref = hash === -1 ? undefined : spec.slice(hash + 1);
     const clone = path.join(workDir, 'clone');
-    await runTool(tools, 'git', ['clone', '--quiet', '--no-tags', ...(ref ? [] : ['--depth', '1']), url, clone], { cwd: workDir, what: `git clone ${redact(url)}`, ...(signal ? { signal } : {}) });
+    const git = (argv: string[], cwdir: string, what: string) => runTool(tools, 'git', argv, { cwd: cwdir, what, ...(signal ? { signal } : {}) });
+    await git(['clone', '--quiet', ...(ref ? [] : ['--depth', '1']), url, clone], workDir, `git clone ${redact(url)}`);
     if (ref) {
-      await runTool(tools, 'git', ['fetch', '--quiet', 'origin', ref], { cwd: clone, what: `git fetch ${ref}`, ...(signal ? { signal } : {}) }).catch(() => '');
-      await runTool(tools, 'git', ['-c', 'advice.detachedHead=false', 'checkout', '--quiet', ref], { cwd: clone, what: `git checkout ${ref}`, ...(signal ? { signal } : {}) });
+      // A branch, tag or commit of the clone; else a ref only the server knows (refs/pull/…).
+      const checkout = (what: string) => git(['-c', 'advice.detachedHead=false', 'checkout', '--quiet', what], clone, `git checkout ${ref}`);
+      await checkout(ref).catch(async () => {
+        await git(['fetch', '--quiet', 'origin', ref], clone, `git fetch ${ref}`);
+        await checkout('FETCH_HEAD');
+      });
     }
-    commit = (await runTool(tools, 'git', ['rev-parse', 'HEAD'], { cwd: clone, what: 'git rev-parse HEAD', ...(signal ? { signal } : {}) })).trim();
+    commit = (await git(['rev-parse', 'HEAD'], clone, 'git rev-parse HEAD')).trim();
     tarball = await npmPack(tools, `npm pack (${redact(spec)})`, clone, packDir, clone, signal);
   } else {
     const local = path.resolve(cwd, spec);
