@@ -34,8 +34,9 @@ export interface PreparedInput {
   spec: string;
   /** The packed tarball (the input itself for a tarball). */
   tarball: string;
-  /** sha256 of that tarball as it was given or packed. */
+  /** sha256 and size of that tarball as it was given or packed. */
   sha256: string;
+  size: number;
   /** The package unpacked (for the lockfile step). */
   dir: string;
   packageJson: PackageJson;
@@ -157,7 +158,7 @@ export async function prepareInput(spec: string, options: PrepareInputOptions): 
     }
   }
   throwIfAborted(signal);
-  const { sha256 } = await sha256File(tarball);
+  const { sha256, size } = await sha256File(tarball);
   const dir = path.join(workDir, 'package');
   const unpacked = await unpack(openInput(tarball), dir, { ...(options.limits ? { limits: options.limits } : {}), ...(signal ? { signal } : {}) });
   return {
@@ -165,6 +166,7 @@ export async function prepareInput(spec: string, options: PrepareInputOptions): 
     spec,
     tarball,
     sha256,
+    size,
     dir,
     packageJson: unpacked.packageJson,
     ...(unpacked.lockfile ? { lockfile: unpacked.lockfile } : {}),

@@ -50,8 +50,7 @@ function hasNoDependencies(packageJson: Record<string, unknown>): boolean {
 export async function ensureLockfile(input: PreparedInput, options: { tools: ToolEnvironment; workDir: string; mtime?: Date; signal?: AbortSignal }): Promise<SourceTarball> {
   if (input.lockfile) {
     const text = await readFile(path.join(input.dir, input.lockfile));
-    const { size } = await sha256File(input.tarball);
-    return { file: input.tarball, sha256: input.sha256, size, lockfile: { name: input.lockfile, sha256: sha(text), added: false } };
+    return { file: input.tarball, sha256: input.sha256, size: input.size, lockfile: { name: input.lockfile, sha256: sha(text), added: false } };
   }
   const shrinkwrap = path.join(input.dir, 'npm-shrinkwrap.json');
   if (hasNoDependencies(input.packageJson)) {

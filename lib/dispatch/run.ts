@@ -4,6 +4,7 @@
  * arguments; per-target outcomes come back as data; nothing here prints or exits.
  */
 import { randomBytes } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -125,6 +126,8 @@ export function newRunId(now = new Date()): string {
 
 /** A builder's sketch of how busy it is: (running + queued) per slot. */
 async function rankBuilders(builders: readonly PoolBuilder[], target: Target, signal: AbortSignal): Promise<{ healthy: PoolBuilder[]; problems: string[] }> {
+  // Nothing to choose between: the build request itself says whether that builder can take it.
+  if (builders.length === 1) return { healthy: [...builders], problems: [] };
   const problems: string[] = [];
   const probes = await Promise.all(builders.map(async (builder) => {
     try {
@@ -261,6 +264,8 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   if (signal.aborted) onOuterAbort();
   else signal.addEventListener('abort', onOuterAbort, { once: true });
   const runSignal = stop.signal;
+  // Every request, stream and wait of every target listens to it: not a leak.
+  setMaxListeners(0, runSignal);
 
   const planned = options.targets.map((plan) => ({ plan, buildKey: computeBuildKey({ sourceSha256: source.sha256, target: plan.target, ...(options.overrides ? { overrides: options.overrides } : {}) }) }));
   const outcomes = new Map<string, TargetOutcome>();
@@ -389,6 +394,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         emit({ type: 'target', target: plan.label, state: 'copying' });
         const copyStarted = Date.now();
         const { artifact } = record;
+        let cleanup: Promise<unknown> = Promise.resolve();
         const key = renderKey(options.keyTemplate, { ...vars, file: artifact.file, target: plan.target, ...(record.resolved ? { node: record.resolved.node } : {}), buildKey });
         const immutable = !options.overwrite;
         if (artifact.key !== undefined && shared && (await sourceStore.exists(artifact.key, { signal: runSignal }))) {
@@ -408,8 +414,9 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
           try {
             await copyObject(sourceStore, stageKey, destination, key, { sha256: artifact.sha256, immutable, signal: runSignal });
           } finally {
-            await sourceStore.delete(stageKey).catch(() => undefined);
             staged.delete(stageKey);
+            // Removed while the result is checked and the marker written; awaited before returning.
+            cleanup = sourceStore.delete(stageKey).catch(() => undefined);
           }
         }
         const written = await destination.head(key, { signal: runSignal });
@@ -435,6 +442,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
           builder: record.builder, buildId: id, createdAt: new Date().toISOString(),
         };
         await destination.put(markerKey({ name, version }, buildKey), `${JSON.stringify(marker, null, 2)}\n`, { contentType: 'application/json', immutable: false, signal: runSignal });
+        await cleanup;
         emit({ type: 'target', target: plan.label, state: 'succeeded', detail: key });
         return outcome;
       } catch (error) {
@@ -480,8 +488,16 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
     emit({ type: 'phase', phase: 'manifest', state: 'started' });
     const manifestKey = renderKey(options.manifestTemplate, vars);
     const previous = await readJson<Manifest>(destination, manifestKey, signal).catch(() => undefined);
-    const manifest = buildManifest(result, previous);
-    await destination.put(manifestKey, `${JSON.stringify(manifest, null, 2)}\n`, { contentType: 'application/json', immutable: false, signal });
+    // A run of cache hits that the manifest already lists as they are changes nothing: a cron
+    // re-run on an unchanged input writes nothing at all.
+    const unchanged = previous !== undefined && previous.source?.sha256 === result.source.sha256 && result.targets.every((outcome) => {
+      const entry = previous.targets[outcome.target];
+      return outcome.ok && outcome.cached && entry?.ok === true && entry.buildKey === outcome.buildKey && entry.key === outcome.key;
+    });
+    if (!unchanged) {
+      const manifest = buildManifest(result, previous);
+      await destination.put(manifestKey, `${JSON.stringify(manifest, null, 2)}\n`, { contentType: 'application/json', immutable: false, signal });
+    }
     result.manifest = manifestKey;
     emit({ type: 'phase', phase: 'manifest', state: 'finished', detail: manifestKey });
   }

@@ -1,0 +1,189 @@
+// Dispatch bench, one run, over HTTP and s3rver (source and destination buckets, presigned URLs):
+//   1. dispatch end to end ÷ the workflow called directly, same input and target (target ≤ 1.05);
+//   2. cached re-run vs cold (target ≥ 20× faster and under 1 s);
+//   3. 8 targets on 8 builders: wall time minus the longest build duration the builders report
+//      (target ≤ 1 s of dispatch overhead).
+// Builders run in this process (startBuilder, reached over HTTP on 127.0.0.1 port 0), s3rver too;
+// npm runs as child processes. Targets pin the host's Node so no runtime is fetched. The input is
+// the sample app with its lockfile already added (resolved once, untimed), so both sides of (1)
+// install exactly the same tree with `npm ci`.
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { performance } from 'node:perf_hooks';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { fileURLToPath } from 'node:url';
+import { createGzip } from 'node:zlib';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const repo = path.resolve(here, '..');
+const lib = (name) => import(path.join(repo, 'build', 'lib', name));
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const CACHED_ROUNDS = 7;
+/** A signal that never aborts (the bench is not cancelled). */
+const { signal: neverSignal } = new (globalThis['AbortController'])();
+const never = () => neverSignal;
+const NODE = process.versions.node;
+const CROSS = ['linux-arm64', 'linux-x64-musl', 'linux-arm64-musl', 'darwin-x64', 'darwin-arm64', 'win32-x64', 'win32-arm64'];
+
+export async function run({ log }) {
+  const { default: S3rver } = await import('s3rver');
+  const { startBuilder } = await lib('builder/server.js');
+  const { createBuilderClient } = await lib('builder/client.js');
+  const { DirStore } = await lib('storage/index.js');
+  const { S3Store } = await lib('storage/s3-store.js');
+  const { createScaffold } = await lib('workflow/scaffold.js');
+  const { openInput } = await lib('workflow/tar-input.js');
+  const { locateNpm } = await lib('workflow/npm.js');
+  const { hostTarget, parseTarget, formatTarget } = await lib('target.js');
+  const { prepareInput } = await lib('dispatch/input.js');
+  const { ensureLockfile } = await lib('dispatch/lockfile.js');
+  const { parseTargets, planTargets } = await lib('dispatch/plan.js');
+  const { dispatch } = await lib('dispatch/run.js');
+
+  const base = await mkdtemp(path.join(tmpdir(), 'bd-bench-dispatch-'));
+  const cacheDir = path.join(repo, '.cache', 'test');
+  const directory = path.join(base, 's3rver');
+  await mkdir(directory, { recursive: true });
+  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory, configureBuckets: [{ name: 'sources' }, { name: 'releases' }] });
+  const { port } = await server.run();
+  const s3 = { endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } };
+  const sources = new S3Store({ ...s3, bucket: 'sources' });
+  const host = hostTarget();
+  const hostLabel = `${formatTarget(host, { withNode: false })}@${NODE}`;
+  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/TOKEN|SECRET|AWS_/i.test(name)));
+  const tools = { node: process.execPath, npmCli: locateNpm(process.env.PATH), env: { PATH: process.env.PATH ?? '', HOME: base, npm_config_cache: path.join(cacheDir, 'npm'), npm_config_update_notifier: 'false' }, secrets: [] };
+  const builders = [];
+  const startOne = async (name, target) => {
+    const dir = path.join(base, name);
+    const token = randomBytes(16).toString('hex');
+    const scaffold = createScaffold({}, [], { env, workRoot: path.join(dir, 'work', 'builds'), npmCacheDir: path.join(cacheDir, 'npm'), runtimeCacheDir: path.join(repo, '.cache', 'test-runtimes') });
+    const builder = await startBuilder({
+      host: '127.0.0.1', port: 0, tokens: [token], store: new DirStore({ root: path.join(dir, 'store') }), scaffold, builderId: name, slots: 1,
+      targets: [parseTarget(target)], workDir: path.join(dir, 'work'), buildTimeoutMs: 600_000, maxSourceBytes: 64 * 1024 ** 2, maxBodyBytes: 64 * 1024,
+      minFreeDisk: 1024 ** 2, heartbeatMs: 5000, version: 'bench', npmVersion: 'bench', runtimes: [NODE],
+    });
+    const client = createBuilderClient({ url: builder.url, token });
+    builders.push(builder);
+    return { platform: parseTarget(target), builders: [{ url: builder.url, client }] };
+  };
+
+  try {
+    // The input: the sample app with its lockfile resolved once (untimed).
+    const prepDir = path.join(base, 'prep');
+    const prepared = await prepareInput(path.join(repo, 'examples', 'hello-app-1.0.0.tgz'), { cwd: repo, workDir: prepDir, tools });
+    const locked = await ensureLockfile(prepared, { tools, workDir: prepDir });
+    const input = locked.file;
+    const hostPool = await startOne('builder-host', formatTarget(host, { withNode: false }));
+
+    let destinationCount = 0;
+    // Each cold run gets its own SOURCE_DATE_EPOCH (both sides alike): a new build key, so the
+    // builder starts a new build rather than answering with an earlier run's.
+    let epoch = 1_700_000_000;
+    const dispatchOnce = async (targets, pools, releases, sourceDateEpoch) => {
+      const work = await mkdtemp(path.join(base, 'run-'));
+      const started = performance.now();
+      const inputPrepared = await prepareInput(input, { cwd: repo, workDir: work, tools });
+      const source = await ensureLockfile(inputPrepared, { tools, workDir: work });
+      const result = await dispatch({
+        input: inputPrepared, source, targets: planTargets(parseTargets(targets), pools), sourceStore: sources, destination: releases,
+        keyTemplate: '{name}/{version}/{file}', manifestTemplate: '{name}/{version}/manifest.json', presignExpiry: 3600, signal: never(), tmpDir: work,
+        ...(sourceDateEpoch ? { overrides: { sourceDateEpoch } } : {}),
+      });
+      const ms = performance.now() - started;
+      await rm(work, { recursive: true, force: true });
+      if (!result.ok) throw new Error(`dispatch failed: ${JSON.stringify(result.targets.filter((t) => !t.ok))}`);
+      return { ms, result };
+    };
+    const freshDestination = () => new S3Store({ ...s3, bucket: 'releases', prefix: `run-${destinationCount++}` });
+    const workflowOnce = async (sourceDateEpoch) => {
+      const scaffold = createScaffold({}, [], { env, workRoot: path.join(base, 'direct', 'builds'), npmCacheDir: path.join(cacheDir, 'npm'), runtimeCacheDir: path.join(repo, '.cache', 'test-runtimes') });
+      const out = path.join(base, `direct-${randomBytes(4).toString('hex')}.tgz`);
+      const started = performance.now();
+      const result = await scaffold.run(openInput(input), { target: { ...host, node: NODE }, sourceDateEpoch }, { signal: never(), onEvent: () => undefined });
+      const hash = createHash('sha256');
+      await pipeline(result.output, createGzip(), async function* (chunks) {
+        for await (const chunk of chunks) {
+          hash.update(chunk);
+          yield chunk;
+        }
+      }, createWriteStream(out));
+      await result.settled;
+      const ms = performance.now() - started;
+      await rm(out, { force: true });
+      return { ms };
+    };
+
+    // Warm-up (untimed): npm's cache, the source in the bucket, both code paths.
+    await workflowOnce(epoch);
+    await dispatchOnce([hostLabel], [hostPool], freshDestination(), epoch++);
+
+    // 1. dispatch ÷ workflow, A-B-B-A, each dispatch into a fresh destination (a cold build).
+    const direct = [];
+    const dispatched = [];
+    for (let round = 0; round < ROUNDS; round += 1) {
+      const at = epoch++;
+      if (round % 2 === 0) {
+        direct.push((await workflowOnce(at)).ms);
+        dispatched.push((await dispatchOnce([hostLabel], [hostPool], freshDestination(), at)).ms);
+      } else {
+        dispatched.push((await dispatchOnce([hostLabel], [hostPool], freshDestination(), at)).ms);
+        direct.push((await workflowOnce(at)).ms);
+      }
+    }
+    const sum = (values) => values.reduce((total, value) => total + value, 0);
+    const ratio1 = sum(dispatched) / sum(direct);
+
+    // 2. Cached re-run vs cold, same destination.
+    const cachedDestination = freshDestination();
+    const coldEpoch = epoch++;
+    const cold = await dispatchOnce([hostLabel], [hostPool], cachedDestination, coldEpoch);
+    const cachedRuns = [];
+    for (let round = 0; round < CACHED_ROUNDS; round += 1) {
+      const again = await dispatchOnce([hostLabel], [hostPool], cachedDestination, coldEpoch);
+      if (!again.result.targets.every((t) => t.ok && t.cached)) throw new Error('expected a cache hit');
+      cachedRuns.push(again.ms);
+    }
+    // The median of the re-runs (a cron job's typical run); the slowest is printed too.
+    const cached = [...cachedRuns].sort((x, y) => x - y)[Math.floor(CACHED_ROUNDS / 2)];
+
+    // 3. 8 targets on 8 builders (the host natively, seven cross targets).
+    const pools = [hostPool];
+    for (const [index, target] of CROSS.entries()) pools.push(await startOne(`builder-${index}`, target));
+    // Cross targets take a Node range the registry has for every platform (the ABI comes from Node's table).
+    const eight = [hostLabel, ...CROSS.map((target) => `${target}@20`)];
+    await dispatchOnce(eight, pools, freshDestination(), epoch++); // warm-up: cross installs use npm's cache too
+    const wideStarted = Date.now();
+    const wide = await dispatchOnce(eight, pools, freshDestination(), epoch++);
+    const longest = Math.max(...wide.result.targets.map((t) => t.durations.buildMs ?? 0));
+    const overhead = wide.ms - longest;
+    // Where the overhead goes: when the builds were accepted, started and finished (builder clocks = ours).
+    const records = await Promise.all(wide.result.targets.map(async (t, index) => pools[index].builders[0].client.getBuild(t.buildId)));
+    const at = (iso) => Date.parse(iso) - wideStarted;
+    const firstCreated = Math.min(...records.map((r) => at(r.createdAt)));
+    const lastCreated = Math.max(...records.map((r) => at(r.createdAt)));
+    const lastFinished = Math.max(...records.map((r) => at(r.finishedAt)));
+
+    const s = (ms) => `${(ms / 1000).toFixed(2)} s`;
+    log(`input: examples/hello-app (2 dependencies) with its lockfile; target ${hostLabel}; s3rver in this process at ${s3.endpoint}; builders in this process over HTTP; ${ROUNDS} rounds A-B-B-A.`);
+    log('');
+    log('| measure | value | target | ok |');
+    log('|---|---:|---:|:-:|');
+    log(`| dispatch end to end ÷ workflow directly | ${ratio1.toFixed(3)} (${s(sum(dispatched) / ROUNDS)} vs ${s(sum(direct) / ROUNDS)} per run) | ≤ 1.05 | ${ratio1 <= 1.05 ? '✔' : '✖'} |`);
+    log(`| cached re-run vs cold | ${(cold.ms / cached).toFixed(1)}× (cold ${s(cold.ms)}, cached median ${s(cached)}, slowest ${s(Math.max(...cachedRuns))}) | ≥ 20×, < 1 s | ${cold.ms / cached >= 20 && cached < 1000 ? '✔' : '✖'} |`);
+    log(`| 8 targets on 8 builders: wall − longest build | ${s(overhead)} (wall ${s(wide.ms)}, longest build ${s(longest)}) | ≤ 1 s | ${overhead <= 1000 ? '✔' : '✖'} |`);
+    log('');
+    log(`runs: dispatch ${dispatched.map(s).join(' ')} · workflow ${direct.map(s).join(' ')} · cached ${cachedRuns.map(s).join(' ')}`);
+    log(`8 targets: builds accepted ${s(firstCreated)}–${s(lastCreated)} after the start, last one finished at ${s(lastFinished)}, dispatch returned at ${s(wide.ms)}`);
+    log(`builds (8 targets): ${wide.result.targets.map((t) => `${t.target.split('@')[0]} ${s(t.durations.buildMs ?? 0)}`).join(', ')}`);
+  } finally {
+    await Promise.all(builders.map((builder) => builder.stop(0)));
+    sources.close();
+    server.logger.silent = true;
+    server.httpServer?.closeAllConnections();
+    await server.close();
+    await rm(base, { recursive: true, force: true });
+  }
+}
