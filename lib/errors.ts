@@ -53,6 +53,7 @@ export type ErrorCode =
   | 'ERR_SOURCE_FETCH'
   | 'ERR_DISK_FULL'
   | 'ERR_LOCKED'
+  | 'ERR_BUILD_LOST'
   | 'ERR_INTERNAL';
 
 export interface BundleErrorOptions {

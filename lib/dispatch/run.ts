@@ -30,6 +30,20 @@ const UNREACHABLE_ROUNDS = 3;
 const SENT_RETRIES = 2;
 /** How long cancelling remote builds may take when the run is interrupted. */
 const CANCEL_TIMEOUT_MS = 10_000;
+/** How often a followed build's record is read to see that it is alive. */
+const WATCHDOG_MS = 15_000;
+/** A running build without a heartbeat (or a builder without an answer) this long is lost. */
+const LOST_AFTER_MS = 60_000;
+/** Times a lost build is dispatched again before the target fails. */
+const LOST_REDISPATCHES = 2;
+
+/** Build errors that are the builder's, not the build's: such a build is dispatched again. */
+const REDISPATCHED_CODES: ReadonlySet<string> = new Set(['ERR_BUILDER_STOPPING', 'ERR_BUILDER_RESTARTED']);
+
+function lost(id: string, builder: PoolBuilder, why: string): BundleError {
+  return new BundleError('ERR_BUILD_LOST', `Build ${id} on ${builder.url} is lost: ${why}.`, { details: { buildId: id, builder: builder.url } });
+}
+
 /** Version of manifest.json's shape. */
 export const MANIFEST_VERSION = 1;
 
@@ -322,6 +336,58 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
       await rm(tmp, { recursive: true, force: true });
     }
 
+    /**
+     * Follows a build to its end. Every WATCHDOG_MS the record is read: a running build whose
+     * heartbeat is older than LOST_AFTER_MS, or a builder that cannot be reached for that long,
+     * makes it ERR_BUILD_LOST.
+     */
+    async function followWithWatchdog(builder: PoolBuilder, id: string, label: string): Promise<BuildRecord> {
+      const watch = new AbortController();
+      const signal = AbortSignal.any([runSignal, watch.signal]);
+      let lastSign = Date.now();
+      let running = false;
+      const timer = setInterval(() => {
+        void builder.client.getBuild(id, { signal }).then((current) => {
+          const heartbeat = current.heartbeatAt ? Date.parse(current.heartbeatAt) : Date.now();
+          if (current.state !== 'running' || Date.now() - heartbeat < LOST_AFTER_MS) lastSign = Date.now();
+          else if (Date.now() - heartbeat >= LOST_AFTER_MS) watch.abort(lost(id, builder, `its heartbeat stopped at ${current.heartbeatAt}`));
+        }, () => {
+          if (Date.now() - lastSign >= LOST_AFTER_MS) watch.abort(lost(id, builder, `the builder has not answered for ${Math.round((Date.now() - lastSign) / 1000)} s`));
+        });
+      }, WATCHDOG_MS);
+      try {
+        const record = await builder.client.followBuild(id, {
+          signal,
+          onLog: (line) => {
+            lastSign = Date.now();
+            emit({ type: 'log', target: label, line });
+          },
+          onStatus: (status) => {
+            lastSign = Date.now();
+            if (status.state === 'running' && !running) {
+              running = true;
+              emit({ type: 'target', target: label, state: 'running', builder: builder.url, buildId: status.id });
+            }
+            emit({ type: 'record', target: label, record: status });
+          },
+        });
+        // A builder that shut down or restarted under the build did not fail it: the build failed
+        // the builder. Another builder of the pool gets it.
+        if ((record.state === 'failed' || record.state === 'cancelled') && REDISPATCHED_CODES.has(record.error?.code ?? '') && !runSignal.aborted) {
+          throw lost(id, builder, `${record.error?.code}: ${record.error?.message}`);
+        }
+        return record;
+      } catch (error) {
+        if (error instanceof BundleError && error.code === 'ERR_BUILD_LOST') throw error;
+        if (watch.signal.aborted && !runSignal.aborted) throw watch.signal.reason;
+        // The builder went away while we followed: the same verdict, without waiting.
+        if (!runSignal.aborted && error instanceof BundleError && error.code === 'ERR_BUILDER_UNREACHABLE') throw lost(id, builder, error.message);
+        throw error;
+      } finally {
+        clearInterval(timer);
+      }
+    }
+
     async function buildTarget(plan: PlannedTarget, buildKey: string): Promise<TargetOutcome> {
       const t0 = Date.now();
       let builder: PoolBuilder | undefined;
@@ -368,22 +434,30 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         }
         builder = created.builder;
         id = created.id;
-        active.set(plan.label, { client: builder.client, id });
-        emit({ type: 'target', target: plan.label, state: 'queued', builder: builder.url, buildId: id });
-        let running = false;
-        const record = await builder.client.followBuild(id, {
-          signal: runSignal,
-          onLog: (line) => emit({ type: 'log', target: plan.label, line }),
-          onStatus: (status) => {
-            builderName = status.builder;
-            if (status.state === 'running' && !running) {
-              running = true;
-              emit({ type: 'target', target: plan.label, state: 'running', builder: builder?.url ?? '', buildId: status.id });
-            }
-            emit({ type: 'record', target: plan.label, record: status });
-          },
-        });
+        let record: BuildRecord | undefined;
+        // A build whose builder dies (or whose record stops heartbeating) is lost: it is
+        // re-dispatched to a healthy builder of the pool under a key of its own, so the lost one
+        // can never come back as a second build of the same request.
+        for (let attempt = 0; ; attempt += 1) {
+          active.set(plan.label, { client: builder.client, id });
+          emit({ type: 'target', target: plan.label, state: 'queued', builder: builder.url, buildId: id });
+          try {
+            record = await followWithWatchdog(builder, id, plan.label);
+            break;
+          } catch (error) {
+            if (runSignal.aborted || !(error instanceof BundleError) || error.code !== 'ERR_BUILD_LOST' || attempt >= LOST_REDISPATCHES) throw error;
+            const lostOn = builder;
+            await lostOn.client.cancelBuild(id, { signal: AbortSignal.any([runSignal, AbortSignal.timeout(2000)]) }).catch(() => undefined);
+            emit({ type: 'target', target: plan.label, state: 'planned', detail: `${error.message} Dispatching it again.` });
+            const ranked = await rankBuilders(plan.builders.length > 1 ? plan.builders.filter((other) => other !== lostOn) : plan.builders, plan.target, runSignal);
+            if (ranked.healthy.length === 0) throw error;
+            const again = await createWithFailover(ranked.healthy, request, `${buildKey}:${runId}:lost${attempt + 1}`, runSignal);
+            builder = again.builder;
+            id = again.id;
+          }
+        }
         active.delete(plan.label);
+        if (!record) throw new BundleError('ERR_INTERNAL', 'No build record.');
         builderName = record.builder;
         emit({ type: 'record', target: plan.label, record });
         if (record.state !== 'succeeded' || !record.artifact) {

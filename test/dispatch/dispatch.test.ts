@@ -15,7 +15,7 @@ import { ensureLockfile } from '../../lib/dispatch/lockfile.js';
 import { parseTargets, planTargets, type Pool } from '../../lib/dispatch/plan.js';
 import { dispatch, type DispatchEvent, type DispatchResult, type Manifest } from '../../lib/dispatch/run.js';
 import { locateNpm } from '../../lib/workflow/npm.js';
-import { NODE, startDispatchWorld, writeFixture, type DispatchWorld } from '../helpers/dispatch.js';
+import { NODE, startChildBuilder, startDispatchWorld, writeFixture, type DispatchWorld } from '../helpers/dispatch.js';
 import { repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
 import { waitFor } from '../helpers/builder.js';
 
@@ -141,6 +141,24 @@ describe('dispatch', () => {
     const pools = world.pools({ 'linux-x64': [{ url: deadUrl, client: createBuilderClient({ url: deadUrl, token: 'x' }) }, { url: world.a.url, client: world.a.client }] });
     const result = await run(fixture, [`linux-x64@${NODE}`], { pools });
     expect(result.targets[0]).toMatchObject({ ok: true, builderUrl: world.a.url });
+  });
+
+  it('a build whose builder shuts down mid-build is dispatched again to another builder of the pool', async () => {
+    const c = await startChildBuilder({ root: root.dir, name: 'builder-c', targets: ['linux-x64'], hooks: path.join(root.dir, 'slow-hook.mjs') });
+    const d = await startChildBuilder({ root: root.dir, name: 'builder-d', targets: ['linux-x64'], hooks: path.join(root.dir, 'slow-hook.mjs'), env: { BD_TEST_IGNORE_SLOW: '1' } });
+    try {
+      const fixture = await writeFixture(path.join(root.dir, 'lost-1.0.0.tgz'), { name: 'lost-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
+      const events: DispatchEvent[] = [];
+      const pools = world.pools({ 'linux-x64': [{ url: c.url, client: c.client }, { url: d.url, client: d.client }] });
+      const running = run(fixture, [`linux-x64@${NODE}`], { pools, events });
+      await waitFor(() => events.some((event) => event.type === 'record' && event.record.builder === 'builder-c' && event.record.steps.some((step) => step.name === 'install')) || undefined, 60_000);
+      await c.stop();
+      const result = await running;
+      expect(result.targets[0]).toMatchObject({ ok: true, builder: 'builder-d' });
+      expect(events.some((event) => event.type === 'target' && event.detail?.includes('ERR_BUILDER_STOPPING'))).toBe(true);
+    } finally {
+      await Promise.all([c.stop(), d.stop()]);
+    }
   });
 
   it('one target failing: exit data says so, the others are delivered, the manifest records the failure', async () => {

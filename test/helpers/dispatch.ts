@@ -21,13 +21,14 @@ export const NODE = process.versions.node;
 
 /**
  * A hook module for test builders: a package that contains a file `SLOW` gets an npm step that
- * sleeps for two minutes (a real process in npm's process group), to cancel mid-build.
+ * sleeps for two minutes (a real process in npm's process group), to cancel mid-build —
+ * except on builders started with BD_TEST_IGNORE_SLOW.
  */
 export const SLOW_HOOK = `import { existsSync } from 'node:fs';
 import path from 'node:path';
 export default {
   'npm.configure': (_scaffold, _config, spawn) => {
-    if (existsSync(path.join(spawn.dirs.package, 'SLOW'))) spawn.argv = ['-e', 'setTimeout(() => {}, 120000)'];
+    if (existsSync(path.join(spawn.dirs.package, 'SLOW')) && !process.env.BD_TEST_IGNORE_SLOW) spawn.argv = ['-e', 'setTimeout(() => {}, 120000)'];
   },
 };
 `;
@@ -40,7 +41,7 @@ export interface RunningTestBuilder extends ChildBuilder {
 }
 
 /** `bundle-dispatch builder` as a child process serving `targets`; stop() sends SIGTERM and waits. */
-export async function startChildBuilder(options: { root: string; name: string; targets: string[]; hooks?: string; slots?: number }): Promise<RunningTestBuilder> {
+export async function startChildBuilder(options: { root: string; name: string; targets: string[]; hooks?: string; slots?: number; env?: NodeJS.ProcessEnv }): Promise<RunningTestBuilder> {
   const token = newToken();
   const dir = path.join(options.root, options.name);
   await mkdir(dir, { recursive: true });
@@ -51,6 +52,7 @@ export async function startChildBuilder(options: { root: string; name: string; t
     BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work'),
     BUNDLE_DISPATCH_BUILDER_SHUTDOWN_GRACE: '0',
     CI: 'true',
+    ...options.env,
   });
   const child = await spawnBuilder([
     '--store', path.join(dir, 'store'),
