@@ -1,10 +1,9 @@
 /**
  * What a build needs from the machine: free disk (checked before it starts), a uid of its
- * own when the builder runs as root, and directories the build users can pass through.
+ * own when the builder runs as root (reachability of directories: lib/workflow/run-as.ts).
  */
 import { execFile } from 'node:child_process';
-import { statfs, stat } from 'node:fs/promises';
-import path from 'node:path';
+import { statfs } from 'node:fs/promises';
 import { BundleError } from '../errors.js';
 import type { RunAs } from '../workflow/runtime-registry.js';
 
@@ -58,27 +57,6 @@ export function parseUidRange(text: string): { first: number; last: number } | u
   const match = /^(\d+)-(\d+)$/.exec(text);
   if (!match) throw new BundleError('ERR_CONFIG', `builder.runAsUids: "${text}" is not first-last or off.`);
   return { first: Number(match[1]), last: Number(match[2]) };
-}
-
-/**
- * Build users must be able to pass through (x) every directory above their caches and
- * runtimes; root's home (0700) is the usual trap. Returns the first directory that blocks.
- */
-export async function findBlockingAncestor(dir: string): Promise<string | undefined> {
-  let current = path.resolve(dir);
-  const chain: string[] = [];
-  for (;;) {
-    chain.unshift(current);
-    const parent = path.dirname(current);
-    if (parent === current) break;
-    current = parent;
-  }
-  for (const entry of chain) {
-    const info = await stat(entry).catch(() => undefined);
-    if (!info) return undefined; // created later, by us, with a passable mode
-    if ((info.mode & 0o001) === 0) return entry;
-  }
-  return undefined;
 }
 
 /**

@@ -24,7 +24,8 @@ import type { BuildEvent, BuildOverrides } from '../workflow/types.js';
 import { downloadToFile, uploadFile } from './client.js';
 import { SlotQueue } from './queue.js';
 import { RecordStore, keys, notFound } from './records.js';
-import { UidPool, checkFreeDisk, findBlockingAncestor, killUidProcesses } from './resources.js';
+import { UidPool, checkFreeDisk, killUidProcesses } from './resources.js';
+import { findBlockingAncestor } from '../workflow/run-as.js';
 
 /** The few logger methods the service uses (fastify's pino logger fits). */
 export interface ServiceLogger {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { chmod, lchown, mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -14,6 +14,7 @@ import { chooseNodeRange, resolveRuntime, type Runtime } from './steps/runtime.j
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
 import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative } from './steps/verify.js';
 import type { RunAs } from './runtime-registry.js';
+import { assertReachable, handOver } from './run-as.js';
 import type {
   BuildConfig,
   BuildDirs,
@@ -255,6 +256,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       return chosen;
     });
     spawnInfo.runtime = runtime;
+    if (options.runAs && native) await assertReachable('runtime', runtime.binDir, options.runAs);
     // Lifecycle scripts find the chosen runtime first on PATH; node-gyp builds against its headers.
     if (native) spawnInfo.env.PATH = `${runtime.binDir}${path.delimiter}${spawnInfo.env.PATH ?? ''}`;
     spawnInfo.env.npm_config_nodedir = runtime.nodedir;
@@ -376,28 +378,6 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     }
     throw failure;
   }
-}
-
-/**
- * Gives the build's directories to the unprivileged user: the workdir 0700 (other builds'
- * users cannot look in) and its own npm cache.
- */
-async function handOver(dirs: BuildDirs, user: RunAs): Promise<void> {
-  const walk = async (dir: string): Promise<void> => {
-    await lchown(dir, user.uid, user.gid);
-    for (const entry of await readdir(dir, { withFileTypes: true })) {
-      const full = path.join(dir, entry.name);
-      if (entry.isDirectory()) await walk(full);
-      else await lchown(full, user.uid, user.gid);
-    }
-  };
-  await mkdir(dirs.cache, { recursive: true });
-  await chmod(dirs.work, 0o700);
-  // The work root only needs to be passable (x), never listable, for the build users.
-  await chmod(path.dirname(dirs.work), 0o711);
-  // The cache is walked only when it is not the user's yet (first build of that uid).
-  const cacheOwner = (await stat(dirs.cache)).uid;
-  await Promise.all([walk(dirs.work), cacheOwner === user.uid ? Promise.resolve() : walk(dirs.cache)]);
 }
 
 async function fileExists(file: string): Promise<boolean> {

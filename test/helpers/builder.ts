@@ -18,7 +18,7 @@ import type { TargetSpec } from '../../lib/protocol.js';
 import { DirStore, type ObjectStore } from '../../lib/storage/index.js';
 import { hostTarget } from '../../lib/target.js';
 import { createScaffold } from '../../lib/workflow/scaffold.js';
-import { repoRoot, tempDir, testCacheDir } from './packages.js';
+import { repoRoot, tempDir, testCacheDir, testRuntimeCacheDir } from './packages.js';
 
 /**
  * Uids the test builders run builds as when the tests run as root. Each test file takes its
@@ -112,7 +112,7 @@ export async function startTestBuilder(options: { uids: { first: number; last: n
     env,
     workRoot: path.join(workDir, 'builds'),
     npmCacheDir: path.join(testCacheDir, 'npm'),
-    runtimeCacheDir: path.join(repoRoot, '.cache', 'test-runtimes'),
+    runtimeCacheDir: testRuntimeCacheDir,
   });
   const logs: string[] = [];
   const logStream = new (await import('node:stream')).Writable({

@@ -12,8 +12,17 @@ import { createScaffold, type Scaffold } from '../../lib/workflow/scaffold.js';
 import type { BuildOverrides, HookModule } from '../../lib/workflow/types.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-/** Caches the tests own, kept between runs so the registry is asked once per machine. */
-export const testCacheDir = path.join(repoRoot, '.cache', 'test');
+/**
+ * Caches the tests own, kept between runs so the registry is asked once per machine. They live
+ * under the system tmp dir, not in the checkout: builds that run as an unprivileged user must be
+ * able to pass through every parent directory, and a checkout may sit in a 0700 directory.
+ */
+export const testCacheRoot = process.env.BUNDLE_DISPATCH_TEST_CACHE ?? path.join(tmpdir(), 'bundle-dispatch-test-cache');
+export const testCacheDir = path.join(testCacheRoot, 'cli');
+/** Node runtimes fetched from the registry by tests. */
+export const testRuntimeCacheDir = path.join(testCacheRoot, 'runtimes');
+/** npm's cache for tests that run npm directly. */
+export const testNpmCacheDir = path.join(testCacheRoot, 'npm');
 
 /** An uncompressed npm-pack-style tar (`package/…`) made in memory from a package.json and files. */
 export function packageTar(packageJson: Record<string, unknown>, files: Record<string, string | { content: string; mode: number }> = {}): Readable {
@@ -67,7 +76,7 @@ export async function testScaffold(workRoot: string, defaults: BuildOverrides = 
     env,
     workRoot,
     npmCacheDir: path.join(testCacheDir, 'npm'),
-    runtimeCacheDir: path.join(repoRoot, '.cache', 'test-runtimes'),
+    runtimeCacheDir: testRuntimeCacheDir,
   });
 }
 

@@ -2,16 +2,15 @@ import { execFileSync } from 'node:child_process';
 import { mkdtemp, realpath, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { testNpmCacheDir, testRuntimeCacheDir } from '../helpers/packages.js';
 import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
 import { fetchRuntime } from '../../lib/workflow/runtime-registry.js';
 import { checkHeader, libcOf } from '../../lib/workflow/steps/verify.js';
 
-const repo = fileURLToPath(new URL('../..', import.meta.url));
 /** Registry runtimes are cached here between test runs (gitignored `.cache/`). */
-const runtimeCache = path.join(repo, '.cache', 'test-runtimes');
-const npmCache = path.join(repo, '.cache', 'test-npm-cache');
+const runtimeCache = testRuntimeCacheDir;
+const npmCache = testNpmCacheDir;
 
 /**
  * A hand-made ELF file: header, PT_LOAD/PT_INTERP/PT_DYNAMIC program headers, the

@@ -7,18 +7,17 @@ import { createGzip } from 'node:zlib';
 import tar from 'tar-stream';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { testNpmCacheDir, testRuntimeCacheDir } from '../helpers/packages.js';
 import { BundleError } from '../../lib/errors.js';
 import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
 import { extractPackage, fetchRuntime } from '../../lib/workflow/runtime-registry.js';
 import { NODE_MODULE_VERSIONS, chooseNodeRange, pickVersion, registryPackageName, resolveRuntime, summarizeVersions } from '../../lib/workflow/steps/runtime.js';
 import type { ResolveRuntimeOptions } from '../../lib/workflow/steps/runtime.js';
 
-const repo = fileURLToPath(new URL('../..', import.meta.url));
 /** Registry runtimes are cached here between test runs (gitignored `.cache/`); npm's cache next to it. */
-const runtimeCache = path.join(repo, '.cache', 'test-runtimes');
-const npmCache = path.join(repo, '.cache', 'test-npm-cache');
+const runtimeCache = testRuntimeCacheDir;
+const npmCache = testNpmCacheDir;
 const host = { os: 'linux', cpu: 'x64', libc: 'glibc' } as const;
 const hostNode = { path: process.execPath, version: process.version };
 

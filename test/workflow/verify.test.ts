@@ -2,8 +2,8 @@ import { execFileSync } from 'node:child_process';
 import { chmod, copyFile, mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { testNpmCacheDir, testRuntimeCacheDir } from '../helpers/packages.js';
 import { BundleError } from '../../lib/errors.js';
 import { resolveRuntime } from '../../lib/workflow/steps/runtime.js';
 import type { Runtime } from '../../lib/workflow/steps/runtime.js';
@@ -18,9 +18,8 @@ import {
   verifyNative,
 } from '../../lib/workflow/steps/verify.js';
 
-const repo = fileURLToPath(new URL('../..', import.meta.url));
-const runtimeCache = path.join(repo, '.cache', 'test-runtimes');
-const npmCache = path.join(repo, '.cache', 'test-npm-cache');
+const runtimeCache = testRuntimeCacheDir;
+const npmCache = testNpmCacheDir;
 const linuxX64 = { os: 'linux', cpu: 'x64', libc: 'glibc' } as const;
 const env = { PATH: process.env.PATH ?? '/usr/bin:/bin' };
 
