@@ -39,6 +39,7 @@ export function createLineView(out: Writable, options: { verbose: boolean; prefi
 export function createListrView(title: string, options: { verbose: boolean }): ProgressView {
   const waiters = new Map<StepName, { promise: Promise<void>; resolve: () => void; reject: (error: Error) => void }>();
   const lastLine = new Map<StepName, string>();
+  const durations = new Map<StepName, number>();
   const outputs = new Map<StepName, (line: string) => void>();
   for (const step of STEPS) {
     let resolve!: () => void;
@@ -61,7 +62,8 @@ export function createListrView(title: string, options: { verbose: boolean }): P
         const last = lastLine.get(step);
         if (last) task.output = last;
         await waiters.get(step)?.promise;
-        task.title = `${STEP_TITLES[step]}`;
+        const took = durations.get(step);
+        task.title = took === undefined ? STEP_TITLES[step] : `${STEP_TITLES[step]} (${formatMs(took)})`;
       },
       rendererOptions: { outputBar: options.verbose ? 5 : 1, persistentOutput: false },
     })), { concurrent: false, exitOnError: true }),
@@ -71,7 +73,10 @@ export function createListrView(title: string, options: { verbose: boolean }): P
   return {
     onEvent(event) {
       if (event.type === 'step') {
-        if (event.state === 'finished') waiters.get(event.step)?.resolve();
+        if (event.state === 'finished') {
+          durations.set(event.step, event.durationMs);
+          waiters.get(event.step)?.resolve();
+        }
         if (event.state === 'failed') {
           failed = true;
           waiters.get(event.step)?.reject(new Error(`${STEP_TITLES[event.step]} failed`));
