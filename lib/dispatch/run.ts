@@ -422,13 +422,13 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
           staged.add(stageKey);
         }
         // The build key is the Idempotency-Key: a retry, a second run or a re-attached run finds
-        // the same build instead of starting another. A build that already ended badly, or whose
-        // output went to another run's staging key, is not reused: this run's own key then.
+        // the same build instead of starting another. A build that already ended badly, whose
+        // result is gone, or any finished one under --force, is not reused: this run's own key then.
         let created = await createWithFailover(healthy, request, buildKey, runSignal);
         const reusable = !created.existing
           || created.state === 'queued' || created.state === 'running'
           // A finished build's result must still be there: in the builder's store, or staged.
-          || (created.state === 'succeeded' && (shared || (await sourceStore.exists(stageKey, { signal: runSignal }))));
+          || (created.state === 'succeeded' && !options.force && (shared || (await sourceStore.exists(stageKey, { signal: runSignal }))));
         if (!reusable) {
           created = await createWithFailover([created.builder, ...healthy.filter((other) => other !== created.builder)], request, `${buildKey}:${runId}`, runSignal);
         }
