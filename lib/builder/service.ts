@@ -7,10 +7,9 @@ import { randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { chmod, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
-import { createHash } from 'node:crypto';
 import { BundleError, toBundleError } from '../errors.js';
 import { bundleFileName } from '../keys.js';
 import { isTerminal, type BuildLinks, type BuildRecord, type BuildState, type CreateBuildRequest, type LogLine, type StepName } from '../protocol.js';
@@ -21,6 +20,7 @@ import { maybeGunzip } from '../workflow/tar-input.js';
 import type { Scaffold } from '../workflow/scaffold.js';
 import type { RunAs } from '../workflow/runtime-registry.js';
 import type { BuildEvent, BuildOverrides } from '../workflow/types.js';
+import { createHashingStream } from '../hash-stream.js';
 import { downloadToFile, uploadFile } from './client.js';
 import { SlotQueue } from './queue.js';
 import { RecordStore, keys, notFound } from './records.js';
@@ -102,18 +102,6 @@ function withoutQuery(url: string): string {
   }
 }
 
-function hashing(): { stream: Transform; result: () => { sha256: string; size: number } } {
-  const hash = createHash('sha256');
-  let size = 0;
-  const stream = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      hash.update(chunk);
-      size += chunk.length;
-      callback(null, chunk);
-    },
-  });
-  return { stream, result: () => ({ sha256: hash.digest('hex'), size }) };
-}
 
 export class BuilderService {
   readonly records: RecordStore;
@@ -295,7 +283,7 @@ export class BuilderService {
       body.destroy();
       throw new BundleError('ERR_INPUT_TOO_LARGE', `The source is ${info.size} bytes, over builder.maxSourceBytes (${this.options.maxSourceBytes}).`);
     }
-    const hash = hashing();
+    const hash = createHashingStream();
     try {
       await pipeline(body, hash.stream, createWriteStream(file, { mode: 0o600 }));
     } catch (error) {
@@ -549,7 +537,7 @@ export class BuilderService {
         onEvent: (event) => this.onEvent(entry, event),
         ...(user ? { runAs: user } : {}),
       });
-      const gz = hashing();
+      const gz = createHashingStream();
       await pipeline(result.output as Readable, createGzip(), gz.stream, createWriteStream(outFile, { mode: 0o600 }), { signal });
       await result.settled;
       const { sha256, size } = gz.result();

@@ -1,11 +1,12 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { Transform, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { BundleError } from '../errors.js';
+import { createHashingStream } from '../hash-stream.js';
 import { bundleFileName } from '../keys.js';
 import { parseTarget, type Target, type TargetCpu, type TargetLibc, type TargetOs } from '../target.js';
 import { openInput } from '../workflow/tar-input.js';
@@ -48,19 +49,6 @@ export function requestedTarget(request: Pick<BundleRequest, 'os' | 'cpu' | 'lib
   return parseTarget(`${os}-${cpu}${os === 'linux' && libc ? `-${libc as TargetLibc}` : ''}${request.node ? `@${request.node}` : ''}`);
 }
 
-/** Counts and hashes what passes through. */
-function hashing(): { stream: Transform; digest: () => string; bytes: () => number } {
-  const hash = createHash('sha256');
-  let bytes = 0;
-  const stream = new Transform({
-    transform(chunk: Buffer, _encoding, callback) {
-      hash.update(chunk);
-      bytes += chunk.length;
-      callback(null, chunk);
-    },
-  });
-  return { stream, digest: () => hash.digest('hex'), bytes: () => bytes };
-}
 
 /**
  * Runs one bundle build and writes the gzipped bundle atomically: to a temporary file beside
@@ -86,8 +74,8 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
   const defaultName = bundleFileName({ name: summary.name, version: summary.version, target: summary.target, nodeVersion: summary.runtime.version });
   const file = outputPath !== undefined && !outputIsDir ? outputPath : path.join(outDir, defaultName);
   const temporary = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString('hex')}.partial`);
-  const tar = hashing();
-  const gz = hashing();
+  const tar = createHashingStream();
+  const gz = createHashingStream();
   try {
     await pipeline(result.output as Readable, tar.stream, createGzip(), gz.stream, createWriteStream(temporary, { flags: 'wx' }), { signal: options.signal });
     await rename(temporary, file);
@@ -97,9 +85,9 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
   }
   return {
     file,
-    sha256: gz.digest(),
-    tarSha256: tar.digest(),
-    size: gz.bytes(),
+    sha256: gz.result().sha256,
+    tarSha256: tar.result().sha256,
+    size: gz.result().size,
     node: summary.runtime.version,
     abi: summary.runtime.abi,
     npm: summary.npmVersion,
