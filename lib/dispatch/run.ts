@@ -13,7 +13,7 @@ import pRetry, { AbortError as StopRetrying } from 'p-retry';
 import type { BuilderClient } from '../builder/client.js';
 import { BundleError, abortError, toBundleError, type ErrorCode } from '../errors.js';
 import { type BuildRecord, type CreateBuildRequest, type LogLine, type RequestOverrides } from '../protocol.js';
-import { copyObject, type ObjectStore } from '../storage/index.js';
+import { copyObject, type ObjectInfo, type ObjectStore } from '../storage/index.js';
 import { formatTarget, type Target } from '../target.js';
 import type { PreparedInput } from './input.js';
 import { buildKey as computeBuildKey, markerKey, renderKey, sourceKey, stagingKey } from './keys.js';
@@ -289,7 +289,10 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   let uploaded = false;
 
   try {
-    // 1. Cache: a destination that holds the build key (and the bundle it names) is done.
+    // 1. Cache: a destination that holds the build key (and the bundle it names) is done. Whether
+    // the source is already uploaded is asked at the same time.
+    const sourcePresent = sourceStore.exists(srcKey, { signal: runSignal });
+    sourcePresent.catch(() => undefined);
     emit({ type: 'phase', phase: 'cache', state: 'started' });
     const toBuild: typeof planned = [];
     await Promise.all(planned.map(async ({ plan, buildKey }) => {
@@ -315,7 +318,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
     // 2. Upload the source once, content-addressed (skipped when present).
     if (toBuild.length > 0) {
       emit({ type: 'phase', phase: 'upload', state: 'started', detail: srcKey });
-      if (!(await sourceStore.exists(srcKey, { signal: runSignal }))) {
+      if (!(await sourcePresent)) {
         await sourceStore.put(srcKey, createReadStream(source.file), { sha256: source.sha256, size: source.size, contentType: 'application/gzip', signal: runSignal });
         uploaded = true;
       }
@@ -471,8 +474,10 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         let cleanup: Promise<unknown> = Promise.resolve();
         const key = renderKey(options.keyTemplate, { ...vars, file: artifact.file, target: plan.target, ...(record.resolved ? { node: record.resolved.node } : {}), buildKey });
         const immutable = !options.overwrite;
+        // What the store wrote: put and copy hash the bytes as they stream and refuse a mismatch.
+        let written: ObjectInfo | undefined;
         if (artifact.key !== undefined && shared && (await sourceStore.exists(artifact.key, { signal: runSignal }))) {
-          await copyObject(sourceStore, artifact.key, destination, key, { sha256: artifact.sha256, immutable, signal: runSignal });
+          written = await copyObject(sourceStore, artifact.key, destination, key, { sha256: artifact.sha256, immutable, signal: runSignal });
         } else if (artifact.key !== undefined) {
           const file = path.join(tmp, `${buildKey}.tgz`);
           try {
@@ -480,21 +485,20 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
             if (downloaded.sha256 !== artifact.sha256) {
               throw new BundleError('ERR_INTEGRITY', `The result of build ${id} has sha256 ${downloaded.sha256}, but the builder reported ${artifact.sha256}; nothing was copied.`);
             }
-            await destination.put(key, createReadStream(file), { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
+            written = await destination.put(key, createReadStream(file), { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
           } finally {
             await rm(file, { force: true });
           }
         } else {
           try {
-            await copyObject(sourceStore, stageKey, destination, key, { sha256: artifact.sha256, immutable, signal: runSignal });
+            written = await copyObject(sourceStore, stageKey, destination, key, { sha256: artifact.sha256, immutable, signal: runSignal });
           } finally {
             staged.delete(stageKey);
             // Removed while the result is checked and the marker written; awaited before returning.
             cleanup = sourceStore.delete(stageKey).catch(() => undefined);
           }
         }
-        const written = await destination.head(key, { signal: runSignal });
-        if (written.sha256 !== undefined && written.sha256 !== artifact.sha256) {
+        if (written?.sha256 !== undefined && written.sha256 !== artifact.sha256) {
           throw new BundleError('ERR_INTEGRITY', `${destination.location}${key} has sha256 ${written.sha256}, expected ${artifact.sha256}.`);
         }
         const copyMs = Date.now() - copyStarted;
