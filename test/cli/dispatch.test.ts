@@ -5,6 +5,8 @@
  */
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DispatchResult } from '../../lib/dispatch/run.js';
@@ -112,12 +114,32 @@ describe('bundle-dispatch <input>', () => {
     expect(again.stdout).toMatch(/linux-x64@\S+\s+cached/);
   });
 
-  it('one target failing exits 1 and the other is delivered', async () => {
-    const fixture = await writeFixture(path.join(root.dir, 'partial-1.0.0.tgz'), { name: 'cli-partial-fixture', version: '1.0.0' });
-    const run = await runCli([fixture, '--targets', `linux-x64@${NODE},linux-arm64@>=99`, '--json'], { cwd: project, env });
-    expect(run.code).toBe(1);
-    const result = JSON.parse(run.stdout) as DispatchResult;
-    expect(result.targets.map((outcome) => outcome.ok)).toEqual([true, false]);
+  it('one target failing exits 1 and the other is delivered; --notify gets the summary', async () => {
+    const received: string[] = [];
+    const hook = createServer((request, response) => {
+      let body = '';
+      request.on('data', (chunk: Buffer) => {
+        body += chunk.toString();
+      });
+      request.on('end', () => {
+        received.push(body);
+        response.writeHead(204).end();
+      });
+    });
+    await new Promise<void>((resolve) => hook.listen(0, '127.0.0.1', resolve));
+    try {
+      const fixture = await writeFixture(path.join(root.dir, 'partial-1.0.0.tgz'), { name: 'cli-partial-fixture', version: '1.0.0' });
+      const notify = `http://127.0.0.1:${(hook.address() as AddressInfo).port}/hook`;
+      const run = await runCli([fixture, '--targets', `linux-x64@${NODE},linux-arm64@>=99`, '--json', '--notify', notify], { cwd: project, env });
+      expect(run.code).toBe(1);
+      const result = JSON.parse(run.stdout) as DispatchResult;
+      expect(result.targets.map((outcome) => outcome.ok)).toEqual([true, false]);
+      expect(received).toHaveLength(1);
+      expect(JSON.parse(received[0] ?? '{}')).toMatchObject({ runId: result.runId, ok: false });
+    } finally {
+      hook.closeAllConnections();
+      await new Promise<void>((resolve) => hook.close(() => resolve()));
+    }
   });
 
   it('Ctrl-C mid-build cancels every remote build and exits 130', async () => {

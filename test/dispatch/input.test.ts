@@ -81,6 +81,11 @@ describe('inputs', () => {
     expect(input).toMatchObject({ kind: 'git', commit, packageJson: { name: 'git-app', version: '0.1.0' } });
   });
 
+  it('a registry spec is packed with npm pack <spec>', async () => {
+    const input = await prepareInput('ms@2.1.3', { cwd: root.dir, workDir: await workDir('registry'), tools: tools() });
+    expect(input).toMatchObject({ kind: 'registry', packageJson: { name: 'ms', version: '2.1.3' } });
+  });
+
   it('bad inputs fail before anything else happens', async () => {
     await expectCode(prepareInput('./missing-1.0.0.tgz', { cwd: root.dir, workDir: await workDir('missing'), tools: tools() }), 'ERR_INPUT_NOT_FOUND');
     const notTar = path.join(root.dir, 'not-a-tar.tgz');
