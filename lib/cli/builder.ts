@@ -9,6 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Argv, CommandModule } from 'yargs';
 import { readTokens } from '../builder/auth.js';
+import { createDashboard } from '../builder/dashboard/index.js';
 import { parseUidRange } from '../builder/resources.js';
 import { findBlockingAncestor } from '../workflow/run-as.js';
 import { startBuilder } from '../builder/server.js';
@@ -152,6 +153,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   const store = await openStore(settings.store, { cwd: context.cwd });
   const npmVersion = await readNpmVersion(process.execPath, locateNpm(context.env.PATH), { PATH: context.env.PATH ?? '', npm_config_update_notifier: 'false' });
 
+  const dashboard = createDashboard({ tokens });
   const builder = await startBuilder({
     host: settings.host,
     port: settings.port,
@@ -173,6 +175,8 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     version: await ownVersion(),
     npmVersion,
     runtimes: [process.versions.node, ...config.runtimes],
+    authorize: dashboard.authorize,
+    register: dashboard.register,
   });
   context.stdout.write(`${builder.url}\n`);
   context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `serving ${describeTargets(targets)} with ${settings.slots} slot(s)${uidRange ? `, builds as uids ${uidRange.first}-${uidRange.last}` : ''}` })}\n`);
