@@ -4,6 +4,7 @@
  * env; s3rver as the source and destination buckets (presigned URLs); a real package.
  */
 import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -106,6 +107,11 @@ describe('dispatch', () => {
     expect(manifest.lockfile.sha256).toBe(first.lockfile.sha256);
     expect(Object.keys(manifest.targets).sort()).toEqual([`linux-arm64@${NODE}`, `linux-x64@${NODE}`]);
     expect(events.at(-1)).toMatchObject({ type: 'phase', phase: 'manifest', state: 'finished' });
+    // The builders hold no bucket credentials: none in their environment.
+    for (const builder of [world.a, world.b]) {
+      const environ = await readFile(`/proc/${builder.child.pid}/environ`, 'utf8').catch(() => '');
+      expect(environ.split('\0').filter((entry) => /^AWS_/.test(entry))).toEqual([]);
+    }
     // The builders were given presigned URLs: their records keep the URL without its signature.
     const record = await world.a.client.getBuild(x64?.ok ? (x64.buildId as string) : '');
     expect(record.source.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/sources\/sources\//);
