@@ -10,9 +10,7 @@ import { hostTarget, formatTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { createScaffold } from '../workflow/scaffold.js';
 import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
-import { builderCommand } from './builder.js';
 import { runBundle } from './bundle.js';
-import { dispatchCommand, statusCommand } from './dispatch.js';
 import { EXIT, errorJson, exitCodeFor, formatError } from './errors.js';
 import { createLineView, createListrView, formatBytes, formatMs } from './progress.js';
 
@@ -158,6 +156,15 @@ export async function main(argv: string[], context: CliContext): Promise<number>
     else context.stderr.write(formatError(failure, { verbose }));
   };
 
+  // Commands load only when they can run or be listed: `bundle` must not pay for the HTTP
+  // server, S3 and dispatch code at start-up.
+  const first = argv.find((arg) => !arg.startsWith('-'));
+  const builderModule = first === undefined || argv.includes('builder') ? await import('./builder.js') : undefined;
+  const dispatchModule = first !== 'bundle' && first !== 'builder' ? await import('./dispatch.js') : undefined;
+  const setExitCode = (code: number) => {
+    exitCode = code;
+  };
+
   const parser = yargs(argv)
     .scriptName('bundle-dispatch')
     .usage('$0 <command> [options]\n\nBuild self-contained, platform-locked bundles of a Node.js package.')
@@ -176,15 +183,9 @@ export async function main(argv: string[], context: CliContext): Promise<number>
     async (args) => {
       exitCode = await commandBundle(args as unknown as BundleArgs, context, controller.signal);
     })
-    .command(builderCommand(context, controller.signal, (code) => {
-      exitCode = code;
-    }))
-    .command(dispatchCommand(context, controller.signal, (code) => {
-      exitCode = code;
-    }))
-    .command(statusCommand(context, controller.signal, (code) => {
-      exitCode = code;
-    }))
+    .command(builderModule ? [builderModule.builderCommand(context, controller.signal, setExitCode)] : [])
+    .command(dispatchModule ? [dispatchModule.dispatchCommand(context, controller.signal, setExitCode)] : [])
+    .command(dispatchModule ? [dispatchModule.statusCommand(context, controller.signal, setExitCode)] : [])
     .demandCommand(1, 'Give a command: bundle-dispatch bundle <input.tgz>. See --help.')
     .strict()
     .help()
