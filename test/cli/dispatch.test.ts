@@ -142,6 +142,27 @@ describe('bundle-dispatch <input>', () => {
     }
   });
 
+  it('an overlapping run on the same destination + input stops with ERR_LOCKED; SIGTERM stops the first (exit 130)', async () => {
+    const fixture = await writeFixture(path.join(root.dir, 'locked-1.0.0.tgz'), { name: 'cli-locked-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
+    let second: Awaited<ReturnType<typeof runCli>> | undefined;
+    let started = false;
+    const first = await runCli([fixture, '--targets', `linux-x64@${NODE}`], {
+      cwd: project,
+      env,
+      onStderr: (text, child) => {
+        if (started || !text.includes('▸ Install production dependencies')) return;
+        started = true;
+        void runCli([fixture, '--targets', `linux-x64@${NODE}`, '--json'], { cwd: project, env }).then((run) => {
+          second = run;
+          child.kill('SIGTERM');
+        });
+      },
+    });
+    expect(first.code).toBe(130);
+    expect(second?.code).toBe(1);
+    expect(JSON.parse(second?.stdout ?? '{}')).toMatchObject({ error: { code: 'ERR_LOCKED' } });
+  });
+
   it('Ctrl-C mid-build cancels every remote build and exits 130', async () => {
     const fixture = await writeFixture(path.join(root.dir, 'slow-1.0.0.tgz'), { name: 'cli-slow-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
     let sent = false;
