@@ -349,11 +349,16 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
       const signal = AbortSignal.any([runSignal, watch.signal]);
       let lastSign = Date.now();
       let running = false;
+      // Heartbeats are compared with each other, never with our clock: the builder's may differ.
+      let heartbeat: { value: string | undefined; seenAt: number } = { value: undefined, seenAt: Date.now() };
       const timer = setInterval(() => {
         void builder.client.getBuild(id, { signal }).then((current) => {
-          const heartbeat = current.heartbeatAt ? Date.parse(current.heartbeatAt) : Date.now();
-          if (current.state !== 'running' || Date.now() - heartbeat < LOST_AFTER_MS) lastSign = Date.now();
-          else if (Date.now() - heartbeat >= LOST_AFTER_MS) watch.abort(lost(id, builder, `its heartbeat stopped at ${current.heartbeatAt}`));
+          lastSign = Date.now();
+          if (current.state !== 'running' || current.heartbeatAt !== heartbeat.value) {
+            heartbeat = { value: current.heartbeatAt, seenAt: Date.now() };
+          } else if (Date.now() - heartbeat.seenAt >= LOST_AFTER_MS) {
+            watch.abort(lost(id, builder, `its heartbeat has stayed at ${current.heartbeatAt} for ${Math.round((Date.now() - heartbeat.seenAt) / 1000)} s`));
+          }
         }, () => {
           if (Date.now() - lastSign >= LOST_AFTER_MS) watch.abort(lost(id, builder, `the builder has not answered for ${Math.round((Date.now() - lastSign) / 1000)} s`));
         });
