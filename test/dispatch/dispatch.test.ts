@@ -107,6 +107,8 @@ describe('dispatch', () => {
     expect(manifest.lockfile.sha256).toBe(first.lockfile.sha256);
     expect(Object.keys(manifest.targets).sort()).toEqual([`linux-arm64@${NODE}`, `linux-x64@${NODE}`]);
     expect(events.at(-1)).toMatchObject({ type: 'phase', phase: 'manifest', state: 'finished' });
+    // Presigned PUTs must not sign a checksum of an empty body (real S3 would reject the upload).
+    expect((await world.sources.presignPut('staging/check.tgz', { expiresIn: 60 })).url).not.toMatch(/x-amz-checksum|x-amz-sdk-checksum/i);
     // The builders hold no bucket credentials: none in their environment.
     for (const builder of [world.a, world.b]) {
       const environ = await readFile(`/proc/${builder.child.pid}/environ`, 'utf8').catch(() => '');
