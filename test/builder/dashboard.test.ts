@@ -12,6 +12,8 @@ import type { BuildRecord } from '../../lib/protocol.js';
 import { chromiumPath, launchChromium, type TestBrowser } from '../helpers/browser.js';
 import { childEnv, hostTargetSpec, newToken, spawnBuilder, startSourceServer, tgz, waitFor, type ChildBuilder, type SourceServer } from '../helpers/builder.js';
 import { packageTar, repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
+import { escapeHtml, safeNext } from '../../lib/builder/dashboard/pages.js';
+import { SessionStore, sessionIdFrom } from '../../lib/builder/dashboard/sessions.js';
 
 /** This file's build uids when run as root (next to the ranges in helpers/builder.ts TEST_UID_RANGES). */
 const UIDS = '61070-61079';
@@ -32,6 +34,7 @@ let live: { id: string };
 const liveLogPackage = () => tgz(packageTar({ name: 'live-log', version: '2.0.0', scripts: { install: 'node ticker.js' } }, {
   'ticker.js': [
     'console.log("\\u001b[32mgreen ok\\u001b[39m plain \\u001b[1;31mbold red\\u001b[0m");',
+    'console.log("\\u001b[38;5;208morange\\u001b[0m \\u001b[38;2;10;200;30mtruecolor\\u001b[0m \\u001b[2K\\u001b]0;window title\\u0007after escapes");',
     'console.log("<script>window.__pwned = 1</script>");',
     'console.log("<img src=x onerror=\\"window.__pwned = 2\\">");',
     'let n = 0;',
@@ -220,6 +223,14 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     expect(await page.locator('#log span.b.fg-1', { hasText: 'bold red' }).count()).toBe(1);
     expect(text).not.toContain('\u001b');
     expect(text).not.toContain('[32m');
+    // 256 and 24-bit colours through CSSOM (allowed by the CSP); other escapes (erase line, OSC title) dropped.
+    // Runs in the page; the project's types have no DOM, hence the cast.
+    const color = (text: string) => page.locator('#log .line').getByText(text, { exact: true })
+      .evaluate((span) => (globalThis as unknown as { getComputedStyle(node: unknown): { color: string } }).getComputedStyle(span).color);
+    expect(await color('orange')).toBe('rgb(255, 135, 0)');
+    expect(await color('truecolor')).toBe('rgb(10, 200, 30)');
+    expect(text).toContain('truecolor after escapes');
+    expect(text).not.toContain('window title');
 
     const steps = await page.locator('table.steps').innerText();
     expect(steps).toMatch(/unpack\s+finished\s+\d/);
@@ -327,5 +338,39 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     expect((await browser.context.cookies(builder.url)).some((cookie) => cookie.name === 'bd_session')).toBe(false);
     expect((await raw('/v1/builds', { headers: { cookie: `bd_session=${session}` } })).status).toBe(401);
     expect(pageErrors).toEqual([]);
+  });
+});
+
+describe('dashboard sessions and pages (unit)', () => {
+  it('expires sessions, caps their number, ignores malformed ids', () => {
+    let now = 1_000_000;
+    const store = new SessionStore({ ttlMs: 60_000, maxSessions: 3, now: () => now });
+    const first = store.create();
+    expect(first.id).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    expect(first.maxAgeSeconds).toBe(60);
+    expect(store.valid(first.id)).toBe(true);
+    now += 60_000;
+    expect(store.valid(first.id)).toBe(false);
+    expect(store.size).toBe(0);
+    const ids = [store.create().id, store.create().id, store.create().id, store.create().id];
+    expect(store.size).toBe(3);
+    expect(ids.map((id) => store.valid(id))).toEqual([false, true, true, true]);
+    store.delete(ids[1]);
+    expect(store.valid(ids[1])).toBe(false);
+    for (const bad of [undefined, '', 'short', `${ids[2]}x`, ids[2]?.toUpperCase()]) expect(store.valid(bad)).toBe(false);
+  });
+
+  it('reads the session cookie among others', () => {
+    expect(sessionIdFrom('a=1; bd_session=abc; b=2')).toBe('abc');
+    expect(sessionIdFrom('xbd_session=abc')).toBeUndefined();
+    expect(sessionIdFrom(undefined)).toBeUndefined();
+  });
+
+  it('redirects after login only to its own pages, and escapes what it echoes', () => {
+    expect(safeNext('/')).toBe('/');
+    expect(safeNext('/builds/0mwrqw8sd3515bb7ff29dc093')).toBe('/builds/0mwrqw8sd3515bb7ff29dc093');
+    expect(safeNext('/?state=running&limit=5')).toBe('/?state=running&limit=5');
+    for (const bad of ['//evil.example/', 'https://evil.example/', '/\\evil.example', '/builds/../x', '/?x="><script>', 42]) expect(safeNext(bad)).toBe('/');
+    expect(escapeHtml('<a href="x" onclick=\'y\'>&</a>')).toBe('&lt;a href=&quot;x&quot; onclick=&#39;y&#39;&gt;&amp;&lt;/a&gt;');
   });
 });

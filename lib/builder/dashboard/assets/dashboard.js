@@ -214,7 +214,7 @@
     const render = (list) => {
       body.replaceChildren(...list.builds.map((record) => h('tr', { 'data-id': record.id, 'data-state': record.state },
         h('td', {}, badge(record.state)),
-        h('td', { 'data-label': '' }, h('a', { href: `/builds/${encodeURIComponent(record.id)}` }, pkg(record))),
+        h('td', {}, h('a', { href: `/builds/${encodeURIComponent(record.id)}` }, pkg(record))),
         h('td', { 'data-label': 'target', class: 'mono' }, target(record.target)),
         h('td', { 'data-label': 'started', title: record.startedAt || record.createdAt }, when(record.startedAt || record.createdAt)),
         h('td', { 'data-label': 'duration', class: 'num' }, duration(elapsed(record))),
