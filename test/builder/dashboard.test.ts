@@ -18,6 +18,8 @@ import { SessionStore, sessionIdFrom } from '../../lib/builder/dashboard/session
 /** This file's build uids when run as root (next to the ranges in helpers/builder.ts TEST_UID_RANGES). */
 const UIDS = '61070-61079';
 const SCREENSHOT = path.join(repoRoot, 'docs', 'dashboard.png');
+/** Page updates are quick, but this machine may be busy with other test files' npm installs. */
+const POLL = { timeout: 20_000 };
 
 let root: { dir: string; remove: () => Promise<void> };
 let sources: SourceServer;
@@ -190,7 +192,7 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     const ids = await page.locator('tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-id')));
     expect(ids).toEqual([live.id, quick.id]);
     const liveRow = page.locator(`tr[data-id="${live.id}"]`);
-    await expect.poll(() => liveRow.innerText()).toContain('running');
+    await expect.poll(() => liveRow.innerText(), POLL).toContain('running');
     // Running: the record has no package.json data yet, so the source's file name stands in.
     expect(await liveRow.innerText()).toContain('live-log.tgz');
     expect(await liveRow.innerText()).toContain('ci #512');
@@ -199,18 +201,18 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     expect(quickRow).toContain('quick-app@1.4.2');
     expect(quickRow).toContain('release v1.4.2');
     expect(quickRow).toMatch(/\d+(\.\d)? s|\d+ ms/);
-    await expect.poll(() => page.locator('#builder').innerText()).toContain('builder-linux-x64-1');
+    await expect.poll(() => page.locator('#builder').innerText(), POLL).toContain('builder-linux-x64-1');
   });
 
   it('shows a running build: steps, the live log following the end, ANSI colours, markup as text', async () => {
     await page.locator(`a[href="/builds/${live.id}"]`).click();
     await page.waitForURL(`**/builds/${live.id}`);
-    await expect.poll(() => page.locator('#state').getAttribute('data-state')).toBe('running');
+    await expect.poll(() => page.locator('#state').getAttribute('data-state'), POLL).toBe('running');
     // Lines keep arriving over SSE.
     await expect.poll(logText, { timeout: 30_000 }).toMatch(/module-\d+\.c/);
     const count = async () => (await logText()).match(/\[compile\]/g)?.length ?? 0;
     const before = await count();
-    await expect.poll(count, { timeout: 15_000 }).toBeGreaterThan(before + 3);
+    await expect.poll(count, { timeout: 30_000 }).toBeGreaterThan(before + 3);
 
     // Hostile markup is text: shown, never parsed, never run.
     const text = await logText();
@@ -245,17 +247,17 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     await expect.poll(async () => {
       const { top, max } = await position();
       return max - top;
-    }).toBeLessThan(5);
+    }, POLL).toBeLessThan(5);
     await page.locator('#log').evaluate((log) => {
       log.scrollTop = 0;
     });
     const lines = await count();
-    await expect.poll(count, { timeout: 15_000 }).toBeGreaterThan(lines + 3);
+    await expect.poll(count, { timeout: 30_000 }).toBeGreaterThan(lines + 3);
     expect((await position()).top).toBe(0);
     expect(await page.locator('#follow').isVisible()).toBe(true);
     await page.locator('#follow').click();
     const resumed = await count();
-    await expect.poll(count, { timeout: 15_000 }).toBeGreaterThan(resumed + 3);
+    await expect.poll(count, { timeout: 30_000 }).toBeGreaterThan(resumed + 3);
     const { top, max } = await position();
     expect(max - top).toBeLessThan(5);
     expect(await page.locator('#follow').isVisible()).toBe(false);
@@ -267,7 +269,7 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
   it('cancels the build from its page and shows the new status', async () => {
     page.once('dialog', (dialog) => void dialog.accept());
     await page.locator('#cancel').click();
-    await expect.poll(() => page.locator('#state').getAttribute('data-state'), { timeout: 15_000 }).toBe('cancelled');
+    await expect.poll(() => page.locator('#state').getAttribute('data-state'), { timeout: 30_000 }).toBe('cancelled');
     expect(await page.locator('#cancel').isVisible()).toBe(false);
     expect(await page.locator('dl.meta').innerText()).toContain('ERR_ABORTED');
     expect(await page.locator('table.steps').innerText()).toMatch(/install\s+failed/);
@@ -277,7 +279,7 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
 
   it('shows a finished build: artifact link, sha256, peak memory, durations', async () => {
     await page.goto(`${builder.url}/builds/${quick.id}`);
-    await expect.poll(() => page.locator('#state').getAttribute('data-state')).toBe('succeeded');
+    await expect.poll(() => page.locator('#state').getAttribute('data-state'), POLL).toBe('succeeded');
     expect(await page.locator('#sha256').innerText()).toBe(quick.artifact?.sha256);
     expect(await page.locator('#artifact').getAttribute('href')).toBe(`/v1/builds/${quick.id}/artifact`);
     // The link works with the session cookie alone.
@@ -297,14 +299,14 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     await page.locator(`tr[data-id="${quick.id}"]`).waitFor();
     await page.locator('#state-filter').selectOption('cancelled');
     await page.waitForURL('**/?state=cancelled');
-    await expect.poll(() => page.locator('tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-id')))).toEqual([live.id]);
+    await expect.poll(() => page.locator('tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-id'))), POLL).toEqual([live.id]);
     await page.locator('#state-filter').selectOption('succeeded');
-    await expect.poll(() => page.locator('tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-id')))).toEqual([quick.id]);
+    await expect.poll(() => page.locator('tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-id'))), POLL).toEqual([quick.id]);
 
     await page.goto(`${builder.url}/?limit=1`);
-    await expect.poll(() => page.locator('tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-id')))).toEqual([live.id]);
+    await expect.poll(() => page.locator('tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-id'))), POLL).toEqual([live.id]);
     await page.locator('#older').click();
-    await expect.poll(() => page.locator('tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-id')))).toEqual([quick.id]);
+    await expect.poll(() => page.locator('tbody tr').evaluateAll((rows) => rows.map((row) => row.getAttribute('data-id'))), POLL).toEqual([quick.id]);
     expect(await page.getByText('← Newest').isVisible()).toBe(true);
     expect(pageErrors).toEqual([]);
   });
@@ -320,8 +322,8 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     const box = await page.locator(`tr[data-id="${quick.id}"]`).boundingBox();
     expect(box && box.x + box.width).toBeLessThanOrEqual(390);
     await page.goto(`${builder.url}/builds/${live.id}`);
-    await expect.poll(() => page.locator('#state').getAttribute('data-state')).toBe('cancelled');
-    await expect.poll(logText).toContain('[compile]');
+    await expect.poll(() => page.locator('#state').getAttribute('data-state'), POLL).toBe('cancelled');
+    await expect.poll(logText, POLL).toContain('[compile]');
     expect(await overflow()).toBe(0);
     const log = await page.locator('#log').boundingBox();
     expect(log && log.x + log.width).toBeLessThanOrEqual(390);
