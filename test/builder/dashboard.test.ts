@@ -291,6 +291,9 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     expect(meta).toMatch(/Duration\s+[\d.]+ (s|ms)/);
     expect(await page.locator('table.steps').innerText()).toMatch(/pack\s+finished\s+\d+ ms/);
     expect(await page.locator('#log').innerText()).not.toBe('');
+    const rawLog = await page.request.get(`${builder.url}${await page.locator('#raw-log').getAttribute('href')}`);
+    expect(rawLog.status()).toBe(200);
+    expect(rawLog.headers()['content-security-policy']).toContain('sandbox');
     expect(pageErrors).toEqual([]);
   });
 

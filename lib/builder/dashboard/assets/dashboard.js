@@ -255,7 +255,7 @@
       problem, meta,
       h('h2', {}, 'Steps'),
       h('table', { class: 'steps' }, h('thead', {}, h('tr', {}, h('th', {}, 'Step'), h('th', {}, 'State'), h('th', {}, 'Duration'))), steps),
-      h('div', { class: 'logbar' }, h('h2', {}, 'Log'), count, follow),
+      h('div', { class: 'logbar' }, h('h2', {}, 'Log'), count, follow, h('a', { href: `/v1/builds/${encodeURIComponent(id)}/log`, id: 'raw-log' }, 'NDJSON')),
       log);
 
     let record;
