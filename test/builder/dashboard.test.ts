@@ -47,50 +47,6 @@ const liveLogPackage = () => tgz(packageTar({ name: 'live-log', version: '2.0.0'
   ].join('\n'),
 }));
 
-beforeAll(async () => {
-  // First: without a browser nothing here can pass, and the message says how to fix it.
-  chromiumPath();
-  root = await tempDir('bd-dashboard-');
-  await chmod(root.dir, 0o711);
-  await mkdir(path.join(root.dir, 'work'), { recursive: true });
-  sources = await startSourceServer();
-  builder = await spawnBuilder(['--store', path.join(root.dir, 'store'), '--cache-dir', testCacheDir, '--slots', '2'], childEnv({
-    BUNDLE_DISPATCH_BUILDER_TOKENS: token,
-    BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work'),
-    BUNDLE_DISPATCH_BUILDER_ID: 'builder-linux-x64-1',
-    BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS: UIDS,
-  }));
-  client = createBuilderClient({ url: builder.url, token });
-
-  const quickSource = await tgz(packageTar({ name: 'quick-app', version: '1.4.2' }, { 'index.js': 'module.exports = 1;\n' }));
-  const created = await client.createBuild({ source: { url: sources.add('quick-app.tgz', quickSource.body), sha256: quickSource.sha256 }, target: hostTargetSpec(), label: 'release v1.4.2' }, { idempotencyKey: `quick-${Date.now()}` });
-  quick = await client.followBuild(created.id);
-  expect(quick.state).toBe('succeeded');
-  const liveSource = await liveLogPackage();
-  live = await client.createBuild({ source: { url: sources.add('live-log.tgz', liveSource.body), sha256: liveSource.sha256 }, target: hostTargetSpec(), label: 'ci #512' }, { idempotencyKey: `live-${Date.now()}` });
-  await waitFor(async () => (await client.getLog(live.id)).some((line) => line.message.includes('[compile]')) || undefined, 60_000, 200);
-
-  browser = await launchChromium();
-  page = await browser.context.newPage();
-  page.on('pageerror', (error) => pageErrors.push(`pageerror: ${error.message}`));
-  page.on('console', (message) => {
-    // The login page itself answers 401 (no session, no data): Chromium logs that load; the rest counts.
-    if (message.type() === 'error' && !/status of 401/.test(message.text())) pageErrors.push(`console: ${message.text()}`);
-  });
-}, 180_000);
-
-afterAll(async () => {
-  await browser?.close();
-  if (builder && builder.child.exitCode === null && builder.child.signalCode === null) {
-    builder.child.kill('SIGTERM');
-    const timer = setTimeout(() => builder.child.kill('SIGKILL'), 10_000);
-    await builder.exited;
-    clearTimeout(timer);
-  }
-  await sources?.stop();
-  await root?.remove();
-});
-
 /** A request as it is (no redirects followed, no cookie jar). */
 const raw = (pathname: string, init: RequestInit = {}) => fetch(`${builder.url}${pathname}`, { redirect: 'manual', ...init });
 
@@ -103,7 +59,57 @@ const login = async (): Promise<string> => {
 
 const logText = () => page.locator('#log').innerText();
 
+describe('dashboard test prerequisites', () => {
+  // Without a browser the end-to-end tests below cannot run: this fails (never skips) and says how to fix it.
+  it('finds Debian\'s chromium', () => {
+    expect(chromiumPath()).toMatch(/chromium$/);
+  });
+});
+
 describe('builder dashboard (real bin, headless Chromium)', () => {
+  beforeAll(async () => {
+    // First: without a browser nothing here can pass, and the message says how to fix it.
+    chromiumPath();
+    root = await tempDir('bd-dashboard-');
+    await chmod(root.dir, 0o711);
+    await mkdir(path.join(root.dir, 'work'), { recursive: true });
+    sources = await startSourceServer();
+    builder = await spawnBuilder(['--store', path.join(root.dir, 'store'), '--cache-dir', testCacheDir, '--slots', '2'], childEnv({
+      BUNDLE_DISPATCH_BUILDER_TOKENS: token,
+      BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work'),
+      BUNDLE_DISPATCH_BUILDER_ID: 'builder-linux-x64-1',
+      BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS: UIDS,
+    }));
+    client = createBuilderClient({ url: builder.url, token });
+
+    const quickSource = await tgz(packageTar({ name: 'quick-app', version: '1.4.2' }, { 'index.js': 'module.exports = 1;\n' }));
+    const created = await client.createBuild({ source: { url: sources.add('quick-app.tgz', quickSource.body), sha256: quickSource.sha256 }, target: hostTargetSpec(), label: 'release v1.4.2' }, { idempotencyKey: `quick-${Date.now()}` });
+    quick = await client.followBuild(created.id);
+    expect(quick.state).toBe('succeeded');
+    const liveSource = await liveLogPackage();
+    live = await client.createBuild({ source: { url: sources.add('live-log.tgz', liveSource.body), sha256: liveSource.sha256 }, target: hostTargetSpec(), label: 'ci #512' }, { idempotencyKey: `live-${Date.now()}` });
+    await waitFor(async () => (await client.getLog(live.id)).some((line) => line.message.includes('[compile]')) || undefined, 60_000, 200);
+
+    browser = await launchChromium();
+    page = await browser.context.newPage();
+    page.on('pageerror', (error) => pageErrors.push(`pageerror: ${error.message}`));
+    page.on('console', (message) => {
+      // The login page itself answers 401 (no session, no data): Chromium logs that load; the rest counts.
+      if (message.type() === 'error' && !/status of 401/.test(message.text())) pageErrors.push(`console: ${message.text()}`);
+    });
+  }, 180_000);
+  afterAll(async () => {
+    await browser?.close();
+    if (builder && builder.child.exitCode === null && builder.child.signalCode === null) {
+      builder.child.kill('SIGTERM');
+      const timer = setTimeout(() => builder.child.kill('SIGKILL'), 10_000);
+      await builder.exited;
+      clearTimeout(timer);
+    }
+    await sources?.stop();
+    await root?.remove();
+  });
+
   it('gives nothing without a session: 401 on the API, the list and a build page', async () => {
     for (const pathname of ['/v1/builds', `/v1/builds/${live.id}`, `/v1/builds/${live.id}/events`, `/v1/builds/${live.id}/log`, `/v1/builds/${quick.id}/artifact`]) {
       const response = await raw(pathname);
