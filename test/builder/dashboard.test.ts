@@ -148,6 +148,13 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     expect((await raw(`/v1/builds/${live.id}`, { method: 'DELETE', headers: { ...withSession, 'x-dashboard-request': '1', 'sec-fetch-site': 'same-site' } })).status).toBe(401);
     expect((await raw('/logout', { method: 'POST', headers: withSession })).status).toBe(403);
     expect((await client.getBuild(live.id)).state).toBe('running');
+    // Logging in again gives a new id and ends the old session (no fixation).
+    const again = await raw('/login', { method: 'POST', headers: { 'content-type': 'application/x-www-form-urlencoded', ...withSession }, body: new URLSearchParams({ token }).toString() });
+    const renewed = /bd_session=([^;]+)/.exec(again.headers.get('set-cookie') ?? '')?.[1];
+    expect(renewed).toBeDefined();
+    expect(renewed).not.toBe(session);
+    expect((await raw('/v1/builds', { headers: withSession })).status).toBe(401);
+    expect((await raw('/v1/builds', { headers: { cookie: `bd_session=${renewed}` } })).status).toBe(200);
   });
 
   it('sends a strict CSP and security headers; assets are hashed, immutable, with ETags', async () => {
@@ -349,6 +356,10 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     expect((await browser.context.cookies(builder.url)).some((cookie) => cookie.name === 'bd_session')).toBe(false);
     expect((await raw('/v1/builds', { headers: { cookie: `bd_session=${session}` } })).status).toBe(401);
     expect(pageErrors).toEqual([]);
+    // Neither the token nor a session id reached the builder's logs (the wrong logins are there).
+    expect(builder.stderr()).toContain('dashboard login with a wrong token');
+    expect(builder.stderr()).not.toContain(token);
+    expect(builder.stderr()).not.toContain(session);
   });
 });
 

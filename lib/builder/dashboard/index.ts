@@ -14,6 +14,7 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { createAuthenticator } from '../auth.js';
+import { idParamsSchema } from '../schemas.js';
 import { defaultAssetsDir, loadAssets, type AssetSet } from './assets.js';
 import { loginPage, safeNext, shellPage } from './pages.js';
 import { SESSION_COOKIE, SessionStore, sessionIdFrom } from './sessions.js';
@@ -127,7 +128,7 @@ export function createDashboard(options: DashboardOptions): Dashboard {
     app.get('/', { config: { public: true } }, async (request, reply) => page(request, reply));
     app.get('/builds/:id', {
       config: { public: true },
-      schema: { params: { type: 'object', required: ['id'], properties: { id: { type: 'string', pattern: '^[0-9a-z]{6,64}$' } } } },
+      schema: { params: idParamsSchema },
     }, async (request, reply) => page(request, reply));
     app.get('/login', { config: { public: true } }, async (_request, reply) => reply.redirect('/', 303));
 
@@ -149,9 +150,12 @@ export function createDashboard(options: DashboardOptions): Dashboard {
         if (!isSameOrigin(request)) return html(reply, 403, loginPage(assets, { next: '/', error: 'Cross-site login refused.' }));
         if (!auth.check(`Bearer ${token.trim()}`)) {
           // Tokens are long and random; the pause only makes guessing pointless noise.
+          request.log.warn({ reqId: request.id, ip: request.ip }, 'dashboard login with a wrong token');
           await new Promise((resolve) => setTimeout(resolve, LOGIN_FAILURE_DELAY_MS));
           return html(reply, 401, loginPage(assets, { next: safeNext(next), error: 'That token is not accepted by this builder.' }));
         }
+        // A fresh id on every login (no fixation); a session this browser had before ends.
+        sessions.delete(sessionIdFrom(request.headers.cookie));
         const session = sessions.create();
         return reply.header('set-cookie', cookie(request, session.id, session.maxAgeSeconds)).header('cache-control', 'no-store').redirect(safeNext(next), 303);
       });
