@@ -11,13 +11,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBuilderClient, type BuilderClient } from '../../lib/builder/client.js';
 import type { BuildRecord } from '../../lib/protocol.js';
 import { chromiumPath, launchChromium, type TestBrowser } from '../helpers/browser.js';
-import { childEnv, hostTargetSpec, newToken, spawnBuilder, startSourceServer, tgz, waitFor, type ChildBuilder, type SourceServer } from '../helpers/builder.js';
+import { TEST_UID_RANGES, childEnv, hostTargetSpec, newToken, spawnBuilder, startSourceServer, tgz, waitFor, type ChildBuilder, type SourceServer } from '../helpers/builder.js';
 import { packageTar, repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
 import { escapeHtml, safeNext } from '../../lib/builder/dashboard/pages.js';
 import { SessionStore, sessionIdFrom } from '../../lib/builder/dashboard/sessions.js';
 
-/** This file's build uids when run as root (next to the ranges in helpers/builder.ts TEST_UID_RANGES). */
-const UIDS = '61070-61079';
+/** This file's build uids when run as root. */
+const UIDS = `${TEST_UID_RANGES.dashboard.first}-${TEST_UID_RANGES.dashboard.last}`;
 // The test always saves its screenshot; it replaces the one in docs/ (shown in the README) only
 // when asked, so a test run leaves the checkout clean: UPDATE_DOCS_SCREENSHOT=1 npx vitest run …
 const SCREENSHOT = process.env.UPDATE_DOCS_SCREENSHOT ? path.join(repoRoot, 'docs', 'dashboard.png') : path.join(tmpdir(), 'bundle-dispatch-dashboard.png');

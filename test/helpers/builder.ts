@@ -33,6 +33,7 @@ export const TEST_UID_RANGES = {
   limits: { first: 61050, last: 61059 },
   replicaA: { first: 61060, last: 61064 },
   replicaB: { first: 61065, last: 61069 },
+  dashboard: { first: 61070, last: 61079 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
