@@ -6,6 +6,8 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import path from 'node:path';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
+// As in the bin: the AWS SDK is pinned to Node 20 releases on purpose; its notice is noise here.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const available = (await readdir(here))
   .filter((name) => name.endsWith('.bench.js'))
   .map((name) => name.slice(0, -'.bench.js'.length))
