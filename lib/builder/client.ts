@@ -160,7 +160,8 @@ export function createBuilderClient(options: BuilderClientOptions): BuilderClien
       return text.split('\n').filter(Boolean).map((line) => JSON.parse(line) as LogLine);
     }),
     cancelBuild: (id, o) => call(() => http.delete(`v1/builds/${encodeURIComponent(id)}`, signalOf(o)).json<BuildRecord>()),
-    health: (o) => call(() => http.get('v1/health', signalOf(o)).json<HealthResponse>()),
+    // A probe answers now or not at all: a dead builder is skipped, not waited for with retries.
+    health: (o) => call(() => http.get('v1/health', { ...signalOf(o), retry: { limit: 0 } }).json<HealthResponse>()),
     downloadArtifact: (id, file, o = {}) => call(() => downloadToFile(`${base}/v1/builds/${encodeURIComponent(id)}/artifact`, file, {
       ...signalOf(o),
       headers: options.token ? { authorization: `Bearer ${options.token}` } : {},
