@@ -4,7 +4,6 @@
  */
 import { once } from 'node:events';
 import { readFile } from 'node:fs/promises';
-import { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Argv, CommandModule } from 'yargs';
@@ -14,15 +13,13 @@ import { parseUidRange } from '../builder/resources.js';
 import { findBlockingAncestor } from '../workflow/run-as.js';
 import { startBuilder } from '../builder/server.js';
 import { describeTargets, servedTargets } from '../builder/targets.js';
-import { loadConfig, type ResolvedConfig } from '../config/load.js';
-import { CONFIG_KEYS } from '../config/schema.js';
 import { BundleError } from '../errors.js';
 import { openStore } from '../storage/index.js';
 import { hostTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { locateNpm, readNpmVersion } from '../workflow/npm.js';
 import { createScaffold } from '../workflow/scaffold.js';
-import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
+import { loadCliConfig, workflowDefaults } from './config.js';
 import type { CliContext } from './main.js';
 
 export interface BuilderArgs {
@@ -70,26 +67,13 @@ async function ownVersion(): Promise<string> {
   return '0.0.0';
 }
 
-function registryAuth(config: ResolvedConfig, env: NodeJS.ProcessEnv): Record<string, RegistryAuth> {
-  const auth: Record<string, RegistryAuth> = {};
-  for (const [url, variable] of Object.entries(config.registryTokens)) {
-    const token = env[variable];
-    if (!token) throw new BundleError('ERR_CONFIG', `registryTokens: the environment variable ${variable} (token for ${url}) is not set.`);
-    auth[url] = { token };
-  }
-  return auth;
-}
-
 /** The builder's own work area under `workDir`. */
 export function builderWorkDir(workDir: string): string {
   return path.join(workDir, 'builder');
 }
 
 export async function commandBuilder(args: BuilderArgs, context: CliContext, signal: AbortSignal): Promise<number> {
-  const loaded = await loadConfig({
-    cwd: context.cwd,
-    env: context.env,
-    flags: {
+  const config = await loadCliConfig(context, {
       'builder.host': args.host,
       'builder.port': args.port,
       'builder.store': args.store,
@@ -100,15 +84,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
       hooks: args.hooks,
       registry: args.registry,
       cacheDir: args['cache-dir'],
-    },
-    homeDir: homedir(),
-    tmpDir: tmpdir(),
-    ...(args.config ? { configFile: args.config } : {}),
-  });
-  if (loaded.errors.length > 0) {
-    throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${loaded.errors.join('\n  ')}`, { hint: `Known keys: ${CONFIG_KEYS.map((key) => key.key).join(', ')}.` });
-  }
-  const { config } = loaded;
+    }, args.config);
   const settings = config.builder;
   const { tokens, warnings } = await readTokens({ envValue: context.env[TOKENS_ENV], ...(settings.tokenFile ? { tokenFile: settings.tokenFile } : {}) });
   if (tokens.length === 0) {
@@ -132,15 +108,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     }
   }
   const hookModules = await loadHookModules(config.hooks, context.cwd);
-  const defaults: BuildOverrides = {
-    registry: config.registry,
-    scopes: config.scopes,
-    auth: registryAuth(config, context.env),
-    runtimes: config.runtimes,
-    envAllow: config.envAllow,
-    keepWorkdir: config.keepWorkdir,
-    limits: config.limits,
-  };
+  const defaults = workflowDefaults(config, context.env);
   const scaffoldEnv = Object.fromEntries(Object.entries(context.env).filter(([name]) => !WITHHELD_ENV.test(name)));
   const workDir = builderWorkDir(config.workDir);
   const scaffold = createScaffold(defaults, hookModules.map((hook) => hook.module), {

@@ -6,15 +6,14 @@
  * config · 130 interrupted.
  */
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { availableParallelism, homedir, tmpdir } from 'node:os';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { Listr } from 'listr2';
 import type { Argv, CommandModule } from 'yargs';
 import { createBuilderClient, type BuilderClient } from '../builder/client.js';
-import { loadConfig, type ResolvedConfig } from '../config/load.js';
-import { CONFIG_KEYS } from '../config/schema.js';
+import type { ResolvedConfig } from '../config/load.js';
 import { createEmbeddedBuilder, type EmbeddedBuilder } from '../dispatch/embedded.js';
 import { listRuns, readRun, RunHistory, targetStateOf, type RunDocument } from '../dispatch/history.js';
 import { prepareInput, type ToolEnvironment } from '../dispatch/input.js';
@@ -29,7 +28,7 @@ import { openStore, type ObjectStore, type OpenStoreOptions } from '../storage/i
 import { hostTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { ENV_ALLOW_LIST, configSecrets, locateNpm, writeNpmrc } from '../workflow/npm.js';
-import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
+import { loadCliConfig, registryAuth, workflowDefaults } from './config.js';
 import { EXIT } from './errors.js';
 import type { CliContext } from './main.js';
 import { formatBytes, formatMs, STEP_TITLES } from './progress.js';
@@ -72,23 +71,6 @@ async function ownVersion(): Promise<string> {
   return '0.0.0';
 }
 
-async function loadDispatchConfig(context: CliContext, flags: Record<string, unknown>, configFile: string | undefined): Promise<ResolvedConfig> {
-  const loaded = await loadConfig({ cwd: context.cwd, env: context.env, flags, homeDir: homedir(), tmpDir: tmpdir(), ...(configFile ? { configFile } : {}) });
-  if (loaded.errors.length > 0) {
-    throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${loaded.errors.join('\n  ')}`, { hint: `Known keys: ${CONFIG_KEYS.map((key) => key.key).join(', ')}.` });
-  }
-  return loaded.config;
-}
-
-function registryAuth(config: ResolvedConfig, env: NodeJS.ProcessEnv): Record<string, RegistryAuth> {
-  const auth: Record<string, RegistryAuth> = {};
-  for (const [url, variable] of Object.entries(config.registryTokens)) {
-    const token = env[variable];
-    if (!token) throw new BundleError('ERR_CONFIG', `registryTokens: the environment variable ${variable} (token for ${url}) is not set.`, { hint: `Export ${variable} with the registry's token, or remove the entry.` });
-    auth[url] = { token };
-  }
-  return auth;
-}
 
 /** npm and git on the dispatching side: allow-listed env, a private npmrc, the shared npm cache. */
 async function toolEnvironment(config: ResolvedConfig, env: NodeJS.ProcessEnv, workDir: string): Promise<ToolEnvironment> {
@@ -301,7 +283,7 @@ async function notify(url: string, result: DispatchResult): Promise<string | und
 }
 
 export async function commandDispatch(args: DispatchArgs, context: CliContext, signal: AbortSignal): Promise<number> {
-  const config = await loadDispatchConfig(context, {
+  const config = await loadCliConfig(context, {
     registry: args.registry,
     cacheDir: args['cache-dir'],
     'dispatch.source': args.source,
@@ -331,15 +313,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     } else {
       const builderStore = sourceStore.kind === 'dir' ? sourceStore : await openStore(path.join(config.cacheDir, 'dispatch', 'builder-store'), options);
       if (builderStore !== sourceStore) stores.push(builderStore);
-      const defaults: BuildOverrides = {
-        registry: config.registry,
-        scopes: config.scopes,
-        auth: registryAuth(config, context.env),
-        runtimes: config.runtimes,
-        envAllow: config.envAllow,
-        keepWorkdir: config.keepWorkdir,
-        limits: config.limits,
-      };
+      const defaults = workflowDefaults(config, context.env);
       const hooks = await loadHookModules(config.hooks, context.cwd);
       embedded = createEmbeddedBuilder({
         store: builderStore,
@@ -448,7 +422,7 @@ function describeRecord(record: BuildRecord): string {
 }
 
 export async function commandStatus(args: StatusArgs, context: CliContext, signal: AbortSignal): Promise<number> {
-  const config = await loadDispatchConfig(context, {}, args.config);
+  const config = await loadCliConfig(context, {}, args.config);
   const out = args.json ? undefined : context.stdout;
   if (/^https?:\/\//i.test(args.run)) {
     const match = /^(https?:\/\/[^/]+)(?:\/.*)?\/v1\/builds\/([\w-]+)/i.exec(args.run);

@@ -1,16 +1,13 @@
 import type { EventEmitter } from 'node:events';
-import { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import yargs, { type Argv } from 'yargs';
-import { loadConfig, type ResolvedConfig } from '../config/load.js';
-import { CONFIG_KEYS } from '../config/schema.js';
 import { BundleError, toBundleError } from '../errors.js';
 import { hostTarget, formatTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { createScaffold } from '../workflow/scaffold.js';
-import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
 import { runBundle } from './bundle.js';
+import { loadCliConfig, workflowDefaults } from './config.js';
 import { EXIT, errorJson, exitCodeFor, formatError } from './errors.js';
 import { createLineView, createListrView, formatBytes, formatMs } from './progress.js';
 
@@ -58,46 +55,10 @@ function commonOptions<T>(argv: Argv<T>) {
     .option('keep-workdir', { type: 'boolean', describe: 'Keep the build\'s workdir for debugging.' });
 }
 
-/** Registry tokens come from the env vars that .bundlerc names, never from the file itself. */
-function registryAuth(config: ResolvedConfig, env: NodeJS.ProcessEnv): Record<string, RegistryAuth> {
-  const auth: Record<string, RegistryAuth> = {};
-  for (const [url, variable] of Object.entries(config.registryTokens)) {
-    const token = env[variable];
-    if (!token) {
-      throw new BundleError('ERR_CONFIG', `registryTokens: the environment variable ${variable} (token for ${url}) is not set.`, {
-        hint: `Export ${variable} with the registry's token, or remove the entry.`,
-      });
-    }
-    auth[url] = { token };
-  }
-  return auth;
-}
-
 async function commandBundle(args: BundleArgs, context: CliContext, signal: AbortSignal): Promise<number> {
-  const loaded = await loadConfig({
-    cwd: context.cwd,
-    env: context.env,
-    flags: configFlags(args),
-    homeDir: homedir(),
-    tmpDir: tmpdir(),
-    ...(args.config ? { configFile: args.config } : {}),
-  });
-  if (loaded.errors.length > 0) {
-    throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${loaded.errors.join('\n  ')}`, { hint: `Known keys: ${CONFIG_KEYS.map((key) => key.key).join(', ')}.` });
-  }
-  const { config } = loaded;
-  const auth = registryAuth(config, context.env);
+  const config = await loadCliConfig(context, configFlags(args), args.config);
   const hookModules = await loadHookModules(config.hooks, context.cwd);
-  const defaults: BuildOverrides = {
-    registry: config.registry,
-    scopes: config.scopes,
-    auth,
-    runtimes: config.runtimes,
-    envAllow: config.envAllow,
-    keepWorkdir: config.keepWorkdir,
-    limits: config.limits,
-    ...(context.env.SOURCE_DATE_EPOCH ? { sourceDateEpoch: Number(context.env.SOURCE_DATE_EPOCH) } : {}),
-  };
+  const defaults = workflowDefaults(config, context.env);
   const host = hostTarget();
   const scaffold = createScaffold(defaults, hookModules.map((loadedModule) => loadedModule.module), {
     env: context.env,

@@ -1,0 +1,48 @@
+/**
+ * What every command does with configuration: load it once (defaults < .bundlerc < env <
+ * flags), refuse it with every problem listed, and turn it into the workflow's defaults.
+ */
+import { homedir, tmpdir } from 'node:os';
+import { loadConfig, type ResolvedConfig } from '../config/load.js';
+import { CONFIG_KEYS } from '../config/schema.js';
+import { BundleError } from '../errors.js';
+import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
+import type { CliContext } from './main.js';
+
+/** Loads the configuration or throws ERR_CONFIG listing every problem with its key path. */
+export async function loadCliConfig(context: Pick<CliContext, 'cwd' | 'env'>, flags: Record<string, unknown>, configFile?: string): Promise<ResolvedConfig> {
+  const loaded = await loadConfig({ cwd: context.cwd, env: context.env, flags, homeDir: homedir(), tmpDir: tmpdir(), ...(configFile ? { configFile } : {}) });
+  if (loaded.errors.length > 0) {
+    throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${loaded.errors.join('\n  ')}`, { hint: `Known keys: ${CONFIG_KEYS.map((key) => key.key).join(', ')}.` });
+  }
+  return loaded.config;
+}
+
+/** Registry tokens come from the env vars that .bundlerc names, never from the file itself. */
+export function registryAuth(config: ResolvedConfig, env: NodeJS.ProcessEnv): Record<string, RegistryAuth> {
+  const auth: Record<string, RegistryAuth> = {};
+  for (const [url, variable] of Object.entries(config.registryTokens)) {
+    const token = env[variable];
+    if (!token) {
+      throw new BundleError('ERR_CONFIG', `registryTokens: the environment variable ${variable} (token for ${url}) is not set.`, {
+        hint: `Export ${variable} with the registry's token, or remove the entry.`,
+      });
+    }
+    auth[url] = { token };
+  }
+  return auth;
+}
+
+/** The bundle workflow's defaults from the configuration (and SOURCE_DATE_EPOCH). */
+export function workflowDefaults(config: ResolvedConfig, env: NodeJS.ProcessEnv): BuildOverrides {
+  return {
+    registry: config.registry,
+    scopes: config.scopes,
+    auth: registryAuth(config, env),
+    runtimes: config.runtimes,
+    envAllow: config.envAllow,
+    keepWorkdir: config.keepWorkdir,
+    limits: config.limits,
+    ...(env.SOURCE_DATE_EPOCH ? { sourceDateEpoch: Number(env.SOURCE_DATE_EPOCH) } : {}),
+  };
+}
