@@ -218,20 +218,8 @@ async function limitConcurrency<T>(items: readonly T[], limit: number, run: (ite
   await Promise.all(workers);
 }
 
-interface CacheMarker {
-  buildKey: string;
-  target: string;
-  key: string;
-  file: string;
-  sha256: string;
-  size: number;
-  node?: string;
-  abi?: string;
-  npm?: string;
-  builder?: string;
-  buildId?: string;
-  createdAt: string;
-}
+/** What a destination keeps per build key: the delivered bundle, for cache hits. */
+type CacheMarker = Pick<TargetSuccess, 'buildKey' | 'target' | 'key' | 'file' | 'sha256' | 'size' | 'node' | 'abi' | 'npm' | 'builder' | 'buildId'> & { createdAt: string };
 
 async function readJson<T>(store: ObjectStore, key: string, signal: AbortSignal): Promise<T | undefined> {
   try {
