@@ -41,7 +41,7 @@ export interface ScaffoldEnvironment {
   /** Where Node runtimes fetched from the registry are kept. */
   runtimeCacheDir: string;
   /** The Node that runs npm; defaults to the current process's. */
-  hostNode?: { path: string; version: string };
+  hostNode?: { path: string; version: string; abi?: string };
   /** The platform this machine builds natively; defaults to the running process's. */
   host?: Target;
 }
@@ -112,7 +112,7 @@ export function mergeConfig(base: BuildConfig, overrides: BuildOverrides): Build
  */
 export function createScaffold(defaults: BuildOverrides, hooks: HookModule[], environment: ScaffoldEnvironment): Scaffold {
   const host = environment.host ?? hostTarget();
-  const hostNode = environment.hostNode ?? { path: process.execPath, version: process.versions.node };
+  const hostNode = environment.hostNode ?? { path: process.execPath, version: process.versions.node, abi: process.versions.modules };
   const registry = new HookRegistry();
   hooks.forEach((module, index) => registry.add(module, `hook module #${index + 1}`));
   const scaffoldDefaults = mergeConfig(defaultConfig(host), defaults);
@@ -147,7 +147,7 @@ interface RunContext {
   registry: HookRegistry;
   environment: ScaffoldEnvironment;
   host: Target;
-  hostNode: { path: string; version: string };
+  hostNode: { path: string; version: string; abi?: string };
   npmCli: string;
   tar: Readable;
   overrides: BuildOverrides;

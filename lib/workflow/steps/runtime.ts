@@ -115,7 +115,7 @@ export interface ResolveRuntimeOptions {
   from: RangeSource;
   target: Target;
   /** The Node running this process (or the one the builder is configured to treat as the host's). */
-  hostNode: { path: string; version: string };
+  hostNode: { path: string; version: string; /** NODE_MODULE_VERSION when known (saves running it to ask). */ abi?: string };
   /** The platform this machine is; `hostTarget()` unless told (tests, containers). */
   host?: Target;
   /** Installed runtimes: paths to node binaries or install prefixes (`<prefix>/bin/node`). */
@@ -168,7 +168,7 @@ export async function resolveRuntime(options: ResolveRuntimeOptions): Promise<Ru
 
   const installed: Installed[] = [];
   if (runnable) {
-    installed.push(await describeInstalled(options.hostNode.path, options.hostNode.version.replace(/^v/, ''), 'host'));
+    installed.push(await describeInstalled(options.hostNode.path, options.hostNode.version.replace(/^v/, ''), 'host', options.hostNode.abi));
     for (const configured of options.configured ?? []) {
       const found = await probeConfigured(configured, target, npm.env, signal, log);
       if (found) installed.push(found);
