@@ -6,7 +6,7 @@ import { BundleError, toBundleError } from '../errors.js';
 import { hostTarget, formatTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { createScaffold } from '../workflow/scaffold.js';
-import { runBundle } from './bundle.js';
+import { runBundle, type BundleRequest } from './bundle.js';
 import { loadCliConfig, workflowDefaults } from './config.js';
 import { EXIT, errorJson, exitCodeFor, formatError } from './errors.js';
 import { createLineView, createListrView, formatBytes, formatMs } from './progress.js';
@@ -30,14 +30,8 @@ interface CommonArgs {
   'keep-workdir'?: boolean;
 }
 
-interface BundleArgs extends CommonArgs {
-  input: string;
-  output?: string;
-  os?: string;
-  cpu?: string;
-  libc?: string;
-  node?: string;
-}
+/** The bundle command's own flags are the request's fields. */
+type BundleArgs = CommonArgs & Pick<BundleRequest, 'input' | 'output' | 'os' | 'cpu' | 'libc' | 'node'>;
 
 /** Flags that set config keys, by config key (no yargs defaults: config applies them). */
 function configFlags(args: CommonArgs): Record<string, unknown> {
