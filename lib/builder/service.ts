@@ -62,6 +62,14 @@ export interface BuildListener {
   end(record: BuildRecord): void;
 }
 
+/** A source fetched into the spool and checked against the sha256 the request gave. */
+interface FetchedSource {
+  id: string;
+  spool: string;
+  sha256: string;
+  size: number;
+}
+
 interface BuildEntry {
   record: BuildRecord;
   lines: LogLine[];
@@ -201,7 +209,7 @@ export class BuilderService {
     if (refused.length > 0) {
       throw new BundleError('ERR_REQUEST_INVALID', `overrides.env may not set ${refused.join(', ')}: the builder sets these itself (and some would reach processes it runs as itself).`);
     }
-    if (idempotencyKey === undefined) return this.accept(request, target);
+    if (idempotencyKey === undefined) return this.accept(request, target, await this.fetchSource(request));
 
     const known = this.idempotent.get(idempotencyKey);
     if (known) {
@@ -211,13 +219,23 @@ export class BuilderService {
     const inFlight = this.accepting.get(idempotencyKey);
     if (inFlight) return { record: (await inFlight).record, existing: true };
     const attempt = (async () => {
-      const stored = await this.records.findIdempotent(idempotencyKey);
+      // The source is fetched while the key is looked up: a new build (the usual case) does not
+      // wait for one before the other; a known key cancels the fetch.
+      const cancelFetch = new AbortController();
+      const fetching = this.fetchSource(request, cancelFetch.signal);
+      fetching.catch(() => undefined);
+      const stored = await this.records.findIdempotent(idempotencyKey).catch((error: unknown) => {
+        cancelFetch.abort();
+        throw error;
+      });
       const record = stored ? await this.get(stored) : undefined;
       if (record) {
+        cancelFetch.abort();
+        void fetching.then((fetched) => rm(fetched.spool, { force: true }), () => undefined);
         this.idempotent.set(idempotencyKey, record.id);
         return { record, existing: true };
       }
-      return this.accept(request, target, idempotencyKey);
+      return this.accept(request, target, await fetching, idempotencyKey);
     })();
     this.accepting.set(idempotencyKey, attempt);
     try {
@@ -227,13 +245,14 @@ export class BuilderService {
     }
   }
 
-  private async accept(request: CreateBuildRequest, target: Target, idempotencyKey?: string): Promise<{ record: BuildRecord; existing: boolean }> {
+  /** Downloads the source into the spool under a new build id and checks its sha256. */
+  private async fetchSource(request: CreateBuildRequest, signal?: AbortSignal): Promise<FetchedSource> {
     const id = newBuildId();
     const spool = path.join(this.spoolDir, `${id}.tgz`);
     const expected = request.source.sha256.toLowerCase();
     let fetched: { sha256: string; size: number };
     if (request.source.url !== undefined) {
-      fetched = await downloadToFile(request.source.url, spool, { maxBytes: this.options.maxSourceBytes, timeoutMs: 5 * 60_000 });
+      fetched = await downloadToFile(request.source.url, spool, { maxBytes: this.options.maxSourceBytes, timeoutMs: 5 * 60_000, ...(signal ? { signal } : {}) });
     } else {
       fetched = await this.copyFromStore(request.source.key as string, spool);
     }
@@ -241,6 +260,11 @@ export class BuilderService {
       await rm(spool, { force: true });
       throw new BundleError('ERR_INTEGRITY', `The source's sha256 is ${fetched.sha256}, not ${expected} as the request says.`, { details: { expected, actual: fetched.sha256 } });
     }
+    return { id, spool, sha256: expected, size: fetched.size };
+  }
+
+  private async accept(request: CreateBuildRequest, target: Target, source: FetchedSource, idempotencyKey?: string): Promise<{ record: BuildRecord; existing: boolean }> {
+    const { id, spool } = source;
     let markFinished = () => undefined as void;
     const finished = new Promise<void>((resolve) => {
       markFinished = resolve;
@@ -253,8 +277,8 @@ export class BuilderService {
       ...(idempotencyKey ? { idempotencyKey } : {}),
       target,
       source: {
-        sha256: expected,
-        size: fetched.size,
+        sha256: source.sha256,
+        size: source.size,
         ...(request.source.key !== undefined ? { key: request.source.key } : { url: withoutQuery(request.source.url as string) }),
       },
       steps: [],
@@ -265,15 +289,19 @@ export class BuilderService {
     const entry: BuildEntry = { record, lines: [], listeners: new Set(), request, spool, controller: new AbortController(), finished, markFinished };
     this.builds.set(id, entry);
     if (idempotencyKey) this.idempotent.set(idempotencyKey, id);
-    await Promise.all([
+    const persisted = Promise.all([
       this.records.saveRecord(record),
       this.records.addToIndex(record),
       this.records.markActive(this.options.builderId, id),
       idempotencyKey ? this.records.saveIdempotent(idempotencyKey, id) : undefined,
     ]);
-    this.options.logger.info({ buildId: id, target: formatTarget(target), label: request.label, sourceSize: fetched.size }, 'build accepted');
+    // Queued while its records are written: the build may start now, and the client hears of
+    // it once they are stored. A crash in between loses a build nobody was told about; the
+    // client's retry with the same Idempotency-Key starts it again.
+    this.options.logger.info({ buildId: id, target: formatTarget(target), label: request.label, sourceSize: source.size }, 'build accepted');
     this.queue.push(id);
     this.evict();
+    await persisted;
     return { record: this.view(entry), existing: false };
   }
 

@@ -1,3 +1,5 @@
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Store } from '../../lib/storage/s3-store.js';
 import type { LogLine } from '../../lib/protocol.js';
@@ -31,6 +33,11 @@ describe('replicas sharing an S3 store', () => {
     const source = await tgz(packageTar({ name: 'shared', version: '1.0.0', scripts: { install: 'node lines.js' } }, { 'lines.js': script }));
     const url = sources.add('shared.tgz', source.body);
     const { id } = await a.client.createBuild({ source: { url, sha256: source.sha256 }, target: hostTargetSpec() }, { idempotencyKey: 'shared' });
+    // The same key at B: B finds A's build in the store (its source fetch, started meanwhile, is
+    // dropped and leaves no file in B's spool).
+    const again = await b.client.createBuild({ source: { url, sha256: source.sha256 }, target: hostTargetSpec() }, { idempotencyKey: 'shared' });
+    expect(again).toMatchObject({ id, existing: true });
+    await expect.poll(async () => readdir(path.join(b.dir, 'work', 'spool')), { timeout: 5000 }).toEqual([]);
     // B follows A's build while it runs: B polls the store and streams what A wrote.
     const seen: LogLine[] = [];
     const fromB = await b.client.followBuild(id, { onLog: (line) => seen.push(line) });
