@@ -275,6 +275,10 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   const active = new Map<string, { client: BuilderClient; id: string }>();
   const staged = new Set<string>();
   let uploaded = false;
+  // The manifest this run will merge into, read now rather than after the builds (the lock
+  // per destination and input keeps another run of this input from changing it meanwhile).
+  const manifestKey = renderKey(options.manifestTemplate, vars);
+  const previousManifest = readJson<Manifest>(destination, manifestKey, signal).catch(() => undefined);
 
   try {
     // 1. Cache: a destination that holds the build key (and the bundle it names) is done. Whether
@@ -406,14 +410,18 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         if (healthy.length === 0) {
           throw new BundleError('ERR_BUILDER_UNREACHABLE', `No healthy builder for ${plan.label}: ${problems.join('; ')}.`, { details: { problems } });
         }
+        // Both URLs are signed at once (no request is sent: signing is local).
+        const [get, put] = shared ? [] : await Promise.all([
+          sourceStore.presignGet(srcKey, { expiresIn: options.presignExpiry, signal: runSignal }),
+          sourceStore.presignPut(stageKey, { expiresIn: options.presignExpiry, contentType: 'application/gzip', signal: runSignal }),
+        ]);
         const request: CreateBuildRequest = {
-          source: shared ? { key: srcKey, sha256: source.sha256 } : { url: (await sourceStore.presignGet(srcKey, { expiresIn: options.presignExpiry, signal: runSignal })).url, sha256: source.sha256 },
+          source: get ? { url: get.url, sha256: source.sha256 } : { key: srcKey, sha256: source.sha256 },
           target: { os: plan.target.os, cpu: plan.target.cpu, ...(plan.target.libc ? { libc: plan.target.libc } : {}), ...(plan.target.node ? { node: plan.target.node } : {}) },
           ...(options.overrides ? { overrides: options.overrides } : {}),
           label: options.label ?? `dispatch ${runId} ${name}@${version}`,
         };
-        if (!shared) {
-          const put = await sourceStore.presignPut(stageKey, { expiresIn: options.presignExpiry, contentType: 'application/gzip', signal: runSignal });
+        if (put) {
           request.output = { url: put.url, ...(Object.keys(put.headers).length > 0 ? { headers: put.headers } : {}) };
           staged.add(stageKey);
         }
@@ -484,7 +492,11 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
           }
         } else {
           try {
-            written = await copyObject(sourceStore, stageKey, destination, key, { sha256: artifact.sha256, immutable, signal: runSignal });
+            // Staged through a presigned PUT, so it has no recorded sha256 and a server-side copy
+            // could not record a checked one: streamed into the destination, whose put hashes it
+            // and refuses a mismatch (no HEAD first, as copyObject would send).
+            const { body } = await sourceStore.get(stageKey, { signal: runSignal });
+            written = await destination.put(key, body, { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
           } finally {
             staged.delete(stageKey);
             // Removed while the result is checked and the marker written; awaited before returning.
@@ -557,8 +569,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   // targets of the same version. Not written for an interrupted run.
   if (!interrupted) {
     emit({ type: 'phase', phase: 'manifest', state: 'started' });
-    const manifestKey = renderKey(options.manifestTemplate, vars);
-    const previous = await readJson<Manifest>(destination, manifestKey, signal).catch(() => undefined);
+    const previous = await previousManifest;
     // A run of cache hits that the manifest already lists as they are changes nothing: a cron
     // re-run on an unchanged input writes nothing at all.
     const unchanged = previous !== undefined && previous.source?.sha256 === result.source.sha256 && result.targets.every((outcome) => {

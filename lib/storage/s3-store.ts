@@ -290,11 +290,10 @@ export class S3Store implements ObjectStore {
     const progress = (value: number): void => options.onProgress?.({ loaded: value, ...(total === undefined ? {} : { total }) });
     let whole: Readable | undefined;
     try {
-      if (immutable) {
-        // s3rver ignores If-None-Match, so check first; real S3 also gets If-None-Match below.
-        const existing = await this.#headOrUndefined(key, signal);
-        if (existing) return await this.#sameOrRefuse(key, existing, body, expected, signal);
-      }
+      // s3rver ignores If-None-Match, so look first (while the body's first part is read);
+      // real S3 also gets If-None-Match below.
+      const lookup = immutable ? this.#headOrUndefined(key, signal) : undefined;
+      lookup?.catch(() => undefined);
       const unknownLarge = { maxBytes: MAX_SINGLE_COPY_BYTES, maxBytesMessage: `${where}: a body over 5 GiB needs its sha256 up front (the staging copy is limited to 5 GiB).` };
       const chunks = hashChunks(toChunks(body), state, {
         location: where,
@@ -302,6 +301,8 @@ export class S3Store implements ObjectStore {
         ...(signal ? { signal } : {}),
       });
       const peeked = await peekChunks(chunks, this.#partSize);
+      const existing = await lookup;
+      if (existing) return await this.#sameOrRefuse(key, existing, peeked.whole(), expected, signal);
       const conditional = immutable ? { IfNoneMatch: '*' } : {};
       const common = { ...(options.contentType ? { ContentType: options.contentType } : {}) };
       if (peeked.ended) {
