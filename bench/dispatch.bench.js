@@ -133,13 +133,19 @@ export async function run({ log }) {
     const compare = async () => {
       const direct = [];
       const dispatched = [];
+      const builds = [];
+      const dispatchRun = async (at) => {
+        const { ms, result } = await dispatchOnce([hostLabel], [hostPool], freshDestination(), at);
+        builds.push(result.targets[0].durations.buildMs ?? 0);
+        return { ms };
+      };
       for (let round = 0; round < ROUNDS; round += 1) {
         const at = epoch++;
         if (round % 2 === 0) {
           direct.push((await workflowOnce(at)).ms);
-          dispatched.push((await dispatchOnce([hostLabel], [hostPool], freshDestination(), at)).ms);
+          dispatched.push((await dispatchRun(at)).ms);
         } else {
-          dispatched.push((await dispatchOnce([hostLabel], [hostPool], freshDestination(), at)).ms);
+          dispatched.push((await dispatchRun(at)).ms);
           direct.push((await workflowOnce(at)).ms);
         }
       }
@@ -147,7 +153,7 @@ export async function run({ log }) {
       // Each round's pair ran back to back: the median of their ratios shrugs off a noisy round.
       const pairs = dispatched.map((ms, index) => ms / direct[index]).sort((x, y) => x - y);
       const pairMedian = pairs[Math.floor(pairs.length / 2)];
-      return { direct, dispatched, ratio1, pairs, pairMedian };
+      return { direct, dispatched, builds, ratio1, pairs, pairMedian };
     };
     const small = await compare();
     const sampleInput = input;
@@ -200,6 +206,13 @@ export async function run({ log }) {
     log('');
     log(`paired ratios per round (sorted), hello-app: ${pairs.map((r) => r.toFixed(3)).join(' ')} · median ${pairMedian.toFixed(3)} · absolute overhead ≈ ${((sum(dispatched) - sum(direct)) / ROUNDS).toFixed(0)} ms per run`);
     log(`paired ratios per round (sorted), express app: ${typical.pairs.map((r) => r.toFixed(3)).join(' ')} · median ${typical.pairMedian.toFixed(3)} · absolute overhead ≈ ${((sum(typical.dispatched) - sum(typical.direct)) / ROUNDS).toFixed(0)} ms per run`);
+    // Where dispatch's extra time goes: around the build (trigger, transfers, copy, manifest) or
+    // inside it (the build on the builder took longer than the workflow called directly).
+    for (const [label, side] of [['hello-app', small], ['express app', typical]]) {
+      const around = (sum(side.dispatched) - sum(side.builds)) / ROUNDS;
+      const inside = (sum(side.builds) - sum(side.direct)) / ROUNDS;
+      log(`${label}: per run ${around.toFixed(0)} ms around the build (dispatch − the builder's build time), ${inside.toFixed(0)} ms inside it (the builder's build time − the workflow called directly)`);
+    }
     log(`runs: dispatch ${dispatched.map(s).join(' ')} · workflow ${direct.map(s).join(' ')} · cached ${cachedRuns.map(s).join(' ')}`);
     log(`8 targets: builds accepted ${s(firstCreated)}–${s(lastCreated)} after the start, last one finished at ${s(lastFinished)}, dispatch returned at ${s(wide.ms)}`);
     log(`builds (8 targets): ${wide.result.targets.map((t) => `${t.target.split('@')[0]} ${s(t.durations.buildMs ?? 0)}`).join(', ')}`);

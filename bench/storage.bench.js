@@ -88,7 +88,8 @@ async function child({ op, connection, seed, sha256, key, source }) {
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
   store.close();
   client.destroy();
-  process.stdout.write(JSON.stringify({ seconds, maxRssMB: process.resourceUsage().maxRSS / 1024 }));
+  const usage = process.resourceUsage();
+  process.stdout.write(JSON.stringify({ seconds, maxRssMB: usage.maxRSS / 1024, cpuSeconds: (usage.userCPUTime + usage.systemCPUTime) / 1e6 }));
 }
 
 export async function run({ log }) {
