@@ -274,6 +274,8 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   /** Builds started and not seen to end: cancelled on interruption. */
   const active = new Map<string, { client: BuilderClient; id: string }>();
   const staged = new Set<string>();
+  /** Removals of staged results that were copied, waited for before the run returns. */
+  const cleanups: Promise<unknown>[] = [];
   let uploaded = false;
   // The manifest this run will merge into, read now rather than after the builds (the lock
   // per destination and input keeps another run of this input from changing it meanwhile).
@@ -472,40 +474,56 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         emit({ type: 'target', target: plan.label, state: 'copying' });
         const copyStarted = Date.now();
         const { artifact } = record;
-        let cleanup: Promise<unknown> = Promise.resolve();
         const key = renderKey(options.keyTemplate, { ...vars, file: artifact.file, target: plan.target, ...(record.resolved ? { node: record.resolved.node } : {}), buildKey });
         const immutable = !options.overwrite;
+        // The cache marker is written while the bundle is copied: a cache hit also needs the
+        // bundle at the marker's key with the marker's sha256, so a marker whose copy then
+        // fails never counts (and is removed below).
+        const marker: CacheMarker = {
+          buildKey, target: plan.label, key, file: artifact.file, sha256: artifact.sha256, size: artifact.size,
+          ...(record.resolved ? { node: record.resolved.node, abi: record.resolved.abi, npm: record.resolved.npm } : {}),
+          builder: record.builder, buildId: id, createdAt: new Date().toISOString(),
+        };
+        const markerAt = markerKey({ name, version }, buildKey);
+        const markerWritten = destination.put(markerAt, `${JSON.stringify(marker, null, 2)}\n`, { contentType: 'application/json', immutable: false, signal: runSignal });
+        markerWritten.catch(() => undefined);
         // What the store wrote: put and copy hash the bytes as they stream and refuse a mismatch.
         let written: ObjectInfo | undefined;
-        if (artifact.key !== undefined && shared && (await sourceStore.exists(artifact.key, { signal: runSignal }))) {
-          written = await copyObject(sourceStore, artifact.key, destination, key, { sha256: artifact.sha256, immutable, signal: runSignal });
-        } else if (artifact.key !== undefined) {
-          const file = path.join(tmp, `${buildKey}.tgz`);
-          try {
-            const downloaded = await builder.client.downloadArtifact(id, file, { signal: runSignal });
-            if (downloaded.sha256 !== artifact.sha256) {
-              throw new BundleError('ERR_INTEGRITY', `The result of build ${id} has sha256 ${downloaded.sha256}, but the builder reported ${artifact.sha256}; nothing was copied.`);
+        try {
+          if (artifact.key !== undefined && shared && (await sourceStore.exists(artifact.key, { signal: runSignal }))) {
+            written = await copyObject(sourceStore, artifact.key, destination, key, { sha256: artifact.sha256, immutable, signal: runSignal });
+          } else if (artifact.key !== undefined) {
+            const file = path.join(tmp, `${buildKey}.tgz`);
+            try {
+              const downloaded = await builder.client.downloadArtifact(id, file, { signal: runSignal });
+              if (downloaded.sha256 !== artifact.sha256) {
+                throw new BundleError('ERR_INTEGRITY', `The result of build ${id} has sha256 ${downloaded.sha256}, but the builder reported ${artifact.sha256}; nothing was copied.`);
+              }
+              written = await destination.put(key, createReadStream(file), { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
+            } finally {
+              await rm(file, { force: true });
             }
-            written = await destination.put(key, createReadStream(file), { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
-          } finally {
-            await rm(file, { force: true });
+          } else {
+            try {
+              // Staged through a presigned PUT, so it has no recorded sha256 and a server-side copy
+              // could not record a checked one: streamed into the destination, whose put hashes it
+              // and refuses a mismatch (no HEAD first, as copyObject would send).
+              const { body } = await sourceStore.get(stageKey, { signal: runSignal });
+              written = await destination.put(key, body, { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
+            } finally {
+              staged.delete(stageKey);
+              // Removed in the background; the run waits for it before it returns.
+              cleanups.push(sourceStore.delete(stageKey).catch(() => undefined));
+            }
           }
-        } else {
-          try {
-            // Staged through a presigned PUT, so it has no recorded sha256 and a server-side copy
-            // could not record a checked one: streamed into the destination, whose put hashes it
-            // and refuses a mismatch (no HEAD first, as copyObject would send).
-            const { body } = await sourceStore.get(stageKey, { signal: runSignal });
-            written = await destination.put(key, body, { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
-          } finally {
-            staged.delete(stageKey);
-            // Removed while the result is checked and the marker written; awaited before returning.
-            cleanup = sourceStore.delete(stageKey).catch(() => undefined);
+          if (written?.sha256 !== undefined && written.sha256 !== artifact.sha256) {
+            throw new BundleError('ERR_INTEGRITY', `${destination.location}${key} has sha256 ${written.sha256}, expected ${artifact.sha256}.`);
           }
+        } catch (error) {
+          if (await markerWritten.then(() => true, () => false)) await destination.delete(markerAt).catch(() => undefined);
+          throw error;
         }
-        if (written?.sha256 !== undefined && written.sha256 !== artifact.sha256) {
-          throw new BundleError('ERR_INTEGRITY', `${destination.location}${key} has sha256 ${written.sha256}, expected ${artifact.sha256}.`);
-        }
+        await markerWritten;
         const copyMs = Date.now() - copyStarted;
         const startedMs = record.startedAt ? Date.parse(record.startedAt) : undefined;
         const outcome: TargetSuccess = {
@@ -519,13 +537,6 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
             totalMs: Date.now() - t0,
           },
         };
-        const marker: CacheMarker = {
-          buildKey, target: plan.label, key, file: outcome.file, sha256: outcome.sha256, size: outcome.size,
-          ...(outcome.node ? { node: outcome.node } : {}), ...(outcome.abi ? { abi: outcome.abi } : {}), ...(outcome.npm ? { npm: outcome.npm } : {}),
-          builder: record.builder, buildId: id, createdAt: new Date().toISOString(),
-        };
-        await destination.put(markerKey({ name, version }, buildKey), `${JSON.stringify(marker, null, 2)}\n`, { contentType: 'application/json', immutable: false, signal: runSignal });
-        await cleanup;
         emit({ type: 'target', target: plan.label, state: 'succeeded', detail: key });
         return outcome;
       } catch (error) {
@@ -583,6 +594,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
     result.manifest = manifestKey;
     emit({ type: 'phase', phase: 'manifest', state: 'finished', detail: manifestKey });
   }
+  await Promise.all(cleanups);
   result.durationMs = Date.now() - started;
   return result;
 }
