@@ -7,12 +7,15 @@
 // npm runs as child processes. Targets pin the host's Node so no runtime is fetched. The input is
 // the sample app with its lockfile already added (resolved once, untimed), so both sides of (1)
 // install exactly the same tree with `npm ci`.
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { createGzip } from 'node:zlib';
@@ -28,8 +31,21 @@ const never = () => neverSignal;
 const NODE = process.versions.node;
 const CROSS = ['linux-arm64', 'linux-x64-musl', 'linux-arm64-musl', 'darwin-x64', 'darwin-arm64', 'win32-x64', 'win32-arm64'];
 
+/** s3rver in a child process (bench/s3rver-child.js): its CPU is not the dispatcher's event loop. */
+async function startS3rverProcess(directory, buckets) {
+  const child = spawn(process.execPath, [path.join(here, 's3rver-child.js'), directory, ...buckets], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const [line] = await once(createInterface({ input: child.stdout }), 'line');
+  const { port } = JSON.parse(line);
+  return {
+    port,
+    stop: async () => {
+      child.kill('SIGTERM');
+      if (child.exitCode === null) await once(child, 'exit');
+    },
+  };
+}
+
 export async function run({ log }) {
-  const { default: S3rver } = await import('s3rver');
   const { startBuilder } = await lib('builder/server.js');
   const { createBuilderClient } = await lib('builder/client.js');
   const { DirStore } = await lib('storage/index.js');
@@ -47,8 +63,8 @@ export async function run({ log }) {
   const cacheDir = path.join(repo, '.cache', 'test');
   const directory = path.join(base, 's3rver');
   await mkdir(directory, { recursive: true });
-  const server = new S3rver({ address: '127.0.0.1', port: 0, silent: true, directory, configureBuckets: [{ name: 'sources' }, { name: 'releases' }] });
-  const { port } = await server.run();
+  const server = await startS3rverProcess(directory, ['sources', 'releases']);
+  const { port } = server;
   const s3 = { endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } };
   const sources = new S3Store({ ...s3, bucket: 'sources' });
   const host = hostTarget();
@@ -219,9 +235,7 @@ export async function run({ log }) {
   } finally {
     await Promise.all(builders.map((builder) => builder.stop(0)));
     sources.close();
-    server.logger.silent = true;
-    server.httpServer?.closeAllConnections();
-    await server.close();
+    await server.stop();
     await rm(base, { recursive: true, force: true });
   }
 }

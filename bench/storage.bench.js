@@ -30,8 +30,13 @@ const QUEUE_SIZE = 4;
 const BUCKET = 'bench';
 const MB = 1024 * 1024;
 const here = fileURLToPath(import.meta.url);
-/** A-B-B-A rounds for the 1 GiB uploads (~20 s each here); more rounds, steadier ratio on a busy machine. */
-const UPLOAD_ROUNDS = Math.max(1, Number(process.env.STORAGE_BENCH_UPLOAD_ROUNDS) || 1);
+/**
+ * A-B-B-A rounds for the 1 GiB uploads (~15 s each here; single runs swing ±15 %, so one round
+ * decides little), the downloads (~3.5 s) and the server-side copies (~0.5 s, the noisiest).
+ */
+const UPLOAD_ROUNDS = Math.max(1, Number(process.env.STORAGE_BENCH_UPLOAD_ROUNDS) || 2);
+const DOWNLOAD_ROUNDS = 3;
+const COPY_ROUNDS = 4;
 
 /** One pseudo-random MiB from a 32-byte seed (AES-CTR over zeros), the same in every process. */
 function makeBlock(seed) {
@@ -120,11 +125,12 @@ export async function run({ log }) {
   const remove = (Key) => admin.send(new DeleteObjectCommand({ Bucket: BUCKET, Key }));
   /** A-B-B-A, `rounds` times; each side's mean seconds and max RSS. `after` cleans up between runs. */
   const abba = async (sdkOp, oursOp, extra, after, rounds = 1) => {
-    const sides = { sdk: { seconds: 0, maxRssMB: 0, runs: [] }, ours: { seconds: 0, maxRssMB: 0, runs: [] } };
+    const sides = { sdk: { seconds: 0, cpuSeconds: 0, maxRssMB: 0, runs: [] }, ours: { seconds: 0, cpuSeconds: 0, maxRssMB: 0, runs: [] } };
     for (let round = 0; round < rounds; round += 1) {
       for (const [side, op] of [['sdk', sdkOp], ['ours', oursOp], ['ours', oursOp], ['sdk', sdkOp]]) {
         const result = await measure(op, extra);
         sides[side].seconds += result.seconds / (2 * rounds);
+        sides[side].cpuSeconds += result.cpuSeconds / (2 * rounds);
         sides[side].runs.push(result.seconds);
         sides[side].maxRssMB = Math.max(sides[side].maxRssMB, result.maxRssMB);
         await after?.();
@@ -135,9 +141,9 @@ export async function run({ log }) {
 
   const started = Date.now();
   try {
-    log(`1 GiB generated stream, s3rver in this process (${connection.endpoint}, data in ${base}), part size 5 MiB × ${QUEUE_SIZE} in flight, each transfer in a fresh child process, runs A-B-B-A (uploads ×${UPLOAD_ROUNDS}, downloads ×2).`);
+    log(`1 GiB generated stream, s3rver in this process (${connection.endpoint}, data in ${base}), part size 5 MiB × ${QUEUE_SIZE} in flight, each transfer in a fresh child process, runs A-B-B-A (uploads ×${UPLOAD_ROUNDS}, downloads ×${DOWNLOAD_ROUNDS}, copies ×${COPY_ROUNDS}).`);
     const rows = [];
-    const mean = (name, { sdk, ours }, note) => rows.push({ name, sdk: sdk.seconds, ours: ours.seconds, sdkRss: sdk.maxRssMB, oursRss: ours.maxRssMB, note });
+    const mean = (name, { sdk, ours }, note) => rows.push({ name, sdk: sdk.seconds, ours: ours.seconds, sdkCpu: sdk.cpuSeconds, oursCpu: ours.cpuSeconds, sdkRss: sdk.maxRssMB, oursRss: ours.maxRssMB, note });
     // Uploads are the slow part (s3rver's MD5s and part rewrites): one round unless asked.
     const upload = await abba('sdk-upload', 'ours-upload', { key: 'up.bin' }, () => remove('up.bin'), UPLOAD_ROUNDS);
     mean('upload (sha256 known)', upload, 'hashes while streaming, checks before completing');
@@ -145,17 +151,17 @@ export async function run({ log }) {
     await remove('up-unknown.bin');
     mean('upload (sha256 unknown)', { sdk: upload.sdk, ours: unknown }, 'one run: staging key + CopyObject (s3rver re-reads it for MD5)');
     await measure('ours-upload', { key: 'source.bin' });
-    const download = await abba('sdk-download', 'ours-download', { source: 'source.bin' }, undefined, 2);
+    const download = await abba('sdk-download', 'ours-download', { source: 'source.bin' }, undefined, DOWNLOAD_ROUNDS);
     mean('download', download, 'verifies sha256 while reading');
-    const plain = await abba('sdk-download', 'ours-download-noverify', { source: 'source.bin' });
+    const plain = await abba('sdk-download', 'ours-download-noverify', { source: 'source.bin' }, undefined, DOWNLOAD_ROUNDS);
     mean('download (no verify)', plain, 'to show what the hash costs');
-    const copy = await abba('sdk-copy', 'ours-copy', { source: 'source.bin', key: 'copy.bin' }, () => remove('copy.bin'));
+    const copy = await abba('sdk-copy', 'ours-copy', { source: 'source.bin', key: 'copy.bin' }, () => remove('copy.bin'), COPY_ROUNDS);
     mean('copy (server-side)', copy, 'CopyObject + 2 HEADs');
 
     const mib = SIZE / MB;
     log('');
-    log('| operation               | SDK MiB/s | ours MiB/s | ratio (≥0.9) | SDK peak RSS | ours peak RSS (<200 MB) | note');
-    log('|-------------------------|----------:|-----------:|-------------:|-------------:|------------------------:|-----');
+    log('| operation               | SDK MiB/s | ours MiB/s | ratio (≥0.9) | client CPU s, SDK / ours | SDK peak RSS | ours peak RSS (<200 MB) | note');
+    log('|-------------------------|----------:|-----------:|-------------:|-------------------------:|-------------:|------------------------:|-----');
     for (const row of rows) {
       const ratio = row.sdk / row.ours;
       const cells = [
@@ -163,6 +169,7 @@ export async function run({ log }) {
         (mib / row.sdk).toFixed(1).padStart(9),
         (mib / row.ours).toFixed(1).padStart(10),
         `${ratio.toFixed(2)} ${ratio >= 0.9 ? '✓' : '✗'}`.padStart(12),
+        `${row.sdkCpu.toFixed(2)} / ${row.oursCpu.toFixed(2)}`.padStart(24),
         `${row.sdkRss.toFixed(0)} MB`.padStart(12),
         `${row.oursRss.toFixed(0)} MB ${row.oursRss < 200 ? '✓' : '✗'}`.padStart(23),
         row.note,
@@ -176,7 +183,7 @@ export async function run({ log }) {
     }
     log(`  upload with unknown sha256: ${unknown.seconds.toFixed(2)}`);
     log('');
-    log(`ratio = our throughput ÷ the SDK's; peak RSS = maxRSS of the child process doing the transfer. Total ${((Date.now() - started) / 1000).toFixed(0)} s.`);
+    log(`ratio = our throughput ÷ the SDK's (mean time per side); client CPU = user + system seconds of the child doing the transfer; peak RSS = its maxRSS. Total ${((Date.now() - started) / 1000).toFixed(0)} s.`);
   } finally {
     admin.destroy();
     server.httpServer?.closeAllConnections();
