@@ -3,8 +3,9 @@
 //   2. cached re-run vs cold (target ≥ 20× faster and under 1 s);
 //   3. 8 targets on 8 builders: wall time minus the longest build duration the builders report
 //      (target ≤ 1 s of dispatch overhead).
-// Builders run in this process (startBuilder, reached over HTTP on 127.0.0.1 port 0), s3rver too;
-// npm runs as child processes. Targets pin the host's Node so no runtime is fetched. The input is
+// Builders run in this process (startBuilder, reached over HTTP on 127.0.0.1 port 0); s3rver runs
+// in a child process, as a real endpoint never shares the dispatcher's event loop; npm runs as
+// child processes. Targets pin the host's Node so no runtime is fetched. The input is
 // the sample app with its lockfile already added (resolved once, untimed), so both sides of (1)
 // install exactly the same tree with `npm ci`.
 import { spawn } from 'node:child_process';
@@ -211,7 +212,7 @@ export async function run({ log }) {
     const lastFinished = Math.max(...records.map((r) => at(r.finishedAt)));
 
     const s = (ms) => `${(ms / 1000).toFixed(2)} s`;
-    log(`inputs: examples/hello-app (2 dependencies) and an express app (≥ 20 dependencies), each with its lockfile; target ${hostLabel}; s3rver in this process at ${s3.endpoint}; builders in this process over HTTP; ${ROUNDS} rounds A-B-B-A.`);
+    log(`inputs: examples/hello-app (2 dependencies) and an express app (≥ 20 dependencies), each with its lockfile; target ${hostLabel}; s3rver in a child process at ${s3.endpoint}; builders in this process over HTTP; ${ROUNDS} rounds A-B-B-A.`);
     log('');
     log('| measure | value | target | ok |');
     log('|---|---:|---:|:-:|');

@@ -53,6 +53,12 @@ function generate(block) {
   );
 }
 
+function median(values) {
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
 function sink() {
   return new Writable({ write: (_chunk, _encoding, callback) => callback() });
 }
@@ -143,7 +149,7 @@ export async function run({ log }) {
   try {
     log(`1 GiB generated stream, s3rver in this process (${connection.endpoint}, data in ${base}), part size 5 MiB × ${QUEUE_SIZE} in flight, each transfer in a fresh child process, runs A-B-B-A (uploads ×${UPLOAD_ROUNDS}, downloads ×${DOWNLOAD_ROUNDS}, copies ×${COPY_ROUNDS}).`);
     const rows = [];
-    const mean = (name, { sdk, ours }, note) => rows.push({ name, sdk: sdk.seconds, ours: ours.seconds, sdkCpu: sdk.cpuSeconds, oursCpu: ours.cpuSeconds, sdkRss: sdk.maxRssMB, oursRss: ours.maxRssMB, note });
+    const mean = (name, { sdk, ours }, note) => rows.push({ name, sdk: sdk.seconds, ours: ours.seconds, sdkRuns: sdk.runs, oursRuns: ours.runs, sdkCpu: sdk.cpuSeconds, oursCpu: ours.cpuSeconds, sdkRss: sdk.maxRssMB, oursRss: ours.maxRssMB, note });
     // Uploads are the slow part (s3rver's MD5s and part rewrites): one round unless asked.
     const upload = await abba('sdk-upload', 'ours-upload', { key: 'up.bin' }, () => remove('up.bin'), UPLOAD_ROUNDS);
     mean('upload (sha256 known)', upload, 'hashes while streaming, checks before completing');
@@ -160,15 +166,17 @@ export async function run({ log }) {
 
     const mib = SIZE / MB;
     log('');
-    log('| operation               | SDK MiB/s | ours MiB/s | ratio (≥0.9) | client CPU s, SDK / ours | SDK peak RSS | ours peak RSS (<200 MB) | note');
-    log('|-------------------------|----------:|-----------:|-------------:|-------------------------:|-------------:|------------------------:|-----');
+    log('| operation               | SDK MiB/s | ours MiB/s | ratio (≥0.9) | ratio of medians | client CPU s, SDK / ours | SDK peak RSS | ours peak RSS (<200 MB) | note');
+    log('|-------------------------|----------:|-----------:|-------------:|-----------------:|-------------------------:|-------------:|------------------------:|-----');
     for (const row of rows) {
       const ratio = row.sdk / row.ours;
+      const medianRatio = row.sdkRuns && row.oursRuns ? median(row.sdkRuns) / median(row.oursRuns) : undefined;
       const cells = [
         row.name.padEnd(23),
         (mib / row.sdk).toFixed(1).padStart(9),
         (mib / row.ours).toFixed(1).padStart(10),
         `${ratio.toFixed(2)} ${ratio >= 0.9 ? '✓' : '✗'}`.padStart(12),
+        (medianRatio === undefined ? '–' : `${medianRatio.toFixed(2)} ${medianRatio >= 0.9 ? '✓' : '✗'}`).padStart(19),
         `${row.sdkCpu.toFixed(2)} / ${row.oursCpu.toFixed(2)}`.padStart(24),
         `${row.sdkRss.toFixed(0)} MB`.padStart(12),
         `${row.oursRss.toFixed(0)} MB ${row.oursRss < 200 ? '✓' : '✗'}`.padStart(23),
@@ -183,7 +191,7 @@ export async function run({ log }) {
     }
     log(`  upload with unknown sha256: ${unknown.seconds.toFixed(2)}`);
     log('');
-    log(`ratio = our throughput ÷ the SDK's (mean time per side); client CPU = user + system seconds of the child doing the transfer; peak RSS = its maxRSS. Total ${((Date.now() - started) / 1000).toFixed(0)} s.`);
+    log(`ratio = our throughput ÷ the SDK's (mean time per side); ratio of medians = the same from each side's median run, which one stalled run of s3rver (they happen: see the copies) does not move; client CPU = user + system seconds of the child doing the transfer; peak RSS = its maxRSS. Total ${((Date.now() - started) / 1000).toFixed(0)} s.`);
   } finally {
     admin.destroy();
     server.httpServer?.closeAllConnections();
