@@ -3,9 +3,9 @@
 //   2. cached re-run vs cold (target ≥ 20× faster and under 1 s);
 //   3. 8 targets on 8 builders: wall time minus the longest build duration the builders report
 //      (target ≤ 1 s of dispatch overhead).
-// Builders run in this process (startBuilder, reached over HTTP on 127.0.0.1 port 0); s3rver runs
-// in a child process, as a real endpoint never shares the dispatcher's event loop; npm runs as
-// child processes. Targets pin the host's Node so no runtime is fetched. The input is
+// Builders are the real bin (`bundle-dispatch builder`, 127.0.0.1 port 0) and s3rver runs in a
+// child process too: as deployed, neither shares the dispatcher's event loop. npm runs as child
+// processes of the builder. Targets pin the host's Node so no runtime is fetched. The input is
 // the sample app with its lockfile already added (resolved once, untimed), so both sides of (1)
 // install exactly the same tree with `npm ci`.
 import { spawn } from 'node:child_process';
@@ -47,9 +47,7 @@ async function startS3rverProcess(directory, buckets) {
 }
 
 export async function run({ log }) {
-  const { startBuilder } = await lib('builder/server.js');
   const { createBuilderClient } = await lib('builder/client.js');
-  const { DirStore } = await lib('storage/index.js');
   const { S3Store } = await lib('storage/s3-store.js');
   const { createScaffold } = await lib('workflow/scaffold.js');
   const { openInput } = await lib('workflow/tar-input.js');
@@ -73,18 +71,31 @@ export async function run({ log }) {
   const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/TOKEN|SECRET|AWS_/i.test(name)));
   const tools = { node: process.execPath, npmCli: locateNpm(process.env.PATH), env: { PATH: process.env.PATH ?? '', HOME: base, npm_config_cache: path.join(cacheDir, 'npm'), npm_config_update_notifier: 'false' }, secrets: [] };
   const builders = [];
+  // Each builder is the real bin in a process of its own, as deployed (`bundle-dispatch builder`),
+  // with the bench's npm cache: the workflow called directly uses the same one.
   const startOne = async (name, target) => {
     const dir = path.join(base, name);
     const token = randomBytes(16).toString('hex');
-    const scaffold = createScaffold({}, [], { env, workRoot: path.join(dir, 'work', 'builds'), npmCacheDir: path.join(cacheDir, 'npm'), runtimeCacheDir: path.join(repo, '.cache', 'test-runtimes') });
-    const builder = await startBuilder({
-      host: '127.0.0.1', port: 0, tokens: [token], store: new DirStore({ root: path.join(dir, 'store') }), scaffold, builderId: name, slots: 1,
-      targets: [parseTarget(target)], workDir: path.join(dir, 'work'), buildTimeoutMs: 600_000, maxSourceBytes: 64 * 1024 ** 2, maxBodyBytes: 64 * 1024,
-      minFreeDisk: 1024 ** 2, heartbeatMs: 5000, version: 'bench', npmVersion: 'bench', runtimes: [NODE],
+    const child = spawn(process.execPath, [path.join(repo, 'bin', 'bundle-dispatch.js'), 'builder', '--port', '0', '--store', path.join(dir, 'store'), '--targets', target, '--slots', '1', '--cache-dir', cacheDir, '--log-level', 'warn'], {
+      env: {
+        ...env,
+        BUNDLE_DISPATCH_BUILDER_TOKENS: token,
+        BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS: 'off',
+        BUNDLE_DISPATCH_BUILDER_ID: name,
+        BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work'),
+        BUNDLE_DISPATCH_BUILDER_SHUTDOWN_GRACE: '0',
+        CI: 'true',
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
     });
-    const client = createBuilderClient({ url: builder.url, token });
-    builders.push(builder);
-    return { platform: parseTarget(target), builders: [{ url: builder.url, client }] };
+    const exited = once(child, 'exit');
+    const [url] = await Promise.race([
+      once(createInterface({ input: child.stdout }), 'line'),
+      exited.then(([code]) => Promise.reject(new Error(`builder ${name} exited (${code}) before listening`))),
+    ]);
+    const client = createBuilderClient({ url, token });
+    builders.push({ stop: async () => { child.kill('SIGTERM'); if (child.exitCode === null) await exited; } });
+    return { platform: parseTarget(target), builders: [{ url, client }] };
   };
 
   try {
@@ -212,7 +223,7 @@ export async function run({ log }) {
     const lastFinished = Math.max(...records.map((r) => at(r.finishedAt)));
 
     const s = (ms) => `${(ms / 1000).toFixed(2)} s`;
-    log(`inputs: examples/hello-app (2 dependencies) and an express app (≥ 20 dependencies), each with its lockfile; target ${hostLabel}; s3rver in a child process at ${s3.endpoint}; builders in this process over HTTP; ${ROUNDS} rounds A-B-B-A.`);
+    log(`inputs: examples/hello-app (2 dependencies) and an express app (≥ 20 dependencies), each with its lockfile; target ${hostLabel}; s3rver in a child process at ${s3.endpoint}; builders as child processes over HTTP; ${ROUNDS} rounds A-B-B-A.`);
     log('');
     log('| measure | value | target | ok |');
     log('|---|---:|---:|:-:|');
@@ -234,7 +245,7 @@ export async function run({ log }) {
     log(`8 targets: builds accepted ${s(firstCreated)}–${s(lastCreated)} after the start, last one finished at ${s(lastFinished)}, dispatch returned at ${s(wide.ms)}`);
     log(`builds (8 targets): ${wide.result.targets.map((t) => `${t.target.split('@')[0]} ${s(t.durations.buildMs ?? 0)}`).join(', ')}`);
   } finally {
-    await Promise.all(builders.map((builder) => builder.stop(0)));
+    await Promise.all(builders.map((builder) => builder.stop()));
     sources.close();
     await server.stop();
     await rm(base, { recursive: true, force: true });
