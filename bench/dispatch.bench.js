@@ -139,6 +139,7 @@ export async function run({ log }) {
       const out = path.join(base, `direct-${randomBytes(4).toString('hex')}.tgz`);
       const started = performance.now();
       const result = await scaffold.run(openInput(input), { target: { ...host, node: NODE }, sourceDateEpoch }, { signal: never(), onEvent: () => undefined });
+      const packStarted = performance.now();
       const hash = createHash('sha256');
       await pipeline(result.output, createGzip(), async function* (chunks) {
         for await (const chunk of chunks) {
@@ -149,7 +150,7 @@ export async function run({ log }) {
       await result.settled;
       const ms = performance.now() - started;
       await rm(out, { force: true });
-      return { ms };
+      return { ms, steps: { ...result.summary.durations, pack: performance.now() - packStarted } };
     };
 
     // Warm-up (untimed): npm's cache, the source in the bucket, both code paths.
@@ -162,26 +163,38 @@ export async function run({ log }) {
       const direct = [];
       const dispatched = [];
       const builds = [];
+      // Step durations, summed over the rounds: on the builder (its record) and called directly.
+      const steps = { builder: {}, direct: {} };
+      const add = (side, name, ms) => {
+        steps[side][name] = (steps[side][name] ?? 0) + ms;
+      };
+      const workflowRun = async (at) => {
+        const run = await workflowOnce(at);
+        for (const [name, ms] of Object.entries(run.steps)) add('direct', name, ms);
+        return run;
+      };
       const dispatchRun = async (at) => {
         const { ms, result } = await dispatchOnce([hostLabel], [hostPool], freshDestination(), at);
         builds.push(result.targets[0].durations.buildMs ?? 0);
+        const record = await hostPool.builders[0].client.getBuild(result.targets[0].buildId);
+        for (const step of record.steps) add('builder', step.name, step.durationMs ?? 0);
         return { ms };
       };
       for (let round = 0; round < ROUNDS; round += 1) {
         const at = epoch++;
         if (round % 2 === 0) {
-          direct.push((await workflowOnce(at)).ms);
+          direct.push((await workflowRun(at)).ms);
           dispatched.push((await dispatchRun(at)).ms);
         } else {
           dispatched.push((await dispatchRun(at)).ms);
-          direct.push((await workflowOnce(at)).ms);
+          direct.push((await workflowRun(at)).ms);
         }
       }
       const ratio1 = sum(dispatched) / sum(direct);
       // Each round's pair ran back to back: the median of their ratios shrugs off a noisy round.
       const pairs = dispatched.map((ms, index) => ms / direct[index]).sort((x, y) => x - y);
       const pairMedian = pairs[Math.floor(pairs.length / 2)];
-      return { direct, dispatched, builds, ratio1, pairs, pairMedian };
+      return { direct, dispatched, builds, steps, ratio1, pairs, pairMedian };
     };
     const small = await compare();
     const sampleInput = input;
@@ -240,6 +253,8 @@ export async function run({ log }) {
       const around = (sum(side.dispatched) - sum(side.builds)) / ROUNDS;
       const inside = (sum(side.builds) - sum(side.direct)) / ROUNDS;
       log(`${label}: per run ${around.toFixed(0)} ms around the build (dispatch − the builder's build time), ${inside.toFixed(0)} ms inside it (the builder's build time − the workflow called directly)`);
+      const names = [...new Set([...Object.keys(side.steps.builder), ...Object.keys(side.steps.direct)])];
+      log(`  steps, mean ms on the builder / called directly: ${names.map((name) => `${name} ${((side.steps.builder[name] ?? 0) / ROUNDS).toFixed(0)}/${((side.steps.direct[name] ?? 0) / ROUNDS).toFixed(0)}`).join(', ')} (directly, pack = streaming the tar through gzip into the file)`);
     }
     log(`runs: dispatch ${dispatched.map(s).join(' ')} · workflow ${direct.map(s).join(' ')} · cached ${cachedRuns.map(s).join(' ')}`);
     log(`8 targets: builds accepted ${s(firstCreated)}–${s(lastCreated)} after the start, last one finished at ${s(lastFinished)}, dispatch returned at ${s(wide.ms)}`);
