@@ -9,6 +9,7 @@ import { createReadStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Readable } from 'node:stream';
 import pRetry, { AbortError as StopRetrying } from 'p-retry';
 import type { BuilderClient } from '../builder/client.js';
 import { BundleError, abortError, toBundleError, type ErrorCode } from '../errors.js';
@@ -207,6 +208,18 @@ async function createWithFailover(ordered: readonly PoolBuilder[], request: Crea
   });
 }
 
+/** An object's body as a stream that sends its GET on the first read; destroying it ends the GET. */
+function lazyBody(store: ObjectStore, key: string, signal: AbortSignal): Readable {
+  return Readable.from((async function* read() {
+    const { body } = await store.get(key, { signal });
+    try {
+      for await (const chunk of body) yield chunk as Buffer;
+    } finally {
+      body.destroy();
+    }
+  })(), { objectMode: false });
+}
+
 async function limitConcurrency<T>(items: readonly T[], limit: number, run: (item: T) => Promise<void>): Promise<void> {
   let next = 0;
   const workers = Array.from({ length: Math.min(Math.max(limit, 1), items.length) }, async () => {
@@ -277,10 +290,8 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   /** Removals of staged results that were copied, waited for before the run returns. */
   const cleanups: Promise<unknown>[] = [];
   let uploaded = false;
-  // The manifest this run will merge into, read now rather than after the builds (the lock
-  // per destination and input keeps another run of this input from changing it meanwhile).
   const manifestKey = renderKey(options.manifestTemplate, vars);
-  const previousManifest = readJson<Manifest>(destination, manifestKey, signal).catch(() => undefined);
+  let previousManifest: Promise<Manifest | undefined> | undefined;
 
   try {
     // 1. Cache: a destination that holds the build key (and the bundle it names) is done. Whether
@@ -308,6 +319,9 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
       emit({ type: 'target', target: plan.label, state: 'planned' });
     }));
     emit({ type: 'phase', phase: 'cache', state: 'finished', detail: `${outcomes.size} cached, ${toBuild.length} to build` });
+    // The manifest this run will merge into, read while the builds run rather than after them
+    // (the lock per destination and input keeps another run of this input from changing it).
+    previousManifest = readJson<Manifest>(destination, manifestKey, signal).catch(() => undefined);
 
     // 2. Upload the source once, content-addressed (skipped when present).
     if (toBuild.length > 0) {
@@ -507,9 +521,10 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
             try {
               // Staged through a presigned PUT, so it has no recorded sha256 and a server-side copy
               // could not record a checked one: streamed into the destination, whose put hashes it
-              // and refuses a mismatch (no HEAD first, as copyObject would send).
-              const { body } = await sourceStore.get(stageKey, { signal: runSignal });
-              written = await destination.put(key, body, { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
+              // and refuses a mismatch. The GET starts when put first reads, so it runs alongside
+              // put's own look-up of the destination key (and no HEAD of the source comes first,
+              // as copyObject would send).
+              written = await destination.put(key, lazyBody(sourceStore, stageKey, runSignal), { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
             } finally {
               staged.delete(stageKey);
               // Removed in the background; the run waits for it before it returns.
@@ -580,7 +595,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   // targets of the same version. Not written for an interrupted run.
   if (!interrupted) {
     emit({ type: 'phase', phase: 'manifest', state: 'started' });
-    const previous = await previousManifest;
+    const previous = await (previousManifest ?? readJson<Manifest>(destination, manifestKey, signal).catch(() => undefined));
     // A run of cache hits that the manifest already lists as they are changes nothing: a cron
     // re-run on an unchanged input writes nothing at all.
     const unchanged = previous !== undefined && previous.source?.sha256 === result.source.sha256 && result.targets.every((outcome) => {
