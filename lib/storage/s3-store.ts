@@ -302,7 +302,13 @@ export class S3Store implements ObjectStore {
       });
       const peeked = await peekChunks(chunks, this.#partSize);
       const existing = await lookup;
-      if (existing) return await this.#sameOrRefuse(key, existing, peeked.whole(), expected, signal);
+      if (existing) {
+        try {
+          return await this.#sameOrRefuse(key, existing, peeked.whole(), expected, signal);
+        } finally {
+          discardBody(body); // the rest of a large body, unread when the hash was known
+        }
+      }
       const conditional = immutable ? { IfNoneMatch: '*' } : {};
       const common = { ...(options.contentType ? { ContentType: options.contentType } : {}) };
       if (peeked.ended) {

@@ -52,6 +52,18 @@ describe('S3Store specifics', () => {
     neighbour.close();
   });
 
+  it('an immutable put of a large body onto the same object reads only its first part and releases the rest', async () => {
+    const data = randomBytes(12 * MiB);
+    await store.put('immutable/large', chunked(data), { sha256: sha256(data), immutable: true });
+    let read = 0;
+    const again = chunked(data, { onChunk: (index) => void (read = index + 1) });
+    const info = await store.put('immutable/large', again, { sha256: sha256(data), immutable: true });
+    expect(info).toMatchObject({ key: 'immutable/large', size: data.length, sha256: sha256(data) });
+    // Peeked one part (5 MiB) while looking the key up; the other 7 MiB were never read.
+    expect(read).toBeLessThan(12);
+    expect(again.destroyed).toBe(true);
+  });
+
   it('presigned GET and PUT work with plain fetch and carry no x-amz-checksum parameter', async () => {
     const body = randomBytes(64 * 1024);
     const put = await store.presignPut('presigned/up.bin', { expiresIn: 600, sha256: sha256(body), contentType: 'application/octet-stream' });
