@@ -12,7 +12,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import pRetry, { AbortError as StopRetrying } from 'p-retry';
 import type { BuilderClient } from '../builder/client.js';
-import { BundleError, abortError, toBundleError, type ErrorCode } from '../errors.js';
+import { BundleError, abortError, throwIfAborted, toBundleError, type ErrorCode } from '../errors.js';
 import { type BuildRecord, type CreateBuildRequest, type LogLine, type RequestOverrides } from '../protocol.js';
 import { copyObject, type ObjectInfo, type ObjectStore } from '../storage/index.js';
 import { formatTarget, type Target } from '../target.js';
@@ -31,6 +31,8 @@ const UNREACHABLE_ROUNDS = 3;
 const SENT_RETRIES = 2;
 /** How long cancelling remote builds may take when the run is interrupted. */
 const CANCEL_TIMEOUT_MS = 10_000;
+/** How long a create request in flight may still answer after the run stopped (its build is then cancelled). */
+const CREATE_GRACE_MS = 10_000;
 /** How often a followed build's record is read to see that it is alive. */
 const WATCHDOG_MS = 15_000;
 /** A running build without a heartbeat (or a builder without an answer) this long is lost. */
@@ -184,12 +186,25 @@ function retryableAfterSend(error: unknown): boolean {
  * reached a builder fails over to the next one; a timeout or 5xx after it was sent is retried
  * on the SAME builder with the same Idempotency-Key, so a build never starts twice.
  */
-async function createWithFailover(ordered: readonly PoolBuilder[], request: CreateBuildRequest, idempotencyKey: string, signal: AbortSignal): Promise<{ builder: PoolBuilder; id: string; existing: boolean; state: BuildRecord['state'] }> {
+async function createWithFailover(ordered: readonly PoolBuilder[], request: CreateBuildRequest, idempotencyKey: string, signal: AbortSignal, onSent: (sent: Promise<unknown>) => void, onCreated: (builder: PoolBuilder, id: string) => void): Promise<{ builder: PoolBuilder; id: string; existing: boolean; state: BuildRecord['state'] }> {
+  // A create request in flight when the run stops is not cut off at once: the builder may have
+  // started the build already, so the request gets CREATE_GRACE_MS to answer and whatever it
+  // created is reported (onCreated) for cancelling. onSent lets the run wait for it.
+  const send = (builder: PoolBuilder) => {
+    const grace = new AbortController();
+    const stopLater = () => setTimeout(() => grace.abort(signal.reason), CREATE_GRACE_MS).unref();
+    signal.addEventListener('abort', stopLater, { once: true });
+    const sent = builder.client.createBuild(request, { idempotencyKey, signal: grace.signal });
+    const landed = sent.then((created) => onCreated(builder, created.id), () => undefined).finally(() => signal.removeEventListener('abort', stopLater));
+    onSent(landed);
+    return sent;
+  };
   return pRetry(async () => {
     let lastUnreachable: unknown;
     for (const builder of ordered) {
       try {
-        const created = await pRetry(() => builder.client.createBuild(request, { idempotencyKey, signal }), {
+        throwIfAborted(signal);
+        const created = await pRetry(() => send(builder), {
           retries: SENT_RETRIES,
           minTimeout: 500,
           signal,
@@ -287,6 +302,12 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   /** Builds started and not seen to end: cancelled on interruption. */
   const active = new Map<string, { client: BuilderClient; id: string }>();
   const staged = new Set<string>();
+  /** Create requests in flight; a stopped run waits for them so that what they start is cancelled. */
+  const creating = new Set<Promise<unknown>>();
+  const track = (sent: Promise<unknown>) => {
+    creating.add(sent);
+    void sent.finally(() => creating.delete(sent));
+  };
   /** Removals of staged results that were copied, waited for before the run returns. */
   const cleanups: Promise<unknown>[] = [];
   let uploaded = false;
@@ -444,13 +465,14 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         // The build key is the Idempotency-Key: a retry, a second run or a re-attached run finds
         // the same build instead of starting another. A build that already ended badly, whose
         // result is gone, or any finished one under --force, is not reused: this run's own key then.
-        let created = await createWithFailover(healthy, request, buildKey, runSignal);
+        const register = (on: PoolBuilder, created: string) => active.set(plan.label, { client: on.client, id: created });
+        let created = await createWithFailover(healthy, request, buildKey, runSignal, track, register);
         const reusable = !created.existing
           || created.state === 'queued' || created.state === 'running'
           // A finished build's result must still be there: in the builder's store, or staged.
           || (created.state === 'succeeded' && !options.force && (shared || (await sourceStore.exists(stageKey, { signal: runSignal }))));
         if (!reusable) {
-          created = await createWithFailover([created.builder, ...healthy.filter((other) => other !== created.builder)], request, `${buildKey}:${runId}`, runSignal);
+          created = await createWithFailover([created.builder, ...healthy.filter((other) => other !== created.builder)], request, `${buildKey}:${runId}`, runSignal, track, register);
         }
         builder = created.builder;
         id = created.id;
@@ -471,7 +493,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
             emit({ type: 'target', target: plan.label, state: 'planned', detail: `${error.message} Dispatching it again.` });
             const ranked = await rankBuilders(plan.builders.length > 1 ? plan.builders.filter((other) => other !== lostOn) : plan.builders, plan.target, runSignal);
             if (ranked.healthy.length === 0) throw error;
-            const again = await createWithFailover(ranked.healthy, request, `${buildKey}:${runId}:lost${attempt + 1}`, runSignal);
+            const again = await createWithFailover(ranked.healthy, request, `${buildKey}:${runId}:lost${attempt + 1}`, runSignal, track, register);
             builder = again.builder;
             id = again.id;
           }
@@ -566,6 +588,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
     signal.removeEventListener('abort', onOuterAbort);
     // Interrupted or failing fast: every build still running is cancelled on its builder, and
     // what was staged for it is removed — a killed cron job leaves nothing running.
+    if (creating.size > 0) await Promise.allSettled([...creating]);
     if (active.size > 0 || staged.size > 0) {
       await Promise.all([...active.values()].map(async ({ client, id }) => {
         await client.cancelBuild(id, { signal: AbortSignal.timeout(CANCEL_TIMEOUT_MS) }).catch(() => undefined);

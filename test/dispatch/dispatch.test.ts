@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
-import { createServer } from 'node:http';
+import { createServer, request as httpRequest } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -216,6 +216,51 @@ describe('dispatch', () => {
       expect(builds[0]?.state).toBe('cancelled');
     }
     expect((await world.sources.list({ prefix: 'staging/' })).items).toEqual([]);
+  });
+
+  it('stopping while a build request is on its way back still cancels the build it started', async () => {
+    // A proxy in front of builder A holds the answer to POST /v1/builds for 1.5 s: the builder
+    // has accepted and started the build, the dispatcher does not know its id yet.
+    let answered = (): void => undefined;
+    const builderAnswered = new Promise<void>((resolve) => {
+      answered = resolve;
+    });
+    const upstream = new URL(world.a.url);
+    const proxy = createServer((request, response) => {
+      const forward = httpRequest({ host: upstream.hostname, port: upstream.port, method: request.method, path: request.url, headers: request.headers }, (answer) => {
+        const relay = () => {
+          response.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(response);
+        };
+        if (request.method === 'POST' && request.url === '/v1/builds') {
+          answered();
+          setTimeout(relay, 1500);
+        } else {
+          relay();
+        }
+      });
+      forward.on('error', () => response.destroy());
+      request.pipe(forward);
+    });
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+    const proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}`;
+    try {
+      const fixture = await writeFixture(path.join(root.dir, 'inflight-1.0.0.tgz'), { name: 'inflight-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
+      const controller = new AbortController();
+      const pools = world.pools({ 'linux-x64': [{ url: proxyUrl, client: createBuilderClient({ url: proxyUrl, token: world.a.token }) }] });
+      const running = run(fixture, [`linux-x64@${NODE}`], { pools, signal: controller.signal });
+      await builderAnswered;
+      controller.abort();
+      const result = await running;
+      expect(result.interrupted).toBe(true);
+      expect(result.targets[0]).toMatchObject({ ok: false, cancelled: true });
+      const { builds } = await world.a.client.listBuilds({ limit: 10 });
+      const started = builds.find((build) => build.label?.includes('inflight-fixture@1.0.0'));
+      expect(started?.state).toBe('cancelled');
+    } finally {
+      proxy.closeAllConnections();
+      await new Promise<void>((resolve) => proxy.close(() => resolve()));
+    }
   });
 
   it('--fail-fast cancels the other targets after the first failure', async () => {
