@@ -12,8 +12,8 @@
  * Writes of one record are coalesced: while one is in flight only the newest snapshot waits.
  */
 import { createHash } from 'node:crypto';
-import { BundleError, isBundleError } from '../errors.js';
-import { listAllObjects, type ObjectStore } from '../storage/index.js';
+import { BundleError } from '../errors.js';
+import { listAllObjects, readJsonObject, readWhole, type ObjectStore } from '../storage/index.js';
 import type { BuildRecord, LogLine } from '../protocol.js';
 
 const ROOT = 'builder';
@@ -38,15 +38,7 @@ export interface RecordStoreOptions {
 }
 
 async function readText(store: ObjectStore, key: string, signal?: AbortSignal): Promise<string | undefined> {
-  try {
-    const { body } = await store.get(key, signal ? { signal } : {});
-    const chunks: Buffer[] = [];
-    for await (const chunk of body) chunks.push(Buffer.from(chunk as Buffer));
-    return Buffer.concat(chunks).toString('utf8');
-  } catch (error) {
-    if (isBundleError(error, 'ERR_STORE_NOT_FOUND')) return undefined;
-    throw error;
-  }
+  return (await readWhole(store, key, signal ? { signal } : {}))?.toString('utf8');
 }
 
 export class RecordStore {
@@ -83,8 +75,8 @@ export class RecordStore {
   }
 
   async readRecord(id: string, signal?: AbortSignal): Promise<BuildRecord | undefined> {
-    const text = await readText(this.store, keys.record(id), signal);
-    return text === undefined ? undefined : (JSON.parse(text) as BuildRecord);
+    // Read again if torn: a replica may be rewriting this record right now.
+    return readJsonObject<BuildRecord>(this.store, keys.record(id), signal ? { signal } : {});
   }
 
   /** Queues log lines; they are written as one chunk within 500 ms. */

@@ -12,9 +12,9 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import pRetry, { AbortError as StopRetrying } from 'p-retry';
 import type { BuilderClient } from '../builder/client.js';
-import { BundleError, abortError, throwIfAborted, toBundleError, type ErrorCode } from '../errors.js';
+import { BundleError, abortError, isBundleError, throwIfAborted, toBundleError, type ErrorCode } from '../errors.js';
 import { type BuildRecord, type CreateBuildRequest, type LogLine, type RequestOverrides } from '../protocol.js';
-import { copyObject, type ObjectInfo, type ObjectStore } from '../storage/index.js';
+import { copyObject, readJsonObject, type ObjectInfo, type ObjectStore } from '../storage/index.js';
 import { formatTarget, type Target } from '../target.js';
 import type { PreparedInput } from './input.js';
 import { buildKey as computeBuildKey, markerKey, renderKey, sourceKey, stagingKey } from './keys.js';
@@ -249,15 +249,12 @@ async function limitConcurrency<T>(items: readonly T[], limit: number, run: (ite
 /** What a destination keeps per build key: the delivered bundle, for cache hits. */
 type CacheMarker = Pick<TargetSuccess, 'buildKey' | 'target' | 'key' | 'file' | 'sha256' | 'size' | 'node' | 'abi' | 'npm' | 'builder' | 'buildId'> & { createdAt: string };
 
+/** A small JSON object (marker, manifest); undefined when absent or when it does not parse. */
 async function readJson<T>(store: ObjectStore, key: string, signal: AbortSignal): Promise<T | undefined> {
   try {
-    const { body } = await store.get(key, { signal });
-    const chunks: Buffer[] = [];
-    for await (const chunk of body) chunks.push(Buffer.from(chunk as Buffer));
-    return JSON.parse(Buffer.concat(chunks).toString('utf8')) as T;
+    return await readJsonObject<T>(store, key, { signal });
   } catch (error) {
-    if (error instanceof BundleError && error.code === 'ERR_STORE_NOT_FOUND') return undefined;
-    if (error instanceof SyntaxError) return undefined;
+    if (isBundleError(error, 'ERR_STORE_IO') && error.cause instanceof SyntaxError) return undefined;
     throw error;
   }
 }

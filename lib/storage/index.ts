@@ -12,6 +12,7 @@ import type { S3StoreOptions } from './s3-store.js';
 
 export * from './object-store.js';
 export { copyObject } from './copy.js';
+export { readJsonObject, readWhole, type ReadOptions } from './read.js';
 export { DirStore, type DirStoreOptions } from './dir-store.js';
 export type { S3StoreOptions } from './s3-store.js';
 

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buffer } from 'node:stream/consumers';
 import { randomBytes } from 'node:crypto';
 import { S3Store } from '../../lib/storage/s3-store.js';
-import { copyObject, openStore } from '../../lib/storage/index.js';
+import { copyObject, openStore, readJsonObject } from '../../lib/storage/index.js';
 import { startS3, type S3TestServer } from '../helpers/s3.js';
 import { MiB, chunked, describeStoreContract, expectCode, sha256 } from './contract.js';
 
@@ -142,6 +142,43 @@ describe('S3Store specifics', () => {
 });
 
 describe('S3Store faults', () => {
+  it('small objects read while a writer rewrites them are read again until whole (s3rver rewrites in place)', async () => {
+    const s3 = await startS3({ buckets: ['torn'] });
+    const store = new S3Store({ ...s3.storeOptions, ...FAST_RETRY, bucket: 'torn' });
+    try {
+      const doc = (n: number) => JSON.stringify({ n, pad: 'x'.repeat(200_000 + (n % 7) * 1000) });
+      await store.put('record.json', doc(0));
+      // A builder rewrites a record in bursts (a few steps at once), then not for a while. Each
+      // round: a burst of 10 rewrites with plain and re-reading readers racing it; rounds go on
+      // until a plain reader has seen a torn read (the fault is real), at most 20.
+      let torn = 0;
+      let whole = 0;
+      for (let round = 0; round < 20 && torn === 0; round += 1) {
+        const burst = (async () => {
+          for (let n = 1; n <= 10; n += 1) await store.put('record.json', doc(round * 10 + n));
+        })();
+        const plain = Array.from({ length: 4 }, async () => {
+          try {
+            JSON.parse((await buffer((await store.get('record.json')).body)).toString());
+          } catch {
+            torn += 1;
+          }
+        });
+        const robust = Array.from({ length: 4 }, async () => {
+          const value = await readJsonObject<{ n: number }>(store, 'record.json');
+          if (typeof value?.n === 'number') whole += 1;
+        });
+        await Promise.all([burst, ...plain, ...robust]);
+        expect(whole).toBe((round + 1) * 4);
+      }
+      expect(torn).toBeGreaterThan(0);
+      expect(await readJsonObject(store, 'absent.json')).toBeUndefined();
+    } finally {
+      store.close();
+      await s3.stop();
+    }
+  });
+
   it('server stopped mid-upload: a clear error, and no partial object once it is back', async () => {
     const s3 = await startS3({ buckets: ['faults'] });
     const store = new S3Store({ ...s3.storeOptions, ...FAST_RETRY, bucket: 'faults' });
