@@ -24,7 +24,8 @@ import { createGzip } from 'node:zlib';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const repo = path.resolve(here, '..');
 const lib = (name) => import(path.join(repo, 'build', 'lib', name));
-const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
+/** A-B-B-A rounds per input: single rounds swing ±15 %, so fewer than ~9 decide little. */
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 9);
 const CACHED_ROUNDS = 7;
 /** A signal that never aborts (the bench is not cancelled). */
 const { signal: neverSignal } = new (globalThis['AbortController'])();

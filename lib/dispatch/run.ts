@@ -223,6 +223,18 @@ async function createWithFailover(ordered: readonly PoolBuilder[], request: Crea
   });
 }
 
+/**
+ * Removes staged results, best effort: all but one at once, then the last. A store that keeps
+ * directories (s3rver) removes one when a delete leaves it empty, and two deletes doing that
+ * at once fail there; the one left keeps the directory until the others are gone.
+ */
+async function removeStaged(store: ObjectStore, keys: readonly string[]): Promise<void> {
+  const remove = (key: string) => store.delete(key).catch(() => undefined);
+  const [last, ...others] = keys;
+  await Promise.all(others.map(remove));
+  if (last !== undefined) await remove(last);
+}
+
 /** An object's body as a stream that sends its GET on the first read; destroying it ends the GET. */
 function lazyBody(store: ObjectStore, key: string, signal: AbortSignal): Readable {
   return Readable.from((async function* read() {
@@ -298,6 +310,11 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   const outcomes = new Map<string, TargetOutcome>();
   /** Builds started and not seen to end: cancelled on interruption. */
   const active = new Map<string, { client: BuilderClient; id: string }>();
+  /**
+   * Staging keys of this run's results, removed together once every target is done (and every
+   * build stopped): not one by one while other builders may still be uploading, because
+   * s3rver removes a "directory" that a delete leaves empty, and a PUT racing that fails.
+   */
   const staged = new Set<string>();
   /** Create requests in flight; a stopped run waits for them so that what they start is cancelled. */
   const creating = new Set<Promise<unknown>>();
@@ -305,7 +322,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
     creating.add(sent);
     void sent.finally(() => creating.delete(sent));
   };
-  /** Removals of staged results that were copied, waited for before the run returns. */
+  /** Removals of staged results, started when the builds are over and waited for before the run returns. */
   const cleanups: Promise<unknown>[] = [];
   let uploaded = false;
   const manifestKey = renderKey(options.manifestTemplate, vars);
@@ -537,18 +554,12 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
               await rm(file, { force: true });
             }
           } else {
-            try {
-              // Staged through a presigned PUT, so it has no recorded sha256 and a server-side copy
-              // could not record a checked one: streamed into the destination, whose put hashes it
-              // and refuses a mismatch. The GET starts when put first reads, so it runs alongside
-              // put's own look-up of the destination key (and no HEAD of the source comes first,
-              // as copyObject would send).
-              written = await destination.put(key, lazyBody(sourceStore, stageKey, runSignal), { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
-            } finally {
-              staged.delete(stageKey);
-              // Removed in the background; the run waits for it before it returns.
-              cleanups.push(sourceStore.delete(stageKey).catch(() => undefined));
-            }
+            // Staged through a presigned PUT, so it has no recorded sha256 and a server-side copy
+            // could not record a checked one: streamed into the destination, whose put hashes it
+            // and refuses a mismatch. The GET starts when put first reads, so it runs alongside
+            // put's own look-up of the destination key (and no HEAD of the source comes first,
+            // as copyObject would send). It stays in `staged`, removed with the others at the end.
+            written = await destination.put(key, lazyBody(sourceStore, stageKey, runSignal), { sha256: artifact.sha256, size: artifact.size, contentType: 'application/gzip', immutable, signal: runSignal });
           }
           if (written?.sha256 !== undefined && written.sha256 !== artifact.sha256) {
             throw new BundleError('ERR_INTEGRITY', `${destination.location}${key} has sha256 ${written.sha256}, expected ${artifact.sha256}.`);
@@ -574,10 +585,6 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         emit({ type: 'target', target: plan.label, state: 'succeeded', detail: key });
         return outcome;
       } catch (error) {
-        if (staged.has(stageKey) && !active.has(plan.label)) {
-          await sourceStore.delete(stageKey).catch(() => undefined);
-          staged.delete(stageKey);
-        }
         return fail(error);
       }
     }
@@ -586,12 +593,12 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
     // Interrupted or failing fast: every build still running is cancelled on its builder, and
     // what was staged for it is removed — a killed cron job leaves nothing running.
     if (creating.size > 0) await Promise.allSettled([...creating]);
-    if (active.size > 0 || staged.size > 0) {
-      await Promise.all([...active.values()].map(async ({ client, id }) => {
-        await client.cancelBuild(id, { signal: AbortSignal.timeout(CANCEL_TIMEOUT_MS) }).catch(() => undefined);
-      }));
-      await Promise.all([...staged].map((key) => sourceStore.delete(key).catch(() => undefined)));
-    }
+    await Promise.all([...active.values()].map(async ({ client, id }) => {
+      await client.cancelBuild(id, { signal: AbortSignal.timeout(CANCEL_TIMEOUT_MS) }).catch(() => undefined);
+    }));
+    // Every build is over: the staged results go now, while the manifest is written.
+    cleanups.push(removeStaged(sourceStore, [...staged]));
+    staged.clear();
   }
 
   const interrupted = signal.aborted;
