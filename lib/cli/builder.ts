@@ -3,9 +3,7 @@
  * the first line of stdout, JSON logs on stderr, and stops gracefully on SIGTERM/SIGINT.
  */
 import { once } from 'node:events';
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Argv, CommandModule } from 'yargs';
 import { readTokens } from '../builder/auth.js';
 import { createDashboard } from '../builder/dashboard/index.js';
@@ -19,6 +17,7 @@ import { hostTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { locateNpm, readNpmVersion } from '../workflow/npm.js';
 import { createScaffold } from '../workflow/scaffold.js';
+import { ownVersion } from '../package-root.js';
 import { loadCliConfig, workflowDefaults } from './config.js';
 import type { CliContext } from './main.js';
 
@@ -57,14 +56,6 @@ function options<T>(argv: Argv<T>) {
     .option('cache-dir', { type: 'string', describe: 'npm cache and fetched Node runtimes.' })
     .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error'], describe: 'JSON log level on stderr (default info).' })
     .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' });
-}
-
-async function ownVersion(): Promise<string> {
-  for (let dir = path.dirname(fileURLToPath(import.meta.url)); path.dirname(dir) !== dir; dir = path.dirname(dir)) {
-    const text = await readFile(path.join(dir, 'package.json'), 'utf8').catch(() => undefined);
-    if (text && (JSON.parse(text) as { name?: string }).name === 'bundle-dispatch') return (JSON.parse(text) as { version: string }).version;
-  }
-  return '0.0.0';
 }
 
 /** The builder's own work area under `workDir`. */

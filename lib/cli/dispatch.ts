@@ -5,11 +5,10 @@
  * document with --json) and picks the exit code: 0 all ok · 1 a target failed · 2 usage or
  * config · 130 interrupted.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { fileURLToPath } from 'node:url';
 import { Listr } from 'listr2';
 import type { Argv, CommandModule } from 'yargs';
 import { createBuilderClient, type BuilderClient } from '../builder/client.js';
@@ -30,6 +29,7 @@ import { loadHookModules } from '../workflow/hooks.js';
 import { ENV_ALLOW_LIST, configSecrets, locateNpm, writeNpmrc } from '../workflow/npm.js';
 import { loadCliConfig, registryAuth, workflowDefaults } from './config.js';
 import { EXIT } from './errors.js';
+import { ownVersion } from '../package-root.js';
 import type { CliContext } from './main.js';
 import { formatBytes, formatMs, STEP_TITLES } from './progress.js';
 
@@ -62,14 +62,6 @@ export interface StatusArgs {
 
 /** How long the webhook of --notify may take. */
 const NOTIFY_TIMEOUT_MS = 10_000;
-
-async function ownVersion(): Promise<string> {
-  for (let dir = path.dirname(fileURLToPath(import.meta.url)); path.dirname(dir) !== dir; dir = path.dirname(dir)) {
-    const text = await readFile(path.join(dir, 'package.json'), 'utf8').catch(() => undefined);
-    if (text && (JSON.parse(text) as { name?: string }).name === 'bundle-dispatch') return (JSON.parse(text) as { version: string }).version;
-  }
-  return '0.0.0';
-}
 
 
 /** npm and git on the dispatching side: allow-listed env, a private npmrc, the shared npm cache. */

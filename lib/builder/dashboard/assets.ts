@@ -7,8 +7,8 @@
 import { createHash } from 'node:crypto';
 import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
+import { findPackageRoot } from '../../package-root.js';
 
 export interface Asset {
   /** Hashed file name, e.g. `dashboard.3f9c1a2b.js`. */
@@ -34,11 +34,9 @@ const TYPES: Record<string, string> = {
 
 /** `lib/builder/dashboard/assets` of this package, from the source tree and from `build/lib/…` alike. */
 export async function defaultAssetsDir(): Promise<string> {
-  for (let dir = path.dirname(fileURLToPath(import.meta.url)); path.dirname(dir) !== dir; dir = path.dirname(dir)) {
-    const text = await readFile(path.join(dir, 'package.json'), 'utf8').catch(() => undefined);
-    if (text && (JSON.parse(text) as { name?: string }).name === 'bundle-dispatch') return path.join(dir, 'lib', 'builder', 'dashboard', 'assets');
-  }
-  throw new Error('bundle-dispatch: cannot find the package root (for the dashboard assets).');
+  const root = await findPackageRoot();
+  if (!root) throw new Error('bundle-dispatch: cannot find the package root (for the dashboard assets).');
+  return path.join(root.dir, 'lib', 'builder', 'dashboard', 'assets');
 }
 
 export async function loadAssets(dir: string): Promise<AssetSet> {
