@@ -192,10 +192,16 @@ async function createWithFailover(ordered: readonly PoolBuilder[], request: Crea
   // created is reported (onCreated) for cancelling. onSent lets the run wait for it.
   const send = (builder: PoolBuilder) => {
     const grace = new AbortController();
-    const stopLater = () => setTimeout(() => grace.abort(signal.reason), CREATE_GRACE_MS).unref();
+    let timer: NodeJS.Timeout | undefined;
+    const stopLater = () => {
+      timer = setTimeout(() => grace.abort(signal.reason), CREATE_GRACE_MS).unref();
+    };
     signal.addEventListener('abort', stopLater, { once: true });
     const sent = builder.client.createBuild(request, { idempotencyKey, signal: grace.signal });
-    const landed = sent.then((created) => onCreated(builder, created.id), () => undefined).finally(() => signal.removeEventListener('abort', stopLater));
+    const landed = sent.then((created) => onCreated(builder, created.id), () => undefined).finally(() => {
+      signal.removeEventListener('abort', stopLater);
+      clearTimeout(timer);
+    });
     onSent(landed);
     return sent;
   };
