@@ -24,6 +24,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { pack } from 'tar-stream';
+import { benchEnv } from './support.js';
 
 const WINDOW_MS = 10_000;
 const CONNECTIONS = 32;
@@ -101,7 +102,7 @@ export async function run({ log }) {
   const cacheDir = path.join(repo, '.cache', 'test');
   await mkdir(cacheDir, { recursive: true });
   const token = `bench_${createHash('sha256').update(String(Math.random())).digest('hex')}`;
-  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/TOKEN|SECRET|AWS_/i.test(name)));
+  const env = benchEnv();
   const scaffold = createScaffold({}, [], { env, workRoot: path.join(root, 'work', 'builds'), npmCacheDir: path.join(cacheDir, 'npm'), runtimeCacheDir: path.join(repo, '.cache', 'test-runtimes') });
   const discard = new Writable({ write: (_chunk, _encoding, callback) => callback() });
   const builder = await startBuilder({

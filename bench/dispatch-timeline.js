@@ -9,25 +9,22 @@
 // --express uses an app depending on express (a 0.7 MB bundle) instead of examples/hello-app.
 import dc from 'node:diagnostics_channel';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { benchEnv, dispatchTools, lib, repo, writeExpressApp } from './support.js';
 
 process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 const { values: flags } = parseArgs({ options: { express: { type: 'boolean', default: false }, rounds: { type: 'string', default: '5' } } });
 const ROUNDS = Math.max(2, Number(flags.rounds) || 5);
-const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-const lib = (name) => import(path.join(repo, 'build', 'lib', name));
 const { default: S3rver } = await import('s3rver');
 const { startBuilder } = await lib('builder/server.js');
 const { createBuilderClient } = await lib('builder/client.js');
 const { DirStore } = await lib('storage/index.js');
 const { S3Store } = await lib('storage/s3-store.js');
 const { createScaffold } = await lib('workflow/scaffold.js');
-const { locateNpm } = await lib('workflow/npm.js');
 const { hostTarget, parseTarget, formatTarget } = await lib('target.js');
 const { prepareInput } = await lib('dispatch/input.js');
 const { ensureLockfile } = await lib('dispatch/lockfile.js');
@@ -44,8 +41,8 @@ const { port } = await server.run();
 const s3 = { endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'S3RVER', secretAccessKey: 'S3RVER' } };
 const sources = new S3Store({ ...s3, bucket: 'sources' });
 const host = formatTarget(hostTarget(), { withNode: false });
-const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/TOKEN|SECRET|AWS_/i.test(name)));
-const tools = { node: process.execPath, npmCli: locateNpm(process.env.PATH), env: { PATH: process.env.PATH ?? '', HOME: base, npm_config_cache: path.join(cacheDir, 'npm'), npm_config_update_notifier: 'false' }, secrets: [] };
+const env = benchEnv();
+const tools = await dispatchTools(base, cacheDir);
 const token = randomBytes(16).toString('hex');
 const scaffold = createScaffold({}, [], { env, workRoot: path.join(base, 'builder', 'work', 'builds'), npmCacheDir: path.join(cacheDir, 'npm'), runtimeCacheDir: path.join(repo, '.cache', 'test-runtimes') });
 const builder = await startBuilder({
@@ -69,12 +66,7 @@ dc.subscribe('http.server.request.start', ({ request }) => mark(`    server got 
 
 try {
   let input = path.join(repo, 'examples', 'hello-app-1.0.0.tgz');
-  if (flags.express) {
-    input = path.join(base, 'express-app');
-    await mkdir(input);
-    await writeFile(path.join(input, 'package.json'), JSON.stringify({ name: 'express-app', version: '1.0.0', main: 'index.js', dependencies: { express: '5.3.0' } }));
-    await writeFile(path.join(input, 'index.js'), 'module.exports = require("express");\n');
-  }
+  if (flags.express) input = await writeExpressApp(path.join(base, 'express-app'));
   const prepared = await prepareInput(input, { cwd: repo, workDir: path.join(base, 'prep'), tools });
   const locked = (await ensureLockfile(prepared, { tools, workDir: path.join(base, 'prep') })).file;
   const phases = [];

@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import path from 'node:path';
@@ -20,10 +20,9 @@ import { createInterface } from 'node:readline';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { createGzip } from 'node:zlib';
+import { benchEnv, dispatchTools, lib, repo, writeExpressApp } from './support.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const repo = path.resolve(here, '..');
-const lib = (name) => import(path.join(repo, 'build', 'lib', name));
 /** A-B-B-A rounds per input: single rounds swing ±15 %, so fewer than ~9 decide little. */
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 9);
 const CACHED_ROUNDS = 7;
@@ -52,7 +51,6 @@ export async function run({ log }) {
   const { S3Store } = await lib('storage/s3-store.js');
   const { createScaffold } = await lib('workflow/scaffold.js');
   const { openInput } = await lib('workflow/tar-input.js');
-  const { locateNpm } = await lib('workflow/npm.js');
   const { hostTarget, parseTarget, formatTarget } = await lib('target.js');
   const { prepareInput } = await lib('dispatch/input.js');
   const { ensureLockfile } = await lib('dispatch/lockfile.js');
@@ -69,8 +67,8 @@ export async function run({ log }) {
   const sources = new S3Store({ ...s3, bucket: 'sources' });
   const host = hostTarget();
   const hostLabel = `${formatTarget(host, { withNode: false })}@${NODE}`;
-  const env = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/TOKEN|SECRET|AWS_/i.test(name)));
-  const tools = { node: process.execPath, npmCli: locateNpm(process.env.PATH), env: { PATH: process.env.PATH ?? '', HOME: base, npm_config_cache: path.join(cacheDir, 'npm'), npm_config_update_notifier: 'false' }, secrets: [] };
+  const env = benchEnv();
+  const tools = await dispatchTools(base, cacheDir);
   const builders = [];
   // Each builder is the real bin in a process of its own, as deployed (`bundle-dispatch builder`),
   // with the bench's npm cache: the workflow called directly uses the same one.
@@ -107,10 +105,7 @@ export async function run({ log }) {
     let input = locked.file;
     // A typical app too (express: ≥ 20 dependencies), where a build takes seconds, not one:
     // dispatch's cost is fixed per run, so the tiny sample shows it at its largest.
-    const expressDir = path.join(prepDir, 'express-app');
-    await mkdir(expressDir, { recursive: true });
-    await writeFile(path.join(expressDir, 'package.json'), JSON.stringify({ name: 'express-app', version: '1.0.0', main: 'index.js', dependencies: { express: '5.3.0' } }));
-    await writeFile(path.join(expressDir, 'index.js'), 'module.exports = require("express");\n');
+    const expressDir = await writeExpressApp(path.join(prepDir, 'express-app'));
     const expressPrepared = await prepareInput(expressDir, { cwd: repo, workDir: path.join(prepDir, 'express-work'), tools });
     const expressInput = (await ensureLockfile(expressPrepared, { tools, workDir: path.join(prepDir, 'express-work') })).file;
     const hostPool = await startOne('builder-host', formatTarget(host, { withNode: false }));

@@ -1,0 +1,29 @@
+// What the dispatch-side benches share: where the repo is, its built modules, an environment
+// without secrets, the npm tools of the dispatching side, and the express app they build.
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/** A module of the build (`npm run build` first), e.g. lib('dispatch/run.js'). */
+export const lib = (name) => import(path.join(repo, 'build', 'lib', name));
+
+/** This process's environment without tokens, secrets or AWS settings. */
+export function benchEnv() {
+  return Object.fromEntries(Object.entries(process.env).filter(([name]) => !/TOKEN|SECRET|AWS_/i.test(name)));
+}
+
+/** npm for the dispatching side (packing, lockfiles), with the tests' npm cache under `cacheDir`. */
+export async function dispatchTools(home, cacheDir) {
+  const { locateNpm } = await lib('workflow/npm.js');
+  return { node: process.execPath, npmCli: locateNpm(process.env.PATH), env: { PATH: process.env.PATH ?? '', HOME: home, npm_config_cache: path.join(cacheDir, 'npm'), npm_config_update_notifier: 'false' }, secrets: [] };
+}
+
+/** A typical app (express: ≥ 20 dependencies) in `dir`, as a package directory. */
+export async function writeExpressApp(dir) {
+  await mkdir(dir, { recursive: true });
+  await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'express-app', version: '1.0.0', main: 'index.js', dependencies: { express: '5.3.0' } }));
+  await writeFile(path.join(dir, 'index.js'), 'module.exports = require("express");\n');
+  return dir;
+}
