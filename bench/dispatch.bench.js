@@ -5,9 +5,9 @@
 //      (target ≤ 1 s of dispatch overhead).
 // Builders are the real bin (`bundle-dispatch builder`, 127.0.0.1 port 0) and s3rver runs in a
 // child process too: as deployed, neither shares the dispatcher's event loop. npm runs as child
-// processes of the builder. Targets pin the host's Node so no runtime is fetched. The input is
-// the sample app with its lockfile already added (resolved once, untimed), so both sides of (1)
-// install exactly the same tree with `npm ci`.
+// processes of the builder. Targets pin the host's Node so no runtime is fetched. (1) runs on
+// three inputs (the sample app, an express app, an app with a C++ addon), each with its
+// lockfile already added (resolved once, untimed), so both sides install the same tree.
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -20,7 +20,7 @@ import { createInterface } from 'node:readline';
 import { pipeline } from 'node:stream/promises';
 import { fileURLToPath } from 'node:url';
 import { createGzip } from 'node:zlib';
-import { benchEnv, dispatchTools, lib, repo, writeExpressApp } from './support.js';
+import { benchEnv, dispatchTools, lib, repo, writeExpressApp, writeNativeApp } from './support.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 /** A-B-B-A rounds per input: single rounds swing ±15 %, so fewer than ~9 decide little. */
@@ -98,16 +98,22 @@ export async function run({ log }) {
   };
 
   try {
-    // The input: the sample app with its lockfile resolved once (untimed).
+    // The inputs, each with its lockfile resolved once (untimed): the sample app; a typical app
+    // (express: ≥ 20 dependencies), where a build takes a second, not half of one; and the case
+    // the tool exists for, an app with a C++ addon of its own that node-gyp compiles. Dispatch's
+    // cost is fixed per run, so the tiny sample shows it at its largest.
     const prepDir = path.join(base, 'prep');
-    const prepared = await prepareInput(path.join(repo, 'examples', 'hello-app-1.0.0.tgz'), { cwd: repo, workDir: prepDir, tools });
-    const locked = await ensureLockfile(prepared, { tools, workDir: prepDir });
-    let input = locked.file;
-    // A typical app too (express: ≥ 20 dependencies), where a build takes seconds, not one:
-    // dispatch's cost is fixed per run, so the tiny sample shows it at its largest.
-    const expressDir = await writeExpressApp(path.join(prepDir, 'express-app'));
-    const expressPrepared = await prepareInput(expressDir, { cwd: repo, workDir: path.join(prepDir, 'express-work'), tools });
-    const expressInput = (await ensureLockfile(expressPrepared, { tools, workDir: path.join(prepDir, 'express-work') })).file;
+    const withLockfile = async (from, name) => {
+      const workDir = path.join(prepDir, `${name}-work`);
+      const prepared = await prepareInput(from, { cwd: repo, workDir, tools });
+      return (await ensureLockfile(prepared, { tools, workDir })).file;
+    };
+    const inputs = [
+      { label: 'hello-app', file: await withLockfile(path.join(repo, 'examples', 'hello-app-1.0.0.tgz'), 'hello') },
+      { label: 'express app', file: await withLockfile(await writeExpressApp(path.join(prepDir, 'express-app')), 'express') },
+      { label: 'native app', file: await withLockfile(await writeNativeApp(path.join(prepDir, 'native-app')), 'native') },
+    ];
+    let input = inputs[0].file;
     const hostPool = await startOne('builder-host', formatTarget(host, { withNode: false }));
 
     let destinationCount = 0;
@@ -117,17 +123,36 @@ export async function run({ log }) {
     const dispatchOnce = async (targets, pools, releases, sourceDateEpoch) => {
       const work = await mkdtemp(path.join(base, 'run-'));
       const started = performance.now();
+      const startedAt = Date.now();
+      // When each thing happened (wall clock, ms since the start): the builder's clock is ours.
+      const marks = {};
+      const mark = (name) => {
+        marks[name] ??= Date.now() - startedAt;
+      };
       const inputPrepared = await prepareInput(input, { cwd: repo, workDir: work, tools });
       const source = await ensureLockfile(inputPrepared, { tools, workDir: work });
+      mark('inspected');
       const result = await dispatch({
+        onEvent: (event) => {
+          if (event.type === 'phase') mark(`${event.phase} ${event.state}`);
+          if (event.type === 'target') mark(event.state);
+          if (event.type === 'record') {
+            if (event.record.startedAt) marks['build started'] = Date.parse(event.record.startedAt) - startedAt;
+            if (event.record.finishedAt) {
+              marks['build finished'] = Date.parse(event.record.finishedAt) - startedAt;
+              mark('end seen');
+            }
+          }
+        },
         input: inputPrepared, source, targets: planTargets(parseTargets(targets), pools), sourceStore: sources, destination: releases,
         keyTemplate: '{name}/{version}/{file}', manifestTemplate: '{name}/{version}/manifest.json', presignExpiry: 3600, signal: never(), tmpDir: work,
         ...(sourceDateEpoch ? { overrides: { sourceDateEpoch } } : {}),
       });
       const ms = performance.now() - started;
+      mark('returned');
       await rm(work, { recursive: true, force: true });
       if (!result.ok) throw new Error(`dispatch failed: ${JSON.stringify(result.targets.filter((t) => !t.ok))}`);
-      return { ms, result };
+      return { ms, result, marks };
     };
     const freshDestination = () => new S3Store({ ...s3, bucket: 'releases', prefix: `run-${destinationCount++}` });
     const workflowOnce = async (sourceDateEpoch) => {
@@ -159,6 +184,8 @@ export async function run({ log }) {
       const direct = [];
       const dispatched = [];
       const builds = [];
+      /** The time around each build, by phase (ms, summed over the rounds). */
+      const around = {};
       // Step durations, summed over the rounds: on the builder (its record) and called directly.
       const steps = { builder: {}, direct: {} };
       const add = (side, name, ms) => {
@@ -170,8 +197,17 @@ export async function run({ log }) {
         return run;
       };
       const dispatchRun = async (at) => {
-        const { ms, result } = await dispatchOnce([hostLabel], [hostPool], freshDestination(), at);
+        const { ms, result, marks } = await dispatchOnce([hostLabel], [hostPool], freshDestination(), at);
         builds.push(result.targets[0].durations.buildMs ?? 0);
+        const phases = [
+          ['inspect input', 0, marks.inspected],
+          ['cache and source checks', marks.inspected, marks['cache finished']],
+          ['trigger (POST until the build starts)', marks['cache finished'], marks['build started']],
+          ['build end → dispatch sees it', marks['build finished'], marks['end seen']],
+          ['verified copy + cache marker', marks.copying, marks.succeeded],
+          ['manifest + staged removal', marks.succeeded, marks.returned],
+        ];
+        for (const [name, from, to] of phases) around[name] = (around[name] ?? 0) + (to ?? 0) - (from ?? 0);
         const record = await hostPool.builders[0].client.getBuild(result.targets[0].buildId);
         for (const step of record.steps) add('builder', step.name, step.durationMs ?? 0);
         return { ms };
@@ -190,16 +226,18 @@ export async function run({ log }) {
       // Each round's pair ran back to back: the median of their ratios shrugs off a noisy round.
       const pairs = dispatched.map((ms, index) => ms / direct[index]).sort((x, y) => x - y);
       const pairMedian = pairs[Math.floor(pairs.length / 2)];
-      return { direct, dispatched, builds, steps, ratio1, pairs, pairMedian };
+      return { direct, dispatched, builds, steps, around, ratio1, pairs, pairMedian };
     };
-    const small = await compare();
-    const sampleInput = input;
-    input = expressInput;
-    await workflowOnce(epoch); // warm-up of this input (untimed)
-    await dispatchOnce([hostLabel], [hostPool], freshDestination(), epoch++);
-    const typical = await compare();
-    input = sampleInput;
-    const { direct, dispatched, ratio1, pairs, pairMedian } = small;
+    const compared = [];
+    for (const [index, each] of inputs.entries()) {
+      input = each.file;
+      if (index > 0) {
+        await workflowOnce(epoch); // warm-up of this input (untimed)
+        await dispatchOnce([hostLabel], [hostPool], freshDestination(), epoch++);
+      }
+      compared.push({ ...each, ...(await compare()) });
+    }
+    input = inputs[0].file;
 
     // 2. Cached re-run vs cold, same destination.
     const cachedDestination = freshDestination();
@@ -232,27 +270,31 @@ export async function run({ log }) {
     const lastFinished = Math.max(...records.map((r) => at(r.finishedAt)));
 
     const s = (ms) => `${(ms / 1000).toFixed(2)} s`;
-    log(`inputs: examples/hello-app (2 dependencies) and an express app (≥ 20 dependencies), each with its lockfile; target ${hostLabel}; s3rver in a child process at ${s3.endpoint}; builders as child processes over HTTP; ${ROUNDS} rounds A-B-B-A.`);
+    log(`inputs: examples/hello-app (2 dependencies), an express app (≥ 20 dependencies) and a native app (express and a C++ addon node-gyp compiles), each with its lockfile; target ${hostLabel}; s3rver in a child process at ${s3.endpoint}; builders as child processes over HTTP; ${ROUNDS} rounds A-B-B-A.`);
     log('');
     log('| measure | value | target | ok |');
     log('|---|---:|---:|:-:|');
-    log(`| dispatch end to end ÷ workflow directly, hello-app | ${ratio1.toFixed(3)} (${s(sum(dispatched) / ROUNDS)} vs ${s(sum(direct) / ROUNDS)} per run) | ≤ 1.05 | ${ratio1 <= 1.05 ? '✔' : '✖'} |`);
-    log(`| dispatch end to end ÷ workflow directly, express app | ${typical.ratio1.toFixed(3)} (${s(sum(typical.dispatched) / ROUNDS)} vs ${s(sum(typical.direct) / ROUNDS)} per run) | ≤ 1.05 | ${typical.ratio1 <= 1.05 ? '✔' : '✖'} |`);
+    for (const side of compared) {
+      log(`| dispatch end to end ÷ workflow directly, ${side.label} | ${side.ratio1.toFixed(3)} (${s(sum(side.dispatched) / ROUNDS)} vs ${s(sum(side.direct) / ROUNDS)} per run) | ≤ 1.05 | ${side.ratio1 <= 1.05 ? '✔' : '✖'} |`);
+    }
     log(`| cached re-run vs cold | ${(cold.ms / cached).toFixed(1)}× (cold ${s(cold.ms)}, cached median ${s(cached)}, slowest ${s(Math.max(...cachedRuns))}) | ≥ 20×, < 1 s | ${cold.ms / cached >= 20 && cached < 1000 ? '✔' : '✖'} |`);
     log(`| 8 targets on 8 builders: wall − longest build | ${s(overhead)} (wall ${s(wide.ms)}, longest build ${s(longest)}) | ≤ 1 s | ${overhead <= 1000 ? '✔' : '✖'} |`);
     log('');
-    log(`paired ratios per round (sorted), hello-app: ${pairs.map((r) => r.toFixed(3)).join(' ')} · median ${pairMedian.toFixed(3)} · absolute overhead ≈ ${((sum(dispatched) - sum(direct)) / ROUNDS).toFixed(0)} ms per run`);
-    log(`paired ratios per round (sorted), express app: ${typical.pairs.map((r) => r.toFixed(3)).join(' ')} · median ${typical.pairMedian.toFixed(3)} · absolute overhead ≈ ${((sum(typical.dispatched) - sum(typical.direct)) / ROUNDS).toFixed(0)} ms per run`);
     // Where dispatch's extra time goes: around the build (trigger, transfers, copy, manifest) or
     // inside it (the build on the builder took longer than the workflow called directly).
-    for (const [label, side] of [['hello-app', small], ['express app', typical]]) {
+    for (const side of compared) {
       const around = (sum(side.dispatched) - sum(side.builds)) / ROUNDS;
       const inside = (sum(side.builds) - sum(side.direct)) / ROUNDS;
-      log(`${label}: per run ${around.toFixed(0)} ms around the build (dispatch − the builder's build time), ${inside.toFixed(0)} ms inside it (the builder's build time − the workflow called directly)`);
+      // How much the workflow alone varies from run to run: the scale against which a ratio's
+      // distance from 1.05 can be read.
+      const mean = sum(side.direct) / ROUNDS;
+      const sd = Math.sqrt(sum(side.direct.map((ms) => (ms - mean) ** 2)) / (ROUNDS - 1));
+      log(`${side.label}: workflow directly ${s(mean)} ± ${sd.toFixed(0)} ms (sd) · paired ratios per round (sorted) ${side.pairs.map((r) => r.toFixed(3)).join(' ')} · median ${side.pairMedian.toFixed(3)} · per run ${((sum(side.dispatched) - sum(side.direct)) / ROUNDS).toFixed(0)} ms more: ${around.toFixed(0)} ms around the build (dispatch − the builder's build time), ${inside.toFixed(0)} ms inside it (the builder's build time − the workflow called directly)`);
+      log(`  around the build, mean ms: ${Object.entries(side.around).map(([name, ms]) => `${name} ${(ms / ROUNDS).toFixed(0)}`).join(', ')}`);
       const names = [...new Set([...Object.keys(side.steps.builder), ...Object.keys(side.steps.direct)])];
       log(`  steps, mean ms on the builder / called directly: ${names.map((name) => `${name} ${((side.steps.builder[name] ?? 0) / ROUNDS).toFixed(0)}/${((side.steps.direct[name] ?? 0) / ROUNDS).toFixed(0)}`).join(', ')} (directly, pack = streaming the tar through gzip into the file)`);
     }
-    log(`runs: dispatch ${dispatched.map(s).join(' ')} · workflow ${direct.map(s).join(' ')} · cached ${cachedRuns.map(s).join(' ')}`);
+    log(`runs, hello-app: dispatch ${compared[0].dispatched.map(s).join(' ')} · workflow ${compared[0].direct.map(s).join(' ')} · cached ${cachedRuns.map(s).join(' ')}`);
     log(`8 targets: builds accepted ${s(firstCreated)}–${s(lastCreated)} after the start, last one finished at ${s(lastFinished)}, dispatch returned at ${s(wide.ms)}`);
     log(`builds (8 targets): ${wide.result.targets.map((t) => `${t.target.split('@')[0]} ${s(t.durations.buildMs ?? 0)}`).join(', ')}`);
   } finally {

@@ -1,6 +1,6 @@
 // What the dispatch-side benches share: where the repo is, its built modules, an environment
 // without secrets, the npm tools of the dispatching side, and the express app they build.
-import { mkdir, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -25,5 +25,19 @@ export async function writeExpressApp(dir) {
   await mkdir(dir, { recursive: true });
   await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'express-app', version: '1.0.0', main: 'index.js', dependencies: { express: '5.3.0' } }));
   await writeFile(path.join(dir, 'index.js'), 'module.exports = require("express");\n');
+  return dir;
+}
+
+/**
+ * The case the tool exists for: an app with a native addon of its own (the tests' V8 fixture,
+ * C++ compiled by node-gyp against the target's headers) and express, as a package directory.
+ */
+export async function writeNativeApp(dir) {
+  await mkdir(dir, { recursive: true });
+  const fixture = path.join(repo, 'test', 'fixtures', 'v8-addon');
+  await copyFile(path.join(fixture, 'v8adder.cc'), path.join(dir, 'v8adder.cc'));
+  await copyFile(path.join(fixture, 'binding.gyp'), path.join(dir, 'binding.gyp'));
+  await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'native-app', version: '1.0.0', main: 'index.js', dependencies: { express: '5.3.0' } }));
+  await writeFile(path.join(dir, 'index.js'), 'module.exports = { add: require("./build/Release/v8adder.node").add, express: require("express") };\n');
   return dir;
 }
