@@ -2,7 +2,7 @@
  * Build records and logs in the builder's store, written as they happen, so a restart (or a
  * replica behind the same URL) loses nothing. Layout under `builder/`:
  *
- * - `builds/<id>/record.json`             the record, rewritten on every change and heartbeat
+ * - `builds/<id>/record.json`             the record: on acceptance, changes (≤ 1/s), heartbeats, the end
  * - `builds/<id>/log/<first seq>.ndjson`  log chunks, one per flush (every 500 ms while lines come)
  * - `builds/<id>/<bundle file>.tgz`       the result when no output URL was given
  * - `index/<inverted ms>-<id>`            history, newest first in the store's ascending listing

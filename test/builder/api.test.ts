@@ -13,6 +13,8 @@ import { TEST_UID_RANGES, hostTargetSpec, isRoot, startSourceServer, startTestBu
 import { packageTar, readTar, tempDir } from '../helpers/packages.js';
 import { startS3, type S3TestServer } from '../helpers/s3.js';
 import { S3Store } from '../../lib/storage/s3-store.js';
+import { DirStore } from '../../lib/storage/dir-store.js';
+import type { ObjectStore } from '../../lib/storage/index.js';
 
 let builder: TestBuilder;
 let sources: SourceServer;
@@ -91,6 +93,47 @@ describe('builder API', () => {
     const next = await builder.client.listBuilds({ limit: 1, cursor: page.cursor as string });
     expect(next.builds.map((record) => record.id)).toEqual([created.id]);
     await builder.client.followBuild(second.id);
+  });
+
+  it('writes a running build\'s record to the store at most once a second, and its end at once', async () => {
+    // A real directory store, watched: every write of a record.json is noted (nothing is faked).
+    const root = await tempDir('bd-record-writes-');
+    const inner = new DirStore({ root: root.dir });
+    const writes: string[] = [];
+    const store = new Proxy(inner, {
+      get(target, property) {
+        if (property === 'put') {
+          return (key: string, ...rest: Parameters<ObjectStore['put']> extends [string, ...infer R] ? R : never) => {
+            if (key.endsWith('/record.json')) writes.push(key);
+            return target.put(key, ...rest);
+          };
+        }
+        const value: unknown = Reflect.get(target, property, target);
+        return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    }) as ObjectStore;
+    const watched = await startTestBuilder({ uids: TEST_UID_RANGES.records, slots: 1, store });
+    try {
+      const created = await watched.client.createBuild(request(), { idempotencyKey: `writes-${Date.now()}` });
+      const final = await watched.client.followBuild(created.id);
+      expect(final.state).toBe('succeeded');
+      // The end is in the store as soon as a follower hears of it.
+      const stored = JSON.parse((await readFile(path.join(root.dir, 'builder', 'builds', created.id, 'record.json'))).toString()) as BuildRecord;
+      expect(stored.state).toBe('succeeded');
+      expect(stored.steps).toEqual(final.steps);
+      // Every step starting and ending is a change (8 steps: 16 changes, plus running and complete);
+      // the store got the first record, at most one write per second of the build for its
+      // changes and one for its heartbeat (every second here), and the end.
+      expect(final.steps.length).toBeGreaterThanOrEqual(8);
+      const seconds = Math.ceil((Date.parse(final.finishedAt as string) - Date.parse(final.createdAt)) / 1000);
+      const mine = writes.filter((key) => key.includes(created.id));
+      expect(mine.length).toBeGreaterThanOrEqual(2);
+      expect(mine.length).toBeLessThanOrEqual(2 + 2 * seconds);
+      expect(mine.length).toBeLessThan(2 * final.steps.length);
+    } finally {
+      await watched.stop();
+      await root.remove();
+    }
   });
 
   it('takes the source from a presigned S3 GET and PUTs the bundle to a presigned S3 URL; or a key in its own store', async () => {

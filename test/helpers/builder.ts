@@ -34,6 +34,7 @@ export const TEST_UID_RANGES = {
   replicaA: { first: 61060, last: 61064 },
   replicaB: { first: 61065, last: 61069 },
   dashboard: { first: 61070, last: 61079 },
+  records: { first: 61080, last: 61084 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
