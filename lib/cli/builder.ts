@@ -113,6 +113,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   const npmVersion = await readNpmVersion(process.execPath, locateNpm(context.env.PATH), { PATH: context.env.PATH ?? '', npm_config_update_notifier: 'false' });
 
   const dashboard = createDashboard({ tokens });
+  const logLevel = args['log-level'] ?? 'info';
   const builder = await startBuilder({
     host: settings.host,
     port: settings.port,
@@ -130,7 +131,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     ...(uidRange ? { uidRange } : {}),
     heartbeatMs: settings.heartbeat * 1000,
     logStream: context.stderr,
-    logLevel: args['log-level'] ?? 'info',
+    logLevel,
     version: await ownVersion(),
     npmVersion,
     runtimes: [process.versions.node, ...config.runtimes],
@@ -138,7 +139,8 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     register: dashboard.register,
   });
   context.stdout.write(`${builder.url}\n`);
-  context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `serving ${describeTargets(targets)} with ${settings.slots} slot(s)${uidRange ? `, builds as uids ${uidRange.first}-${uidRange.last}` : ''}` })}\n`);
+  // The same level as fastify's logger (pino: info = 30): `--log-level warn` keeps stderr quiet.
+  if (logLevel === 'debug' || logLevel === 'info') context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `serving ${describeTargets(targets)} with ${settings.slots} slot(s)${uidRange ? `, builds as uids ${uidRange.first}-${uidRange.last}` : ''}` })}\n`);
 
   if (!signal.aborted) await once(signal, 'abort');
   await builder.stop(settings.shutdownGrace * 1000);
