@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BundleError } from '../../lib/errors.js';
 import { NPM_EPOCH, pack } from '../../lib/workflow/steps/pack.js';
 import { unpack } from '../../lib/workflow/steps/unpack.js';
+import { withoutRoot } from '../helpers/privileges.js';
 import { listTar, readAll } from '../helpers/tar.js';
 
 let parent: string;
@@ -230,12 +231,13 @@ describe('pack', () => {
     expect((error as BundleError).message).toContain('index.js');
   });
 
-  it.skipIf(process.getuid?.() === 0)('ends with ERR_PACK_FAILED for an unreadable file', async () => {
+  it('ends with ERR_PACK_FAILED for an unreadable file', async () => {
     const dir = path.join(parent, 'pkg');
     await writeTree(dir);
     await chmod(path.join(dir, 'lib/a.js'), 0o000);
-    const error: unknown = await readAll(pack(dir)).catch((rejection: unknown) => rejection);
+    const error: unknown = await withoutRoot(() => readAll(pack(dir)).catch((rejection: unknown) => rejection), [parent]);
     expect((error as BundleError).code).toBe('ERR_PACK_FAILED');
+    expect((error as BundleError).message).toContain('a.js');
   });
 
   it('ends with ERR_ABORTED when the signal aborts', async () => {

@@ -7,6 +7,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BundleError } from '../../lib/errors.js';
 import { unpack } from '../../lib/workflow/steps/unpack.js';
 import { maybeGunzip, openInput } from '../../lib/workflow/tar-input.js';
+import { withoutRoot } from '../helpers/privileges.js';
 import { makeTar, makeTgz, packageEntries, readAll, streamOf } from '../helpers/tar.js';
 
 let parent: string;
@@ -134,11 +135,12 @@ describe('openInput', () => {
     expect((await failure(openInput(dir))).code).toBe('ERR_INPUT_NOT_TAR');
   });
 
-  it.skipIf(process.getuid?.() === 0)('emits ERR_INPUT_UNREADABLE for a file without read permission', async () => {
+  it('emits ERR_INPUT_UNREADABLE for a file without read permission', async () => {
     const file = path.join(parent, 'secret.tgz');
     await writeFile(file, 'x');
     await chmod(file, 0o000);
-    expect((await failure(openInput(file))).code).toBe('ERR_INPUT_UNREADABLE');
+    const error = await withoutRoot(() => failure(openInput(file)), [parent]);
+    expect(error.code).toBe('ERR_INPUT_UNREADABLE');
   });
 
   it('makes unpack report a missing file as ERR_INPUT_NOT_FOUND', async () => {
