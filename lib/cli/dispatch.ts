@@ -119,7 +119,7 @@ interface DispatchView {
 }
 
 const TARGET_WORDS: Record<string, string> = {
-  planned: 'waiting', cached: 'cached', queued: 'queued', running: 'building', copying: 'copying', succeeded: 'delivered', failed: 'failed', cancelled: 'cancelled',
+  planned: 'waiting', cached: 'cached', reused: 'reusing a finished build', queued: 'queued', running: 'building', copying: 'copying', succeeded: 'delivered', failed: 'failed', cancelled: 'cancelled',
 };
 
 function currentStep(record: BuildRecord): string | undefined {
@@ -240,7 +240,7 @@ function createListrView(labels: readonly string[], options: { verbose: boolean 
 
 function summaryTable(result: DispatchResult, destination: string): string {
   const rows = result.targets.map((outcome) => outcome.ok
-    ? [outcome.target, outcome.cached ? 'cached' : 'built', outcome.node ?? '', formatBytes(outcome.size), outcome.cached ? '' : formatMs(outcome.durations.buildMs ?? outcome.durations.totalMs), outcome.key]
+    ? [outcome.target, outcome.cached ? 'cached' : outcome.reused ? 'reused' : 'built', outcome.node ?? '', formatBytes(outcome.size), outcome.cached ? '' : formatMs(outcome.durations.buildMs ?? outcome.durations.totalMs), outcome.key]
     : [outcome.target, outcome.cancelled ? 'cancelled' : 'FAILED', '', '', '', `${outcome.error.code}: ${outcome.error.message.split('\n')[0] ?? ''}`]);
   const header = ['target', 'result', 'node', 'size', 'build', 'key / error'];
   const widths = header.map((title, index) => Math.max(title.length, ...rows.map((row) => (row[index] ?? '').length)));

@@ -50,7 +50,7 @@ function lost(id: string, builder: PoolBuilder, why: string): BundleError {
 /** Version of manifest.json's shape. */
 export const MANIFEST_VERSION = 1;
 
-export type TargetState = 'planned' | 'cached' | 'queued' | 'running' | 'copying' | 'succeeded' | 'failed' | 'cancelled';
+export type TargetState = 'planned' | 'cached' | 'reused' | 'queued' | 'running' | 'copying' | 'succeeded' | 'failed' | 'cancelled';
 
 /** What dispatch tells its caller while it works (the CLI's views and the run history listen). */
 export type DispatchEvent =
@@ -64,6 +64,11 @@ export interface TargetSuccess {
   ok: true;
   /** True when the destination already held the build key (no build ran). */
   cached: boolean;
+  /**
+   * True when the builder already held a finished build of this build key (an earlier run built
+   * it and did not deliver it here): its result was copied, no build ran in this run.
+   */
+  reused?: true;
   buildKey: string;
   /** Destination key of the bundle. */
   key: string;
@@ -496,11 +501,17 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         }
         builder = created.builder;
         id = created.id;
+        const reused = created.existing && created.state === 'succeeded';
         let record: BuildRecord | undefined;
+        if (reused) {
+          // Nothing to follow: its record is final, and replaying its log would only repeat an earlier run.
+          record = await builder.client.getBuild(id, { signal: runSignal });
+          emit({ type: 'target', target: plan.label, state: 'reused', builder: builder.url, buildId: id, detail: `built ${record.finishedAt ?? 'earlier'} for an earlier run` });
+        }
         // A build whose builder dies (or whose record stops heartbeating) is lost: it is
         // re-dispatched to a healthy builder of the pool under a key of its own, so the lost one
         // can never come back as a second build of the same request.
-        for (let attempt = 0; ; attempt += 1) {
+        for (let attempt = 0; !reused; attempt += 1) {
           active.set(plan.label, { client: builder.client, id });
           emit({ type: 'target', target: plan.label, state: 'queued', builder: builder.url, buildId: id });
           try {
@@ -521,7 +532,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         active.delete(plan.label);
         if (!record) throw new BundleError('ERR_INTERNAL', 'No build record.');
         builderName = record.builder;
-        emit({ type: 'record', target: plan.label, record });
+        if (!reused) emit({ type: 'record', target: plan.label, record });
         if (record.state !== 'succeeded' || !record.artifact) {
           const code = (record.error?.code ?? (record.state === 'cancelled' ? 'ERR_ABORTED' : 'ERR_INTERNAL')) as ErrorCode;
           throw new BundleError(code, record.error?.message ?? `The build ended ${record.state}.`, { details: { buildId: id } });
@@ -578,7 +589,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         const copyMs = Date.now() - copyStarted;
         const startedMs = record.startedAt ? Date.parse(record.startedAt) : undefined;
         const outcome: TargetSuccess = {
-          target: plan.label, ok: true, cached: false, buildKey, key, file: artifact.file, sha256: artifact.sha256, size: artifact.size,
+          target: plan.label, ok: true, cached: false, ...(reused ? { reused } : {}), buildKey, key, file: artifact.file, sha256: artifact.sha256, size: artifact.size,
           ...(record.resolved ? { node: record.resolved.node, abi: record.resolved.abi, npm: record.resolved.npm } : {}),
           builder: record.builder, builderUrl: builder.url, buildId: id,
           durations: {
@@ -661,7 +672,7 @@ export interface Manifest {
 }
 
 export type ManifestTarget =
-  | { ok: true; key: string; file: string; sha256: string; size: number; node?: string; abi?: string; npm?: string; builder?: string; buildId?: string; buildKey: string; runId: string; cached: boolean; durations: TargetSuccess['durations'] }
+  | { ok: true; key: string; file: string; sha256: string; size: number; node?: string; abi?: string; npm?: string; builder?: string; buildId?: string; buildKey: string; runId: string; cached: boolean; reused?: true; durations: TargetSuccess['durations'] }
   | { ok: false; error: { code: string; message: string }; builder?: string; buildId?: string; buildKey: string; runId: string };
 
 function buildManifest(result: DispatchResult, previous: Manifest | undefined): Manifest {
@@ -677,7 +688,7 @@ function buildManifest(result: DispatchResult, previous: Manifest | undefined): 
         ok: true, key: outcome.key, file: outcome.file, sha256: outcome.sha256, size: outcome.size,
         ...(outcome.node ? { node: outcome.node } : {}), ...(outcome.abi ? { abi: outcome.abi } : {}), ...(outcome.npm ? { npm: outcome.npm } : {}),
         ...(outcome.builder ? { builder: outcome.builder } : {}), ...(outcome.buildId ? { buildId: outcome.buildId } : {}),
-        buildKey: outcome.buildKey, runId: result.runId, cached: outcome.cached, durations: outcome.durations,
+        buildKey: outcome.buildKey, runId: result.runId, cached: outcome.cached, ...(outcome.reused ? { reused: true } : {}), durations: outcome.durations,
       };
     } else {
       targets[outcome.target] = {

@@ -74,6 +74,19 @@ describe('bundle-dispatch <input>', () => {
     const bytes = await readFile(path.join(cwd, 'dist', outcome.key));
     expect(createHash('sha256').update(bytes).digest('hex')).toBe(outcome.sha256);
     expect(JSON.parse(await readFile(path.join(cwd, 'dist', '@acme/embedded-fixture/1.0.0/manifest.json'), 'utf8'))).toMatchObject({ name: '@acme/embedded-fixture', targets: { [`linux-${process.arch}@${NODE}`]: { ok: true } } });
+    expect(outcome.reused).toBeUndefined();
+
+    // Another destination, same cache: the embedded builder (its store is in the cache) still
+    // holds the finished build of that key, so its result is delivered without a new build, and
+    // the output says so instead of replaying the earlier build's steps.
+    const again = await runCli([fixture, '--targets', `linux-${process.arch}@${NODE}`, '-d', 'elsewhere', '--cache-dir', path.join(root.dir, 'embedded-cache')], { cwd, env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'embedded-work') } });
+    expect(again.code).toBe(0);
+    expect(again.stderr).toContain(`reusing a finished build (build ${outcome.buildId})`);
+    expect(again.stderr).not.toContain('▸');
+    expect(again.stdout).toMatch(new RegExp(`linux-${process.arch}@\\S+\\s+reused\\s`));
+    const elsewhere = JSON.parse(await readFile(path.join(cwd, 'elsewhere', '@acme/embedded-fixture/1.0.0/manifest.json'), 'utf8')) as { targets: Record<string, { buildId: string; reused?: boolean; sha256: string }> };
+    expect(elsewhere.targets[`linux-${process.arch}@${NODE}`]).toMatchObject({ buildId: outcome.buildId, reused: true, sha256: outcome.sha256 });
+    expect(createHash('sha256').update(await readFile(path.join(cwd, 'elsewhere', outcome.key))).digest('hex')).toBe(outcome.sha256);
   });
 
   it('an unknown target is a usage error listing the configured targets, before anything is uploaded', async () => {
