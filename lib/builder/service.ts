@@ -505,6 +505,13 @@ export class BuilderService {
     this.notifyStatus(entry);
   }
 
+  /** Writes the record now (heartbeat, end): a throttled save still waiting would only repeat it. */
+  private saveRecordNow(entry: BuildEntry): Promise<void> {
+    clearTimeout(entry.saveTimer);
+    entry.saveTimer = undefined;
+    return this.records.saveRecord(entry.record);
+  }
+
   private stepStarted(entry: BuildEntry, name: StepName, at: number): void {
     entry.record.steps.push({ name, state: 'running', startedAt: new Date(at).toISOString() });
     this.changed(entry);
@@ -565,7 +572,7 @@ export class BuilderService {
     this.changed(entry);
     const heartbeat = setInterval(() => {
       record.heartbeatAt = new Date().toISOString();
-      void this.records.saveRecord(record);
+      void this.saveRecordNow(entry);
     }, this.options.heartbeatMs);
     const timeout = setTimeout(() => controller.abort(new BundleError('ERR_BUILD_TIMEOUT', `The build took longer than ${Math.round(this.options.buildTimeoutMs / 1000)} s (builder.buildTimeout).`)), this.options.buildTimeoutMs);
     let user: RunAs | undefined;
@@ -634,10 +641,8 @@ export class BuilderService {
     }
     record.finishedAt = new Date(now).toISOString();
     record.heartbeatAt = record.finishedAt;
-    clearTimeout(entry.saveTimer);
-    entry.saveTimer = undefined;
     // Durable first: a follower that saw the end must find the same end after a crash.
-    await Promise.all([this.records.closeLog(record.id), this.records.saveRecord(record)]);
+    await Promise.all([this.records.closeLog(record.id), this.saveRecordNow(entry)]);
     const final = this.view(entry);
     for (const listener of entry.listeners) listener.end(final);
     entry.listeners.clear();

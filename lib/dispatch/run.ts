@@ -502,21 +502,17 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         builder = created.builder;
         id = created.id;
         const reused = created.existing && created.state === 'succeeded';
-        let record: BuildRecord | undefined;
-        if (reused) {
-          // Nothing to follow: its record is final, and replaying its log would only repeat an earlier run.
-          record = await builder.client.getBuild(id, { signal: runSignal });
-          emit({ type: 'target', target: plan.label, state: 'reused', builder: builder.url, buildId: id, detail: `built ${record.finishedAt ?? 'earlier'} for an earlier run` });
-        }
+        // A reused build is not followed: its record is final, and its log would only repeat an earlier run.
+        let record = reused ? await builder.client.getBuild(id, { signal: runSignal }) : undefined;
+        if (record) emit({ type: 'target', target: plan.label, state: 'reused', builder: builder.url, buildId: id, detail: `built ${record.finishedAt ?? 'earlier'} for an earlier run` });
         // A build whose builder dies (or whose record stops heartbeating) is lost: it is
         // re-dispatched to a healthy builder of the pool under a key of its own, so the lost one
         // can never come back as a second build of the same request.
-        for (let attempt = 0; !reused; attempt += 1) {
+        for (let attempt = 0; record === undefined; attempt += 1) {
           active.set(plan.label, { client: builder.client, id });
           emit({ type: 'target', target: plan.label, state: 'queued', builder: builder.url, buildId: id });
           try {
             record = await followWithWatchdog(builder, id, plan.label);
-            break;
           } catch (error) {
             if (runSignal.aborted || !(error instanceof BundleError) || error.code !== 'ERR_BUILD_LOST' || attempt >= LOST_REDISPATCHES) throw error;
             const lostOn = builder;
@@ -530,7 +526,6 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
           }
         }
         active.delete(plan.label);
-        if (!record) throw new BundleError('ERR_INTERNAL', 'No build record.');
         builderName = record.builder;
         if (!reused) emit({ type: 'record', target: plan.label, record });
         if (record.state !== 'succeeded' || !record.artifact) {
