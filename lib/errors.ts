@@ -14,6 +14,7 @@ export type ErrorCode =
   | 'ERR_INPUT_UNREADABLE'
   | 'ERR_NO_PACKAGE_JSON'
   | 'ERR_BAD_PACKAGE_JSON'
+  | 'ERR_PACKAGE_INVALID'
   // workflow
   | 'ERR_HOOK_FAILED'
   | 'ERR_HOOK_UNKNOWN'

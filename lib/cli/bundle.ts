@@ -73,6 +73,14 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
   const { summary } = result;
   const defaultName = bundleFileName({ name: summary.name, version: summary.version, target: summary.target, nodeVersion: summary.runtime.version });
   const file = outputPath !== undefined && !outputIsDir ? outputPath : path.join(outDir, defaultName);
+  // unpack refuses names that are not npm names (ERR_PACKAGE_INVALID); this keeps a name that
+  // ever slips through from choosing where the bundle lands.
+  if (file !== outputPath && path.dirname(file) !== path.resolve(outDir)) {
+    (result.output as Readable).destroy();
+    throw new BundleError('ERR_PACKAGE_INVALID', `The bundle's file name "${defaultName}" (from the package's name and version) would leave the output directory ${outDir}.`, {
+      details: { name: summary.name, version: summary.version },
+    });
+  }
   const temporary = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(6).toString('hex')}.partial`);
   const tar = createHashingStream();
   const gz = createHashingStream();

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.js';
 import { installOffline, runInConsumer } from '../helpers/consumer.js';
 import { repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
+import { makeTgz, packageEntries } from '../helpers/tar.js';
 
 const sample = path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz');
 // The host's own Node: the runtime rule has tests of its own; these test the command.
@@ -57,6 +58,23 @@ describe('bundle-dispatch bundle', () => {
     expect(result.error.code).toBe('ERR_INPUT_NOT_TAR');
     expect(await readdir(out).catch(() => [])).toEqual([]);
     expect(run.stderr).not.toMatch(/at .*\.js:\d+/); // no stack without --verbose
+  });
+
+  it('a package name that is not an npm name, or a version that is not semver: exit 2, ERR_PACKAGE_INVALID, nothing written anywhere (issue 15.4)', async () => {
+    const base = path.join(root.dir, 'names', 'a', 'b');
+    await mkdir(base, { recursive: true });
+    for (const [manifest, field] of [[{ name: '../../x', version: '1.0.0' }, 'name'], [{ name: 'ok-name', version: 'not-semver' }, 'version']] as const) {
+      const input = path.join(base, `${field}.tgz`);
+      await writeFile(input, await makeTgz(packageEntries([{ name: 'package/index.js', content: '' }], manifest)));
+      const run = await runCli(['bundle', input, '-o', 'out/', '--json', ...hostNode], { cwd: base });
+      expect(run.code, run.stderr).toBe(2);
+      const result = JSON.parse(run.stdout) as { error: { code: string; message: string } };
+      expect(result.error.code).toBe('ERR_PACKAGE_INVALID');
+      expect(result.error.message).toContain(`"${field}"`);
+      expect(run.stderr).not.toContain('Install production dependencies');
+    }
+    expect(await readdir(path.join(base, 'out')).catch(() => [])).toEqual([]);
+    expect((await readdir(path.join(root.dir, 'names', 'a'))).sort()).toEqual(['b']);
   });
 
   it('usage errors exit 2 with a message that says what to do', async () => {

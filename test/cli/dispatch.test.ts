@@ -98,6 +98,14 @@ describe('bundle-dispatch <input>', () => {
     expect((await sources.list()).items).toEqual([]);
   });
 
+  it('a package name that would escape the destination is ERR_PACKAGE_INVALID (exit 2) before anything is uploaded, not ERR_CONFIG from the key template (issue 15.4)', async () => {
+    const fixture = await writeFixture(path.join(root.dir, 'escape-1.0.0.tgz'), { name: '../../x', version: '1.0.0' });
+    const run = await runCli([fixture, '--targets', 'linux-x64', '--json'], { cwd: project, env });
+    expect(run.code, run.stderr).toBe(2);
+    expect((JSON.parse(run.stdout) as { error: { code: string } }).error.code).toBe('ERR_PACKAGE_INVALID');
+    expect((await sources.list()).items).toEqual([]);
+  });
+
   it('invalid configuration lists every problem with its key path (exit 2)', async () => {
     const bad = path.join(root.dir, 'bad-config');
     await mkdir(bad, { recursive: true });

@@ -94,6 +94,16 @@ describe('inputs', () => {
     const noVersion = await writeFixture(path.join(root.dir, 'noversion.tgz'), { name: 'no-version' });
     await expectCode(prepareInput(noVersion, { cwd: root.dir, workDir: await workDir('noversion'), tools: tools() }), 'ERR_BAD_PACKAGE_JSON');
   });
+
+  it('a name that is not an npm name or a version that is not semver is ERR_PACKAGE_INVALID while inspecting, not ERR_CONFIG from the key template later (issue 15.4)', async () => {
+    for (const [file, manifest] of [['escape.tgz', { name: '../../x', version: '1.0.0' }], ['scoped-escape.tgz', { name: '@acme/../../x', version: '1.0.0' }], ['version.tgz', { name: 'fine', version: 'not-semver' }]] as const) {
+      const tarball = await writeFixture(path.join(root.dir, file), manifest);
+      await expectCode(prepareInput(tarball, { cwd: root.dir, workDir: await workDir(file), tools: tools() }), 'ERR_PACKAGE_INVALID');
+    }
+    // A valid scoped name still renders the default key.
+    const scoped = await prepareInput(await writeFixture(path.join(root.dir, 'scoped.tgz'), { name: '@acme/app', version: '1.0.0-rc.1' }), { cwd: root.dir, workDir: await workDir('scoped'), tools: tools() });
+    expect(renderKey('{name}/{version}/{pkgfile}.tgz', { name: scoped.packageJson.name, version: scoped.packageJson.version, sourceSha: scoped.sha256 })).toBe('@acme/app/1.0.0-rc.1/acme-app.tgz');
+  });
 });
 
 describe('the lockfile, resolved once', () => {

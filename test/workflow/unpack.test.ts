@@ -451,9 +451,9 @@ describe('unpack: limits', () => {
   });
 
   it('accepts exactly the limits', async () => {
-    const tar = await makeTar([{ name: 'package/package.json', content: '{"name":"a","version":"1"}' }]);
-    const result = await unpack(streamOf(tar), target, { limits: { maxBytes: 26, maxEntries: 1 } });
-    expect(result).toMatchObject({ entries: 1, bytes: 26 });
+    const tar = await makeTar([{ name: 'package/package.json', content: '{"name":"a","version":"1.0.0"}' }]);
+    const result = await unpack(streamOf(tar), target, { limits: { maxBytes: 30, maxEntries: 1 } });
+    expect(result).toMatchObject({ entries: 1, bytes: 30 });
   });
 
   it('stops an endless run of empty blocks (a zero-block bomb)', async () => {
@@ -562,4 +562,42 @@ describe('unpack: cancellation and input errors', () => {
     const error = await refused(input, 'ERR_INPUT_TRUNCATED');
     expect(error.message).toBe('gzip ended early');
   });
+});
+
+describe('unpack: package name and version (issue 15.4)', () => {
+  const badNames = ['../../x', '..', '.', '.hidden', '_private', 'a/b', '@scope/../x', '@scope/.x', ' padded', 'padded ', 'has space', 'node_modules', 'colon:name', 'x'.repeat(215), 'back\\slash'];
+  for (const name of badNames) {
+    it(`refuses the name ${JSON.stringify(name.length > 40 ? `${name.slice(0, 10)}…(${name.length})` : name)} with ERR_PACKAGE_INVALID`, async () => {
+      const error = await refused(await makeTar(packageEntries([], { name, version: '1.0.0' })), 'ERR_PACKAGE_INVALID');
+      expect(error.details).toEqual({ field: 'name', value: name });
+      expect(error.message).toContain('is not a valid npm package name');
+    });
+  }
+
+  const goodNames = ['a', '@acme/app', '@acme/app.js-2_x~y', 'JSONStream', 'events', 'x'.repeat(214)];
+  for (const name of goodNames) {
+    it(`accepts the name ${JSON.stringify(name.length > 40 ? `${name.slice(0, 10)}…(${name.length})` : name)} (npm's rules for existing packages)`, async () => {
+      const result = await unpack(streamOf(await makeTar(packageEntries([], { name, version: '1.0.0' }))), target, {});
+      expect(result.packageJson.name).toBe(name);
+    });
+  }
+
+  const badVersions = ['not-semver', '1', '1.0', 'v1.0.0', '=1.0.0', ' 1.0.0', '1.0.0 ', '01.0.0', '1.0.0-', 'latest', '../1.0.0'];
+  for (const version of badVersions) {
+    it(`refuses the version ${JSON.stringify(version)} with ERR_PACKAGE_INVALID`, async () => {
+      const error = await refused(await makeTar(packageEntries([], { name: 'a', version })), 'ERR_PACKAGE_INVALID');
+      expect(error.details).toEqual({ field: 'version', value: version });
+    });
+  }
+
+  it('says what npm would publish a non-canonical version as', async () => {
+    const error = await refused(await makeTar(packageEntries([], { name: 'a', version: 'v1.2.3' })), 'ERR_PACKAGE_INVALID');
+    expect(error.message).toContain('"1.2.3"');
+  });
+
+  for (const version of ['0.0.0', '1.2.3', '1.0.0-rc.1', '1.0.0-rc.1+build.5', '2.0.0+sha.abc']) {
+    it(`accepts the version ${version}`, async () => {
+      expect((await unpack(streamOf(await makeTar(packageEntries([], { name: 'a', version }))), target, {})).packageJson.version).toBe(version);
+    });
+  }
 });

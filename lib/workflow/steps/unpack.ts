@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { extract as createExtract, type ExtractEvents, type Header } from 'tar-stream';
 import { abortError, BundleError, throwIfAborted } from '../../errors.js';
+import { checkPackageIdentity } from '../../package-identity.js';
 
 /** Bounds on what one input may put on disk, checked against the tar headers before writing. */
 export interface UnpackLimits {
@@ -531,6 +532,8 @@ async function readPackageJson(root: string, topLevelFiles: readonly string[]): 
         { details: { field } });
     }
   }
+  // Name and version become file names and destination keys: `../../x` must stop here.
+  checkPackageIdentity(manifest as PackageJson);
   return manifest as PackageJson;
 }
 
