@@ -77,6 +77,24 @@ describe('bundle-dispatch bundle', () => {
     expect((await readdir(path.join(root.dir, 'names', 'a'))).sort()).toEqual(['b']);
   });
 
+  it('a tarball with two package/package.json entries is refused before the second one\'s install script can run (issue 15.5)', async () => {
+    const dir = path.join(root.dir, 'dupes');
+    await mkdir(dir, { recursive: true });
+    const marker = path.join(dir, 'install-script-ran');
+    const input = path.join(dir, 'dupe-1.0.0.tgz');
+    await writeFile(input, await makeTgz([
+      { name: 'package/package.json', content: JSON.stringify({ name: 'dupe', version: '1.0.0' }) },
+      { name: 'package/package.json', content: JSON.stringify({ name: 'dupe', version: '1.0.0', scripts: { install: `node -e "require('fs').writeFileSync(${JSON.stringify(marker)}, '')"` } }) },
+    ]));
+    const run = await runCli(['bundle', input, '-o', `${dir}/out/`, '--json', ...hostNode], { cwd: dir });
+    expect(run.code).not.toBe(0);
+    const result = JSON.parse(run.stdout) as { error: { code: string; message: string } };
+    expect(result.error.code).toBe('ERR_UNSAFE_ENTRY');
+    expect(result.error.message).toContain('second entry for the path "package.json"');
+    expect((await readdir(dir)).sort()).toEqual(['dupe-1.0.0.tgz', 'out']);
+    expect(await readdir(path.join(dir, 'out'))).toEqual([]);
+  });
+
   it('usage errors exit 2 with a message that says what to do', async () => {
     const missing = await runCli(['bundle', path.join(root.dir, 'nope.tgz')], { cwd: root.dir });
     expect(missing.code).toBe(2);

@@ -161,6 +161,29 @@ describe('openInput', () => {
     await expect(unpack(openInput(file), path.join(parent, 'out'), {})).rejects.toMatchObject({ code: 'ERR_INPUT_TRUNCATED' });
   });
 
+  it('makes unpack report a .tgz cut inside a huge declared entry as ERR_INPUT_TRUNCATED, at any chunking (issue 15.6)', async () => {
+    // The entry declares more than the size limit; the gzip stream ends early. Which error won
+    // used to depend on whether gunzip's error or the entry's header reached unpack first.
+    for (const [declared, content, limits] of [
+      [2 ** 33, 20 * 1024 * 1024, {}],
+      [500 * 1024 * 1024, 20 * 1024 * 1024, { maxBytes: 10 * 1024 * 1024 }],
+      [2 ** 33, 1000, {}],
+    ] as const) {
+      const gz = await makeTgz(packageEntries([{ name: 'package/big.bin', size: declared, content: Buffer.alloc(content, 7) }]));
+      const file = path.join(parent, `cut-${declared}-${content}.tgz`);
+      await writeFile(file, gz.subarray(0, gz.length - 20));
+      const error = await unpack(openInput(file), path.join(parent, `out-${declared}-${content}`), { limits }).catch((rejection: unknown) => rejection);
+      expect(error, `declared ${declared}, content ${content}`).toMatchObject({ code: 'ERR_INPUT_TRUNCATED' });
+    }
+  });
+
+  it('still reports a complete .tgz whose entry declares too much as ERR_INPUT_TOO_LARGE', async () => {
+    const gz = await makeTgz(packageEntries([{ name: 'package/big.bin', size: 2 ** 33, content: Buffer.alloc(20 * 1024 * 1024, 7) }]));
+    const file = path.join(parent, 'whole.tgz');
+    await writeFile(file, gz);
+    await expect(unpack(openInput(file), path.join(parent, 'out'), {})).rejects.toMatchObject({ code: 'ERR_INPUT_TOO_LARGE' });
+  });
+
   it('makes unpack report a plain text file as ERR_INPUT_NOT_TAR', async () => {
     const file = path.join(parent, 'readme.tgz');
     await writeFile(file, 'This is a README, not a tarball.\n');

@@ -140,17 +140,13 @@ describe('unpack: good archives', () => {
     expect(hard.ino).toBe((await lstat(path.join(target, 'lib/a.js'))).ino);
   });
 
-  it('lets a later entry replace an earlier file (last one wins, as in tar)', async () => {
+  it('accepts a directory entry for a directory that deeper paths created first', async () => {
     const tar = await tarOf([
-      { name: 'package/a.js', content: 'first' },
-      { name: 'package/a.js', content: 'second' },
-      { name: 'package/b.js', type: 'symlink', linkname: 'a.js' },
-      { name: 'package/b.js', content: 'real file now' },
+      { name: 'package/lib/a.js', content: 'a' },
+      { name: 'package/lib/', type: 'directory' },
     ]);
     await unpack(streamOf(tar), target, {});
-    expect(await readFile(path.join(target, 'a.js'), 'utf8')).toBe('second');
-    expect((await lstat(path.join(target, 'b.js'))).isFile()).toBe(true);
-    expect(await readFile(path.join(target, 'a.js'), 'utf8')).toBe('second'); // not written through the link
+    expect(await readFile(path.join(target, 'lib/a.js'), 'utf8')).toBe('a');
   });
 
   it('treats contiguous files as regular files', async () => {
@@ -343,6 +339,18 @@ describe('unpack: unsafe paths', () => {
     await refused(await tarOf([{ name: 'package/passwd', type: 'link', linkname: 'package/../../../etc/passwd' }]), 'ERR_UNSAFE_PATH');
   });
 
+  it('calls a hard link\'s bad target its target, not the entry\'s own path (issue 15.6)', async () => {
+    for (const [linkname, why] of [['package/../../../etc/passwd', /has "\.\." in its link target "package\/\.\.\/\.\.\/\.\.\/etc\/passwd"/], ['/etc/passwd', /has the absolute link target "\/etc\/passwd"/]] as const) {
+      const error = await refused(await tarOf([{ name: 'package/passwd', type: 'link', linkname }]), 'ERR_UNSAFE_PATH');
+      expect(error.message).toMatch(/^Hard link "package\/passwd" → /);
+      expect(error.message).toMatch(why);
+      expect(error.message).not.toMatch(/Entry "package\/passwd" (contains|has the absolute path)/);
+      expect(error.details).toEqual({ entry: 'package/passwd', linkname });
+      await rm(target, { recursive: true, force: true });
+      await mkdir(target);
+    }
+  });
+
   it('refuses a hard link to a file not extracted yet', async () => {
     const tar = await tarOf([
       { name: 'package/early.js', type: 'link', linkname: 'package/later.js' },
@@ -439,7 +447,7 @@ describe('unpack: limits', () => {
   it('refuses more than maxEntries entries', async () => {
     const entries = Array.from({ length: 50 }, (_, i) => ({ name: `package/f${i}`, content: '' }));
     const error = await refused(await tarOf(entries), 'ERR_INPUT_TOO_LARGE', { maxEntries: 20 });
-    expect(error.message).toMatch(/more than 20 entries/);
+    expect(error.message).toMatch(/at least 21 entries .*over the limit of 20\b/);
     expect((await readdir(target)).length).toBeLessThanOrEqual(20);
   });
 
@@ -454,6 +462,18 @@ describe('unpack: limits', () => {
     const tar = await makeTar([{ name: 'package/package.json', content: '{"name":"a","version":"1.0.0"}' }]);
     const result = await unpack(streamOf(tar), target, { limits: { maxBytes: 30, maxEntries: 1 } });
     expect(result).toMatchObject({ entries: 1, bytes: 30 });
+  });
+
+  it('names the real total and the limit when one entry declares exactly the limit (issue 15.6)', async () => {
+    // package.json (30 bytes) + an entry of exactly maxBytes: the message used to read
+    // "more than 1000 bytes (entry declares 1000)", as if 1000 were more than 1000.
+    const tar = await makeTar([
+      { name: 'package/package.json', content: '{"name":"a","version":"1.0.0"}' },
+      { name: 'package/exact.bin', content: Buffer.alloc(1000) },
+    ]);
+    const error = await refused(tar, 'ERR_INPUT_TOO_LARGE', { maxBytes: 1000 });
+    expect(error.message).toContain('at least 1030 bytes (entry "package/exact.bin" declares 1000), over the limit of 1000 bytes');
+    expect(error.message).not.toMatch(/more than 1000/);
   });
 
   it('stops an endless run of empty blocks (a zero-block bomb)', async () => {
@@ -561,6 +581,43 @@ describe('unpack: cancellation and input errors', () => {
     setTimeout(() => input.destroy(new BundleError('ERR_INPUT_TRUNCATED', 'gzip ended early')), 20);
     const error = await refused(input, 'ERR_INPUT_TRUNCATED');
     expect(error.message).toBe('gzip ended early');
+  });
+});
+
+describe('unpack: a path that occurs twice (issue 15.5)', () => {
+  it('refuses two different package/package.json entries, and runs nothing of the second', async () => {
+    const tar = await makeTar([
+      { name: 'package/package.json', content: '{"name":"a","version":"1.0.0"}' },
+      { name: 'package/package.json', content: '{"name":"a","version":"1.0.0","scripts":{"install":"touch /tmp/pwned"}}' },
+    ]);
+    const error = await refused(tar, 'ERR_UNSAFE_ENTRY');
+    expect(error.message).toMatch(/second entry for the path "package\.json"/);
+    expect(error.details).toEqual({ entry: 'package/package.json', path: 'package.json', first: 'package/package.json' });
+  });
+
+  // Every spelling that names one path after the strip, and every kind of entry.
+  const pairs: [string, TarEntry, TarEntry][] = [
+    ['the same file twice', { name: 'package/a.js', content: 'first' }, { name: 'package/a.js', content: 'second' }],
+    ['./ and // spellings of one file', { name: 'package/lib/a.js', content: 'first' }, { name: 'package/.//lib/./a.js', content: 'second' }],
+    ['one path under two top folders', { name: 'package/a.js', content: 'first' }, { name: 'other/a.js', content: 'second' }],
+    ['a file, then a symlink at its path', { name: 'package/a.js', content: 'first' }, { name: 'package/a.js', type: 'symlink', linkname: 'package.json' }],
+    ['a symlink, then a file at its path', { name: 'package/b.js', type: 'symlink', linkname: 'package.json' }, { name: 'package/b.js', content: 'real file now' }],
+    ['a file, then a hard link at its path', { name: 'package/a.js', content: 'first' }, { name: 'package/a.js', type: 'link', linkname: 'package/package.json' }],
+    ['a directory twice', { name: 'package/lib/', type: 'directory' }, { name: 'package/lib', type: 'directory' }],
+    ['a directory, then a file at its path', { name: 'package/lib/', type: 'directory' }, { name: 'package/lib', content: 'not a dir' }],
+  ];
+  for (const [what, first, second] of pairs) {
+    it(`refuses ${what}`, async () => {
+      const error = await refused(await tarOf([first, second]), 'ERR_UNSAFE_ENTRY');
+      expect(error.message).toContain(`"${second.name}" is a second entry for the path`);
+      expect(error.details).toMatchObject({ entry: second.name, first: first.name });
+    });
+  }
+
+  it('refuses the top folder twice', async () => {
+    const tar = await makeTar([...packageEntries(), { name: 'package/.', type: 'directory' }]);
+    const error = await refused(tar, 'ERR_UNSAFE_ENTRY');
+    expect(error.details).toMatchObject({ path: 'package' });
   });
 });
 

@@ -1,5 +1,5 @@
 import { constants as fsConstants } from 'node:fs';
-import { link, lstat, mkdir, open, readlink, symlink, unlink } from 'node:fs/promises';
+import { link, lstat, mkdir, open, readlink, symlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { extract as createExtract, type ExtractEvents, type Header } from 'tar-stream';
@@ -102,7 +102,7 @@ export async function unpack(tar: Readable, dir: string, options: UnpackOptions 
     throw new BundleError('ERR_INTERNAL', `Cannot create the directory to unpack into, "${root}": ${error instanceof Error ? error.message : String(error)}`, { cause: error });
   }
 
-  const stats: Counters = { entries: 0, directories: 0, bytes: 0, raw: 0, lastEnd: 0, head: Buffer.alloc(0), tail: Buffer.alloc(0) };
+  const stats: Counters = { entries: 0, directories: 0, bytes: 0, raw: 0, lastEnd: 0, head: Buffer.alloc(0), tail: Buffer.alloc(0), drainUntil: undefined };
   const writer = new TreeWriter(root, () => {
     // Parent directories implied by deep paths are inodes too: count them against the limit.
     stats.directories += 1;
@@ -142,6 +142,11 @@ export async function unpack(tar: Readable, dir: string, options: UnpackOptions 
     const lockfile = await findLockfile(root);
     return { entries: stats.entries, bytes: stats.bytes, packageJson, ...(lockfile ? { lockfile } : {}) };
   } catch (error) {
+    if (!failure && stats.drainUntil !== undefined) {
+      // A limit refused on headers (see refuseOverLimit): let feed() read the rest, unparsed.
+      extract.destroy();
+      await feeding;
+    }
     if (!failure && !(error instanceof BundleError) && extract.destroying) {
       // An entry stream dies with a generic "destroyed" error; the parser's own error says why.
       if (!extract.destroyed) await new Promise<void>((resolve) => extract.once('close', () => resolve()));
@@ -167,6 +172,21 @@ interface Counters {
   head: Buffer;
   /** The last block of the input, to check for the end-of-archive marker. */
   tail: Buffer;
+  /** Set after a limit refusal: read (and drop) the input up to this many raw bytes. */
+  drainUntil: number | undefined;
+}
+
+/**
+ * Returns the error for a size or entry limit passed, as judged on the headers, before the
+ * data they declare. If the input itself is cut short (a gzip stream that ends early), that is
+ * the real problem, and which of the two would be reported would depend on which error the
+ * streams deliver first. So feed() goes on reading, without parsing, up to what an accepted
+ * input with this many entries could hold: an input error on the way (ERR_INPUT_TRUNCATED)
+ * wins, a clean end or the budget running out keeps this refusal.
+ */
+function refuseOverLimit(stats: Counters, limits: UnpackLimits, error: BundleError): BundleError {
+  stats.drainUntil ??= limits.maxBytes + (stats.entries + stats.directories) * 2 * BLOCK + OVERHEAD_SLACK;
+  return error;
 }
 
 /** Writes the input into the parser with backpressure; ends it when the input ends. */
@@ -177,12 +197,19 @@ async function feed(input: Readable, extract: ReturnType<typeof createExtract>, 
     if (stats.head.length < BLOCK) stats.head = Buffer.concat([stats.head, chunk]).subarray(0, BLOCK);
     stats.tail = chunk.length >= BLOCK ? chunk.subarray(chunk.length - BLOCK) : Buffer.concat([stats.tail, chunk]).subarray(-BLOCK);
     stats.raw += chunk.length;
+    if (stats.drainUntil !== undefined) {
+      if (stats.raw > stats.drainUntil) return;
+      continue;
+    }
     if (stats.raw > stats.bytes + (stats.entries + 1) * OVERHEAD_PER_ENTRY + OVERHEAD_SLACK) {
       throw new BundleError('ERR_INPUT_TOO_LARGE',
         `The input holds more than ${OVERHEAD_SLACK} bytes that belong to no file (padding, empty blocks or oversized headers); a well-formed tarball has almost none. ${RECREATE}`,
         { details: { rawBytes: stats.raw, limits } });
     }
-    if (extract.destroyed) return;
+    if (extract.destroyed) {
+      if (stats.drainUntil !== undefined) continue;
+      return;
+    }
     if (!extract.write(chunk)) {
       await new Promise<void>((resolve) => {
         const done = (): void => {
@@ -194,9 +221,12 @@ async function feed(input: Readable, extract: ReturnType<typeof createExtract>, 
         extract.on('close', done);
       });
     }
-    if (extract.destroyed) return;
+    if (extract.destroyed) {
+      if (stats.drainUntil !== undefined) continue;
+      return;
+    }
   }
-  extract.end(null);
+  if (stats.drainUntil === undefined) extract.end(null);
 }
 
 async function extractEntry(entry: Entry, writer: TreeWriter, stats: Counters, limits: UnpackLimits, signal: AbortSignal | undefined): Promise<void> {
@@ -210,9 +240,9 @@ async function extractEntry(entry: Entry, writer: TreeWriter, stats: Counters, l
   stats.bytes += size;
   checkEntryLimit(stats, limits);
   if (stats.bytes > limits.maxBytes) {
-    throw new BundleError('ERR_INPUT_TOO_LARGE',
-      `The input's files add up to more than ${limits.maxBytes} bytes (entry "${header.name}" declares ${size}), the limit for one package. Check what the tarball contains, or raise the size limit.`,
-      { details: { bytes: stats.bytes, entry: header.name, limits } });
+    throw refuseOverLimit(stats, limits, new BundleError('ERR_INPUT_TOO_LARGE',
+      `The input's files add up to at least ${stats.bytes} bytes (entry "${header.name}" declares ${size}), over the limit of ${limits.maxBytes} bytes for one package. Check what the tarball contains, or raise the size limit.`,
+      { details: { bytes: stats.bytes, entry: header.name, limits } }));
   }
 
   const type = header.type as EntryType;
@@ -222,6 +252,10 @@ async function extractEntry(entry: Entry, writer: TreeWriter, stats: Counters, l
       { details: { entry: header.name, type: type ?? 'unknown' } });
   }
   const relative = safeRelativePath(header.name, header.name);
+  // npm pack names every path once. A second entry for a path would silently replace the
+  // first (a second package/package.json, and its install script runs), so it is refused —
+  // whatever spelling (`./`, `//`, another top folder) makes the two names one path.
+  writer.claim(relative === '' ? `/${normalizedName(header.name)}` : relative, header.name);
   if (relative === '') {
     // The top folder itself (package/) or a file beside it: npm's strip drops these too.
     if (type !== 'directory' && header.name.split('/').filter((part: string) => part !== '' && part !== '.').length === 1) {
@@ -242,7 +276,7 @@ async function extractEntry(entry: Entry, writer: TreeWriter, stats: Counters, l
       return;
     case 'link': {
       await drain(entry);
-      const target = safeRelativePath(header.linkname ?? '', header.name);
+      const target = safeRelativePath(header.linkname ?? '', header.name, 'link target');
       await writer.hardlink(relative, header.name, target, header.linkname ?? '');
       return;
     }
@@ -251,11 +285,16 @@ async function extractEntry(entry: Entry, writer: TreeWriter, stats: Counters, l
   }
 }
 
+/** An archive name without empty and `.` components: `./package//a` → `package/a`. */
+function normalizedName(name: string): string {
+  return name.split('/').filter((part) => part !== '' && part !== '.').join('/');
+}
+
 function checkEntryLimit(stats: Counters, limits: UnpackLimits): void {
   if (stats.entries + stats.directories <= limits.maxEntries) return;
-  throw new BundleError('ERR_INPUT_TOO_LARGE',
-    `The input has more than ${limits.maxEntries} entries (counting the directories its paths imply), the limit for one package. Check that the tarball holds only the package (no node_modules, build caches), or raise the entry limit.`,
-    { details: { entries: stats.entries, impliedDirectories: stats.directories, limits } });
+  throw refuseOverLimit(stats, limits, new BundleError('ERR_INPUT_TOO_LARGE',
+    `The input has at least ${stats.entries + stats.directories} entries (counting the directories its paths imply), over the limit of ${limits.maxEntries} for one package. Check that the tarball holds only the package (no node_modules, build caches), or raise the entry limit.`,
+    { details: { entries: stats.entries, impliedDirectories: stats.directories, limits } }));
 }
 
 /**
@@ -263,20 +302,22 @@ function checkEntryLimit(stats: Counters, limits: UnpackLimits): void {
  * backslashes, drive letters and NUL bytes anywhere in it — a Windows extractor or a later
  * `path.join` must not be able to read them as a way out.
  */
-function safeRelativePath(name: string, entry: string): string {
+function safeRelativePath(name: string, entry: string, role: 'path' | 'link target' = 'path'): string {
+  // A hard link's target is not the entry's own path: say which of the two is wrong.
+  const subject = role === 'path' ? `Entry "${entry}"` : `Hard link "${entry}" → "${name}"`;
   const unsafe = (why: string): BundleError => new BundleError('ERR_UNSAFE_PATH',
-    `Entry "${entry}" ${why}, so it could be written outside the package. ${RECREATE}`,
-    { details: { entry, path: name } });
-  if (name === '') throw unsafe('has an empty path');
-  if (name.includes('\0')) throw unsafe('contains a NUL byte');
-  if (name.includes('\\')) throw unsafe('contains a backslash (a Windows path separator)');
-  if (name.startsWith('/')) throw unsafe(`has the absolute path "${name}"`);
-  if (Buffer.byteLength(name) > MAX_PATH_BYTES) throw unsafe(`has a path longer than ${MAX_PATH_BYTES} bytes`);
+    `${subject} ${why}, so it could ${role === 'path' ? 'be written' : 'reach'} outside the package. ${RECREATE}`,
+    { details: role === 'path' ? { entry, path: name } : { entry, linkname: name } });
+  if (name === '') throw unsafe(`has an empty ${role}`);
+  if (name.includes('\0')) throw unsafe(`has a NUL byte in its ${role}`);
+  if (name.includes('\\')) throw unsafe(`has a backslash (a Windows path separator) in its ${role}`);
+  if (name.startsWith('/')) throw unsafe(`has the absolute ${role} "${name}"`);
+  if (Buffer.byteLength(name) > MAX_PATH_BYTES) throw unsafe(`has a ${role} longer than ${MAX_PATH_BYTES} bytes`);
   const parts = name.split('/');
   for (const part of parts) {
-    if (part === '..') throw unsafe(`contains ".." in "${name}"`);
-    if (Buffer.byteLength(part) > MAX_NAME_BYTES) throw unsafe(`has a path component longer than ${MAX_NAME_BYTES} bytes`);
-    if (/^[a-zA-Z]:/.test(part)) throw unsafe(`contains the drive letter "${part.slice(0, 2)}"`);
+    if (part === '..') throw unsafe(`has ".." in its ${role} "${name}"`);
+    if (Buffer.byteLength(part) > MAX_NAME_BYTES) throw unsafe(`has a ${role} component longer than ${MAX_NAME_BYTES} bytes`);
+    if (/^[a-zA-Z]:/.test(part)) throw unsafe(`has the drive letter "${part.slice(0, 2)}" in its ${role}`);
   }
   return parts.slice(1).filter((part) => part !== '' && part !== '.').join('/');
 }
@@ -295,12 +336,29 @@ class TreeWriter {
   private readonly symlinks: { relative: string; entry: string }[] = [];
   /** Archive names of top-level non-directory entries dropped by the strip (for a better hint). */
   readonly topLevelFiles: string[] = [];
+  /** Every path an entry has named so far → the first entry's name (see claim()). */
+  private readonly claimed = new Map<string, string>();
 
   /** Resolution steps left for all symlinks together (see MAX_TOTAL_RESOLVE_STEPS). */
   private resolveBudget = MAX_TOTAL_RESOLVE_STEPS;
 
   /** `beforeImpliedDirectory` runs before a parent directory without an entry is created; it may throw. */
   constructor(private readonly root: string, private readonly beforeImpliedDirectory: () => void) {}
+
+  /**
+   * Records that an entry names `key` (its path after the strip; `/`-prefixed for the top
+   * folder and files beside it) and refuses a second entry for the same path.
+   */
+  claim(key: string, entry: string): void {
+    const first = this.claimed.get(key);
+    if (first !== undefined) {
+      const shown = key.startsWith('/') ? key.slice(1) : key;
+      throw new BundleError('ERR_UNSAFE_ENTRY',
+        `Entry "${entry}" is a second entry for the path "${shown}" (the first was "${first}"); npm pack writes every path once, and extracting both would let one silently replace the other. ${RECREATE}`,
+        { details: { entry, path: shown, first } });
+    }
+    this.claimed.set(key, entry);
+  }
 
   async directory(relative: string): Promise<void> {
     await this.ensureParents(relative, relative);
@@ -311,8 +369,7 @@ class TreeWriter {
     await this.ensureParents(relative, entry);
     const absolute = this.absolute(relative);
     const flags = fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_EXCL | fsConstants.O_NOFOLLOW;
-    const handle = await this.replacing(relative, entry, () => open(absolute, flags, mode));
-    this.files.delete(relative);
+    const handle = await this.creating(relative, entry, () => open(absolute, flags, mode));
     try {
       for await (const chunk of content as AsyncIterable<Buffer>) {
         throwIfAborted(signal);
@@ -341,8 +398,7 @@ class TreeWriter {
     const resolved = path.posix.normalize(path.posix.join(path.posix.dirname(relative), target));
     if (resolved === '..' || resolved.startsWith('../')) throw outside('points outside the package');
     await this.ensureParents(relative, entry);
-    await this.replacing(relative, entry, () => symlink(target, this.absolute(relative)));
-    this.files.delete(relative);
+    await this.creating(relative, entry, () => symlink(target, this.absolute(relative)));
     this.symlinks.push({ relative, entry });
   }
 
@@ -357,7 +413,7 @@ class TreeWriter {
       throw new BundleError('ERR_UNSAFE_PATH', `Hard link "${entry}" → "${linkname}" does not point at a regular file. ${RECREATE}`, { details: { entry, linkname } });
     }
     await this.ensureParents(relative, entry);
-    await this.replacing(relative, entry, () => link(this.absolute(target), this.absolute(relative)));
+    await this.creating(relative, entry, () => link(this.absolute(target), this.absolute(relative)));
     this.files.add(relative);
   }
 
@@ -370,7 +426,7 @@ class TreeWriter {
       } catch {
         continue;
       }
-      if (!stats.isSymbolicLink()) continue; // replaced by a later entry
+      if (!stats.isSymbolicLink()) continue; // nothing replaces an entry (claim()), but never follow a non-link
       const verdict = await this.resolveInside(relative);
       if (verdict !== 'inside') {
         throw new BundleError('ERR_UNSAFE_PATH',
@@ -455,21 +511,23 @@ class TreeWriter {
     this.directories.add(relative);
   }
 
-  /** Creates a non-directory; a file or link already at that path is replaced (last entry wins, as in tar). */
-  private async replacing<T>(relative: string, entry: string, create: () => Promise<T>): Promise<T> {
+  /**
+   * Creates a non-directory, never replacing anything. Something already there is a directory
+   * a deeper path implied, or — claim() having refused exact duplicates — a name that this
+   * file system folds into an earlier one (case, Unicode normalization): refused either way.
+   */
+  private async creating<T>(relative: string, entry: string, create: () => Promise<T>): Promise<T> {
     try {
       return await create();
     } catch (error) {
       if (errorCode(error) !== 'EEXIST') throw error;
     }
     const stats = await lstat(this.absolute(relative));
-    if (stats.isDirectory()) {
-      throw new BundleError('ERR_UNSAFE_ENTRY',
-        `Entry "${entry}" would replace the directory "${relative}" that the archive created earlier. ${RECREATE}`,
-        { details: { entry, conflict: relative } });
-    }
-    await unlink(this.absolute(relative));
-    return create();
+    throw new BundleError('ERR_UNSAFE_ENTRY',
+      stats.isDirectory()
+        ? `Entry "${entry}" would replace the directory "${relative}" that the archive created earlier. ${RECREATE}`
+        : `Entry "${entry}" lands on "${relative}", which an earlier entry already created (this file system treats the two names as one). ${RECREATE}`,
+      { details: { entry, conflict: relative } });
   }
 }
 
