@@ -92,6 +92,15 @@ export interface BuildLinks {
   artifact?: string;
 }
 
+/**
+ * How a builder makes a bundle for a target: `native` (its own platform: addons compiled and
+ * loaded here), `cross-compiled` (another Linux CPU: addons cross-compiled and loaded under an
+ * emulator, or header-checked only when allowed), `cross` (another platform without a
+ * toolchain: only bundles in which nothing compiles).
+ */
+export type BuildMethod = 'native' | 'cross-compiled' | 'cross';
+export type Verification = 'loaded' | 'emulated' | 'headers' | 'none';
+
 /** A build as `GET /v1/builds/:id` returns it, and as it is persisted in the builder's store. */
 export interface BuildRecord {
   id: string;
@@ -106,7 +115,11 @@ export interface BuildRecord {
   queuePosition?: number;
   steps: StepRecord[];
   package?: { name: string; version: string };
-  resolved?: { node: string; abi: string; npm: string };
+  /**
+   * What the build used and how it proved its addons: `method` native | cross-compiled |
+   * cross, `verification` loaded | emulated | headers | none (see the workflow's BuildSummary).
+   */
+  resolved?: { node: string; abi: string; npm: string; method?: BuildMethod; verification?: Verification };
   artifact?: ArtifactRecord;
   error?: { code: string; message: string };
   /** Last sign of life of a running build (ISO time). Stale → the build is lost. */
@@ -158,6 +171,12 @@ export interface HealthResponse {
   builder: string;
   /** Targets served, as `linux-x64`, `linux-arm64-musl`… */
   targets: string[];
+  /**
+   * How each served target is built: `native` (this machine's platform), `cross-compiled`
+   * (a cross toolchain compiles addons, an emulator loads them) or `cross` (only bundles in
+   * which nothing compiles).
+   */
+  methods: Record<string, BuildMethod>;
   runtimes: string[];
   node: string;
   npm: string;

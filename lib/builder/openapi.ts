@@ -23,7 +23,7 @@ function parameters(schema: { properties?: Record<string, object>; required?: re
   }));
 }
 
-export function openapiDocument(routes: readonly RouteDefinition[], info: { version: string }): Record<string, unknown> {
+export function openapiDocument(routes: readonly RouteDefinition[], info: { version: string; methods?: Record<string, string> }): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {};
   for (const route of routes) {
     const path = route.url.replace(/:([a-zA-Z]+)/g, '{$1}');
@@ -55,7 +55,9 @@ export function openapiDocument(routes: readonly RouteDefinition[], info: { vers
     info: {
       title: 'bundle-dispatch builder',
       version: info.version,
-      description: 'Runs the bundle workflow for remote clients. See docs/builder.md.',
+      description: `Runs the bundle workflow for remote clients. See docs/builder.md.${info.methods ? ` Targets served, and how each is built: ${Object.entries(info.methods).map(([target, method]) => `${target} (${method})`).join(', ')}.` : ''}`,
+      // Machine-readable: native, cross-compiled (cross toolchain + emulated load) or cross (nothing may compile).
+      ...(info.methods ? { 'x-targets': info.methods } : {}),
     },
     components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
     security: [{ bearer: [] }],

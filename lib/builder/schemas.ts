@@ -137,7 +137,13 @@ export const buildRecordSchema = {
     resolved: {
       type: 'object',
       required: ['node', 'abi', 'npm'],
-      properties: { node: { type: 'string' }, abi: { type: 'string' }, npm: { type: 'string' } },
+      properties: {
+        node: { type: 'string' },
+        abi: { type: 'string' },
+        npm: { type: 'string' },
+        method: { type: 'string', enum: ['native', 'cross-compiled', 'cross'] },
+        verification: { type: 'string', enum: ['loaded', 'emulated', 'headers', 'none'] },
+      },
     },
     artifact: {
       type: 'object',
@@ -170,12 +176,17 @@ export const buildListSchema = {
 
 export const healthSchema = {
   type: 'object',
-  required: ['ok', 'version', 'builder', 'targets', 'runtimes', 'node', 'npm', 'queue', 'stopping'],
+  required: ['ok', 'version', 'builder', 'targets', 'methods', 'runtimes', 'node', 'npm', 'queue', 'stopping'],
   properties: {
     ok: { type: 'boolean' },
     version: { type: 'string' },
     builder: { type: 'string' },
     targets: { type: 'array', items: { type: 'string' } },
+    methods: {
+      type: 'object',
+      description: 'How each served target is built: native (this machine), cross-compiled (cross toolchain + emulated load), cross (only when nothing compiles).',
+      additionalProperties: { type: 'string', enum: ['native', 'cross-compiled', 'cross'] },
+    },
     runtimes: { type: 'array', items: { type: 'string' } },
     node: { type: 'string' },
     npm: { type: 'string' },

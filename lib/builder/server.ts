@@ -8,6 +8,7 @@ import Fastify, { LogController, type FastifyError, type FastifyInstance, type F
 import { BundleError, toBundleError, type ErrorCode } from '../errors.js';
 import type { HealthResponse } from '../protocol.js';
 import { redact } from '../redact.js';
+import { formatTarget } from '../target.js';
 import { createAuthenticator } from './auth.js';
 import { openapiDocument } from './openapi.js';
 import { ROUTES } from './routes.js';
@@ -97,11 +98,13 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   if (recovered.length > 0) logger.warn({ builds: recovered }, `${recovered.length} build(s) failed with ERR_BUILDER_RESTARTED`);
 
   const health = (): HealthResponse => ({
+  const methods = Object.fromEntries(options.targets.map((target) => [formatTarget(target), options.scaffold.buildMethod(target)]));
     ok: !service.stopping,
     version: options.version,
     builder: options.builderId,
     targets: service.targets,
     runtimes: options.runtimes,
+    methods,
     node: process.versions.node,
     npm: options.npmVersion,
     queue: service.queueState,
@@ -111,7 +114,7 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   const context = {
     service,
     health,
-    openapi: () => (openapi ??= openapiDocument(ROUTES, { version: options.version })),
+    openapi: () => (openapi ??= openapiDocument(ROUTES, { version: options.version, methods })),
     sseHeartbeatMs: options.sseHeartbeatMs ?? 15_000,
   };
 

@@ -539,7 +539,7 @@ export class BuilderService {
         entry.record.peakMemory = Math.max(entry.record.peakMemory ?? 0, event.peak);
         break;
       case 'complete':
-        entry.record.resolved = { node: event.summary.runtime.version, abi: event.summary.runtime.abi, npm: event.summary.npmVersion };
+        entry.record.resolved = { node: event.summary.runtime.version, abi: event.summary.runtime.abi, npm: event.summary.npmVersion, method: event.summary.method, verification: event.summary.verification };
         entry.record.package = { name: event.summary.name, version: event.summary.version };
         entry.record.peakMemory = Math.max(entry.record.peakMemory ?? 0, event.summary.peakMemory);
         this.changed(entry);

@@ -13,7 +13,7 @@ import { startBuilder } from '../builder/server.js';
 import { describeTargets, servedTargets } from '../builder/targets.js';
 import { BundleError } from '../errors.js';
 import { openStore } from '../storage/index.js';
-import { hostTarget } from '../target.js';
+import { formatTarget, hostTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { locateNpm, readNpmVersion } from '../workflow/npm.js';
 import { createScaffold } from '../workflow/scaffold.js';
@@ -48,7 +48,7 @@ function options<T>(argv: Argv<T>) {
     .option('port', { type: 'number', describe: 'Port (default 7420; 0 = any free port, the URL is the first line on stdout).' })
     .option('store', { type: 'string', describe: 'Records, logs and results: a directory or s3://bucket/prefix.' })
     .option('slots', { type: 'number', describe: 'Builds that run at once (default: number of CPUs).' })
-    .option('targets', { type: 'string', array: true, describe: 'Targets served, e.g. linux-x64 linux-x64-musl (default: this machine plus cross targets).' })
+    .option('targets', { type: 'string', array: true, describe: 'Targets served, e.g. linux-x64 linux-x64-musl (default: this machine, the linux CPUs it has a cross toolchain for, and cross targets).' })
     .option('hooks', { type: 'string', array: true, describe: 'Hook module(s) every build loads.' })
     .option('token-file', { type: 'string', describe: `File with accepted bearer tokens, one per line (besides $${TOKENS_ENV}).` })
     .option('shutdown-grace', { type: 'number', describe: 'Seconds running builds get after SIGTERM (default 30).' })
@@ -86,7 +86,6 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   for (const warning of warnings) context.stderr.write(`${JSON.stringify({ level: 40, time: Date.now(), msg: warning })}\n`);
 
   const host = hostTarget();
-  const targets = servedTargets(settings.targets, host);
   const asRoot = process.getuid?.() === 0;
   const uidRange = asRoot ? parseUidRange(settings.runAsUids) : undefined;
   if (uidRange) {
@@ -109,6 +108,8 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     runtimeCacheDir: path.join(config.cacheDir, 'runtimes'),
     host,
   });
+  // Foreign Linux CPUs this machine has a cross toolchain for are served by default.
+  const targets = servedTargets(settings.targets, host, scaffold.toolchains());
   const store = await openStore(settings.store, { cwd: context.cwd });
   const npmVersion = await readNpmVersion(process.execPath, locateNpm(context.env.PATH), { PATH: context.env.PATH ?? '', npm_config_update_notifier: 'false' });
 
@@ -140,7 +141,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   });
   context.stdout.write(`${builder.url}\n`);
   // The same level as fastify's logger (pino: info = 30): `--log-level warn` keeps stderr quiet.
-  if (logLevel === 'debug' || logLevel === 'info') context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `serving ${describeTargets(targets)} with ${settings.slots} slot(s)${uidRange ? `, builds as uids ${uidRange.first}-${uidRange.last}` : ''}` })}\n`);
+  if (logLevel === 'debug' || logLevel === 'info') context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `serving ${describeTargets(targets, Object.fromEntries(targets.map((target) => [formatTarget(target), scaffold.buildMethod(target)])))} with ${settings.slots} slot(s)${uidRange ? `, builds as uids ${uidRange.first}-${uidRange.last}` : ''}` })}\n`);
 
   if (!signal.aborted) await once(signal, 'abort');
   await builder.stop(settings.shutdownGrace * 1000);

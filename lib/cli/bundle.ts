@@ -36,6 +36,8 @@ export interface BundleOutcome {
   target: Target;
   bundledDependencies: string[];
   nativeFiles: string[];
+  method: BuildSummary['method'];
+  verification: BuildSummary['verification'];
   durations: BuildSummary['durations'];
   peakMemory: number;
 }
@@ -102,6 +104,8 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
     target: summary.target,
     bundledDependencies: summary.bundledDependencies,
     nativeFiles: summary.nativeFiles,
+    method: summary.method,
+    verification: summary.verification,
     durations: summary.durations,
     peakMemory: summary.peakMemory,
   };

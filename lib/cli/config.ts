@@ -40,6 +40,8 @@ export function workflowDefaults(config: ResolvedConfig, env: NodeJS.ProcessEnv)
     scopes: config.scopes,
     auth: registryAuth(config, env),
     runtimes: config.runtimes,
+    toolchains: config.toolchains,
+    allowHeaderOnlyVerify: config.allowHeaderOnlyVerify,
     envAllow: config.envAllow,
     keepWorkdir: config.keepWorkdir,
     limits: config.limits,

@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import { availableParallelism, hostname } from 'node:os';
 import path from 'node:path';
 import { CONFIG_KEYS, findKey, type KeyDefinition } from './schema.js';
+import type { ToolchainSettings } from '../workflow/toolchains.js';
 
 /** The resolved configuration, typed. Keys mirror CONFIG_KEYS. */
 export interface ResolvedConfig {
@@ -10,6 +11,8 @@ export interface ResolvedConfig {
   scopes: Record<string, string>;
   registryTokens: Record<string, string>;
   runtimes: string[];
+  toolchains: ToolchainSettings;
+  allowHeaderOnlyVerify: boolean;
   envAllow: string[];
   cacheDir: string;
   workDir: string;

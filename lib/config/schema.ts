@@ -78,6 +78,24 @@ const pools = (value: unknown) => {
 };
 const keyTemplate = (value: unknown) => {
   const unknown = [...String(value).matchAll(/\{([^}]*)\}/g)].map((match) => match[1]).filter((name) => !['name', 'version', 'file', 'pkgfile', 'os', 'cpu', 'libc', 'node', 'commit', 'sourceSha', 'buildKey'].includes(name ?? ''));
+/** `toolchains`: target → { triple?, cc?, cxx?, ar?, sysroot?, emulator? } or false. */
+const toolchains = (value: unknown) => {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'must be an object: { "linux-arm64": { "cc": "aarch64-linux-gnu-gcc", … } | false }';
+  const problems: string[] = [];
+  for (const [target, setting] of Object.entries(value as Record<string, unknown>)) {
+    if (!/^linux-[a-z0-9]+(-(glibc|musl))?$/.test(target)) problems.push(`["${target}"]: not a linux target (linux-cpu[-libc], e.g. linux-arm64)`);
+    if (setting === false) continue;
+    if (typeof setting !== 'object' || setting === null || Array.isArray(setting)) {
+      problems.push(`["${target}"]: must be { triple?, cc?, cxx?, ar?, sysroot?, emulator? } or false`);
+      continue;
+    }
+    for (const [name, field] of Object.entries(setting as Record<string, unknown>)) {
+      if (!['triple', 'cc', 'cxx', 'ar', 'sysroot', 'emulator'].includes(name)) problems.push(`["${target}"]: unknown key "${name}"`);
+      else if (!(typeof field === 'string' && field !== '') && !(name === 'emulator' && (field === false || field === null))) problems.push(`["${target}"].${name}: must be a non-empty string${name === 'emulator' ? ' or false' : ''}`);
+    }
+  }
+  return problems.length > 0 ? problems.join('; ') : undefined;
+};
   return unknown.length > 0 ? `unknown placeholder(s) ${unknown.map((name) => `{${name}}`).join(', ')}` : undefined;
 };
 
@@ -125,6 +143,22 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
   },
   {
     key: 'envAllow',
+  {
+    key: 'toolchains',
+    type: 'json',
+    description: 'Cross toolchains by linux target: { "linux-arm64": { "triple", "cc", "cxx", "ar", "sysroot", "emulator" } } overrides what is detected (a GNU cross compiler on PATH plus a qemu-user emulator); false switches a target\'s toolchain off. Empty: detected.',
+    default: {},
+    env: 'BUNDLE_DISPATCH_TOOLCHAINS',
+    check: toolchains,
+    example: { 'linux-arm64': { cc: 'aarch64-linux-gnu-gcc', cxx: 'aarch64-linux-gnu-g++', sysroot: '/usr/aarch64-linux-gnu', emulator: 'qemu-aarch64-static' }, 'linux-arm': false },
+  },
+  {
+    key: 'allowHeaderOnlyVerify',
+    type: 'boolean',
+    description: 'Accept a cross-compiled target whose toolchain has no emulator, verified by its binaries\' headers only (nothing loaded). Off: such builds fail with ERR_NATIVE_VERIFY.',
+    default: false,
+    env: 'BUNDLE_DISPATCH_ALLOW_HEADER_ONLY_VERIFY',
+  },
     type: 'string[]',
     description: 'Extra environment variable names passed to npm and lifecycle scripts (everything not allow-listed is withheld).',
     default: [],

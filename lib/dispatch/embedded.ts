@@ -11,6 +11,7 @@ import path from 'node:path';
 import { createBuilderClient, type BuilderClient } from '../builder/client.js';
 import { startBuilder, type RunningBuilder } from '../builder/server.js';
 import { servedTargets } from '../builder/targets.js';
+import { resolveToolchains, type ToolchainSettings } from '../workflow/toolchains.js';
 import type { ObjectStore } from '../storage/index.js';
 import { hostTarget, type Target } from '../target.js';
 import { locateNpm, readNpmVersion } from '../workflow/npm.js';
@@ -69,7 +70,9 @@ function lazyClient(start: () => Promise<BuilderClient>): BuilderClient {
 
 export function createEmbeddedBuilder(options: EmbeddedBuilderOptions): EmbeddedBuilder {
   const host = options.host ?? hostTarget();
-  const targets = servedTargets([], host);
+  // Served like any builder's defaults: this machine, the foreign Linux CPUs it has a cross
+  // toolchain for, and the cross targets (the scaffold decides how each is built).
+  const targets = servedTargets([], host, resolveToolchains({ host, env: options.env, ...(options.defaults.toolchains ? { settings: options.defaults.toolchains as ToolchainSettings } : {}) }));
   let running: Promise<{ builder: RunningBuilder; client: BuilderClient; workDir: string }> | undefined;
   const start = () => {
     running ??= (async () => {

@@ -13,7 +13,7 @@ import { Readable } from 'node:stream';
 import pRetry, { AbortError as StopRetrying } from 'p-retry';
 import type { BuilderClient } from '../builder/client.js';
 import { BundleError, abortError, isBundleError, throwIfAborted, toBundleError, type ErrorCode } from '../errors.js';
-import { type BuildRecord, type CreateBuildRequest, type LogLine, type RequestOverrides } from '../protocol.js';
+import { type BuildMethod, type BuildRecord, type CreateBuildRequest, type LogLine, type RequestOverrides, type Verification } from '../protocol.js';
 import { copyObject, readJsonObject, type ObjectInfo, type ObjectStore } from '../storage/index.js';
 import { formatTarget, type Target } from '../target.js';
 import type { PreparedInput } from './input.js';
@@ -78,6 +78,9 @@ export interface TargetSuccess {
   node?: string;
   abi?: string;
   npm?: string;
+  /** How the builder made it (native, cross-compiled, cross) and proved its addons. */
+  method?: BuildMethod;
+  verification?: Verification;
   builder?: string;
   builderUrl?: string;
   buildId?: string;
@@ -270,7 +273,7 @@ async function limitConcurrency<T>(items: readonly T[], limit: number, run: (ite
 }
 
 /** What a destination keeps per build key: the delivered bundle, for cache hits. */
-type CacheMarker = Pick<TargetSuccess, 'buildKey' | 'target' | 'key' | 'file' | 'sha256' | 'size' | 'node' | 'abi' | 'npm' | 'builder' | 'buildId'> & { createdAt: string };
+type CacheMarker = Pick<TargetSuccess, 'buildKey' | 'target' | 'key' | 'file' | 'sha256' | 'size' | 'node' | 'abi' | 'npm' | 'method' | 'verification' | 'builder' | 'buildId'> & { createdAt: string };
 
 /** A small JSON object (marker, manifest); undefined when absent or when it does not parse. */
 async function readJson<T>(store: ObjectStore, key: string, signal: AbortSignal): Promise<T | undefined> {
@@ -354,6 +357,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
           outcomes.set(plan.label, {
             target: plan.label, ok: true, cached: true, buildKey, key: marker.key, file: marker.file, sha256: marker.sha256, size: marker.size,
             ...(marker.node ? { node: marker.node } : {}), ...(marker.abi ? { abi: marker.abi } : {}), ...(marker.npm ? { npm: marker.npm } : {}),
+            ...(marker.method ? { method: marker.method } : {}), ...(marker.verification ? { verification: marker.verification } : {}),
             ...(marker.builder ? { builder: marker.builder } : {}), ...(marker.buildId ? { buildId: marker.buildId } : {}),
             durations: { totalMs: 0 },
           });
@@ -543,7 +547,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         // fails never counts (and is removed below).
         const marker: CacheMarker = {
           buildKey, target: plan.label, key, file: artifact.file, sha256: artifact.sha256, size: artifact.size,
-          ...(record.resolved ? { node: record.resolved.node, abi: record.resolved.abi, npm: record.resolved.npm } : {}),
+          ...record.resolved,
           builder: record.builder, buildId: id, createdAt: new Date().toISOString(),
         };
         const markerAt = markerKey({ name, version }, buildKey);
@@ -585,7 +589,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         const startedMs = record.startedAt ? Date.parse(record.startedAt) : undefined;
         const outcome: TargetSuccess = {
           target: plan.label, ok: true, cached: false, ...(reused ? { reused } : {}), buildKey, key, file: artifact.file, sha256: artifact.sha256, size: artifact.size,
-          ...(record.resolved ? { node: record.resolved.node, abi: record.resolved.abi, npm: record.resolved.npm } : {}),
+          ...record.resolved,
           builder: record.builder, builderUrl: builder.url, buildId: id,
           durations: {
             ...(startedMs ? { queueMs: startedMs - Date.parse(record.createdAt) } : {}),
@@ -667,7 +671,7 @@ export interface Manifest {
 }
 
 export type ManifestTarget =
-  | { ok: true; key: string; file: string; sha256: string; size: number; node?: string; abi?: string; npm?: string; builder?: string; buildId?: string; buildKey: string; runId: string; cached: boolean; reused?: true; durations: TargetSuccess['durations'] }
+  | { ok: true; key: string; file: string; sha256: string; size: number; node?: string; abi?: string; npm?: string; method?: BuildMethod; verification?: Verification; builder?: string; buildId?: string; buildKey: string; runId: string; cached: boolean; reused?: true; durations: TargetSuccess['durations'] }
   | { ok: false; error: { code: string; message: string }; builder?: string; buildId?: string; buildKey: string; runId: string };
 
 function buildManifest(result: DispatchResult, previous: Manifest | undefined): Manifest {
@@ -682,6 +686,7 @@ function buildManifest(result: DispatchResult, previous: Manifest | undefined): 
       targets[outcome.target] = {
         ok: true, key: outcome.key, file: outcome.file, sha256: outcome.sha256, size: outcome.size,
         ...(outcome.node ? { node: outcome.node } : {}), ...(outcome.abi ? { abi: outcome.abi } : {}), ...(outcome.npm ? { npm: outcome.npm } : {}),
+        ...(outcome.method ? { method: outcome.method } : {}), ...(outcome.verification ? { verification: outcome.verification } : {}),
         ...(outcome.builder ? { builder: outcome.builder } : {}), ...(outcome.buildId ? { buildId: outcome.buildId } : {}),
         buildKey: outcome.buildKey, runId: result.runId, cached: outcome.cached, ...(outcome.reused ? { reused: true } : {}), durations: outcome.durations,
       };

@@ -16,6 +16,8 @@ export interface BinaryHeader {
   /** Node's spelling of the machine; `other` for a machine Node has no name for. Absent for fat Mach-O (see `cpus`). */
   cpu?: TargetCpu | 'other';
   bits?: 32 | 64;
+  /** ELF: byte order (EI_DATA). Every CPU Node runs on Linux is little-endian except s390x. */
+  endian?: 'little' | 'big';
   /** ELF: the program interpreter (PT_INTERP), e.g. `/lib64/ld-linux-x86-64.so.2`. Absent for shared objects and static binaries. */
   interpreter?: string;
   /** ELF: DT_NEEDED entries of the dynamic section, e.g. `libc.so.6`. Empty for static binaries. */
@@ -102,10 +104,11 @@ interface Segment {
 async function readElf(file: FileHandle, head: Buffer): Promise<BinaryHeader> {
   const is64 = head[4] === 2;
   const littleEndian = head[5] !== 2;
-  if (head.length < (is64 ? 64 : 52)) return { format: 'elf', bits: is64 ? 64 : 32 };
+  const endian = littleEndian ? 'little' : 'big';
+  if (head.length < (is64 ? 64 : 52)) return { format: 'elf', bits: is64 ? 64 : 32, endian };
   const f = fields(head, littleEndian, is64);
   const machine = f.u16(0x12);
-  const result: BinaryHeader = { format: 'elf', cpu: ELF_MACHINES[machine] ?? 'other', bits: is64 ? 64 : 32 };
+  const result: BinaryHeader = { format: 'elf', cpu: ELF_MACHINES[machine] ?? 'other', bits: is64 ? 64 : 32, endian };
 
   const phoff = f.word(is64 ? 0x20 : 0x1c);
   const phentsize = f.u16(is64 ? 0x36 : 0x2a);

@@ -5,16 +5,17 @@ import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { BundleError, toBundleError } from '../errors.js';
 import { redact } from '../redact.js';
-import { hostTarget, normalizeTarget, sameTarget, type Target } from '../target.js';
+import { formatTarget, hostTarget, normalizeTarget, sameTarget, type Target } from '../target.js';
 import { HookRegistry } from './hooks.js';
 import { buildNpmEnv, configSecrets, locateNpm, npmFailure, readNpmVersion, spawnNpm, writeNpmrc } from './npm.js';
 import { dropGypIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall, packagesWithInstallWork } from './steps/bundle.js';
 import { NPM_EPOCH, pack } from './steps/pack.js';
 import { chooseNodeRange, resolveRuntime, type Runtime } from './steps/runtime.js';
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
-import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative } from './steps/verify.js';
+import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed } from './steps/verify.js';
 import type { RunAs } from './runtime-registry.js';
 import { assertReachable, handOver } from './run-as.js';
+import { buildMethod, crossCompileEnv, emulatedCommand, resolveToolchains, toolchainFor, toolchainHint, type BuildMethod, type Toolchain } from './toolchains.js';
 import type {
   BuildConfig,
   BuildDirs,
@@ -72,6 +73,10 @@ export interface Scaffold extends ScaffoldLike {
   /** Like build(), with the build's id and summary. */
   run(tar: Readable, overrides?: BuildOverrides, options?: BuildOptions): Promise<BuildResult>;
   readonly hooks: HookRegistry;
+  /** The cross toolchains this scaffold's builds use (detected here, overridden by `toolchains`). */
+  toolchains(): Toolchain[];
+  /** How a build for `target` is made here: native, cross-compiled, or cross without natives. */
+  buildMethod(target: Target): BuildMethod;
 }
 
 export function defaultConfig(host: Target): BuildConfig {
@@ -86,6 +91,8 @@ export function defaultConfig(host: Target): BuildConfig {
     runtimes: [],
     keepWorkdir: false,
     npmArgs: [],
+    toolchains: {},
+    allowHeaderOnlyVerify: false,
   };
 }
 
@@ -135,6 +142,12 @@ export function createScaffold(defaults: BuildOverrides, hooks: HookModule[], en
     async run(tar, overrides = {}, options = {}) {
       npmCli ??= locateNpm(environment.env.PATH);
       return runBuild({ npmVersion: memoNpmVersion, scaffold, registry, environment, host, hostNode, npmCli, tar, overrides, options });
+    },
+    toolchains() {
+      return resolveToolchains({ host, env: environment.env, settings: scaffoldDefaults.toolchains });
+    },
+    buildMethod(target) {
+      return buildMethod(target, host, scaffold.toolchains());
     },
   };
   return scaffold;
@@ -238,6 +251,14 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     if (options.runAs) await handOver(dirs, options.runAs);
 
     const native = sameTarget(config.target, context.host);
+    // Another Linux CPU with a cross toolchain here: compiled for it, proven under its emulator.
+    const toolchain = native ? undefined : toolchainFor(config.target, resolveToolchains({ host: context.host, env: environment.env, settings: config.toolchains }));
+    const method = buildMethod(config.target, context.host, toolchain ? [toolchain] : []);
+    if (toolchain && !toolchain.emulator && !config.allowHeaderOnlyVerify) {
+      throw new BundleError('ERR_NATIVE_VERIFY', `The toolchain for ${formatTarget(config.target, { withNode: false })} has no emulator, so its addons cannot be loaded to prove them.`, {
+        hint: 'Install the emulator (Debian: qemu-user-static) or set allowHeaderOnlyVerify: true to accept a check of the binaries\' headers only.',
+      });
+    }
     const runtime: Runtime = await step('runtime', async () => {
       const { range, from } = chooseNodeRange(unpacked.packageJson, config.target.node);
       const chosen = await resolveRuntime({
@@ -246,6 +267,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         target: config.target,
         hostNode: context.hostNode,
         host: context.host,
+        needBinary: toolchain !== undefined,
         configured: config.runtimes,
         cacheDir: environment.runtimeCacheDir,
         // npm runs as this process here (no scripts): it uses the scaffold's own cache.
@@ -256,10 +278,12 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       return chosen;
     });
     spawnInfo.runtime = runtime;
-    if (options.runAs && native) await assertReachable('runtime', runtime.binDir, options.runAs);
+    if (options.runAs && (native || toolchain)) await assertReachable('runtime', runtime.binDir, options.runAs);
     // Lifecycle scripts find the chosen runtime first on PATH; node-gyp builds against its headers.
     if (native) spawnInfo.env.PATH = `${runtime.binDir}${path.delimiter}${spawnInfo.env.PATH ?? ''}`;
     spawnInfo.env.npm_config_nodedir = runtime.nodedir;
+    // Cross-compiling: scripts run under the host's Node, told the target (compilers, arch, version).
+    if (toolchain) Object.assign(spawnInfo.env, crossCompileEnv(toolchain, runtime));
     const crossFlags = native ? [] : ['--os', config.target.os, '--cpu', config.target.cpu, ...(config.target.libc ? ['--libc', config.target.libc] : [])];
     spawnInfo.argv = [
       context.npmCli,
@@ -290,6 +314,9 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       peakMemory = Math.max(peakMemory, run.peakMemory);
       if (run.code !== 0) throw npmFailure(what, run);
     };
+    /** `npm rebuild` of just these packages (`.` is the root, whose binding.gyp npm builds too). */
+    const rebuildSelected = (needs: NativeBuildNeed[]) =>
+      runNpm('npm rebuild', [context.npmCli, 'rebuild', ...new Set(needs.map((need) => (need.path === '.' ? '.' : need.name))), '--foreground-scripts', ...config.npmArgs]);
     // Asked once per scaffold, while npm installs.
     const npmVersion = context.npmVersion(() => readNpmVersion(spawnInfo.command, context.npmCli, { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }));
     await step('install', async () => {
@@ -303,9 +330,18 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
           log('install', `install scripts to run: ${scripted.join(', ')}`);
           await runNpm('npm rebuild', [context.npmCli, 'rebuild', '--foreground-scripts', ...config.npmArgs]);
         }
+      } else if (toolchain) {
+        // Only the packages that build something; allow-listed scripts (esbuild's postinstall)
+        // are skipped as for any cross target: their platform package already did their job,
+        // and run on the host they would fetch the host's binary.
+        const needs = await findNativeBuildNeeds({ dir: dirs.package });
+        if (needs.length > 0) {
+          log('install', `cross-compiling for ${formatTarget(config.target, { withNode: false })} with ${path.basename(toolchain.cc)}: ${needs.map((n) => n.name).join(', ')}`);
+          await rebuildSelected(needs);
+        }
       } else {
         const needs = await findNativeBuildNeeds({ dir: dirs.package });
-        if (needs.length > 0) throw nativeNeedsTargetError(needs, config.target);
+        if (needs.length > 0) throw nativeNeedsTargetError(needs, config.target, toolchainHint(config.target));
       }
     });
 
@@ -326,8 +362,10 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       return names;
     });
 
+    const emulated = toolchain?.emulator !== undefined;
     const verified = await step('verify', async () => {
-      const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native, signal, env: spawnInfo.env, ...(options.runAs ? { runAs: options.runAs } : {}),
+      const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native || emulated, signal, env: spawnInfo.env, ...(options.runAs ? { runAs: options.runAs } : {}),
+        ...(toolchain && emulated ? { launch: (program: string, args: string[]) => emulatedCommand(toolchain, program, args) } : {}),
         log: (message: string, data?: object) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
       await checkPlatformPackages({ dir: dirs.package, target: config.target });
       if (!unpacked.lockfile) await rm(path.join(dirs.package, 'package-lock.json'), { force: true });
@@ -344,6 +382,8 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       npmVersion: await npmVersion,
       bundledDependencies: bundled,
       nativeFiles: verified.nativeFiles,
+      method,
+      verification: verified.nativeFiles.length === 0 ? 'none' : native ? 'loaded' : emulated ? 'emulated' : 'headers',
       durations: { ...durations },
       peakMemory,
     };

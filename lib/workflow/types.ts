@@ -3,6 +3,8 @@ import type { Readable } from 'node:stream';
 import type { Target } from '../target.js';
 import type { UnpackLimits, PackageJson } from './steps/unpack.js';
 import type { Runtime } from './steps/runtime.js';
+import type { BuildMethod, Verification } from '../protocol.js';
+import type { ToolchainSettings } from './toolchains.js';
 
 export type { PackageJson } from './steps/unpack.js';
 export type { Runtime } from './steps/runtime.js';
@@ -42,6 +44,16 @@ export interface BuildConfig {
   keepWorkdir: boolean;
   /** Extra arguments appended to the npm install command line. */
   npmArgs: string[];
+  /**
+   * Cross toolchains by target (`linux-arm64`): overrides what is detected on this machine, or
+   * `false` to not use one. See lib/workflow/toolchains.ts and docs/runtimes.md.
+   */
+  toolchains: ToolchainSettings;
+  /**
+   * A cross-compiled target without an emulator is verified by its binaries' headers only
+   * (nothing is loaded). Off by default: such a build fails with ERR_NATIVE_VERIFY.
+   */
+  allowHeaderOnlyVerify: boolean;
 }
 
 /** What a caller may override per build: any part of the config. */
@@ -87,6 +99,15 @@ export interface BuildSummary {
   npmVersion: string;
   bundledDependencies: string[];
   nativeFiles: string[];
+  /** How the bundle was made: on its own platform, cross-compiled, or cross without natives. */
+  method: BuildMethod;
+  /**
+   * How its native addons were proven: `loaded` under the target's Node on this machine,
+   * `emulated` (loaded under the target's Node through the toolchain's emulator), `headers`
+   * only (no emulator, allowed by configuration), or `none` when it has no addons. Every
+   * binary's header is checked in each case.
+   */
+  verification: Verification;
   /** Milliseconds per step. */
   durations: Partial<Record<StepName, number>>;
   /** Peak resident memory of npm's process tree, in bytes. */

@@ -11,10 +11,16 @@ const execFileAsync = promisify(execFile);
  * --offline` with an empty cache, no npmrc of this machine, and a PATH holding only node and
  * npm (no cc, c++, make or python3), scripts allowed.
  */
-export async function installOffline(bundle: string, dir: string, node: string = process.execPath): Promise<{ stdout: string; stderr: string; env: NodeJS.ProcessEnv }> {
+export async function installOffline(bundle: string, dir: string, node: string = process.execPath, options: { emulator?: string[] } = {}): Promise<{ stdout: string; stderr: string; env: NodeJS.ProcessEnv }> {
   const bin = path.join(dir, 'bin');
   await mkdir(bin, { recursive: true });
-  await symlink(node, path.join(bin, 'node'));
+  if (options.emulator) {
+    // A foreign Node (an arm64 build on x64) runs through its emulator: `node` on the
+    // consumer's PATH is a wrapper, so npm and every script it starts run emulated.
+    await writeFile(path.join(bin, 'node'), `#!/bin/sh\nexec ${[...options.emulator, node].map((part) => `'${part}'`).join(' ')} "$@"\n`, { mode: 0o755 });
+  } else {
+    await symlink(node, path.join(bin, 'node'));
+  }
   await symlink(await realpath(locateNpm(process.env.PATH)), path.join(bin, 'npm'));
   await mkdir(path.join(dir, 'app'), { recursive: true });
   await mkdir(path.join(dir, 'home'), { recursive: true });
@@ -29,7 +35,7 @@ export async function installOffline(bundle: string, dir: string, node: string =
     npm_config_cache: path.join(dir, 'empty-cache'),
     npm_config_update_notifier: 'false',
   };
-  const { stdout, stderr } = await execFileAsync(path.join(bin, 'node'), [path.join(bin, 'npm'), 'install', bundle, '--offline', '--no-audit', '--no-fund'], { cwd: path.join(dir, 'app'), env });
+  const { stdout, stderr } = await execFileAsync(path.join(bin, 'node'), [path.join(bin, 'npm'), 'install', bundle, '--offline', '--no-audit', '--no-fund'], { cwd: path.join(dir, 'app'), env, timeout: 300_000 });
   return { stdout, stderr, env };
 }
 

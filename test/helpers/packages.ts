@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdtemp, mkdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -84,4 +85,11 @@ export async function testScaffold(workRoot: string, defaults: BuildOverrides = 
 export async function saveTgz(tar: Readable, file: string): Promise<Map<string, { content: Buffer; mode: number; mtime: Date | undefined }>> {
   await pipeline(tar, createGzip(), createWriteStream(file));
   return readTar(createReadStream(file).pipe(createGunzip()));
+}
+
+/** Hashes an uncompressed tar as it streams past (the bundle's tarSha256). */
+export function hashingTar(stream: Readable): { stream: Readable; digest: () => string } {
+  const hash = createHash('sha256');
+  stream.on('data', (chunk: Buffer) => hash.update(chunk));
+  return { stream, digest: () => hash.digest('hex') };
 }

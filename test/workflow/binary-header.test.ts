@@ -161,8 +161,15 @@ describe('readBinaryHeader on crafted headers', () => {
   // files carry only the header bytes, which is all the verifier reads.
   it('ELF arm64 with the glibc interpreter', async () => {
     const header = await readBinaryHeader(await write('arm64', craftElf({ machine: 183, interpreter: '/lib/ld-linux-aarch64.so.1', needed: ['libc.so.6'] })));
-    expect(header).toEqual({ format: 'elf', cpu: 'arm64', bits: 64, interpreter: '/lib/ld-linux-aarch64.so.1', needed: ['libc.so.6'] });
+    expect(header).toEqual({ format: 'elf', cpu: 'arm64', bits: 64, endian: 'little', interpreter: '/lib/ld-linux-aarch64.so.1', needed: ['libc.so.6'] });
     expect(checkHeader(header, { os: 'linux', cpu: 'x64', libc: 'glibc' })).toMatch(/wrong cpu: found ELF arm64 64-bit \(glibc/);
+    expect(checkHeader(header, { os: 'linux', cpu: 'arm64', libc: 'glibc' })).toBeUndefined();
+  });
+
+  it('ELF aarch64 big-endian (aarch64_be): the right machine and class, the wrong byte order', async () => {
+    const header = await readBinaryHeader(await write('arm64be', craftElf({ machine: 183, bigEndian: true, interpreter: '/lib/ld-linux-aarch64_be.so.1', needed: ['libc.so.6'] })));
+    expect(header).toMatchObject({ cpu: 'arm64', bits: 64, endian: 'big' });
+    expect(checkHeader(header, { os: 'linux', cpu: 'arm64', libc: 'glibc' })).toMatch(/big-endian binary/);
   });
 
   it('ELF x64 with the musl interpreter and Alpine libc', async () => {
@@ -179,7 +186,8 @@ describe('readBinaryHeader on crafted headers', () => {
     expect(arm).toMatchObject({ format: 'elf', cpu: 'arm', bits: 32, interpreter: '/lib/ld-linux-armhf.so.3', needed: ['libc.so.6'] });
     expect(checkHeader(arm, { os: 'linux', cpu: 'arm', libc: 'glibc' })).toBeUndefined();
     const s390x = await readBinaryHeader(await write('s390x', craftElf({ machine: 22, bigEndian: true, needed: ['libc.so.6'] })));
-    expect(s390x).toMatchObject({ cpu: 's390x', bits: 64, needed: ['libc.so.6'] });
+    expect(s390x).toMatchObject({ cpu: 's390x', bits: 64, endian: 'big', needed: ['libc.so.6'] });
+    expect(checkHeader(s390x, { os: 'linux', cpu: 's390x', libc: 'glibc' })).toBeUndefined();
     const x32 = await readBinaryHeader(await write('x32', craftElf({ machine: 62, is64: false })));
     expect(checkHeader(x32, { os: 'linux', cpu: 'x64', libc: 'glibc' })).toMatch(/32-bit binary/);
     expect((await readBinaryHeader(await write('mips', craftElf({ machine: 8 })))).cpu).toBe('other');

@@ -126,6 +126,12 @@ export interface ResolveRuntimeOptions {
   npm: NpmOptions;
   /** Do not ask the registry; choose among installed and cached runtimes. */
   offline?: boolean;
+  /**
+   * Fetch the target's build even though this machine cannot exec it directly: a
+   * cross-compiled target needs its headers to compile against and its binary to load the
+   * addons under an emulator.
+   */
+  needBinary?: boolean;
   signal?: AbortSignal;
   log?: LogFn;
 }
@@ -292,7 +298,7 @@ async function provide(
   // Only registry versions get here, and a registry version means a registry package.
   if (pkg === undefined) throw runtimeUnavailable(options.target);
   const knownAbi = NODE_MODULE_VERSIONS[semver.major(version)];
-  if (!runnable && knownAbi) {
+  if (!runnable && knownAbi && !options.needBinary) {
     // Nothing runs or compiles for a cross target: the version locks engines.node and the ABI
     // is Node's published one, so the platform's build (tens of MB) is not downloaded.
     const dir = cachedRuntimeDir(cacheDir, pkg, version);

@@ -16,6 +16,9 @@ import type { Runtime } from './runtime.js';
 
 const BITS: Record<TargetCpu, 32 | 64> = { x64: 64, arm64: 64, ppc64: 64, s390x: 64, riscv64: 64, loong64: 64, arm: 32, ia32: 32 };
 
+/** Byte order of each CPU as Node builds for it (ppc64 is ppc64le on Linux, the only os we read ELF for). */
+const ENDIAN: Record<TargetCpu, 'little' | 'big'> = { x64: 'little', arm64: 'little', ppc64: 'little', riscv64: 'little', loong64: 'little', arm: 'little', ia32: 'little', s390x: 'big' };
+
 /** Files worth a header read even without an exec bit: shared libraries travel without one. */
 const LIBRARY_NAME = /\.(node|so(\.\d+)*|dylib|dll|exe)$/i;
 
@@ -24,8 +27,10 @@ export interface VerifyNativeOptions {
   dir: string;
   target: Target;
   runtime: Runtime;
-  /** The target is this machine's platform: every `.node` file is also loaded under `runtime.nodePath`. */
+  /** Every `.node` file is also loaded under `runtime.nodePath` (directly, or through `launch`). */
   canExecute: boolean;
+  /** How to start the target's Node when this machine cannot exec it directly (an emulator). */
+  launch?: (program: string, args: string[]) => { command: string; args: string[] };
   /** The env of the child that loads the addons (the build's filtered env). */
   env?: NodeJS.ProcessEnv;
   /** Load the addons as this user (their init code is untrusted). */
@@ -95,7 +100,7 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
 
   if (options.canExecute && nativeFiles.length > 0) {
     await loadAddons({ ...options, nativeFiles });
-    log?.(`${nativeFiles.length} native addon(s) load under Node ${options.runtime.version}`, { event: 'verify.loaded', files: nativeFiles });
+    log?.(`${nativeFiles.length} native addon(s) load under Node ${options.runtime.version}${options.launch ? ` (${formatTarget(target, { withNode: false })}, emulated)` : ''}`, { event: 'verify.loaded', files: nativeFiles, emulated: options.launch !== undefined });
   }
   log?.(`Binaries match ${formatTarget(target, { withNode: false })}: ${nativeFiles.length} addon(s), ${executables.length} other`, { event: 'verify.headers' });
   return { nativeFiles, executables, foreign };
@@ -115,6 +120,7 @@ export function checkHeader(header: BinaryHeader, target: Target): string | unde
   }
   if (header.cpu !== target.cpu) return mismatch('wrong cpu');
   if (header.bits !== undefined && header.bits !== BITS[target.cpu]) return mismatch(`${header.bits}-bit binary`);
+  if (header.endian !== undefined && header.endian !== ENDIAN[target.cpu]) return mismatch(`${header.endian}-endian binary`);
   if (target.os === 'linux') {
     const libc = libcOf(header);
     if (libc && libc !== (target.libc ?? 'glibc')) return mismatch('wrong libc');
@@ -220,7 +226,8 @@ async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[]
   const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
   let result;
   try {
-    result = await runCommand(runtime.nodePath, ['-e', LOADER], { env: options.env ?? {}, cwd: dir, signal: combined, input: JSON.stringify(nativeFiles.map((f) => path.join(dir, f))), ...(options.runAs ? { runAs: options.runAs } : {}) });
+    const { command, args } = options.launch ? options.launch(runtime.nodePath, ['-e', LOADER]) : { command: runtime.nodePath, args: ['-e', LOADER] };
+    result = await runCommand(command, args, { env: options.env ?? {}, cwd: dir, signal: combined, input: JSON.stringify(nativeFiles.map((f) => path.join(dir, f))), ...(options.runAs ? { runAs: options.runAs } : {}) });
   } catch (error) {
     throwIfAborted(signal);
     if (timeout.aborted) throw new BundleError('ERR_NATIVE_VERIFY', `Loading the native addons under Node ${runtime.version} did not finish in ${LOAD_TIMEOUT_MS / 1000} s.`, { cause: error });
@@ -461,6 +468,12 @@ export const INSTALL_SCRIPT_ALLOW_LIST: readonly AllowedScript[] = [
     why: 'postinstall.js checks that the @swc/core-<platform> binding loads and otherwise installs @swc/wasm as a fallback.',
   },
   {
+    name: 'sharp',
+    script: 'install',
+    pattern: /^node install\/check\.js( \|\| npm run build)?$/,
+    why: 'check.js compiles from source only when a global libvips is installed; otherwise @img/sharp-<platform> (with @img/sharp-libvips-<platform>) provides the binary.',
+  },
+  {
     name: '@parcel/watcher',
     script: 'install',
     pattern: /^node scripts\/build-from-source\.js$/,
@@ -548,14 +561,14 @@ async function readdirSafe(dir: string): Promise<string[]> {
 }
 
 /** The error the Scaffold throws when a cross target needs something built or downloaded at install time. */
-export function nativeNeedsTargetError(needs: NativeBuildNeed[], target: Target): BundleError {
+export function nativeNeedsTargetError(needs: NativeBuildNeed[], target: Target, hint?: string): BundleError {
   const name = formatTarget(target, { withNode: false });
   const list = needs.map((n) => `${n.name} (${n.reasons.join(', ')})`);
   return new BundleError(
     'ERR_NATIVE_NEEDS_TARGET',
     `Cannot bundle for ${name} from this machine: ${list.join('; ')} ${needs.length === 1 ? 'needs' : 'need'} to be built or downloaded on ${name} at install time. A builder of ${name} is needed.`,
     {
-      hint: `Configure a builder for ${name} (a pool in .bundlerc) so the addon is compiled on that platform.`,
+      hint: hint ?? `Configure a builder for ${name} (a pool in .bundlerc) so the addon is compiled on that platform.`,
       details: { target: name, packages: needs },
     },
   );
