@@ -1,0 +1,57 @@
+/**
+ * The README's promise on one x64 machine: `bundle-dispatch app.tgz --targets
+ * linux-x64,linux-arm64` with no configuration delivers both bundles of an app with a C addon —
+ * the arm64 one cross-compiled by the embedded builder and proven under qemu-user — and the
+ * manifest and `--json` say how each was built and verified. Spawns the real bin (build first).
+ * Skips without the toolchain on a developer machine; CI (BUNDLE_DISPATCH_REQUIRE_CROSS=1) fails.
+ */
+import { createHash } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { createGzip } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { DispatchResult } from '../../lib/dispatch/run.js';
+import { hostTarget, parseTarget } from '../../lib/target.js';
+import { pack } from '../../lib/workflow/steps/pack.js';
+import { resolveToolchains, toolchainFor } from '../../lib/workflow/toolchains.js';
+import { runCli } from '../helpers/cli.js';
+import { repoRoot, tempDir } from '../helpers/packages.js';
+
+const host = hostTarget();
+const available = host.cpu === 'x64' && toolchainFor(parseTarget('linux-arm64'), resolveToolchains({ host, env: process.env })) !== undefined;
+const required = process.env.BUNDLE_DISPATCH_REQUIRE_CROSS === '1';
+
+let root: { dir: string; remove: () => Promise<void> };
+beforeAll(async () => {
+  root = await tempDir('bd-cli-cross-');
+});
+afterAll(async () => {
+  await root?.remove();
+});
+
+describe.skipIf(!available && !required)('bundle-dispatch --targets linux-x64,linux-arm64 on one x64 machine', () => {
+  it('delivers both bundles of a native app on the embedded default; the arm64 one is cross-compiled and emulated-verified', async () => {
+    expect(available, 'no linux-arm64 cross toolchain / qemu-user on this machine').toBe(true);
+    const cwd = path.join(root.dir, 'project');
+    await mkdir(cwd, { recursive: true });
+    const input = path.join(cwd, 'native-fixture-1.0.0.tgz');
+    await pipeline(pack(path.join(repoRoot, 'test', 'fixtures', 'native-addon')), createGzip(), createWriteStream(input));
+    const run = await runCli([input, '--targets', 'linux-x64@22,linux-arm64@22', '--json', '--cache-dir', path.join(root.dir, 'cache')], {
+      cwd,
+      env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') },
+    });
+    expect(run.code, run.stderr + run.stdout).toBe(0);
+    const result = JSON.parse(run.stdout) as DispatchResult;
+    const byTarget = Object.fromEntries(result.targets.map((outcome) => [outcome.target, outcome]));
+    expect(byTarget['linux-x64@22']).toMatchObject({ ok: true, method: 'native', verification: 'loaded' });
+    expect(byTarget['linux-arm64@22']).toMatchObject({ ok: true, method: 'cross-compiled', verification: 'emulated', key: 'native-fixture/1.0.0/native-fixture-1.0.0-linux-arm64-glibc-node22.tgz' });
+    const arm = byTarget['linux-arm64@22'];
+    if (!arm?.ok) throw new Error(run.stdout);
+    const bytes = await readFile(path.join(cwd, 'dist', arm.key));
+    expect(createHash('sha256').update(bytes).digest('hex')).toBe(arm.sha256);
+    const manifest = JSON.parse(await readFile(path.join(cwd, 'dist', 'native-fixture/1.0.0/manifest.json'), 'utf8')) as { targets: Record<string, unknown> };
+    expect(manifest.targets['linux-arm64@22']).toMatchObject({ ok: true, method: 'cross-compiled', verification: 'emulated' });
+  }, 300_000);
+});
