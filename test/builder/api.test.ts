@@ -7,6 +7,8 @@ import { gunzipSync } from 'node:zlib';
 import got from 'got';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isBundleError } from '../../lib/errors.js';
+import { formatTarget, hostTarget, parseTarget } from '../../lib/target.js';
+import { resolveToolchains, toolchainFor } from '../../lib/workflow/toolchains.js';
 import type { BuildRecord, CreateBuildRequest, LogLine } from '../../lib/protocol.js';
 import { createBuilderClient } from '../../lib/builder/client.js';
 import { TEST_UID_RANGES, hostTargetSpec, isRoot, startSourceServer, startTestBuilder, tgz, waitFor, type SourceServer, type TestBuilder } from '../helpers/builder.js';
@@ -199,8 +201,15 @@ describe('builder API', () => {
     const health = await wrong.health();
     expect(health).toMatchObject({ ok: true, builder: 'test-builder', queue: { capacity: 2 }, node: process.versions.node });
     expect(health.targets).toContain('darwin-arm64');
-    const openapi = JSON.parse((await raw('/v1/openapi.json')).body) as { openapi: string; paths: Record<string, Record<string, { requestBody?: unknown }>> };
+    // How each target is built: this machine natively, linux-arm64 cross-compiled where the
+    // machine has the toolchain (CI installs it), a darwin target only without natives.
+    const host = hostTarget();
+    const arm64Toolchain = host.cpu === 'x64' && toolchainFor(parseTarget('linux-arm64'), resolveToolchains({ host, env: process.env })) !== undefined;
+    expect(health.methods).toMatchObject({ [formatTarget(host)]: 'native', 'darwin-arm64': 'cross', 'linux-arm64': arm64Toolchain ? 'cross-compiled' : 'cross' });
+    expect(Object.keys(health.methods).sort()).toEqual([...health.targets].sort());
+    const openapi = JSON.parse((await raw('/v1/openapi.json')).body) as { openapi: string; info: Record<string, unknown>; paths: Record<string, Record<string, { requestBody?: unknown }>> };
     expect(openapi.openapi).toBe('3.1.0');
+    expect(openapi.info['x-targets']).toEqual(health.methods);
     expect(Object.keys(openapi.paths)).toEqual(expect.arrayContaining(['/v1/builds', '/v1/builds/{id}', '/v1/builds/{id}/events', '/v1/builds/{id}/log', '/v1/health']));
     expect(openapi.paths['/v1/builds']?.post?.requestBody).toBeTruthy();
     // The token never reaches the builder's own logs.
