@@ -2,8 +2,8 @@
  * `bundle-dispatch <input> --targets …` (the default command) and `bundle-dispatch status`.
  * Wires config, stores, builder clients, the embedded default, the lock and the run history
  * around `dispatch()`, renders progress (listr2 on a TTY, plain lines otherwise, one JSON
- * document with --json) and picks the exit code: 0 all ok · 1 a target failed · 2 usage or
- * config · 130 interrupted.
+ * document with --json) and picks the exit code (dispatchExitCode): 0 all ok · 1 a target
+ * failed · 2 usage, config or bad input · 75 locked · 130 interrupted.
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
@@ -28,7 +28,7 @@ import { hostTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { ENV_ALLOW_LIST, configSecrets, locateNpm, writeNpmrc } from '../workflow/npm.js';
 import { loadCliConfig, registryAuth, workflowDefaults } from './config.js';
-import { EXIT } from './errors.js';
+import { EXIT, isUsageCode } from './errors.js';
 import { ownVersion } from '../package-root.js';
 import type { CliContext } from './main.js';
 import { formatBytes, formatMs, STEP_TITLES } from './progress.js';
@@ -245,10 +245,18 @@ function summaryTable(result: DispatchResult, destination: string): string {
   const header = ['target', 'result', 'node', 'size', 'build', 'key / error'];
   const widths = header.map((title, index) => Math.max(title.length, ...rows.map((row) => (row[index] ?? '').length)));
   const line = (row: string[]) => row.map((cell, index) => (index === row.length - 1 ? cell : cell.padEnd(widths[index] ?? 0))).join('  ').trimEnd();
+  // A message's first line rarely names the cause (npm's own lines follow it): a failed row
+  // is followed by the rest of its message, indented under the error column.
+  const indent = ' '.repeat(widths.slice(0, -1).reduce((sum, width) => sum + width + 2, 0));
+  const body = rows.flatMap((row, index) => {
+    const outcome = result.targets[index];
+    const more = outcome && !outcome.ok ? outcome.error.message.split('\n').slice(1).map((text) => text.trim()).filter(Boolean) : [];
+    return [line(row), ...more.map((text) => `${indent}${text}`)];
+  });
   const ok = result.targets.filter((outcome) => outcome.ok).length;
   return [
     line(header),
-    ...rows.map(line),
+    ...body,
     '',
     `${result.ok ? '✔' : '✖'} ${ok}/${result.targets.length} target(s) ok · ${result.package.name}@${result.package.version} · source ${result.source.sha256.slice(0, 12)}${result.input.commit ? ` · commit ${result.input.commit.slice(0, 12)}` : ''} · ${formatMs(result.durationMs)}`,
     ...(result.manifest ? [`  manifest ${destination}${result.manifest}`] : []),
@@ -272,6 +280,19 @@ async function notify(url: string, result: DispatchResult): Promise<string | und
   } catch (error) {
     return error instanceof Error ? error.message : String(error);
   }
+}
+
+/**
+ * 130 interrupted · 0 every target delivered · 2 when nothing was delivered and every target
+ * that failed failed for a usage or bad-input reason (running it again fails the same way) ·
+ * 1 otherwise: some target failed to build, whatever the others did.
+ */
+export function dispatchExitCode(result: Pick<DispatchResult, 'interrupted' | 'ok' | 'targets'>): number {
+  if (result.interrupted) return EXIT.interrupted;
+  if (result.ok) return EXIT.ok;
+  const codes = result.targets.flatMap((outcome) => (outcome.ok || outcome.cancelled ? [] : [outcome.error.code]));
+  const delivered = result.targets.some((outcome) => outcome.ok);
+  return !delivered && codes.length > 0 && codes.every(isUsageCode) ? EXIT.usage : EXIT.failed;
 }
 
 export async function commandDispatch(args: DispatchArgs, context: CliContext, signal: AbortSignal): Promise<number> {
@@ -388,7 +409,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     }
     if (args.json) context.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     else context.stdout.write(summaryTable(result, destination.location));
-    return result.interrupted ? EXIT.interrupted : result.ok ? EXIT.ok : EXIT.failed;
+    return dispatchExitCode(result);
   } finally {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
     for (const store of stores) store.close();

@@ -13,6 +13,8 @@ import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
+import { BundleError } from '../errors.js';
+import { npmErrorSummary, npmFailure, spawnNpm } from '../workflow/npm.js';
 import { pack, NPM_EPOCH } from '../workflow/steps/pack.js';
 import { runTool, sha256File, type PreparedInput, type ToolEnvironment } from './input.js';
 
@@ -29,11 +31,16 @@ export interface SourceTarball {
   };
 }
 
-const DEPENDENCY_FIELDS = ['dependencies', 'optionalDependencies', 'peerDependencies', 'bundleDependencies', 'bundledDependencies'] as const;
+/**
+ * Every field `npm ci` checks against the lockfile. `--omit=dev` only skips installing dev
+ * dependencies: npm still requires the lockfile to record them (and workspaces as links), so a
+ * lockfile written without asking npm is in sync only when none of these is there.
+ */
+const LOCKED_FIELDS = ['dependencies', 'devDependencies', 'optionalDependencies', 'peerDependencies', 'bundleDependencies', 'bundledDependencies', 'workspaces'] as const;
 
 /** True when the package installs nothing: its lockfile can be written without asking npm. */
 function hasNoDependencies(packageJson: Record<string, unknown>): boolean {
-  return DEPENDENCY_FIELDS.every((field) => {
+  return LOCKED_FIELDS.every((field) => {
     const value = packageJson[field];
     return value === undefined || (Array.isArray(value) ? value.length === 0 : typeof value === 'object' && value !== null && Object.keys(value).length === 0);
   });
@@ -49,6 +56,7 @@ function hasNoDependencies(packageJson: Record<string, unknown>): boolean {
  */
 export async function ensureLockfile(input: PreparedInput, options: { tools: ToolEnvironment; workDir: string; mtime?: Date; signal?: AbortSignal }): Promise<SourceTarball> {
   if (input.lockfile) {
+    await assertInSync(input, input.lockfile, options);
     const text = await readFile(path.join(input.dir, input.lockfile));
     return { file: input.tarball, sha256: input.sha256, size: input.size, lockfile: { name: input.lockfile, sha256: sha(text), added: false } };
   }
@@ -68,6 +76,32 @@ export async function ensureLockfile(input: PreparedInput, options: { tools: Too
   await pipeline(pack(input.dir, { mtime: options.mtime ?? NPM_EPOCH, ...(options.signal ? { signal: options.signal } : {}) }), createGzip({ level: 9 }), createWriteStream(file, { flags: 'wx' }));
   const { sha256, size } = await sha256File(file);
   return { file, sha256, size, lockfile: { name: 'npm-shrinkwrap.json', sha256: sha(await readFile(shrinkwrap)), added: true } };
+}
+
+/**
+ * A lockfile the input ships is used as it is (it pins the tree), but one out of sync with its
+ * package.json — a devDependency added after it was written, a dependency changed — makes
+ * `npm ci` refuse it on every builder. `npm ci --dry-run` runs npm's own check here, once,
+ * before anything is uploaded (it reads the lockfile and installs nothing).
+ */
+async function assertInSync(input: PreparedInput, lockfile: string, options: { tools: ToolEnvironment; signal?: AbortSignal }): Promise<void> {
+  const { tools } = options;
+  const run = await spawnNpm({
+    command: tools.node,
+    argv: [tools.npmCli, 'ci', '--dry-run', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund'],
+    cwd: input.dir,
+    env: tools.env,
+    secrets: tools.secrets,
+    onLine: () => undefined,
+    ...(options.signal ? { signal: options.signal } : {}),
+  });
+  if (run.code === 0) return;
+  const { code, lines } = npmErrorSummary(run.errors);
+  if (code !== 'EUSAGE') throw npmFailure(`npm ci --dry-run (checking the input's ${lockfile})`, run);
+  throw new BundleError('ERR_LOCKFILE_OUT_OF_SYNC', `The input's ${lockfile} is not in sync with its package.json; npm ci would refuse it on every builder:\n  ${lines.join('\n  ')}`, {
+    hint: `Run \`npm install\` in the package (it updates ${lockfile}, devDependencies included) and pack again, or leave the lockfile out and dispatch resolves one.`,
+    details: { lockfile, npmCode: code },
+  });
 }
 
 function sha(data: Buffer): string {

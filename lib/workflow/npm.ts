@@ -117,6 +117,13 @@ export interface NpmRun {
   signal: NodeJS.Signals | null;
   /** The last lines npm wrote (both streams), for error messages. */
   tail: string[];
+  /**
+   * npm's own error lines (`npm error …`, `npm ERR! …`, `gyp ERR! …`), redacted, kept apart
+   * from the tail: npm prints the cause first and may follow it with a long usage text that
+   * pushes it out of the tail. Bounded: the first ERROR_HEAD_LINES and the last
+   * ERROR_TAIL_LINES, with a `…` line standing for what was dropped between them.
+   */
+  errors: string[];
   peakMemory: number;
 }
 
@@ -137,6 +144,33 @@ export interface SpawnNpmOptions {
 }
 
 const TAIL_LINES = 60;
+const ERROR_HEAD_LINES = 60;
+const ERROR_TAIL_LINES = 20;
+const ERROR_LINE = /^(npm (error|ERR!)|gyp ERR!)/;
+
+/** Collects npm's error lines: the first ones whole (the cause), a rolling window of the last. */
+class ErrorLines {
+  private readonly head: string[] = [];
+  private readonly last: string[] = [];
+  private dropped = 0;
+
+  add(line: string): void {
+    if (!ERROR_LINE.test(line)) return;
+    if (this.head.length < ERROR_HEAD_LINES) {
+      this.head.push(line);
+      return;
+    }
+    this.last.push(line);
+    if (this.last.length > ERROR_TAIL_LINES) {
+      this.last.shift();
+      this.dropped += 1;
+    }
+  }
+
+  lines(): string[] {
+    return [...this.head, ...(this.dropped > 0 ? [`npm error … (${this.dropped} more lines)`] : []), ...this.last];
+  }
+}
 const KILL_GRACE_MS = 2000;
 
 /**
@@ -153,12 +187,14 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
     ...(options.runAs ? { uid: options.runAs.uid, gid: options.runAs.gid } : {}),
   });
   const tail: string[] = [];
+  const errors = new ErrorLines();
   const lineReaders = (['stdout', 'stderr'] as const).map((stream) => {
     const reader = createInterface({ input: child[stream] });
     reader.on('line', (raw) => {
       const line = redact(raw, options.secrets);
       tail.push(line);
       if (tail.length > TAIL_LINES) tail.shift();
+      errors.add(line);
       options.onLine(line, stream);
     });
     return new Promise<void>((resolve) => reader.on('close', resolve));
@@ -208,7 +244,7 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
   await waitForGroupExit(pgid, 5000);
   await Promise.all(lineReaders);
   if (options.signal?.aborted) throw abortError(options.signal);
-  return { code, signal, tail, peakMemory: peak };
+  return { code, signal, tail, errors: errors.lines(), peakMemory: peak };
 }
 
 function killGroup(pgid: number, signal: NodeJS.Signals): void {
@@ -254,19 +290,47 @@ export async function processGroupRss(pgid: number): Promise<number> {
   }
 }
 
+/** Lines of npm's error output that never name a cause. */
+const NOISE = /complete log of this run|^A complete log|Note that you can also install|tarball, folder, http url/i;
+/** How many cause lines a message carries: all up to SUMMARY_MAX, else the first and last few. */
+const SUMMARY_MAX = 12;
+const SUMMARY_FIRST = 7;
+const SUMMARY_LAST = 4;
+
 /**
- * Turns a failed npm run into a BundleError that carries npm's own summary (`npm error …`
- * lines) rather than a wall of log.
+ * npm's own account of a failure from its error lines: the `code` line and the lines that say
+ * what went wrong, without the usage text npm appends to a usage error (`npm ci` out of sync
+ * with the lockfile is one: its cause is followed by ~90 lines of options).
+ *
+ * @example
+ * npmErrorSummary(['npm error code EUSAGE', 'npm error Missing: ms@2.1.3 from lock file', 'npm error Clean install a project', 'npm error', 'npm error Usage:', …])
+ * // → { code: 'EUSAGE', lines: ['Missing: ms@2.1.3 from lock file'] }
+ */
+export function npmErrorSummary(errors: readonly string[]): { code?: string; lines: string[] } {
+  let lines = errors.map((line) => line.replace(/^npm (error|ERR!)\s?/, '').trim());
+  const usage = lines.indexOf('Usage:');
+  if (usage >= 0) {
+    // The usage text starts with the command's one-paragraph description, before "Usage:".
+    let end = usage;
+    while (end > 0 && lines[end - 1] === '') end -= 1;
+    while (end > 0 && lines[end - 1] !== '') end -= 1;
+    lines = lines.slice(0, end);
+  }
+  lines = lines.filter((line) => line && !NOISE.test(line));
+  const code = lines.find((line) => /^code\s+\S+/.test(line))?.replace(/^code\s+/, '');
+  const causes = lines.filter((line) => !/^code\s+\S+/.test(line));
+  const bounded = causes.length <= SUMMARY_MAX ? causes
+    : [...causes.slice(0, SUMMARY_FIRST), `… (${causes.length - SUMMARY_FIRST - SUMMARY_LAST} more lines; --verbose shows npm's log)`, ...causes.slice(-SUMMARY_LAST)];
+  return { ...(code ? { code } : {}), lines: bounded };
+}
+
+/**
+ * Turns a failed npm run into a BundleError that carries npm's own summary (its error lines)
+ * rather than a wall of log; the last lines of output stand in only when npm printed none.
  */
 export function npmFailure(what: string, run: NpmRun): BundleError {
-  const errorLines = run.tail
-    .filter((line) => /^npm (error|ERR!)/.test(line))
-    .map((line) => line.replace(/^npm (error|ERR!)\s?/, '').trim())
-    .filter((line) => line && !/complete log of this run|^A complete log|Note that you can also install|tarball, folder, http url/i.test(line));
-  const code = errorLines.find((line) => /^code\s+\S+/.test(line))?.replace(/^code\s+/, '');
-  const summary = errorLines.filter((line) => !/^code\s+\S+/.test(line)).slice(0, 8);
-  const fallback = run.tail.slice(-8);
-  const body = (summary.length > 0 ? summary : fallback).join('\n  ');
+  const { code, lines: summary } = npmErrorSummary(run.errors);
+  const body = (summary.length > 0 ? summary : run.tail.slice(-8)).join('\n  ');
   const status = run.signal ? `was killed by ${run.signal}` : `exited with code ${run.code}`;
   const message = `${what} ${status}${code ? ` (${code})` : ''}:\n  ${body}`;
   if (code === 'E404' || code === 'ETARGET') {

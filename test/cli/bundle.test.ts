@@ -48,12 +48,12 @@ describe('bundle-dispatch bundle', () => {
     expect(run.stderr).toContain('✔ Install production dependencies');
   });
 
-  it('bad input: exit 1, a coded JSON error, no file written', async () => {
+  it('bad input: exit 2 (like a usage error: the same input fails again), a coded JSON error, no file written', async () => {
     const bad = path.join(root.dir, 'bad.tgz');
     await writeFile(bad, 'definitely not a tarball\n'.repeat(50));
     const out = path.join(root.dir, 'bad-out');
     const run = await runCli(['bundle', bad, '-o', `${out}/`, '--json', ...hostNode], { cwd: root.dir });
-    expect(run.code).toBe(1);
+    expect(run.code).toBe(2);
     const result = JSON.parse(run.stdout) as { error: { code: string; message: string } };
     expect(result.error.code).toBe('ERR_INPUT_NOT_TAR');
     expect(await readdir(out).catch(() => [])).toEqual([]);

@@ -4,7 +4,8 @@
  * from a .bundlerc; --json parsed; exit codes 0/1/2/130; Ctrl-C mid-build.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -14,7 +15,8 @@ import type { RunDocument } from '../../lib/dispatch/history.js';
 import { S3Store } from '../../lib/storage/s3-store.js';
 import { runCli } from '../helpers/cli.js';
 import { NODE, SLOW_HOOK, startChildBuilder, writeFixture, type RunningTestBuilder } from '../helpers/dispatch.js';
-import { tempDir } from '../helpers/packages.js';
+import { createGunzip } from 'node:zlib';
+import { readTar, tempDir } from '../helpers/packages.js';
 import { startS3, type S3TestServer } from '../helpers/s3.js';
 
 let root: { dir: string; remove: () => Promise<void> };
@@ -163,6 +165,91 @@ describe('bundle-dispatch <input>', () => {
     }
   });
 
+  /** A project on the embedded default (no pools): ./dist, the test hook, its own cache. */
+  async function embeddedProject(name: string): Promise<string> {
+    const dir = path.join(root.dir, name);
+    await mkdir(dir, { recursive: true });
+    embeddedEnv.BUNDLE_DISPATCH_WORK_DIR = path.join(root.dir, 'embedded-work');
+    await writeFile(path.join(dir, '.bundlerc'), JSON.stringify({ cacheDir: path.join(root.dir, `${name}-cache`), hooks: [path.join(root.dir, 'slow-hook.mjs')] }));
+    return dir;
+  }
+  const host = `linux-${process.arch}@${NODE}`;
+  const embeddedEnv: NodeJS.ProcessEnv = {};
+
+  it('package shapes: dev-only, optional-only, none, deps + devDeps and a shipped npm-shrinkwrap.json all build; a stale shipped one is exit 2 before upload', async () => {
+    const ms = { version: '2.1.3', resolved: 'https://registry.npmjs.org/ms/-/ms-2.1.3.tgz', integrity: 'sha512-6FlzubTLZG3J2a/NVCAleEhjzq5oxgHyaCU9yYXvcLsvoVaHJq/s5xXI6/XXP6tz7R9xAOtHnSO/tXtF3WRTlA==', license: 'MIT' };
+    const isNumber = { version: '7.0.0', resolved: 'https://registry.npmjs.org/is-number/-/is-number-7.0.0.tgz', integrity: 'sha512-41Cifkg6e8TylSpdtTpeLVMqvSBEVzTttHvERD741+pnZ8ANv0004MRL43QKPDlK9cGvNp6NZWZUBlbGXYxxng==', dev: true, license: 'MIT', engines: { node: '>=0.12.0' } };
+    const shipped = (name: string, root: Record<string, unknown>, packages: Record<string, unknown>) => JSON.stringify({ name, version: '1.0.0', lockfileVersion: 3, requires: true, packages: { '': { name, version: '1.0.0', ...root }, ...packages } });
+    const cwd = await embeddedProject('shapes');
+    const shapes: Array<{ name: string; fields: Record<string, unknown>; files?: Record<string, string>; bundled: string[]; added: boolean }> = [
+      { name: 'shape-dev-only', fields: { devDependencies: { ms: '2.1.3' } }, bundled: [], added: true },
+      { name: 'shape-optional-only', fields: { optionalDependencies: { ms: '2.1.3' } }, bundled: ['ms'], added: true },
+      { name: 'shape-none', fields: {}, bundled: [], added: true },
+      { name: 'shape-deps-and-dev', fields: { dependencies: { ms: '2.1.3' }, devDependencies: { 'is-number': '7.0.0' } }, bundled: ['ms'], added: true },
+      {
+        name: 'shape-shipped', fields: { dependencies: { ms: '2.1.3' }, devDependencies: { 'is-number': '7.0.0' } }, bundled: ['ms'], added: false,
+        files: { 'npm-shrinkwrap.json': shipped('shape-shipped', { dependencies: { ms: '2.1.3' }, devDependencies: { 'is-number': '7.0.0' } }, { 'node_modules/ms': ms, 'node_modules/is-number': isNumber }) },
+      },
+    ];
+    {
+      for (const shape of shapes) {
+        const fixture = await writeFixture(path.join(root.dir, `${shape.name}-1.0.0.tgz`), { name: shape.name, version: '1.0.0', ...shape.fields }, shape.files);
+        const run = await runCli([fixture, '--targets', host, '--json'], { cwd, env: embeddedEnv });
+        const result = JSON.parse(run.stdout) as DispatchResult;
+        const outcome = result.targets[0];
+        if (!outcome?.ok) throw new Error(`${shape.name}: ${run.stdout}${run.stderr}`);
+        expect(run.code).toBe(0);
+        expect(result.lockfile).toMatchObject({ name: 'npm-shrinkwrap.json', added: shape.added });
+        const files = await readTar(createReadStream(path.join(cwd, 'dist', outcome.key)).pipe(createGunzip()));
+        const packageJson = JSON.parse(files.get('package/package.json')?.content.toString() ?? '{}') as { bundleDependencies?: string[] };
+        expect(packageJson.bundleDependencies ?? [], shape.name).toEqual(shape.bundled);
+        // devDependencies are recorded in the lockfile, never installed.
+        expect([...files.keys()].some((name) => name.includes('node_modules/is-number')), shape.name).toBe(false);
+      }
+      // A shipped lockfile that does not record a devDependency: npm ci would refuse it on every
+      // builder, so dispatch says so once, naming npm's cause, before anything is uploaded.
+      const stale = await writeFixture(path.join(root.dir, 'shape-stale-1.0.0.tgz'), { name: 'shape-stale', version: '1.0.0', devDependencies: { ms: '2.1.3' } }, { 'npm-shrinkwrap.json': shipped('shape-stale', {}, {}) });
+      const run = await runCli([stale, '--targets', host, '--json'], { cwd, env: embeddedEnv });
+      expect(run.code).toBe(2);
+      expect(JSON.parse(run.stdout)).toMatchObject({ error: { code: 'ERR_LOCKFILE_OUT_OF_SYNC', message: expect.stringContaining('Missing: ms@2.1.3 from lock file') } });
+      expect(await readdir(path.join(cwd, 'dist')).catch(() => [])).not.toContain('shape-stale');
+    }
+  });
+
+  it('ERR_NPM_FAILED carries npm\'s cause (not its usage text) in the message, --json, manifest, summary row and build record', async () => {
+    // The hook adds a devDependency on the builder: npm ci prints its "not in sync" error and
+    // then ~90 lines of usage text.
+    const fixture = await writeFixture(path.join(root.dir, 'unlocked-1.0.0.tgz'), { name: 'cli-unlocked-fixture', version: '1.0.0' }, { UNLOCK: 'yes\n' });
+    const cause = 'Missing: ms@2.1.3 from lock file';
+    const cwd = await embeddedProject('unlocked');
+    const run = await runCli([fixture, '--targets', host, '--json'], { cwd, env: embeddedEnv });
+    expect(run.code).toBe(1);
+    const result = JSON.parse(run.stdout) as DispatchResult;
+    const outcome = result.targets[0];
+    if (!outcome || outcome.ok) throw new Error(run.stdout);
+    expect(outcome.error.code).toBe('ERR_NPM_FAILED');
+    expect(outcome.error.message).toContain(cause);
+    expect(outcome.error.message).toContain('(EUSAGE)');
+    expect(outcome.error.message).not.toContain('Usage:');
+    expect(outcome.error.message).not.toContain('--install-strategy');
+    const manifest = JSON.parse(await readFile(path.join(cwd, 'dist', result.manifest ?? ''), 'utf8')) as unknown;
+    expect(manifest).toMatchObject({ targets: { [host]: { ok: false, error: { code: 'ERR_NPM_FAILED', message: expect.stringContaining(cause) } } } });
+    const record = JSON.parse(await readFile(path.join(root.dir, 'unlocked-cache', 'dispatch', 'store', 'builder', 'builds', outcome.buildId ?? '', 'record.json'), 'utf8')) as unknown;
+    expect(record).toMatchObject({ state: 'failed', error: { code: 'ERR_NPM_FAILED', message: expect.stringContaining(cause) } });
+    // The summary table (no --json): the failed row is followed by npm's cause lines. The build
+    // key is the same, so the builder's record of it is reused.
+    const table = await runCli([fixture, '--targets', host], { cwd, env: embeddedEnv });
+    expect(table.code).toBe(1);
+    expect(table.stdout).toMatch(new RegExp(`FAILED\\s+ERR_NPM_FAILED: npm ci exited with code 1 \\(EUSAGE\\):\\n\\s+.*in sync.*\\n\\s+${cause}`));
+  });
+
+  it('every target failing for a bad-input reason (no Node satisfies) exits 2, not 1', async () => {
+    const fixture = await writeFixture(path.join(root.dir, 'engines-1.0.0.tgz'), { name: 'cli-engines-fixture', version: '1.0.0' });
+    const run = await runCli([fixture, '--targets', `linux-${process.arch}@>=99`, '--json'], { cwd: await embeddedProject('engines'), env: embeddedEnv });
+    expect(run.code).toBe(2);
+    expect(JSON.parse(run.stdout)).toMatchObject({ ok: false, targets: [{ ok: false, error: { code: 'ERR_ENGINES_UNSATISFIED' } }] });
+  });
+
   it('an overlapping run on the same destination + input stops with ERR_LOCKED; SIGTERM stops the first (exit 130)', async () => {
     const fixture = await writeFixture(path.join(root.dir, 'locked-1.0.0.tgz'), { name: 'cli-locked-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
     let second: Awaited<ReturnType<typeof runCli>> | undefined;
@@ -180,7 +267,8 @@ describe('bundle-dispatch <input>', () => {
       },
     });
     expect(first.code).toBe(130);
-    expect(second?.code).toBe(1);
+    // 75 (EX_TEMPFAIL): a cron job tells "another run holds the lock" from a failed build.
+    expect(second?.code).toBe(75);
     expect(JSON.parse(second?.stdout ?? '{}')).toMatchObject({ error: { code: 'ERR_LOCKED' } });
   });
 

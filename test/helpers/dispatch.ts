@@ -22,13 +22,19 @@ export const NODE = process.versions.node;
 /**
  * A hook module for test builders: a package that contains a file `SLOW` gets an npm step that
  * sleeps for two minutes (a real process in npm's process group), to cancel mid-build —
- * except on builders started with BD_TEST_IGNORE_SLOW.
+ * except on builders started with BD_TEST_IGNORE_SLOW. A package that contains `UNLOCK` gets a
+ * devDependency the lockfile does not know, added on the builder, so `npm ci` fails there with
+ * its "not in sync" usage error (the cause followed by ~90 lines of usage text).
  */
-export const SLOW_HOOK = `import { existsSync } from 'node:fs';
+export const SLOW_HOOK = `import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 export default {
   'npm.configure': (_scaffold, _config, spawn) => {
     if (existsSync(path.join(spawn.dirs.package, 'SLOW')) && !process.env.BD_TEST_IGNORE_SLOW) spawn.argv = ['-e', 'setTimeout(() => {}, 120000)'];
+    if (existsSync(path.join(spawn.dirs.package, 'UNLOCK'))) {
+      const file = path.join(spawn.dirs.package, 'package.json');
+      writeFileSync(file, JSON.stringify({ ...JSON.parse(readFileSync(file, 'utf8')), devDependencies: { ms: '2.1.3' } }));
+    }
   },
 };
 `;
