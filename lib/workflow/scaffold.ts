@@ -8,7 +8,7 @@ import { redact } from '../redact.js';
 import { formatTarget, hostTarget, normalizeTarget, sameTarget, type Target } from '../target.js';
 import { HookRegistry } from './hooks.js';
 import { buildNpmEnv, configSecrets, locateNpm, npmFailure, readNpmVersion, spawnNpm, writeNpmrc } from './npm.js';
-import { dropGypIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall, packagesWithInstallWork } from './steps/bundle.js';
+import { dropBuildIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall, packagesWithInstallWork } from './steps/bundle.js';
 import { NPM_EPOCH, pack } from './steps/pack.js';
 import { chooseNodeRange, resolveRuntime, type Runtime } from './steps/runtime.js';
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
@@ -346,6 +346,9 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     });
 
     const bundled = await step('bundle', async () => {
+      // First: gyp may have left Makefiles in node_modules/@scope/<dir> that look like a package.
+      const dropped = await dropBuildIntermediates(dirs.package);
+      if (dropped.length > 0) log('bundle', `${dropped.length} build intermediates dropped`);
       const topLevel = await listTopLevelPackages(dirs.package);
       const names = topLevel.map((pkg) => pkg.name);
       const packageFile = path.join(dirs.package, 'package.json');
@@ -357,7 +360,6 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       const all = await listAllPackages(dirs.package);
       const neutralized = await neutralizeDependencies(all);
       if (neutralized.length > 0) log('bundle', `install scripts neutralized: ${neutralized.join(', ')}`);
-      await dropGypIntermediates([dirs.package, ...all.map((pkg) => pkg.dir)]);
       log('bundle', `${names.length} bundled dependencies`);
       return names;
     });

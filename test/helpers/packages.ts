@@ -10,7 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { pack as tarPack, extract as tarExtract } from 'tar-stream';
 import { hostTarget } from '../../lib/target.js';
 import { createScaffold, type Scaffold } from '../../lib/workflow/scaffold.js';
-import type { BuildOverrides, HookModule } from '../../lib/workflow/types.js';
+import type { BuildOverrides, BuildSummary, HookModule } from '../../lib/workflow/types.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 /**
@@ -92,4 +92,27 @@ export function hashingTar(stream: Readable): { stream: Readable; digest: () => 
   const hash = createHash('sha256');
   stream.on('data', (chunk: Buffer) => hash.update(chunk));
   return { stream, digest: () => hash.digest('hex') };
+}
+
+/**
+ * Builds the same input in a scaffold whose workdirs live in `workRoot`, saving the bundle
+ * beside it as `<workRoot>.tgz`: what determinism tests compare between two workdirs.
+ */
+export async function buildSaved(workRoot: string, input: () => Readable): Promise<{ summary: BuildSummary; bundle: string; tarSha256: string; files: Awaited<ReturnType<typeof readTar>>; log: string }> {
+  const scaffold = await testScaffold(workRoot);
+  const lines: string[] = [];
+  const result = await scaffold.run(input(), {}, { onEvent: (event) => { if (event.type === 'log') lines.push(event.message); } });
+  const hashed = hashingTar(result.output);
+  const bundle = `${workRoot}.tgz`;
+  const files = await saveTgz(hashed.stream, bundle);
+  await result.settled;
+  return { summary: result.summary, bundle, tarSha256: hashed.digest(), files, log: lines.join('\n') };
+}
+
+/** Build intermediates of node-gyp, node-pre-gyp and cmake-js (see docs/runtimes.md). */
+const INTERMEDIATE = /\/build-tmp-[^/]+\/|\/build\/(.*\/)?(obj\.target|obj|\.deps|CMakeFiles|node_gyp_bins)\/|\/build\/(.*\/)?(Makefile|config\.gypi|CMakeCache\.txt|cmake_install\.cmake|build\.ninja|\.ninja_deps|\.ninja_log|[^/]+\.(a|o|d|ar-file-list|stamp))$|\.(mk|Makefile)$/;
+
+/** Entries of a bundle that are build intermediates or hold one of `paths` (workdirs). */
+export function buildLeftovers(files: ReadonlyMap<string, { content: Buffer }>, paths: readonly string[]): string[] {
+  return [...files].filter(([name, file]) => INTERMEDIATE.test(name) || paths.some((dir) => file.content.includes(dir))).map(([name]) => name);
 }

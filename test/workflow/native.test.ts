@@ -1,12 +1,13 @@
 import { createWriteStream } from 'node:fs';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pack } from '../../lib/workflow/steps/pack.js';
 import type { BuildEvent } from '../../lib/workflow/types.js';
 import { installOffline, runInConsumer } from '../helpers/consumer.js';
-import { packageTar, repoRoot, saveTgz, tempDir, testScaffold } from '../helpers/packages.js';
+import { buildLeftovers, buildSaved, packageTar, repoRoot, saveTgz, tempDir, testScaffold } from '../helpers/packages.js';
 
 const fixture = path.join(repoRoot, 'test', 'fixtures', 'native-addon');
 let root: { dir: string; remove: () => Promise<void> };
@@ -66,5 +67,37 @@ describe('native addons', () => {
     const consumer = path.join(root.dir, 'consumer-dep');
     const installed = await installOffline(bundle, consumer);
     expect(await runInConsumer(consumer, 'console.log(require("uses-native")(40, 2))', installed.env)).toBe('42');
+  });
+});
+
+// Slow-ish: cmake-js and node-addon-api come from the registry; four compiles (~20 s on 2 cores).
+describe('build intermediates, per route: two workdirs give the same tar', () => {
+  const twice = async (name: string, input: () => Readable) => {
+    const [first, second] = await Promise.all([buildSaved(path.join(root.dir, `${name}-a`), input), buildSaved(path.join(root.dir, `${name}-b`, 'nested', 'deeper'), input)]);
+    expect(buildLeftovers(first.files, [path.join(root.dir, `${name}-a`)])).toEqual([]);
+    expect(first.tarSha256).toBe(second.tarSha256);
+    return first;
+  };
+
+  it('cmake-js: the CMake build tree is dropped, build/Release/*.node kept and loaded', async () => {
+    const built = await twice('cmake', () => pack(path.join(repoRoot, 'test', 'fixtures', 'cmake-addon')));
+    expect(built.log).toContain('cmake-js');
+    expect(built.summary.nativeFiles).toEqual(['build/Release/cmadder.node']);
+    const consumer = path.join(root.dir, 'consumer-cmake');
+    const installed = await installOffline(built.bundle, consumer);
+    expect(await runInConsumer(consumer, 'console.log(require("cmake-fixture").answer)', installed.env)).toBe('42');
+  });
+
+  it('node-gyp with node-addon-api in a scoped dependency: Makefiles gyp writes outside build/ are dropped and bundle no phantom package', async () => {
+    const addonTgz = path.join(root.dir, 'fx-naa-adder-1.0.0.tgz');
+    await pipeline(pack(path.join(repoRoot, 'test', 'fixtures', 'scoped-naa-addon')), createGzip(), createWriteStream(addonTgz));
+    const built = await twice('naa', () => packageTar({ name: 'uses-naa', version: '1.0.0', main: 'index.js', dependencies: { '@fx/naa-adder': `file:${addonTgz}` } }, {
+      'index.js': 'module.exports = (a, b) => require("@fx/naa-adder").add(a, b);\n',
+    }));
+    expect(built.summary.bundledDependencies).toEqual(['@fx/naa-adder', 'node-addon-api']);
+    expect(built.summary.nativeFiles).toEqual(['node_modules/@fx/naa-adder/build/Release/naa.node']);
+    const consumer = path.join(root.dir, 'consumer-naa');
+    const installed = await installOffline(built.bundle, consumer);
+    expect(await runInConsumer(consumer, 'console.log(require("uses-naa")(40, 2))', installed.env)).toBe('42');
   });
 });
