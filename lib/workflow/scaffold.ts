@@ -10,7 +10,7 @@ import { HookRegistry } from './hooks.js';
 import { buildNpmEnv, configSecrets, locateNpm, npmFailure, readNpmVersion, spawnNpm, writeNpmrc } from './npm.js';
 import { dropBuildIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall, packagesWithInstallWork } from './steps/bundle.js';
 import { NPM_EPOCH, pack } from './steps/pack.js';
-import { chooseNodeRange, resolveRuntime, type Runtime } from './steps/runtime.js';
+import { chooseNodeRange, resolveRuntime, type RangeSource, type Runtime } from './steps/runtime.js';
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
 import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed } from './steps/verify.js';
 import type { RunAs } from './runtime-registry.js';
@@ -259,15 +259,18 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         hint: 'Install the emulator (Debian: qemu-user-static) or set allowHeaderOnlyVerify: true to accept a check of the binaries\' headers only.',
       });
     }
+    // Scripts run under a Node of this machine; for a cross-compiled target, the host build of
+    // the target's very version, so tools that read process.versions (node-pre-gyp's ABI
+    // folder, prebuild-install) see the target's version while the env gives them its cpu.
+    let scriptRuntime: Runtime | undefined;
     const runtime: Runtime = await step('runtime', async () => {
       const { range, from } = chooseNodeRange(unpacked.packageJson, config.target.node);
-      const chosen = await resolveRuntime({
-        range,
-        from,
-        target: config.target,
+      const resolve = (target: Target, wanted: { range: string; from: RangeSource }, needBinary: boolean) => resolveRuntime({
+        ...wanted,
+        target,
         hostNode: context.hostNode,
         host: context.host,
-        needBinary: toolchain !== undefined,
+        needBinary,
         configured: config.runtimes,
         cacheDir: environment.runtimeCacheDir,
         // npm runs as this process here (no scripts): it uses the scaffold's own cache.
@@ -275,14 +278,18 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         signal,
         log: (message, data) => log('runtime', message, 'status', data as Record<string, unknown> | undefined),
       });
+      const chosen = await resolve(config.target, { range, from }, toolchain !== undefined);
+      if (toolchain) scriptRuntime = await resolve(context.host, { range: chosen.version, from: 'target' }, false);
       return chosen;
     });
     spawnInfo.runtime = runtime;
-    if (options.runAs && (native || toolchain)) await assertReachable('runtime', runtime.binDir, options.runAs);
-    // Lifecycle scripts find the chosen runtime first on PATH; node-gyp builds against its headers.
-    if (native) spawnInfo.env.PATH = `${runtime.binDir}${path.delimiter}${spawnInfo.env.PATH ?? ''}`;
+    const scriptNode = native ? runtime : scriptRuntime;
+    if (options.runAs && scriptNode) await assertReachable('runtime', scriptNode.binDir, options.runAs);
+    if (options.runAs && toolchain) await assertReachable('runtime', runtime.binDir, options.runAs);
+    // Lifecycle scripts find that runtime first on PATH; node-gyp builds against the target's headers.
+    if (scriptNode) spawnInfo.env.PATH = `${scriptNode.binDir}${path.delimiter}${spawnInfo.env.PATH ?? ''}`;
     spawnInfo.env.npm_config_nodedir = runtime.nodedir;
-    // Cross-compiling: scripts run under the host's Node, told the target (compilers, arch, version).
+    // Cross-compiling: scripts are told the target (compilers, cpu, headers).
     if (toolchain) Object.assign(spawnInfo.env, crossCompileEnv(toolchain, runtime));
     const crossFlags = native ? [] : ['--os', config.target.os, '--cpu', config.target.cpu, ...(config.target.libc ? ['--libc', config.target.libc] : [])];
     spawnInfo.argv = [

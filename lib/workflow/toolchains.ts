@@ -175,24 +175,24 @@ export function buildMethod(target: Target, host: Target, toolchains: readonly T
 
 /**
  * The environment that points node-gyp, prebuild-install, node-pre-gyp and node-gyp-build at
- * the target while their scripts run under the host's Node (measured 2× faster than running
- * node-gyp itself under the emulator; see docs/runtimes.md): the cross compilers, the target
- * cpu/platform, and the target runtime's version and headers.
+ * the target while their scripts run under the host's build of the target's Node version
+ * (measured 2× faster than running node-gyp itself under the emulator; see docs/runtimes.md):
+ * the cross compilers, the target cpu/platform, and the target runtime's headers. No
+ * `npm_config_target`: the script's Node already is that version, and node-pre-gyp refuses
+ * a `--target` newer than its own ABI table.
  */
-export function crossCompileEnv(toolchain: Toolchain, runtime: { version: string; nodedir: string }): Record<string, string> {
+export function crossCompileEnv(toolchain: Toolchain, runtime: { nodedir: string }): Record<string, string> {
   const cpu = toolchain.target.cpu;
   return {
     CC: toolchain.cc,
     CXX: toolchain.cxx,
     LINK: toolchain.cxx,
     AR: toolchain.ar,
-    // node-gyp (--arch, --target, --nodedir), prebuild-install and node-pre-gyp read these.
+    // node-gyp (--arch, --nodedir), prebuild-install and node-pre-gyp read these.
     npm_config_arch: cpu,
     npm_config_target_arch: cpu,
     npm_config_platform: 'linux',
     npm_config_target_platform: 'linux',
-    npm_config_target: runtime.version,
-    npm_config_runtime: 'node',
     npm_config_nodedir: runtime.nodedir,
     // Packages that pick a libc-specific prebuilt (sharp, prebuild-install's --libc) ask npm_config_libc.
     npm_config_libc: toolchain.target.libc ?? 'glibc',

@@ -122,6 +122,18 @@ describe.skipIf(!toolchain && !required)('linux-arm64 from x64: cross-compiled, 
     expect(await runInConsumer(consumer, 'console.log(require("cross-db")())', installed.env)).toBe('42');
   }, 600_000);
 
+  it('node-pre-gyp\'s compile fallback (bcrypt 5) and node-gyp-build without an arm64 prebuild (bufferutil) compile for arm64 and work emulated', async () => {
+    const built = await buildArm64(path.join(root.dir, 'pregyp'), async () => packageTar({ name: 'cross-pregyp', version: '1.0.0', main: 'index.js', dependencies: { bcrypt: '5.1.1', bufferutil: '4.0.9' } }, {
+      'index.js': 'const bcrypt = require("bcrypt"); const bufferutil = require("bufferutil"); module.exports = () => bcrypt.compareSync("pw", bcrypt.hashSync("pw", 4)) + " " + typeof bufferutil.mask;\n',
+    }));
+    expect(built.result.summary.nativeFiles).toEqual(expect.arrayContaining(['node_modules/bcrypt/lib/binding/napi-v3/bcrypt_lib.node', 'node_modules/bufferutil/build/Release/bufferutil.node']));
+    expect(built.result.summary.verification).toBe('emulated');
+    const consumer = path.join(root.dir, 'consumer-pregyp');
+    const installed = await installOffline(built.bundle, consumer, await arm64Node(), { emulator: emulator() });
+    expect(installed.stderr).not.toMatch(/gyp|node-pre-gyp/);
+    expect(await runInConsumer(consumer, 'console.log(require("cross-pregyp")())', installed.env)).toBe('true function');
+  }, 300_000);
+
   it('a binary from an optional platform package (sharp → @img/sharp-linux-arm64) is the target\'s and works emulated', async () => {
     const built = await buildArm64(path.join(root.dir, 'sharp'), async () => packageTar({ name: 'cross-img', version: '1.0.0', main: 'index.js', dependencies: { sharp: '0.34.5' } }, {
       'index.js': 'module.exports = () => require("sharp")({ create: { width: 2, height: 2, channels: 3, background: "red" } }).png().toBuffer().then((b) => b.subarray(1, 4).toString());\n',
