@@ -238,11 +238,17 @@ function createListrView(labels: readonly string[], options: { verbose: boolean 
   };
 }
 
+/** `native`, `cross-compiled (emulated)`, `cross`: how a bundle was made and its addons proven. */
+function describeMethod(outcome: { method?: string; verification?: string }): string {
+  if (!outcome.method) return '';
+  return outcome.method === 'cross-compiled' && outcome.verification && outcome.verification !== 'none' ? `${outcome.method} (${outcome.verification})` : outcome.method;
+}
+
 function summaryTable(result: DispatchResult, destination: string): string {
   const rows = result.targets.map((outcome) => outcome.ok
-    ? [outcome.target, outcome.cached ? 'cached' : outcome.reused ? 'reused' : 'built', outcome.node ?? '', formatBytes(outcome.size), outcome.cached ? '' : formatMs(outcome.durations.buildMs ?? outcome.durations.totalMs), outcome.key]
-    : [outcome.target, outcome.cancelled ? 'cancelled' : 'FAILED', '', '', '', `${outcome.error.code}: ${outcome.error.message.split('\n')[0] ?? ''}`]);
-  const header = ['target', 'result', 'node', 'size', 'build', 'key / error'];
+    ? [outcome.target, outcome.cached ? 'cached' : outcome.reused ? 'reused' : 'built', describeMethod(outcome), outcome.node ?? '', formatBytes(outcome.size), outcome.cached ? '' : formatMs(outcome.durations.buildMs ?? outcome.durations.totalMs), outcome.key]
+    : [outcome.target, outcome.cancelled ? 'cancelled' : 'FAILED', '', '', '', '', `${outcome.error.code}: ${outcome.error.message.split('\n')[0] ?? ''}`]);
+  const header = ['target', 'result', 'how', 'node', 'size', 'build', 'key / error'];
   const widths = header.map((title, index) => Math.max(title.length, ...rows.map((row) => (row[index] ?? '').length)));
   const line = (row: string[]) => row.map((cell, index) => (index === row.length - 1 ? cell : cell.padEnd(widths[index] ?? 0))).join('  ').trimEnd();
   // A message's first line rarely names the cause (npm's own lines follow it): a failed row

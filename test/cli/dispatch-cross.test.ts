@@ -53,5 +53,11 @@ describe.skipIf(!available && !required)('bundle-dispatch --targets linux-x64,li
     expect(createHash('sha256').update(bytes).digest('hex')).toBe(arm.sha256);
     const manifest = JSON.parse(await readFile(path.join(cwd, 'dist', 'native-fixture/1.0.0/manifest.json'), 'utf8')) as { targets: Record<string, unknown> };
     expect(manifest.targets['linux-arm64@22']).toMatchObject({ ok: true, method: 'cross-compiled', verification: 'emulated' });
+
+    // The same run without --json: the summary says how each target was made (a cache hit now).
+    const human = await runCli([input, '--targets', 'linux-x64@22,linux-arm64@22', '--cache-dir', path.join(root.dir, 'cache')], { cwd, env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') } });
+    expect(human.code, human.stderr).toBe(0);
+    expect(human.stdout).toMatch(/linux-arm64@22\s+cached\s+cross-compiled \(emulated\)\s+22\./);
+    expect(human.stdout).toMatch(/linux-x64@22\s+cached\s+native\s+22\./);
   }, 300_000);
 });
