@@ -108,7 +108,7 @@ export async function run({ log }) {
   const builder = await startBuilder({
     host: '127.0.0.1', port: 0, tokens: [token], store: new DirStore({ root: path.join(root, 'store') }), scaffold,
     builderId: 'bench', slots: 2, targets: servedTargets([], hostTarget()), workDir: path.join(root, 'work'),
-    buildTimeoutMs: 300_000, maxSourceBytes: 1 << 24, maxBodyBytes: 65_536, minFreeDisk: 1 << 20,
+    buildTimeoutMs: 300_000, maxSourceBytes: 1 << 24, maxBodyBytes: 65_536, minFreeDisk: 1 << 20, allowSources: ['127.0.0.1'],
     ...(process.getuid?.() === 0 ? { uidRange: { first: 61040, last: 61049 } } : {}),
     heartbeatMs: 10_000, logStream: discard, logLevel: 'info', version: 'bench', npmVersion: 'bench', runtimes: [process.versions.node],
   });

@@ -48,7 +48,7 @@ const scaffold = createScaffold({}, [], { env, workRoot: path.join(base, 'builde
 const builder = await startBuilder({
   host: '127.0.0.1', port: 0, tokens: [token], store: new DirStore({ root: path.join(base, 'builder', 'store') }), scaffold, builderId: 'timeline', slots: 1,
   targets: [parseTarget(host)], workDir: path.join(base, 'builder', 'work'), buildTimeoutMs: 600_000, maxSourceBytes: 64 * 1024 ** 2, maxBodyBytes: 64 * 1024,
-  minFreeDisk: 1024 ** 2, heartbeatMs: 5000, version: 'timeline', npmVersion: 'timeline', runtimes: [NODE],
+  minFreeDisk: 1024 ** 2, allowSources: ['127.0.0.1'], heartbeatMs: 5000, version: 'timeline', npmVersion: 'timeline', runtimes: [NODE],
 });
 const client = createBuilderClient({ url: builder.url, token });
 const pool = { platform: parseTarget(host), builders: [{ url: builder.url, client }] };

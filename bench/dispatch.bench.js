@@ -80,6 +80,7 @@ export async function run({ log }) {
         ...env,
         BUNDLE_DISPATCH_BUILDER_TOKENS: token,
         BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS: 'off',
+        BUNDLE_DISPATCH_BUILDER_ALLOW_SOURCES: '127.0.0.1',
         BUNDLE_DISPATCH_BUILDER_ID: name,
         BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work'),
         BUNDLE_DISPATCH_BUILDER_SHUTDOWN_GRACE: '0',

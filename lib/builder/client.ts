@@ -11,6 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import got, { HTTPError, RequestError, type Got } from 'got';
 import { BundleError, type ErrorCode } from '../errors.js';
 import { redact } from '../redact.js';
+import { REFUSED_HINT, refusalReason, refusedClass, type AddressGuard } from './network.js';
 import {
   IDEMPOTENCY_HEADER,
   isTerminal,
@@ -82,7 +83,7 @@ export interface BuilderClient {
 
 const KNOWN_CODES: ReadonlySet<string> = new Set([
   'ERR_REQUEST_INVALID', 'ERR_REQUEST_TOO_LARGE', 'ERR_UNAUTHORIZED', 'ERR_BUILD_NOT_FOUND', 'ERR_BUILDER_STOPPING',
-  'ERR_TARGET_UNSUPPORTED', 'ERR_SOURCE_FETCH', 'ERR_INTEGRITY', 'ERR_INPUT_TOO_LARGE', 'ERR_STORE_KEY', 'ERR_STORE_NOT_FOUND',
+  'ERR_TARGET_UNSUPPORTED', 'ERR_SOURCE_FETCH', 'ERR_SOURCE_REFUSED', 'ERR_INTEGRITY', 'ERR_INPUT_TOO_LARGE', 'ERR_STORE_KEY', 'ERR_STORE_NOT_FOUND',
 ]);
 
 /**
@@ -308,9 +309,11 @@ function hashingCounter(maxBytes: number | undefined, onTooLarge: () => Error) {
 
 /**
  * GETs a URL into a file, hashing on the way; removes the file on failure. Failures are
- * ERR_SOURCE_FETCH (network, HTTP status) or ERR_INPUT_TOO_LARGE (over `maxBytes`).
+ * ERR_SOURCE_FETCH (network, HTTP status), ERR_INPUT_TOO_LARGE (over `maxBytes`) or, with a
+ * `guard`, ERR_SOURCE_REFUSED (the URL or a redirect from it points at a refused address; no
+ * connection was made to it).
  */
-export async function downloadToFile(url: string, file: string, options: { signal?: AbortSignal; maxBytes?: number; timeoutMs?: number; headers?: Record<string, string> } = {}): Promise<{ sha256: string; size: number }> {
+export async function downloadToFile(url: string, file: string, options: { signal?: AbortSignal; maxBytes?: number; timeoutMs?: number; headers?: Record<string, string>; guard?: AddressGuard } = {}): Promise<{ sha256: string; size: number }> {
   const counter = hashingCounter(options.maxBytes, () => new BundleError('ERR_INPUT_TOO_LARGE', `The download is larger than ${options.maxBytes} bytes.`));
   const shown = redact(url);
   try {
@@ -319,6 +322,8 @@ export async function downloadToFile(url: string, file: string, options: { signa
         timeout: { connect: 10_000, response: 30_000, request: options.timeoutMs ?? 10 * 60_000 },
         retry: { limit: 2 },
         headers: options.headers ?? {},
+        // Redirects are followed; each hop is a new connection through the guard's agents.
+        ...(options.guard ? { agent: options.guard.agents } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
       }),
       counter.stream,
@@ -327,26 +332,32 @@ export async function downloadToFile(url: string, file: string, options: { signa
     return counter.result();
   } catch (error) {
     await rm(file, { force: true });
-    if (error instanceof BundleError) throw error;
-    if (options.signal?.aborted) throw new BundleError('ERR_ABORTED', 'Cancelled.', { cause: error });
-    const detail = error instanceof HTTPError ? `HTTP ${error.response.statusCode}` : error instanceof RequestError ? `${error.code} ${error.message}` : String(error);
-    throw new BundleError('ERR_SOURCE_FETCH', `Could not download ${shown}: ${redact(detail)}`, { cause: error, details: { url: shown } });
+    throw transferError(error, options.signal, 'ERR_SOURCE_FETCH', `Could not download ${shown}`, `Refused to download ${shown}`, shown);
   }
 }
 
+/** A failed download or upload as a BundleError (the guard's refusal keeps its own code). */
+function transferError(error: unknown, signal: AbortSignal | undefined, code: ErrorCode, failed: string, refused: string, shown: string): BundleError {
+  const refusal = refusedClass(error);
+  if (refusal) return new BundleError('ERR_SOURCE_REFUSED', `${refused}: it or a redirect from it points at ${refusalReason(refusal)}.`, { cause: error, hint: REFUSED_HINT, details: { url: shown, class: refusal } });
+  if (error instanceof BundleError) return error;
+  if (signal?.aborted) return new BundleError('ERR_ABORTED', 'Cancelled.', { cause: error });
+  const detail = error instanceof HTTPError ? `HTTP ${error.response.statusCode}` : error instanceof RequestError ? `${error.code} ${error.message}` : String(error);
+  return new BundleError(code, `${failed}: ${redact(detail)}`, { cause: error, details: { url: shown } });
+}
+
 /** PUTs a file to a URL (a presigned S3 PUT: exact Content-Length, the signed headers as given). */
-export async function uploadFile(url: string, file: string, options: { size: number; headers?: Record<string, string>; signal?: AbortSignal; timeoutMs?: number }): Promise<void> {
+export async function uploadFile(url: string, file: string, options: { size: number; headers?: Record<string, string>; signal?: AbortSignal; timeoutMs?: number; guard?: AddressGuard }): Promise<void> {
   try {
     await got.put(url, {
       body: createReadStream(file),
       headers: { 'content-type': 'application/gzip', ...options.headers, 'content-length': String(options.size) },
       timeout: { request: options.timeoutMs ?? 10 * 60_000 },
       retry: { limit: 0 },
+      ...(options.guard ? { agent: options.guard.agents } : {}),
       ...(options.signal ? { signal: options.signal } : {}),
     });
   } catch (error) {
-    if (options.signal?.aborted) throw new BundleError('ERR_ABORTED', 'Cancelled.', { cause: error });
-    const detail = error instanceof HTTPError ? `HTTP ${error.response.statusCode}` : error instanceof RequestError ? `${error.code} ${error.message}` : String(error);
-    throw new BundleError('ERR_OUTPUT', `Could not upload the bundle to ${redact(url)}: ${redact(detail)}`, { cause: error });
+    throw transferError(error, options.signal, 'ERR_OUTPUT', `Could not upload the bundle to ${redact(url)}`, `Refused to upload the bundle to ${redact(url)}`, redact(url));
   }
 }

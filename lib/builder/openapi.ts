@@ -8,6 +8,7 @@ import type { RouteDefinition } from './routes.js';
 const ERRORS: Record<string, string> = {
   400: 'ERR_REQUEST_INVALID: malformed JSON or a body/query that fails the schema',
   401: 'ERR_UNAUTHORIZED: no or wrong bearer token',
+  403: 'ERR_SOURCE_REFUSED: the source or output URL points at a link-local address, or a loopback/private one builder.allowSources does not list (nothing was sent there)',
   404: 'ERR_BUILD_NOT_FOUND',
   413: 'ERR_REQUEST_TOO_LARGE',
   422: 'ERR_TARGET_UNSUPPORTED (lists the targets served), ERR_SOURCE_FETCH, ERR_INTEGRITY, ERR_INPUT_TOO_LARGE',
@@ -34,7 +35,7 @@ export function openapiDocument(routes: readonly RouteDefinition[], info: { vers
     if (Object.keys(responses).length === 0) {
       responses['200'] = { description: 'OK', content: { [route.produces ?? 'application/json']: { schema: route.produces ? { type: 'string' } : { type: 'object' } } } };
     }
-    const codes = route.public ? [] : ['401', ...(route.url.includes(':id') ? ['404'] : []), ...(route.method === 'POST' ? ['400', '413', '422', '503'] : route.schema.querystring ? ['400'] : [])];
+    const codes = route.public ? [] : ['401', ...(route.url.includes(':id') ? ['404'] : []), ...(route.method === 'POST' ? ['400', '403', '413', '422', '503'] : route.schema.querystring ? ['400'] : [])];
     for (const code of codes) responses[code] = { description: ERRORS[code], content: { 'application/json': { schema: errorSchema } } };
     const schema = route.schema as { params?: object; querystring?: object; headers?: object; body?: object };
     paths[path] ??= {};

@@ -22,6 +22,7 @@ import type { RunAs } from '../workflow/runtime-registry.js';
 import type { BuildEvent, BuildOverrides } from '../workflow/types.js';
 import { createHashingStream } from '../hash-stream.js';
 import { downloadToFile, uploadFile } from './client.js';
+import { createAddressGuard, type AddressGuard } from './network.js';
 import { SlotQueue } from './queue.js';
 import { RecordStore, keys, notFound } from './records.js';
 import { UidPool, checkFreeDisk, killUidProcesses } from './resources.js';
@@ -50,6 +51,13 @@ export interface BuilderServiceOptions {
   /** Uids for builds when running as root; undefined runs npm as this process's user. */
   uidRange?: { first: number; last: number };
   heartbeatMs: number;
+  /**
+   * `builder.allowSources`: loopback/private CIDRs, addresses and host names source and output
+   * URLs may point at (public addresses always may; link-local never). Default: none.
+   */
+  allowSources?: readonly string[];
+  /** Replaces the guard made from `allowSources` (tests inject a resolver and a connect). */
+  addressGuard?: AddressGuard;
   /** Builder tokens and other secrets: redacted from every log line, error and record. */
   secrets: readonly string[];
   logger: ServiceLogger;
@@ -129,6 +137,8 @@ export class BuilderService {
   private readonly pool: UidPool | undefined;
   private readonly spoolDir: string;
   private readonly workRoot: string;
+  /** Every source download and output upload connects through it (SSRF guard). */
+  private readonly guard: AddressGuard;
   private stoppingFlag = false;
 
   constructor(private readonly options: BuilderServiceOptions) {
@@ -140,6 +150,8 @@ export class BuilderService {
     }
     this.spoolDir = path.join(options.workDir, 'spool');
     this.workRoot = path.join(options.workDir, 'builds');
+    this.guard = options.addressGuard ?? createAddressGuard({ allow: options.allowSources ?? [] });
+    for (const warning of this.guard.warnings) options.logger.warn({}, warning);
   }
 
   get stopping(): boolean {
@@ -259,15 +271,29 @@ export class BuilderService {
     const id = newBuildId();
     const spool = path.join(this.spoolDir, `${id}.tgz`);
     const expected = request.source.sha256.toLowerCase();
+    // The output URL is checked now too (resolved, not connected to): refused before the build
+    // runs, not after. Its upload connects through the guard again (the name may resolve anew);
+    // a name that does not resolve yet fails there, as ERR_OUTPUT.
+    if (request.output) {
+      await this.guard.check(request.output.url, 'output').catch((error: unknown) => {
+        if (error instanceof BundleError && error.code === 'ERR_SOURCE_REFUSED') throw error;
+      });
+    }
     let fetched: { sha256: string; size: number };
     if (request.source.url !== undefined) {
-      fetched = await downloadToFile(request.source.url, spool, { maxBytes: this.options.maxSourceBytes, timeoutMs: 5 * 60_000, ...(signal ? { signal } : {}) });
+      fetched = await downloadToFile(request.source.url, spool, { maxBytes: this.options.maxSourceBytes, timeoutMs: 5 * 60_000, guard: this.guard, ...(signal ? { signal } : {}) })
+        .catch((error: unknown) => {
+          throw this.withheld(error, 'source fetch failed');
+        });
     } else {
       fetched = await this.copyFromStore(request.source.key as string, spool);
     }
     if (fetched.sha256 !== expected) {
       await rm(spool, { force: true });
-      throw new BundleError('ERR_INTEGRITY', `The source's sha256 is ${fetched.sha256}, not ${expected} as the request says.`, { details: { expected, actual: fetched.sha256 } });
+      // What the URL answered (its sha256 too) stays in the builder's log: a token holder must not
+      // learn what a URL on the builder's network serves.
+      this.options.logger.warn({ url: redact(withoutQuery(request.source.url ?? ''), this.options.secrets), key: request.source.key, expected, actual: fetched.sha256 }, 'source sha256 mismatch');
+      throw new BundleError('ERR_INTEGRITY', `The source's sha256 is not ${expected} as the request says.`, { details: { expected } });
     }
     return { id, spool, sha256: expected, size: fetched.size };
   }
@@ -467,6 +493,20 @@ export class BuilderService {
     return position === undefined ? entry.record : { ...entry.record, queuePosition: position };
   }
 
+  /**
+   * A failed source download or output upload without what the far end answered (status,
+   * network error): that goes to the builder's log only, so a token holder cannot probe what
+   * a URL on the builder's network serves. Refusals, size limits and cancels pass unchanged.
+   */
+  private withheld(error: unknown, what: string, buildId?: string): BundleError {
+    const failure = toBundleError(error);
+    if (failure.code !== 'ERR_SOURCE_FETCH' && failure.code !== 'ERR_OUTPUT') return failure;
+    const url = typeof failure.details?.url === 'string' ? withoutQuery(failure.details.url) || 'the URL' : 'the URL';
+    this.options.logger.warn({ ...(buildId ? { buildId } : {}), err: this.safe(failure) }, what);
+    const message = failure.code === 'ERR_OUTPUT' ? `Could not upload the bundle to ${url} (the builder's log has the reason).` : `Could not download ${url} (the builder's log has the reason).`;
+    return new BundleError(failure.code, message, { cause: failure, details: { url } });
+  }
+
   private safe(error: unknown): { code?: string; message: string } {
     const failure = toBundleError(error);
     return { code: failure.code, message: redact(failure.message, this.options.secrets) };
@@ -596,7 +636,10 @@ export class BuilderService {
       this.stepStarted(entry, 'output', started);
       try {
         if (entry.request.output) {
-          await uploadFile(entry.request.output.url, outFile, { size, ...(entry.request.output.headers ? { headers: entry.request.output.headers } : {}), signal });
+          await uploadFile(entry.request.output.url, outFile, { size, guard: this.guard, ...(entry.request.output.headers ? { headers: entry.request.output.headers } : {}), signal })
+            .catch((error: unknown) => {
+              throw this.withheld(error, 'output upload failed', id);
+            });
           record.artifact = { url: withoutQuery(entry.request.output.url), sha256, size, file };
         } else {
           const key = keys.artifact(id, file);

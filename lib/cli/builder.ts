@@ -31,6 +31,7 @@ export interface BuilderArgs {
   hooks?: string[];
   'token-file'?: string;
   'shutdown-grace'?: number;
+  'allow-sources'?: string[];
   registry?: string;
   'cache-dir'?: string;
   'log-level'?: 'debug' | 'info' | 'warn' | 'error';
@@ -51,6 +52,7 @@ function options<T>(argv: Argv<T>) {
     .option('targets', { type: 'string', array: true, describe: 'Targets served, e.g. linux-x64 linux-x64-musl (default: this machine, the linux CPUs it has a cross toolchain for, and cross targets).' })
     .option('hooks', { type: 'string', array: true, describe: 'Hook module(s) every build loads.' })
     .option('token-file', { type: 'string', describe: `File with accepted bearer tokens, one per line (besides $${TOKENS_ENV}).` })
+    .option('allow-sources', { type: 'string', array: true, describe: 'Loopback/private CIDRs or host names sources and outputs may point at (default: public addresses only; link-local never).' })
     .option('shutdown-grace', { type: 'number', describe: 'Seconds running builds get after SIGTERM (default 30).' })
     .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
     .option('cache-dir', { type: 'string', describe: 'npm cache and fetched Node runtimes.' })
@@ -72,6 +74,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
       'builder.targets': args.targets,
       'builder.tokenFile': args['token-file'],
       'builder.shutdownGrace': args['shutdown-grace'],
+      'builder.allowSources': args['allow-sources']?.flatMap((entry) => entry.split(',')).map((entry) => entry.trim()).filter(Boolean),
       hooks: args.hooks,
       registry: args.registry,
       cacheDir: args['cache-dir'],
@@ -129,6 +132,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     maxSourceBytes: settings.maxSourceBytes,
     maxBodyBytes: settings.maxBodyBytes,
     minFreeDisk: settings.minFreeDisk,
+    allowSources: settings.allowSources,
     ...(uidRange ? { uidRange } : {}),
     heartbeatMs: settings.heartbeat * 1000,
     logStream: context.stderr,

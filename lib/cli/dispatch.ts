@@ -345,6 +345,8 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
         runtimes: config.runtimes,
         version: await ownVersion(),
         builderId: `embedded-${runId}`,
+        // Presigned URLs of an S3 source store point at its endpoint (often a local MinIO).
+        ...(config.dispatch.s3.endpoint ? { allowSources: [new URL(config.dispatch.s3.endpoint).hostname.replace(/^\[|\]$/g, '')] } : {}),
       });
       cleanups.push(() => embedded?.stop() ?? Promise.resolve());
       pools = embedded.pools;

@@ -62,6 +62,8 @@ export interface BuilderConfig {
   minFreeDisk: number;
   /** `first-last` or `off`. */
   runAsUids: string;
+  /** CIDRs, IP addresses and host names the builder may reach besides public addresses. */
+  allowSources: string[];
   /** Seconds. */
   shutdownGrace: number;
   /** Seconds. */

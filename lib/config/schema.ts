@@ -2,6 +2,8 @@
  * The one table of configuration keys. Validation, `--help` text, the env names and the
  * committed `.bundlerc.example` all come from it (npm's config definitions, changesets' schema).
  */
+import { allowSourcesProblem } from '../builder/network.js';
+
 /** `json`: any JSON value whose shape the key's `check` validates (builder pools). */
 export type KeyType = 'string' | 'number' | 'boolean' | 'string[]' | 'record' | 'json';
 
@@ -299,6 +301,16 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     default: '61000-61999',
     env: 'BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS',
     check: uidRange,
+  },
+  {
+    key: 'builder.allowSources',
+    type: 'string[]',
+    description: 'Loopback, private and unique-local addresses the builder may fetch sources from and PUT outputs to: CIDRs (10.0.0.0/8, fd00::/8), IP addresses, host names (minio.internal, *.internal; a listed name may resolve to any of them). Empty: public addresses only. Link-local (169.254.0.0/16, fe80::/10: cloud metadata) is refused even when listed.',
+    default: [],
+    env: 'BUNDLE_DISPATCH_BUILDER_ALLOW_SOURCES',
+    flag: 'allow-sources',
+    check: allowSourcesProblem,
+    example: ['10.0.0.0/8', 'minio.internal'],
   },
   {
     key: 'builder.shutdownGrace',

@@ -37,6 +37,8 @@ export interface EmbeddedBuilderOptions {
   /** Unique per run: a builder marks its own unfinished builds failed when it starts. */
   builderId: string;
   host?: Target;
+  /** Host names or CIDRs the builder may fetch from besides loopback (the S3 endpoint's host). */
+  allowSources?: string[];
 }
 
 export interface EmbeddedBuilder {
@@ -102,6 +104,8 @@ export function createEmbeddedBuilder(options: EmbeddedBuilderOptions): Embedded
         maxSourceBytes: 512 * 1024 ** 2,
         maxBodyBytes: 64 * 1024,
         minFreeDisk: 64 * 1024 ** 2,
+        // What it is handed itself: loopback, plus the source store's S3 endpoint when one is set.
+        allowSources: ['127.0.0.0/8', '::1', ...(options.allowSources ?? [])],
         heartbeatMs: 10_000,
         version: options.version,
         npmVersion,

@@ -12,6 +12,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
 import { createBuilderClient, type BuilderClient } from '../../lib/builder/client.js';
+import type { AddressGuard } from '../../lib/builder/network.js';
 import { startBuilder, type RunningBuilder } from '../../lib/builder/server.js';
 import { servedTargets } from '../../lib/builder/targets.js';
 import type { TargetSpec } from '../../lib/protocol.js';
@@ -35,6 +36,7 @@ export const TEST_UID_RANGES = {
   replicaB: { first: 61065, last: 61069 },
   dashboard: { first: 61070, last: 61079 },
   records: { first: 61080, last: 61084 },
+  network: { first: 61085, last: 61089 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
@@ -101,7 +103,7 @@ export interface TestBuilder {
 }
 
 /** A builder in this process: directory store in a temp dir, the tests' npm cache. */
-export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number; store?: ObjectStore; builderId?: string }): Promise<TestBuilder> {
+export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number; store?: ObjectStore; builderId?: string; addressGuard?: AddressGuard }): Promise<TestBuilder> {
   const root = await tempDir('bd-builder-');
   // Build users pass through to their workdirs (a builder refuses a work dir they cannot reach).
   await chmod(root.dir, 0o711);
@@ -137,6 +139,10 @@ export async function startTestBuilder(options: { uids: { first: number; last: n
     maxSourceBytes: 10 * 1024 * 1024,
     maxBodyBytes: options.maxBodyBytes ?? 16 * 1024,
     minFreeDisk: options.minFreeDisk ?? 1024 * 1024,
+    // Sources and outputs in tests live on 127.0.0.1 (source servers, s3rver): allowed explicitly,
+    // the default stays public-only.
+    allowSources: ['127.0.0.1'],
+    ...(options.addressGuard ? { addressGuard: options.addressGuard } : {}),
     ...(isRoot ? { uidRange: options.uids } : {}),
     heartbeatMs: 1000,
     logStream,
@@ -173,7 +179,8 @@ export interface ChildBuilder {
 /** The real bin (`node bin/bundle-dispatch.js builder --port 0 …`) in a child process; needs `npm run build`. */
 export async function spawnBuilder(args: string[], env: NodeJS.ProcessEnv): Promise<ChildBuilder> {
   const child = spawn(process.execPath, [path.join(repoRoot, 'bin', 'bundle-dispatch.js'), 'builder', '--port', '0', ...args], {
-    env,
+    // Test sources and outputs are on 127.0.0.1: allowed explicitly (unless the test sets it).
+    env: { BUNDLE_DISPATCH_BUILDER_ALLOW_SOURCES: '127.0.0.1', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
