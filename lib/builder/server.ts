@@ -98,14 +98,14 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   const { recovered } = await service.start();
   if (recovered.length > 0) logger.warn({ builds: recovered }, `${recovered.length} build(s) failed with ERR_BUILDER_RESTARTED`);
 
-  const health = (): HealthResponse => ({
   const methods = Object.fromEntries(options.targets.map((target) => [formatTarget(target), options.scaffold.buildMethod(target)]));
+  const health = (): HealthResponse => ({
     ok: !service.stopping,
     version: options.version,
     builder: options.builderId,
     targets: service.targets,
-    runtimes: options.runtimes,
     methods,
+    runtimes: options.runtimes,
     node: process.versions.node,
     npm: options.npmVersion,
     queue: service.queueState,

@@ -37,7 +37,6 @@ const ADVICE: Partial<Record<ErrorCode, string>> = {
   ERR_ENGINES_UNSATISFIED: 'Pick a Node range that exists (--node) or install a runtime and list it under "runtimes".',
   ERR_NATIVE_NEEDS_TARGET: 'Build this target on a builder of that platform (bundle-dispatch --targets with a builder pool).',
   ERR_SOURCE_REFUSED: 'The builder refuses sources and outputs on link-local, loopback and private addresses; the builder\'s operator can allow a range or host name in builder.allowSources.',
-  ERR_SOURCE_REFUSED: 'The builder refuses sources and outputs on link-local, loopback and private addresses; the builder\'s operator can allow a range or host name in builder.allowSources.',
   ERR_INTERNAL: 'This is a bug in bundle-dispatch. Please report it with the output of --verbose.',
 };
 

@@ -78,8 +78,6 @@ const pools = (value: unknown) => {
   }
   return problems.length > 0 ? problems.join('; ') : undefined;
 };
-const keyTemplate = (value: unknown) => {
-  const unknown = [...String(value).matchAll(/\{([^}]*)\}/g)].map((match) => match[1]).filter((name) => !['name', 'version', 'file', 'pkgfile', 'os', 'cpu', 'libc', 'node', 'commit', 'sourceSha', 'buildKey'].includes(name ?? ''));
 /** `toolchains`: target → { triple?, cc?, cxx?, ar?, sysroot?, emulator? } or false. */
 const toolchains = (value: unknown) => {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'must be an object: { "linux-arm64": { "cc": "aarch64-linux-gnu-gcc", … } | false }';
@@ -98,6 +96,8 @@ const toolchains = (value: unknown) => {
   }
   return problems.length > 0 ? problems.join('; ') : undefined;
 };
+const keyTemplate = (value: unknown) => {
+  const unknown = [...String(value).matchAll(/\{([^}]*)\}/g)].map((match) => match[1]).filter((name) => !['name', 'version', 'file', 'pkgfile', 'os', 'cpu', 'libc', 'node', 'commit', 'sourceSha', 'buildKey'].includes(name ?? ''));
   return unknown.length > 0 ? `unknown placeholder(s) ${unknown.map((name) => `{${name}}`).join(', ')}` : undefined;
 };
 
@@ -144,8 +144,6 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     example: ['/opt/node-22/bin/node'],
   },
   {
-    key: 'envAllow',
-  {
     key: 'toolchains',
     type: 'json',
     description: 'Cross toolchains by linux target: { "linux-arm64": { "triple", "cc", "cxx", "ar", "sysroot", "emulator" } } overrides what is detected (a GNU cross compiler on PATH plus a qemu-user emulator); false switches a target\'s toolchain off. Empty: detected.',
@@ -161,6 +159,8 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     default: false,
     env: 'BUNDLE_DISPATCH_ALLOW_HEADER_ONLY_VERIFY',
   },
+  {
+    key: 'envAllow',
     type: 'string[]',
     description: 'Extra environment variable names passed to npm and lifecycle scripts (everything not allow-listed is withheld).',
     default: [],

@@ -50,7 +50,7 @@ describe('builder API', () => {
     expect(final.error).toBeUndefined();
     expect(final.state).toBe('succeeded');
     expect(final.package).toEqual({ name: 'small-app', version: '1.2.3' });
-    expect(final.resolved).toEqual({ node: process.versions.node, abi: process.versions.modules, npm: expect.any(String) });
+    expect(final.resolved).toEqual({ node: process.versions.node, abi: process.versions.modules, npm: expect.any(String), method: 'native', verification: 'none' });
     expect(final.steps.map((step) => step.name)).toEqual(expect.arrayContaining(['unpack', 'configure', 'runtime', 'install', 'bundle', 'verify', 'pack', 'output']));
     expect(final.steps.every((step) => step.state === 'finished' && typeof step.durationMs === 'number')).toBe(true);
     expect(final.label).toBe('api test');
