@@ -2,6 +2,7 @@
  * `bundle-dispatch builder`: the long-running build service. Prints the URL it listens on as
  * the first line of stdout, JSON logs on stderr, and stops gracefully on SIGTERM/SIGINT.
  */
+import { mkdir } from 'node:fs/promises';
 import { once } from 'node:events';
 import path from 'node:path';
 import type { Argv, CommandModule } from 'yargs';
@@ -11,6 +12,7 @@ import { parseUidRange } from '../builder/resources.js';
 import { findBlockingAncestor } from '../workflow/run-as.js';
 import { startBuilder } from '../builder/server.js';
 import { describeTargets, servedTargets } from '../builder/targets.js';
+import { resolveToolchains } from '../workflow/toolchains.js';
 import { BundleError } from '../errors.js';
 import { openStore } from '../storage/index.js';
 import { formatTarget, hostTarget } from '../target.js';
@@ -66,6 +68,9 @@ export function builderWorkDir(workDir: string): string {
 }
 
 export async function commandBuilder(args: BuilderArgs, context: CliContext, signal: AbortSignal): Promise<number> {
+  // As root (a container's usual user) the default directories are the system's, which the
+  // unprivileged build users can pass through; root's home is 0700.
+  const asRoot = process.getuid?.() === 0;
   const config = await loadCliConfig(context, {
       'builder.host': args.host,
       'builder.port': args.port,
@@ -78,7 +83,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
       hooks: args.hooks,
       registry: args.registry,
       cacheDir: args['cache-dir'],
-    }, args.config);
+    }, args.config, { systemDirs: asRoot });
   const settings = config.builder;
   const { tokens, warnings } = await readTokens({ envValue: context.env[TOKENS_ENV], ...(settings.tokenFile ? { tokenFile: settings.tokenFile } : {}) });
   if (tokens.length === 0) {
@@ -89,8 +94,12 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   for (const warning of warnings) context.stderr.write(`${JSON.stringify({ level: 40, time: Date.now(), msg: warning })}\n`);
 
   const host = hostTarget();
-  const asRoot = process.getuid?.() === 0;
+  const scaffoldEnv = Object.fromEntries(Object.entries(context.env).filter(([name]) => !WITHHELD_ENV.test(name)));
+  // Foreign Linux CPUs this machine has a cross toolchain for are served by default.
+  const targets = servedTargets(settings.targets, host, resolveToolchains({ host, env: scaffoldEnv, settings: config.toolchains }));
   const uidRange = asRoot ? parseUidRange(settings.runAsUids) : undefined;
+  // Created passable (0755) here, so the build users can reach their caches under them.
+  if (asRoot) await Promise.all([config.cacheDir, config.workDir].map((dir) => mkdir(dir, { recursive: true, mode: 0o755 })));
   if (uidRange) {
     // Build users need to pass through to their npm caches and the runtimes they execute.
     const blocking = await findBlockingAncestor(config.cacheDir);
@@ -102,7 +111,6 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   }
   const hookModules = await loadHookModules(config.hooks, context.cwd);
   const defaults = workflowDefaults(config, context.env);
-  const scaffoldEnv = Object.fromEntries(Object.entries(context.env).filter(([name]) => !WITHHELD_ENV.test(name)));
   const workDir = builderWorkDir(config.workDir);
   const scaffold = createScaffold(defaults, hookModules.map((hook) => hook.module), {
     env: scaffoldEnv,
@@ -111,8 +119,6 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     runtimeCacheDir: path.join(config.cacheDir, 'runtimes'),
     host,
   });
-  // Foreign Linux CPUs this machine has a cross toolchain for are served by default.
-  const targets = servedTargets(settings.targets, host, scaffold.toolchains());
   const store = await openStore(settings.store, { cwd: context.cwd });
   const npmVersion = await readNpmVersion(process.execPath, locateNpm(context.env.PATH), { PATH: context.env.PATH ?? '', npm_config_update_notifier: 'false' });
 

@@ -10,8 +10,8 @@ import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
 import type { CliContext } from './main.js';
 
 /** Loads the configuration or throws ERR_CONFIG listing every problem with its key path. */
-export async function loadCliConfig(context: Pick<CliContext, 'cwd' | 'env'>, flags: Record<string, unknown>, configFile?: string): Promise<ResolvedConfig> {
-  const loaded = await loadConfig({ cwd: context.cwd, env: context.env, flags, homeDir: homedir(), tmpDir: tmpdir(), ...(configFile ? { configFile } : {}) });
+export async function loadCliConfig(context: Pick<CliContext, 'cwd' | 'env'>, flags: Record<string, unknown>, configFile?: string, options: { systemDirs?: boolean } = {}): Promise<ResolvedConfig> {
+  const loaded = await loadConfig({ cwd: context.cwd, env: context.env, flags, homeDir: homedir(), tmpDir: tmpdir(), ...(configFile ? { configFile } : {}), ...(options.systemDirs ? { systemDirs: true } : {}) });
   if (loaded.errors.length > 0) {
     throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${loaded.errors.join('\n  ')}`, { hint: `Known keys: ${CONFIG_KEYS.map((key) => key.key).join(', ')}.` });
   }

@@ -88,7 +88,20 @@ export interface LoadConfigOptions {
   tmpDir: string;
   /** An explicit config file instead of searching up from cwd. */
   configFile?: string;
+  /**
+   * A service running as root (the builder in a container): the default cache, work and store
+   * directories are the system's (/var/cache, /var/tmp, /var/lib), which the build users can
+   * pass through, instead of root's home.
+   */
+  systemDirs?: boolean;
 }
+
+/** The defaults of a service run as root (FHS): passable by the unprivileged build users. */
+export const SYSTEM_DIRS = {
+  cacheDir: '/var/cache/bundle-dispatch',
+  workDir: '/var/tmp/bundle-dispatch',
+  store: '/var/lib/bundle-dispatch/builder',
+} as const;
 
 export const CONFIG_FILE_NAME = '.bundlerc';
 
@@ -154,6 +167,11 @@ function setPath(target: Record<string, unknown>, key: string, value: unknown): 
 }
 
 function machineDefault(definition: KeyDefinition, options: LoadConfigOptions): unknown {
+  if (options.systemDirs) {
+    if (definition.key === 'cacheDir') return SYSTEM_DIRS.cacheDir;
+    if (definition.key === 'workDir') return SYSTEM_DIRS.workDir;
+    if (definition.key === 'builder.store') return SYSTEM_DIRS.store;
+  }
   if (definition.key === 'cacheDir') return path.join(options.env.XDG_CACHE_HOME ?? path.join(options.homeDir, '.cache'), 'bundle-dispatch');
   if (definition.key === 'workDir') return path.join(options.tmpDir, 'bundle-dispatch');
   if (definition.key === 'builder.store') return path.join(options.env.XDG_STATE_HOME ?? path.join(options.homeDir, '.local', 'state'), 'bundle-dispatch', 'builder');

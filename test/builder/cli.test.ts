@@ -2,8 +2,12 @@ import { once } from 'node:events';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.js';
-import { childEnv, newToken, spawnBuilder } from '../helpers/builder.js';
-import { tempDir } from '../helpers/packages.js';
+import { chmod, mkdir, readFile, stat } from 'node:fs/promises';
+import { createBuilderClient } from '../../lib/builder/client.js';
+import { SYSTEM_DIRS } from '../../lib/config/load.js';
+import type { BuildRecord } from '../../lib/protocol.js';
+import { TEST_UID_RANGES, childEnv, hostTargetSpec, isRoot, newToken, spawnBuilder, startSourceServer, tgz } from '../helpers/builder.js';
+import { packageTar, tempDir } from '../helpers/packages.js';
 
 let root: { dir: string; remove: () => Promise<void> };
 beforeAll(async () => {
@@ -51,4 +55,34 @@ describe('bundle-dispatch builder (CLI)', () => {
     const quiet = await stderrAt(['--log-level', 'warn']);
     expect(quiet.filter((line) => line.level < 40)).toEqual([]);
   });
+
+  // As root (a container's user) with only a token: the defaults are the system's directories,
+  // which the build users can pass through, not root's 0700 home. Leaves its npm cache and store
+  // in /var/cache/bundle-dispatch and /var/lib/bundle-dispatch, as a real builder would.
+  it.skipIf(!isRoot)('as root with only a token set, starts on /var/cache, /var/tmp and /var/lib defaults and builds', async () => {
+    const home = path.join(root.dir, 'root-home');
+    await mkdir(home, { recursive: true });
+    await chmod(home, 0o700);
+    const sources = await startSourceServer();
+    const token = newToken();
+    // Besides the token: HOME is a 0700 directory (like /root), and the uid range is this test
+    // file's own so its start-up sweep of leftover build processes cannot touch other tests'.
+    const env = childEnv({ HOME: home, BUNDLE_DISPATCH_BUILDER_TOKENS: token, BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS: `${TEST_UID_RANGES.rootDefaults.first}-${TEST_UID_RANGES.rootDefaults.last}` });
+    for (const name of Object.keys(env)) if (/^(XDG_|BUNDLE_DISPATCH_(CACHE|WORK)_DIR$|BUNDLE_DISPATCH_BUILDER_STORE$)/.test(name)) delete env[name];
+    const builder = await spawnBuilder([], env);
+    try {
+      const client = createBuilderClient({ url: builder.url, token });
+      const source = await tgz(packageTar({ name: 'root-defaults', version: '1.0.0' }, { 'index.js': 'module.exports = 1;\n' }));
+      const { id } = await client.createBuild({ source: { url: sources.add('root-defaults.tgz', source.body), sha256: source.sha256 }, target: hostTargetSpec() }, { idempotencyKey: `root-defaults-${Date.now()}` });
+      const record = await client.followBuild(id);
+      expect(record.state, JSON.stringify(record.error)).toBe('succeeded');
+      const stored = JSON.parse(await readFile(path.join(SYSTEM_DIRS.store, 'builder', 'builds', id, 'record.json'), 'utf8')) as BuildRecord;
+      expect(stored.state).toBe('succeeded');
+      for (const dir of [SYSTEM_DIRS.cacheDir, SYSTEM_DIRS.workDir]) expect((await stat(dir)).mode & 0o005).toBe(0o005);
+    } finally {
+      builder.child.kill('SIGTERM');
+      await builder.exited;
+      await sources.stop();
+    }
+  }, 120_000);
 });

@@ -37,6 +37,7 @@ export const TEST_UID_RANGES = {
   dashboard: { first: 61070, last: 61079 },
   records: { first: 61080, last: 61084 },
   network: { first: 61085, last: 61089 },
+  rootDefaults: { first: 61090, last: 61094 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
