@@ -1,0 +1,99 @@
+/**
+ * Signing keys: load a PEM private key (generating an ed25519 one, mode 0600, when the file is
+ * absent), load trusted public keys, and key ids (sha256 of the public key's SPKI DER, hex).
+ */
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
+import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { BundleError } from '../errors.js';
+import type { TrustedKey } from './dsse.js';
+
+export interface SigningKey extends TrustedKey {
+  privateKey: KeyObject;
+  /** `ed25519` or `ecdsa-p256`. */
+  algorithm: 'ed25519' | 'ecdsa-p256';
+  /** The public key as SPKI PEM (what `GET /v1/keys` serves and consumers pin). */
+  publicKeyPem: string;
+}
+
+/** sha256 of the key's SubjectPublicKeyInfo DER, hex: the same for a key however it is written. */
+export function keyId(publicKey: KeyObject): string {
+  return createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+}
+
+function algorithmOf(key: KeyObject, where: string): SigningKey['algorithm'] {
+  if (key.asymmetricKeyType === 'ed25519') return 'ed25519';
+  if (key.asymmetricKeyType === 'ec' && key.asymmetricKeyDetails?.namedCurve === 'prime256v1') return 'ecdsa-p256';
+  throw new BundleError('ERR_CONFIG', `${where} is a ${key.asymmetricKeyType ?? 'unknown'} key; provenance keys are ed25519 or ECDSA P-256.`);
+}
+
+/** The public key file written beside a private key file. */
+export function publicKeyPath(privateKeyFile: string): string {
+  return `${privateKeyFile}.pub`;
+}
+
+/**
+ * The builder's signing key from `file` (PEM, PKCS#8 or SEC1). Absent → an ed25519 key is
+ * generated there (mode 0600, in a 0700 directory if it has to be made) with its public key
+ * beside it (`<file>.pub`). A key file that group or others may read is refused: with
+ * builder.runAsUids the builds' uids could read it.
+ */
+export async function loadOrCreateSigningKey(file: string): Promise<SigningKey & { created: boolean }> {
+  let pem: string | undefined;
+  let created = false;
+  const info = await stat(file).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined;
+    throw new BundleError('ERR_CONFIG', `Cannot read the signing key ${file}: ${error.message}`, { cause: error });
+  });
+  if (info) {
+    if ((info.mode & 0o077) !== 0) {
+      throw new BundleError('ERR_CONFIG', `The signing key ${file} has mode ${(info.mode & 0o777).toString(8)}; group and others must not read it.`, { hint: `chmod 600 ${file}` });
+    }
+    pem = await readFile(file, 'utf8');
+  } else {
+    await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+    const { privateKey } = generateKeyPairSync('ed25519');
+    pem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    try {
+      // 'wx': two builders starting on one key path do not overwrite each other's key.
+      await writeFile(file, pem, { mode: 0o600, flag: 'wx' });
+      await chmod(file, 0o600);
+      created = true;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new BundleError('ERR_CONFIG', `Cannot write the signing key ${file}: ${(error as Error).message}`, { cause: error });
+      pem = await readFile(file, 'utf8');
+    }
+  }
+  let privateKey: KeyObject;
+  try {
+    privateKey = createPrivateKey(pem);
+  } catch (error) {
+    throw new BundleError('ERR_CONFIG', `${file} is not a PEM private key.`, { cause: error });
+  }
+  const algorithm = algorithmOf(privateKey, file);
+  const publicKey = createPublicKey(privateKey);
+  const publicKeyPem = publicKey.export({ type: 'spki', format: 'pem' }) as string;
+  const pub = publicKeyPath(file);
+  if ((await readFile(pub, 'utf8').catch(() => undefined)) !== publicKeyPem) await writeFile(pub, publicKeyPem, { mode: 0o644 });
+  return { privateKey, publicKey, publicKeyPem, keyid: keyId(publicKey), algorithm, created };
+}
+
+/** A trusted public key from PEM text (SPKI) or a file holding it. */
+export async function loadTrustedKey(fileOrPem: string): Promise<TrustedKey & { source: string }> {
+  const inline = fileOrPem.includes('-----BEGIN');
+  let text: string;
+  try {
+    text = inline ? fileOrPem : await readFile(fileOrPem, 'utf8');
+  } catch (error) {
+    throw new BundleError('ERR_CONFIG', `Cannot read the public key ${fileOrPem}: ${(error as Error).message}`, { cause: error });
+  }
+  if (text.includes('PRIVATE KEY-----')) throw new BundleError('ERR_CONFIG', `${inline ? 'The key given' : fileOrPem} is a private key; give the public key.`);
+  let publicKey: KeyObject;
+  try {
+    publicKey = createPublicKey(text);
+  } catch (error) {
+    throw new BundleError('ERR_CONFIG', `${inline ? 'The key given' : fileOrPem} is not a PEM public key.`, { cause: error });
+  }
+  algorithmOf(publicKey, inline ? 'The key given' : fileOrPem);
+  return { publicKey, keyid: keyId(publicKey), source: inline ? 'inline' : fileOrPem };
+}
