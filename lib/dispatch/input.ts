@@ -4,8 +4,7 @@
  * packed). Each is unpacked and inspected here — npm-pack layout, name and version — before
  * anything is uploaded.
  */
-import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { sha256File } from '../hash-stream.js';
 import { mkdir, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { BundleError, throwIfAborted } from '../errors.js';
@@ -59,15 +58,7 @@ export function isGitUrl(spec: string): boolean {
   return /^git(\+[a-z]+)?:\/\//i.test(spec) || /^git@[^:]+:/.test(spec) || /^[a-z+]+:\/\/.*\.git(#.*)?$/i.test(spec);
 }
 
-export async function sha256File(file: string): Promise<{ sha256: string; size: number }> {
-  const hash = createHash('sha256');
-  let size = 0;
-  for await (const chunk of createReadStream(file)) {
-    hash.update(chunk as Buffer);
-    size += (chunk as Buffer).length;
-  }
-  return { sha256: hash.digest('hex'), size };
-}
+export { sha256File };
 
 /** Runs a command (npm, git) in a process group of its own; its last lines go into the error. */
 export async function runTool(tools: ToolEnvironment, command: string, argv: string[], options: { cwd: string; signal?: AbortSignal; what: string }): Promise<string> {

