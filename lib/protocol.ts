@@ -61,6 +61,24 @@ export interface CreateBuildRequest {
   overrides?: RequestOverrides;
   /** Free text shown in histories and the dashboard (`ci #512`, `cron nightly`). */
   label?: string;
+  /**
+   * What the dispatcher tells the builder for the build's provenance: its run id (part of the
+   * invocation id) and the input as the user gave it. Recorded as given, as a claim of the
+   * requester (externalParameters); the builder vouches only for what it did with the source.
+   */
+  provenance?: { runId?: string; input?: { spec: string; kind: string; sha256: string; commit?: string } };
+}
+
+/** A DSSE envelope (secure-systems-lab/dsse envelope.md): base64 payload, its type, signatures. */
+export interface ProvenanceEnvelope {
+  payload: string;
+  payloadType: string;
+  signatures: Array<{ keyid?: string; sig: string }>;
+}
+
+/** `GET /v1/keys`: the public keys this builder signs provenance with (one today; a list for rotation). */
+export interface KeysResponse {
+  keys: Array<{ keyid: string; algorithm: 'ed25519' | 'ecdsa-p256'; publicKey: string }>;
 }
 
 export type StepName = 'unpack' | 'configure' | 'runtime' | 'install' | 'bundle' | 'verify' | 'pack' | 'output';
@@ -121,6 +139,11 @@ export interface BuildRecord {
    */
   resolved?: { node: string; abi: string; npm: string; method?: BuildMethod; verification?: Verification };
   artifact?: ArtifactRecord;
+  /**
+   * The bundle's SLSA provenance, signed by the builder: a DSSE envelope of an in-toto
+   * Statement v1 whose subject is `artifact.file` with `artifact.sha256` (docs/provenance.md).
+   */
+  provenance?: ProvenanceEnvelope;
   error?: { code: string; message: string };
   /** Last sign of life of a running build (ISO time). Stale → the build is lost. */
   heartbeatAt?: string;

@@ -4,6 +4,7 @@
  */
 import { errorSchema } from './schemas.js';
 import type { RouteDefinition } from './routes.js';
+import type { KeysResponse } from '../protocol.js';
 
 const ERRORS: Record<string, string> = {
   400: 'ERR_REQUEST_INVALID: malformed JSON or a body/query that fails the schema',
@@ -24,7 +25,7 @@ function parameters(schema: { properties?: Record<string, object>; required?: re
   }));
 }
 
-export function openapiDocument(routes: readonly RouteDefinition[], info: { version: string; methods?: Record<string, string> }): Record<string, unknown> {
+export function openapiDocument(routes: readonly RouteDefinition[], info: { version: string; methods?: Record<string, string>; keys?: KeysResponse['keys'] }): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {};
   for (const route of routes) {
     const path = route.url.replace(/:([a-zA-Z]+)/g, '{$1}');
@@ -59,6 +60,8 @@ export function openapiDocument(routes: readonly RouteDefinition[], info: { vers
       description: `Runs the bundle workflow for remote clients. See docs/builder.md.${info.methods ? ` Targets served, and how each is built: ${Object.entries(info.methods).map(([target, method]) => `${target} (${method})`).join(', ')}.` : ''}`,
       // Machine-readable: native, cross-compiled (cross toolchain + emulated load) or cross (nothing may compile).
       ...(info.methods ? { 'x-targets': info.methods } : {}),
+      // The provenance signing keys (as GET /v1/keys): a consumer can pin them from here too.
+      ...(info.keys ? { 'x-signing-keys': info.keys } : {}),
     },
     components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
     security: [{ bearer: [] }],

@@ -4,7 +4,7 @@
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { BundleError } from '../errors.js';
-import type { BuildRecord, CreateBuildRequest, HealthResponse, LogLine } from '../protocol.js';
+import type { BuildRecord, CreateBuildRequest, HealthResponse, KeysResponse, LogLine } from '../protocol.js';
 import type { BuilderService } from './service.js';
 import {
   buildListSchema,
@@ -15,6 +15,7 @@ import {
   eventsHeadersSchema,
   healthSchema,
   idParamsSchema,
+  keysSchema,
   listQuerySchema,
   logQuerySchema,
 } from './schemas.js';
@@ -24,6 +25,8 @@ export interface RouteContext {
   service: BuilderService;
   health: () => HealthResponse;
   openapi: () => unknown;
+  /** The public keys this builder signs provenance with. */
+  keys: () => KeysResponse;
   /** Interval of SSE heartbeat comments, ms. */
   sseHeartbeatMs: number;
 }
@@ -137,6 +140,16 @@ export const ROUTES: RouteDefinition[] = [
     schema: { response: { 200: healthSchema } },
     async handler({ health }) {
       return health();
+    },
+  },
+  {
+    method: 'GET',
+    url: '/v1/keys',
+    summary: 'The public keys (SPKI PEM) and key ids (sha256 of the SPKI DER, hex) this builder signs provenance with. Pin them in dispatch.pools[…].publicKey; consumers verify bundles with them (docs/provenance.md). Public.',
+    public: true,
+    schema: { response: { 200: keysSchema } },
+    async handler({ keys }) {
+      return keys();
     },
   },
   {

@@ -61,6 +61,50 @@ export const createBuildBodySchema = {
       },
     },
     label: { type: 'string', maxLength: 200 },
+    provenance: {
+      type: 'object',
+      additionalProperties: false,
+      description: 'What the dispatcher states for the provenance (recorded as given in externalParameters).',
+      properties: {
+        runId: { type: 'string', maxLength: 200 },
+        input: {
+          type: 'object',
+          additionalProperties: false,
+          required: ['spec', 'kind', 'sha256'],
+          properties: { spec: { type: 'string', maxLength: 4096 }, kind: { type: 'string', maxLength: 50 }, sha256: SHA256, commit: { type: 'string', maxLength: 100 } },
+        },
+      },
+    },
+  },
+} as const;
+
+export const envelopeSchema = {
+  type: 'object',
+  description: 'DSSE envelope (secure-systems-lab/dsse envelope.md) of an in-toto Statement v1 with an SLSA provenance v1 predicate, signed by the builder\'s key (GET /v1/keys).',
+  required: ['payload', 'payloadType', 'signatures'],
+  properties: {
+    payload: { type: 'string', description: 'base64 of the statement' },
+    payloadType: { type: 'string', enum: ['application/vnd.in-toto+json'] },
+    signatures: { type: 'array', items: { type: 'object', required: ['sig'], properties: { keyid: { type: 'string' }, sig: { type: 'string' } } } },
+  },
+} as const;
+
+export const keysSchema = {
+  type: 'object',
+  required: ['keys'],
+  properties: {
+    keys: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['keyid', 'algorithm', 'publicKey'],
+        properties: {
+          keyid: { type: 'string', description: 'sha256 (hex) of the public key\'s SPKI DER' },
+          algorithm: { type: 'string', enum: ['ed25519', 'ecdsa-p256'] },
+          publicKey: { type: 'string', description: 'SPKI PEM' },
+        },
+      },
+    },
   },
 } as const;
 
@@ -150,6 +194,7 @@ export const buildRecordSchema = {
       required: ['sha256', 'size', 'file'],
       properties: { url: { type: 'string' }, key: { type: 'string' }, sha256: { type: 'string' }, size: { type: 'integer' }, file: { type: 'string' } },
     },
+    provenance: envelopeSchema,
     error: { type: 'object', required: ['code', 'message'], properties: { code: { type: 'string' }, message: { type: 'string' } } },
     heartbeatAt: ISO_TIME,
     peakMemory: { type: 'integer' },

@@ -6,7 +6,7 @@ import { randomUUID } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { BundleError, toBundleError, type ErrorCode } from '../errors.js';
-import type { HealthResponse } from '../protocol.js';
+import type { HealthResponse, KeysResponse } from '../protocol.js';
 import { redact } from '../redact.js';
 import { formatTarget } from '../target.js';
 import { createAuthenticator } from './auth.js';
@@ -111,11 +111,13 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
     queue: service.queueState,
     stopping: service.stopping,
   });
+  const keys: KeysResponse = { keys: options.signingKey ? [{ keyid: options.signingKey.keyid, algorithm: options.signingKey.algorithm, publicKey: options.signingKey.publicKeyPem }] : [] };
   let openapi: Record<string, unknown> | undefined;
   const context = {
     service,
     health,
-    openapi: () => (openapi ??= openapiDocument(ROUTES, { version: options.version, methods })),
+    openapi: () => (openapi ??= openapiDocument(ROUTES, { version: options.version, methods, keys: keys.keys })),
+    keys: () => keys,
     sseHeartbeatMs: options.sseHeartbeatMs ?? 15_000,
   };
 

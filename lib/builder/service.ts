@@ -27,6 +27,8 @@ import { SlotQueue } from './queue.js';
 import { RecordStore, keys, notFound } from './records.js';
 import { UidPool, checkFreeDisk, killUidProcesses } from './resources.js';
 import { findBlockingAncestor } from '../workflow/run-as.js';
+import { signProvenance, type NodeHashes } from './provenance.js';
+import type { SigningKey } from '../provenance/keys.js';
 
 /** The few logger methods the service uses (fastify's pino logger fits). */
 export interface ServiceLogger {
@@ -58,6 +60,13 @@ export interface BuilderServiceOptions {
   allowSources?: readonly string[];
   /** Replaces the guard made from `allowSources` (tests inject a resolver and a connect). */
   addressGuard?: AddressGuard;
+  /**
+   * The key the builder signs each bundle's provenance with (lib/provenance/keys.ts). Without
+   * one, records carry no provenance, and dispatch refuses their results.
+   */
+  signingKey?: SigningKey;
+  /** bundle-dispatch's version, named in provenance (`runDetails.builder.version`). */
+  version?: string;
   /** Builder tokens and other secrets: redacted from every log line, error and record. */
   secrets: readonly string[];
   logger: ServiceLogger;
@@ -140,6 +149,8 @@ export class BuilderService {
   /** Every source download and output upload connects through it (SSRF guard). */
   private readonly guard: AddressGuard;
   private stoppingFlag = false;
+  /** sha256 of host Node binaries named in provenance, by path, size and mtime (hashing one takes ~0.3 s). */
+  private readonly nodeHashes: NodeHashes = new Map();
 
   constructor(private readonly options: BuilderServiceOptions) {
     this.records = new RecordStore({ store: options.store, onWriteError: (error, what) => options.logger.error({ err: this.safe(error) }, `store write failed: ${what}`) });
@@ -648,6 +659,12 @@ export class BuilderService {
           record.links = buildLinks(id, true);
         }
         this.stepEnded(entry, 'output', 'finished', Date.now());
+        if (this.options.signingKey) {
+          record.provenance = await signProvenance({
+            key: this.options.signingKey, record, request: entry.request, summary: result.summary, artifact: { file, sha256 },
+            builderId: this.options.builderId, ...(this.options.version ? { version: this.options.version } : {}), nodeHashes: this.nodeHashes,
+          });
+        }
       } catch (error) {
         this.stepEnded(entry, 'output', 'failed', Date.now());
         throw error;

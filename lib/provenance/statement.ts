@@ -61,7 +61,7 @@ export interface StatementFacts {
   runtime: { version: string; abi: string; source: string; package?: string; integrity?: string; nodeSha256?: string };
   npmVersion: string;
   method: string;
-  builder: { id: string; version: string; node: string };
+  builder: { id: string; version?: string; node: string };
   buildId: string;
   startedOn: string;
   finishedOn: string;
@@ -112,7 +112,7 @@ export function buildStatement(facts: StatementFacts): ProvenanceStatement {
         resolvedDependencies,
       },
       runDetails: {
-        builder: { id: builderUri(facts.builder.id), version: { 'bundle-dispatch': facts.builder.version, node: facts.builder.node } },
+        builder: { id: builderUri(facts.builder.id), version: { ...(facts.builder.version ? { 'bundle-dispatch': facts.builder.version } : {}), node: facts.builder.node } },
         metadata: {
           invocationId: facts.runId ? `${facts.runId}/${facts.buildId}` : facts.buildId,
           startedOn: facts.startedOn,
