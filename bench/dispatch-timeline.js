@@ -21,6 +21,7 @@ const { values: flags } = parseArgs({ options: { express: { type: 'boolean', def
 const ROUNDS = Math.max(2, Number(flags.rounds) || 5);
 const { default: S3rver } = await import('s3rver');
 const { startBuilder } = await lib('builder/server.js');
+const { loadOrCreateSigningKey } = await lib('provenance/keys.js');
 const { createBuilderClient } = await lib('builder/client.js');
 const { DirStore } = await lib('storage/index.js');
 const { S3Store } = await lib('storage/s3-store.js');
@@ -45,13 +46,14 @@ const env = benchEnv();
 const tools = await dispatchTools(base, cacheDir);
 const token = randomBytes(16).toString('hex');
 const scaffold = createScaffold({}, [], { env, workRoot: path.join(base, 'builder', 'work', 'builds'), npmCacheDir: path.join(cacheDir, 'npm'), runtimeCacheDir: path.join(repo, '.cache', 'test-runtimes') });
+const signingKey = await loadOrCreateSigningKey(path.join(base, 'builder', 'signing-key.pem'));
 const builder = await startBuilder({
-  host: '127.0.0.1', port: 0, tokens: [token], store: new DirStore({ root: path.join(base, 'builder', 'store') }), scaffold, builderId: 'timeline', slots: 1,
+  host: '127.0.0.1', port: 0, tokens: [token], signingKey, store: new DirStore({ root: path.join(base, 'builder', 'store') }), scaffold, builderId: 'timeline', slots: 1,
   targets: [parseTarget(host)], workDir: path.join(base, 'builder', 'work'), buildTimeoutMs: 600_000, maxSourceBytes: 64 * 1024 ** 2, maxBodyBytes: 64 * 1024,
   minFreeDisk: 1024 ** 2, allowSources: ['127.0.0.1'], heartbeatMs: 5000, version: 'timeline', npmVersion: 'timeline', runtimes: [NODE],
 });
 const client = createBuilderClient({ url: builder.url, token });
-const pool = { platform: parseTarget(host), builders: [{ url: builder.url, client }] };
+const pool = { platform: parseTarget(host), builders: [{ url: builder.url, client, keys: [signingKey] }] };
 
 // Every request, client side (start → response finished) and server side (received, answered).
 let t0 = 0;

@@ -56,6 +56,7 @@ export async function run({ log }) {
   const { ensureLockfile } = await lib('dispatch/lockfile.js');
   const { parseTargets, planTargets } = await lib('dispatch/plan.js');
   const { dispatch } = await lib('dispatch/run.js');
+  const { loadTrustedKey } = await lib('provenance/keys.js');
 
   const base = await mkdtemp(path.join(tmpdir(), 'bd-bench-dispatch-'));
   const cacheDir = path.join(repo, '.cache', 'test');
@@ -84,6 +85,7 @@ export async function run({ log }) {
         BUNDLE_DISPATCH_BUILDER_ID: name,
         BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work'),
         BUNDLE_DISPATCH_BUILDER_SHUTDOWN_GRACE: '0',
+        BUNDLE_DISPATCH_BUILDER_SIGNING_KEY: path.join(dir, 'signing-key.pem'),
         CI: 'true',
       },
       stdio: ['ignore', 'pipe', 'inherit'],
@@ -95,7 +97,8 @@ export async function run({ log }) {
     ]);
     const client = createBuilderClient({ url, token });
     builders.push({ stop: async () => { child.kill('SIGTERM'); if (child.exitCode === null) await exited; } });
-    return { platform: parseTarget(target), builders: [{ url, client }] };
+    // Dispatch publishes only what verifies with the builder's key (generated at its start).
+    return { platform: parseTarget(target), builders: [{ url, client, keys: [await loadTrustedKey(path.join(dir, 'signing-key.pub.pem'))] }] };
   };
 
   try {

@@ -11,6 +11,7 @@ import { createDashboard } from '../builder/dashboard/index.js';
 import { parseUidRange } from '../builder/resources.js';
 import { findBlockingAncestor } from '../workflow/run-as.js';
 import { startBuilder } from '../builder/server.js';
+import { loadOrCreateSigningKey, publicKeyPath } from '../provenance/keys.js';
 import { describeTargets, servedTargets } from '../builder/targets.js';
 import { resolveToolchains } from '../workflow/toolchains.js';
 import { BundleError } from '../errors.js';
@@ -32,6 +33,7 @@ export interface BuilderArgs {
   targets?: string[];
   hooks?: string[];
   'token-file'?: string;
+  'signing-key'?: string;
   'shutdown-grace'?: number;
   'allow-sources'?: string[];
   registry?: string;
@@ -54,6 +56,7 @@ function options<T>(argv: Argv<T>) {
     .option('targets', { type: 'string', array: true, describe: 'Targets served, e.g. linux-x64 linux-x64-musl (default: this machine, the linux CPUs it has a cross toolchain for, and cross targets).' })
     .option('hooks', { type: 'string', array: true, describe: 'Hook module(s) every build loads.' })
     .option('token-file', { type: 'string', describe: `File with accepted bearer tokens, one per line (besides $${TOKENS_ENV}).` })
+    .option('signing-key', { type: 'string', describe: 'PEM private key that signs provenance (generated, mode 0600, when absent; public key beside it as *.pub.pem).' })
     .option('allow-sources', { type: 'string', array: true, describe: 'Loopback/private CIDRs or host names sources and outputs may point at (default: public addresses only; link-local never).' })
     .option('shutdown-grace', { type: 'number', describe: 'Seconds running builds get after SIGTERM (default 30).' })
     .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
@@ -78,6 +81,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
       'builder.slots': args.slots,
       'builder.targets': args.targets,
       'builder.tokenFile': args['token-file'],
+      'builder.signingKey': args['signing-key'],
       'builder.shutdownGrace': args['shutdown-grace'],
       'builder.allowSources': args['allow-sources']?.flatMap((entry) => entry.split(',')).map((entry) => entry.trim()).filter(Boolean),
       hooks: args.hooks,
@@ -122,6 +126,9 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   const store = await openStore(settings.store, { cwd: context.cwd });
   const npmVersion = await readNpmVersion(process.execPath, locateNpm(context.env.PATH), { PATH: context.env.PATH ?? '', npm_config_update_notifier: 'false' });
 
+  // Loaded (or generated, mode 0600) before anything is served; build users never get a path to it.
+  const signingKey = await loadOrCreateSigningKey(settings.signingKey);
+  if (signingKey.created) context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `generated the provenance signing key ${settings.signingKey} (keyid ${signingKey.keyid}); public key in ${publicKeyPath(settings.signingKey)}` })}\n`);
   const dashboard = createDashboard({ tokens });
   const logLevel = args['log-level'] ?? 'info';
   const builder = await startBuilder({
@@ -146,6 +153,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     version: await ownVersion(),
     npmVersion,
     runtimes: [process.versions.node, ...config.runtimes],
+    signingKey,
     authorize: dashboard.authorize,
     register: dashboard.register,
   });

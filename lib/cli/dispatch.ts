@@ -13,7 +13,8 @@ import { Listr } from 'listr2';
 import type { Argv, CommandModule } from 'yargs';
 import { createBuilderClient, type BuilderClient } from '../builder/client.js';
 import type { ResolvedConfig } from '../config/load.js';
-import { createEmbeddedBuilder, type EmbeddedBuilder } from '../dispatch/embedded.js';
+import { createEmbeddedBuilder, embeddedKeyPath, type EmbeddedBuilder } from '../dispatch/embedded.js';
+import { loadOrCreateSigningKey } from '../provenance/keys.js';
 import { listRuns, readRun, RunHistory, targetStateOf, type RunDocument } from '../dispatch/history.js';
 import { prepareInput, type ToolEnvironment } from '../dispatch/input.js';
 import { acquireLock, lockFile, type HeldLock } from '../dispatch/lock.js';
@@ -328,13 +329,16 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     let embedded: EmbeddedBuilder | undefined;
     let pools: Pool[];
     if (Object.keys(settings.pools).length > 0) {
-      pools = resolvePools(settings.pools, context.env, (url, token) => createBuilderClient({ url, ...(token ? { token } : {}) }));
+      pools = await resolvePools(settings.pools, context.env, (url, token) => createBuilderClient({ url, ...(token ? { token } : {}) }));
     } else {
       const builderStore = sourceStore.kind === 'dir' ? sourceStore : await openStore(path.join(config.cacheDir, 'dispatch', 'builder-store'), options);
       if (builderStore !== sourceStore) stores.push(builderStore);
       const defaults = workflowDefaults(config, context.env);
       const hooks = await loadHookModules(config.hooks, context.cwd);
+      // The embedded default's own key pair; consumers get <cacheDir>/keys/embedded-builder.pub.pem.
+      const signingKey = await loadOrCreateSigningKey(embeddedKeyPath(config.cacheDir));
       embedded = createEmbeddedBuilder({
+        signingKey,
         store: builderStore,
         workDir: config.workDir,
         cacheDir: config.cacheDir,

@@ -22,10 +22,12 @@ export interface ResolvedConfig {
   dispatch: DispatchConfig;
 }
 
-/** One builder of a pool: its URL and the NAME of the env var holding its token. */
+/** One builder of a pool: its URL, the NAME of the env var holding its token, and its provenance public key. */
 export interface PoolMember {
   url: string;
   tokenEnv?: string;
+  /** A PEM file (resolved from where the config was written) or the PEM itself. */
+  publicKey: string;
 }
 
 /** `dispatch.*`: the main command (`bundle-dispatch <input> --targets …`). */
@@ -55,6 +57,8 @@ export interface BuilderConfig {
   slots: number;
   targets: string[];
   tokenFile?: string;
+  /** The provenance signing key (PEM); generated there when absent. */
+  signingKey: string;
   /** Seconds. */
   buildTimeout: number;
   maxSourceBytes: number;
@@ -171,10 +175,12 @@ function machineDefault(definition: KeyDefinition, options: LoadConfigOptions): 
     if (definition.key === 'cacheDir') return SYSTEM_DIRS.cacheDir;
     if (definition.key === 'workDir') return SYSTEM_DIRS.workDir;
     if (definition.key === 'builder.store') return SYSTEM_DIRS.store;
+    if (definition.key === 'builder.signingKey') return path.join(path.dirname(SYSTEM_DIRS.store), 'builder-signing-key.pem');
   }
   if (definition.key === 'cacheDir') return path.join(options.env.XDG_CACHE_HOME ?? path.join(options.homeDir, '.cache'), 'bundle-dispatch');
   if (definition.key === 'workDir') return path.join(options.tmpDir, 'bundle-dispatch');
   if (definition.key === 'builder.store') return path.join(options.env.XDG_STATE_HOME ?? path.join(options.homeDir, '.local', 'state'), 'bundle-dispatch', 'builder');
+  if (definition.key === 'builder.signingKey') return path.join(options.env.XDG_STATE_HOME ?? path.join(options.homeDir, '.local', 'state'), 'bundle-dispatch', 'builder-signing-key.pem');
   if (definition.key === 'builder.id') return hostname();
   if (definition.key === 'builder.slots') return availableParallelism();
   if (definition.key === 'dispatch.source') return undefined;
@@ -238,7 +244,12 @@ function resolvePaths(definition: KeyDefinition, value: unknown, baseDir: string
   const isRelativePath = (item: string) => item.startsWith('.') || item.startsWith('~/') || path.isAbsolute(item);
   if (definition.key === 'hooks') return (value as string[]).map((item) => (isRelativePath(item) ? resolve(item) : item));
   if (definition.key === 'runtimes') return (value as string[]).map(resolve);
-  if (definition.key === 'cacheDir' || definition.key === 'workDir' || definition.key === 'builder.tokenFile') return resolve(value as string);
+  if (definition.key === 'cacheDir' || definition.key === 'workDir' || definition.key === 'builder.tokenFile' || definition.key === 'builder.signingKey') return resolve(value as string);
+  // A pool member's publicKey is a file (resolved like the others) or the PEM itself.
+  if (definition.key === 'dispatch.pools') {
+    return Object.fromEntries(Object.entries(value as Record<string, Array<Record<string, unknown>>>).map(([target, members]) => [target, members.map((member) =>
+      typeof member.publicKey === 'string' && !member.publicKey.includes('-----BEGIN') ? { ...member, publicKey: resolve(member.publicKey) } : member)]));
+  }
   // A store is a directory path (resolved like the others) or an s3:// / file:// URL (as written).
   if (definition.key === 'builder.store' || definition.key === 'dispatch.source' || definition.key === 'dispatch.destination') return /^[a-z][a-z0-9+.-]+:/i.test(value as string) ? value : resolve(value as string);
   return value;

@@ -58,18 +58,21 @@ const pools = (value: unknown) => {
   for (const [target, members] of Object.entries(value as Record<string, unknown>)) {
     if (!/^[a-z0-9]+-[a-z0-9]+(-(glibc|musl))?$/.test(target)) problems.push(`["${target}"]: not a target (os-cpu[-libc], e.g. linux-x64, linux-arm64-musl)`);
     if (!Array.isArray(members) || members.length === 0) {
-      problems.push(`["${target}"]: must be a non-empty list of { url, tokenEnv }`);
+      problems.push(`["${target}"]: must be a non-empty list of { url, tokenEnv, publicKey }`);
       continue;
     }
     members.forEach((member: unknown, index) => {
       const where = `["${target}"][${index}]`;
       if (typeof member !== 'object' || member === null || Array.isArray(member)) {
-        problems.push(`${where}: must be { url, tokenEnv }`);
+        problems.push(`${where}: must be { url, tokenEnv, publicKey }`);
         return;
       }
-      const { url, tokenEnv, ...rest } = member as Record<string, unknown>;
+      const { url, tokenEnv, publicKey, ...rest } = member as Record<string, unknown>;
       const urlProblem = httpUrl(url);
       if (urlProblem) problems.push(`${where}.url: ${urlProblem}`);
+      if (typeof publicKey !== 'string' || publicKey === '') {
+        problems.push(`${where}.publicKey: required: the builder's provenance public key, a PEM file (its signing key's .pub, or GET /v1/keys) or the PEM itself; results are published only when their provenance verifies with it`);
+      }
       if (tokenEnv !== undefined && (typeof tokenEnv !== 'string' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(tokenEnv))) {
         problems.push(`${where}.tokenEnv: must be the NAME of an environment variable (the token itself never goes in .bundlerc)`);
       }
@@ -266,6 +269,15 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     example: '/etc/bundle-dispatch/builder-tokens',
   },
   {
+    key: 'builder.signingKey',
+    type: 'string',
+    description: 'PEM private key (ed25519 or ECDSA P-256) the builder signs each bundle\'s provenance with; generated (ed25519, mode 0600) when absent, its public key written beside it (key.pem → key.pub.pem) and served at GET /v1/keys. Refused when group or others may read it.',
+    default: '~/.local/state/bundle-dispatch/builder-signing-key.pem',
+    env: 'BUNDLE_DISPATCH_BUILDER_SIGNING_KEY',
+    flag: 'signing-key',
+    example: '/etc/bundle-dispatch/signing-key.pem',
+  },
+  {
     key: 'builder.buildTimeout',
     type: 'number',
     description: 'Seconds a build may run before it fails with ERR_BUILD_TIMEOUT.',
@@ -366,10 +378,10 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
   {
     key: 'dispatch.pools',
     type: 'json',
-    description: 'Builder pools: target (os-cpu[-libc]) → list of { "url", "tokenEnv" } (tokenEnv = NAME of the env var holding that builder\'s token). Empty: the embedded default builder for this machine.',
+    description: 'Builder pools: target (os-cpu[-libc]) → list of { "url", "tokenEnv", "publicKey" } (tokenEnv = NAME of the env var holding that builder\'s token; publicKey = the PEM file of its provenance key, checked before a result is published). Empty: the embedded default builder for this machine.',
     default: {},
     check: pools,
-    example: { 'linux-x64': [{ url: 'https://builder-x64-1.internal:7420', tokenEnv: 'BUILDER_X64_TOKEN' }, { url: 'https://builder-x64-2.internal:7420', tokenEnv: 'BUILDER_X64_TOKEN' }], 'linux-arm64': [{ url: 'https://builder-arm64.internal:7420', tokenEnv: 'BUILDER_ARM64_TOKEN' }] },
+    example: { 'linux-x64': [{ url: 'https://builder-x64-1.internal:7420', tokenEnv: 'BUILDER_X64_TOKEN', publicKey: 'keys/builder-x64-1.pub' }, { url: 'https://builder-x64-2.internal:7420', tokenEnv: 'BUILDER_X64_TOKEN', publicKey: 'keys/builder-x64-2.pub' }], 'linux-arm64': [{ url: 'https://builder-arm64.internal:7420', tokenEnv: 'BUILDER_ARM64_TOKEN', publicKey: 'keys/builder-arm64.pub' }] },
   },
   {
     key: 'dispatch.concurrency',

@@ -12,6 +12,7 @@ import { createBuilderClient, type BuilderClient } from '../builder/client.js';
 import { startBuilder, type RunningBuilder } from '../builder/server.js';
 import { servedTargets } from '../builder/targets.js';
 import { resolveToolchains, type ToolchainSettings } from '../workflow/toolchains.js';
+import type { SigningKey } from '../provenance/keys.js';
 import type { ObjectStore } from '../storage/index.js';
 import { hostTarget, type Target } from '../target.js';
 import { locateNpm, readNpmVersion } from '../workflow/npm.js';
@@ -22,7 +23,14 @@ import type { Pool } from './plan.js';
 /** Names that never reach the workflow's environment (as in `bundle-dispatch builder`). */
 const WITHHELD_ENV = /^(BUNDLE_DISPATCH_BUILDER_TOKENS|AWS_.*|.*_TOKEN|.*_SECRET.*|.*PASSWORD.*)$/i;
 
+/** Where the embedded default keeps its signing key (`…/embedded-builder.pub.pem` beside it). */
+export function embeddedKeyPath(cacheDir: string): string {
+  return path.join(cacheDir, 'keys', 'embedded-builder.pem');
+}
+
 export interface EmbeddedBuilderOptions {
+  /** Signs its provenance; dispatch trusts exactly this key for the embedded pools. */
+  signingKey: SigningKey;
   store: ObjectStore;
   /** Parent of the builder's own work area (a fresh directory per run is made in it). */
   workDir: string;
@@ -110,6 +118,7 @@ export function createEmbeddedBuilder(options: EmbeddedBuilderOptions): Embedded
         version: options.version,
         npmVersion,
         runtimes: [process.versions.node, ...options.runtimes],
+        signingKey: options.signingKey,
       });
       return { builder, client: createBuilderClient({ url: builder.url, token }), workDir };
     })();
@@ -117,7 +126,7 @@ export function createEmbeddedBuilder(options: EmbeddedBuilderOptions): Embedded
   };
   const client = lazyClient(async () => (await start()).client);
   return {
-    pools: targets.map((platform) => ({ platform, builders: [{ url: 'embedded', client }] })),
+    pools: targets.map((platform) => ({ platform, builders: [{ url: 'embedded', client, keys: [options.signingKey] }] })),
     get started() {
       return running !== undefined;
     },

@@ -4,12 +4,16 @@
  */
 import type { BuilderClient } from '../builder/client.js';
 import { BundleError } from '../errors.js';
+import type { TrustedKey } from '../provenance/dsse.js';
+import { loadTrustedKey } from '../provenance/keys.js';
 import { formatTarget, parseTarget, sameTarget, type Target } from '../target.js';
 
 /** One builder of a pool, ready to call. */
 export interface PoolBuilder {
   url: string;
   client: BuilderClient;
+  /** The public keys its results' provenance must verify with before they are published. */
+  keys: TrustedKey[];
 }
 
 /** The pools: one entry per configured platform (`linux-x64`), its builders in config order. */
@@ -63,7 +67,7 @@ export function planTargets(targets: readonly Target[], pools: readonly Pool[]):
  * Builds the pools from `dispatch.pools`: tokens are read from the env vars the config names
  * (a named variable that is unset is ERR_CONFIG, listing every one).
  */
-export function resolvePools(config: Record<string, Array<{ url: string; tokenEnv?: string }>>, env: NodeJS.ProcessEnv, createClient: (url: string, token: string | undefined) => BuilderClient): Pool[] {
+export async function resolvePools(config: Record<string, Array<{ url: string; tokenEnv?: string; publicKey: string }>>, env: NodeJS.ProcessEnv, createClient: (url: string, token: string | undefined) => BuilderClient): Promise<Pool[]> {
   const problems: string[] = [];
   const pools: Pool[] = [];
   for (const [platform, members] of Object.entries(config)) {
@@ -71,10 +75,14 @@ export function resolvePools(config: Record<string, Array<{ url: string; tokenEn
     for (const member of members) {
       const token = member.tokenEnv ? env[member.tokenEnv] : undefined;
       if (member.tokenEnv && !token) problems.push(`dispatch.pools["${platform}"]: the environment variable ${member.tokenEnv} (token for ${member.url}) is not set`);
-      builders.push({ url: member.url, client: createClient(member.url, token) });
+      const key = await loadTrustedKey(member.publicKey).catch((error: unknown) => {
+        problems.push(`dispatch.pools["${platform}"]: publicKey of ${member.url}: ${(error as Error).message}`);
+        return undefined;
+      });
+      builders.push({ url: member.url, client: createClient(member.url, token), keys: key ? [key] : [] });
     }
     pools.push({ platform: parseTarget(platform), builders });
   }
-  if (problems.length > 0) throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${problems.join('\n  ')}`, { hint: 'Export each builder token under the name dispatch.pools gives it.' });
+  if (problems.length > 0) throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${problems.join('\n  ')}`, { hint: 'Export each builder token under the name dispatch.pools gives it; point each publicKey at that builder\'s public key (GET /v1/keys).' });
   return pools;
 }

@@ -20,6 +20,7 @@ import type { PreparedInput } from './input.js';
 import { buildKey as computeBuildKey, markerKey, renderKey, sourceKey, stagingKey } from './keys.js';
 import type { SourceTarball } from './lockfile.js';
 import type { PlannedTarget, PoolBuilder } from './plan.js';
+import { verifyProvenance } from '../provenance/verify.js';
 
 /** Targets dispatched at once when the caller does not say (changesets-style named constant). */
 export const DEFAULT_CONCURRENCY = 8;
@@ -84,7 +85,20 @@ export interface TargetSuccess {
   builder?: string;
   builderUrl?: string;
   buildId?: string;
+  /** `<bundle key>.intoto.jsonl` beside the bundle, and the key id that signed it (verified before publishing). */
+  provenance?: ProvenanceRef;
   durations: { queueMs?: number; buildMs?: number; copyMs?: number; totalMs: number };
+}
+
+/** Where a bundle's signed provenance is, and which key signed it. */
+export interface ProvenanceRef {
+  key: string;
+  keyid: string;
+}
+
+/** The destination key of a bundle's provenance: beside it, `.intoto.jsonl` appended. */
+export function provenanceKey(bundleKey: string): string {
+  return `${bundleKey}.intoto.jsonl`;
 }
 
 export interface TargetFailure {
@@ -273,7 +287,7 @@ async function limitConcurrency<T>(items: readonly T[], limit: number, run: (ite
 }
 
 /** What a destination keeps per build key: the delivered bundle, for cache hits. */
-type CacheMarker = Pick<TargetSuccess, 'buildKey' | 'target' | 'key' | 'file' | 'sha256' | 'size' | 'node' | 'abi' | 'npm' | 'method' | 'verification' | 'builder' | 'buildId'> & { createdAt: string };
+type CacheMarker = Pick<TargetSuccess, 'buildKey' | 'target' | 'key' | 'file' | 'sha256' | 'size' | 'node' | 'abi' | 'npm' | 'method' | 'verification' | 'builder' | 'buildId' | 'provenance'> & { createdAt: string };
 
 /** A small JSON object (marker, manifest); undefined when absent or when it does not parse. */
 async function readJson<T>(store: ObjectStore, key: string, signal: AbortSignal): Promise<T | undefined> {
@@ -352,13 +366,18 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
     await Promise.all(planned.map(async ({ plan, buildKey }) => {
       if (!options.force) {
         const marker = await readJson<CacheMarker>(destination, markerKey({ name, version }, buildKey), runSignal);
-        const bundle = marker ? await destination.head(marker.key, { signal: runSignal }).catch(() => undefined) : undefined;
-        if (marker && bundle && (bundle.sha256 === undefined || bundle.sha256 === marker.sha256)) {
+        const [bundle, statements] = marker ? await Promise.all([
+          destination.head(marker.key, { signal: runSignal }).catch(() => undefined),
+          // A bundle delivered without its provenance (by a version before it existed) is built again.
+          marker.provenance ? destination.head(marker.provenance.key, { signal: runSignal }).catch(() => undefined) : undefined,
+        ]) : [];
+        if (marker && bundle && statements && (bundle.sha256 === undefined || bundle.sha256 === marker.sha256)) {
           outcomes.set(plan.label, {
             target: plan.label, ok: true, cached: true, buildKey, key: marker.key, file: marker.file, sha256: marker.sha256, size: marker.size,
             ...(marker.node ? { node: marker.node } : {}), ...(marker.abi ? { abi: marker.abi } : {}), ...(marker.npm ? { npm: marker.npm } : {}),
             ...(marker.method ? { method: marker.method } : {}), ...(marker.verification ? { verification: marker.verification } : {}),
             ...(marker.builder ? { builder: marker.builder } : {}), ...(marker.buildId ? { buildId: marker.buildId } : {}),
+            ...(marker.provenance ? { provenance: marker.provenance } : {}),
             durations: { totalMs: 0 },
           });
           emit({ type: 'target', target: plan.label, state: 'cached', detail: marker.key });
@@ -486,6 +505,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
           target: { os: plan.target.os, cpu: plan.target.cpu, ...(plan.target.libc ? { libc: plan.target.libc } : {}), ...(plan.target.node ? { node: plan.target.node } : {}) },
           ...(options.overrides ? { overrides: options.overrides } : {}),
           label: options.label ?? `dispatch ${runId} ${name}@${version}`,
+          provenance: { runId, input: { spec: input.spec, kind: input.kind, sha256: input.sha256, ...(input.commit ? { commit: input.commit } : {}) } },
         };
         if (put) {
           request.output = { url: put.url, ...(Object.keys(put.headers).length > 0 ? { headers: put.headers } : {}) };
@@ -536,19 +556,30 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
           const code = (record.error?.code ?? (record.state === 'cancelled' ? 'ERR_ABORTED' : 'ERR_INTERNAL')) as ErrorCode;
           throw new BundleError(code, record.error?.message ?? `The build ended ${record.state}.`, { details: { buildId: id } });
         }
+        const { artifact } = record;
+        // The provenance must verify with this builder's configured key, for exactly this result,
+        // source and target, before anything is published; the copy then checks the bytes against
+        // the same sha256 the signed statement names.
+        if (!record.provenance) {
+          throw new BundleError('ERR_PROVENANCE_UNSIGNED', `Build ${id} on ${builder.url} has no signed provenance; nothing was published.`, { hint: 'Run a builder of this version (it signs every bundle), or check its builder.signingKey.', details: { buildId: id } });
+        }
+        const verified = verifyProvenance([record.provenance], {
+          keys: builder.keys, sha256: artifact.sha256, file: artifact.file, sourceSha256: source.sha256,
+          target: formatTarget(plan.target, { withNode: false }), builder: record.builder,
+        });
         // 4. Copy into the destination at the key, verifying the builder's sha256.
         emit({ type: 'target', target: plan.label, state: 'copying' });
         const copyStarted = Date.now();
-        const { artifact } = record;
         const key = renderKey(options.keyTemplate, { ...vars, file: artifact.file, target: plan.target, ...(record.resolved ? { node: record.resolved.node } : {}), buildKey });
         const immutable = !options.overwrite;
         // The cache marker is written while the bundle is copied: a cache hit also needs the
         // bundle at the marker's key with the marker's sha256, so a marker whose copy then
         // fails never counts (and is removed below).
+        const provenance: ProvenanceRef = { key: provenanceKey(key), keyid: verified.keyid };
         const marker: CacheMarker = {
           buildKey, target: plan.label, key, file: artifact.file, sha256: artifact.sha256, size: artifact.size,
           ...record.resolved,
-          builder: record.builder, buildId: id, createdAt: new Date().toISOString(),
+          builder: record.builder, buildId: id, provenance, createdAt: new Date().toISOString(),
         };
         const markerAt = markerKey({ name, version }, buildKey);
         const markerWritten = destination.put(markerAt, `${JSON.stringify(marker, null, 2)}\n`, { contentType: 'application/json', immutable: false, signal: runSignal });
@@ -580,6 +611,9 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
           if (written?.sha256 !== undefined && written.sha256 !== artifact.sha256) {
             throw new BundleError('ERR_INTEGRITY', `${destination.location}${key} has sha256 ${written.sha256}, expected ${artifact.sha256}.`);
           }
+          // The envelope as the builder signed it, one per line (the in-toto JSONL form). Not
+          // immutable: a rebuild of byte-identical bundle bytes brings an equally valid statement.
+          await destination.put(provenance.key, `${JSON.stringify(record.provenance)}\n`, { contentType: 'application/jsonl', immutable: false, signal: runSignal });
         } catch (error) {
           if (await markerWritten.then(() => true, () => false)) await destination.delete(markerAt).catch(() => undefined);
           throw error;
@@ -590,7 +624,7 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
         const outcome: TargetSuccess = {
           target: plan.label, ok: true, cached: false, ...(reused ? { reused } : {}), buildKey, key, file: artifact.file, sha256: artifact.sha256, size: artifact.size,
           ...record.resolved,
-          builder: record.builder, builderUrl: builder.url, buildId: id,
+          builder: record.builder, builderUrl: builder.url, buildId: id, provenance,
           durations: {
             ...(startedMs ? { queueMs: startedMs - Date.parse(record.createdAt) } : {}),
             ...(startedMs && record.finishedAt ? { buildMs: Date.parse(record.finishedAt) - startedMs } : {}),
@@ -671,7 +705,7 @@ export interface Manifest {
 }
 
 export type ManifestTarget =
-  | { ok: true; key: string; file: string; sha256: string; size: number; node?: string; abi?: string; npm?: string; method?: BuildMethod; verification?: Verification; builder?: string; buildId?: string; buildKey: string; runId: string; cached: boolean; reused?: true; durations: TargetSuccess['durations'] }
+  | { ok: true; key: string; file: string; sha256: string; size: number; node?: string; abi?: string; npm?: string; method?: BuildMethod; verification?: Verification; builder?: string; buildId?: string; provenance?: ProvenanceRef; buildKey: string; runId: string; cached: boolean; reused?: true; durations: TargetSuccess['durations'] }
   | { ok: false; error: { code: string; message: string }; builder?: string; buildId?: string; buildKey: string; runId: string };
 
 function buildManifest(result: DispatchResult, previous: Manifest | undefined): Manifest {
@@ -688,6 +722,7 @@ function buildManifest(result: DispatchResult, previous: Manifest | undefined): 
         ...(outcome.node ? { node: outcome.node } : {}), ...(outcome.abi ? { abi: outcome.abi } : {}), ...(outcome.npm ? { npm: outcome.npm } : {}),
         ...(outcome.method ? { method: outcome.method } : {}), ...(outcome.verification ? { verification: outcome.verification } : {}),
         ...(outcome.builder ? { builder: outcome.builder } : {}), ...(outcome.buildId ? { buildId: outcome.buildId } : {}),
+        ...(outcome.provenance ? { provenance: outcome.provenance } : {}),
         buildKey: outcome.buildKey, runId: result.runId, cached: outcome.cached, ...(outcome.reused ? { reused: true } : {}), durations: outcome.durations,
       };
     } else {

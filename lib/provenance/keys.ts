@@ -27,15 +27,15 @@ function algorithmOf(key: KeyObject, where: string): SigningKey['algorithm'] {
   throw new BundleError('ERR_CONFIG', `${where} is a ${key.asymmetricKeyType ?? 'unknown'} key; provenance keys are ed25519 or ECDSA P-256.`);
 }
 
-/** The public key file written beside a private key file. */
+/** The public key file written beside a private key file: `key.pem` → `key.pub.pem`. */
 export function publicKeyPath(privateKeyFile: string): string {
-  return `${privateKeyFile}.pub`;
+  return `${privateKeyFile.replace(/\.pem$/, '')}.pub.pem`;
 }
 
 /**
  * The builder's signing key from `file` (PEM, PKCS#8 or SEC1). Absent → an ed25519 key is
  * generated there (mode 0600, in a 0700 directory if it has to be made) with its public key
- * beside it (`<file>.pub`). A key file that group or others may read is refused: with
+ * beside it ({@link publicKeyPath}: `key.pem` → `key.pub.pem`). A key file that group or others may read is refused: with
  * builder.runAsUids the builds' uids could read it.
  */
 export async function loadOrCreateSigningKey(file: string): Promise<SigningKey & { created: boolean }> {

@@ -45,8 +45,8 @@ beforeAll(async () => {
       destination: 's3://releases/bundles',
       s3: { endpoint: s3.endpoint, region: s3.region, forcePathStyle: true },
       pools: {
-        'linux-x64': [{ url: a.url, tokenEnv: 'TEST_BUILDER_A_TOKEN' }],
-        'linux-arm64': [{ url: b.url, tokenEnv: 'TEST_BUILDER_B_TOKEN' }],
+        'linux-x64': [{ url: a.url, tokenEnv: 'TEST_BUILDER_A_TOKEN', publicKey: a.publicKeyFile }],
+        'linux-arm64': [{ url: b.url, tokenEnv: 'TEST_BUILDER_B_TOKEN', publicKey: b.publicKeyFile }],
       },
     },
   }));
@@ -117,6 +117,7 @@ describe('bundle-dispatch <input>', () => {
     expect(run.stderr).toContain('dispatch.concurrency: must be a whole number');
     expect(run.stderr).toContain('["linux-x64"][0].url: must be an http(s) URL');
     expect(run.stderr).toContain('["linux-x64"][0].tokenEnv');
+    expect(run.stderr).toContain('["linux-x64"][0].publicKey: required');
   });
 
   it('pools and s3:// stores from .bundlerc: two targets on two builders; status <run-id> shows the run', async () => {

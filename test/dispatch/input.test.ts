@@ -2,6 +2,7 @@
  * Inputs, the lockfile resolved once, keys, the plan and the lock — without builders.
  */
 import { execFile } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -158,12 +159,15 @@ describe('keys and plan', () => {
     expect(() => renderKey('{name}/../{file}', vars)).toThrow(/invalid key/);
   });
 
-  it('a target without a pool is refused, listing the configured targets', () => {
+  it('a target without a pool is refused, listing the configured targets', async () => {
     const client = createBuilderClient({ url: 'http://127.0.0.1:9' });
-    const pools = resolvePools({ 'linux-x64': [{ url: 'http://127.0.0.1:9', tokenEnv: 'T' }] }, { T: 'token' }, () => client);
+    const publicKey = generateKeyPairSync('ed25519').publicKey.export({ type: 'spki', format: 'pem' }) as string;
+    const pools = await resolvePools({ 'linux-x64': [{ url: 'http://127.0.0.1:9', tokenEnv: 'T', publicKey }] }, { T: 'token' }, () => client);
+    expect(pools[0]?.builders[0]?.keys[0]?.keyid).toMatch(/^[0-9a-f]{64}$/);
     expect(planTargets(parseTargets(['linux-x64@22']), pools)[0]?.label).toBe('linux-x64@22');
     expect(() => planTargets(parseTargets(['linux-x64,darwin-arm64']), pools)).toThrow(/No builder for darwin-arm64\. Configured targets: linux-x64/);
-    expect(() => resolvePools({ 'linux-x64': [{ url: 'http://x', tokenEnv: 'UNSET_TOKEN_VAR' }] }, {}, () => client)).toThrow(/UNSET_TOKEN_VAR/);
+    await expect(resolvePools({ 'linux-x64': [{ url: 'http://x', tokenEnv: 'UNSET_TOKEN_VAR', publicKey }] }, {}, () => client)).rejects.toThrow(/UNSET_TOKEN_VAR/);
+    await expect(resolvePools({ 'linux-x64': [{ url: 'http://x', publicKey: path.join(root.dir, 'no-such.pub.pem') }] }, {}, () => client)).rejects.toThrow(/publicKey of http:\/\/x/);
   });
 });
 

@@ -14,6 +14,7 @@ import { gzipSync } from 'node:zlib';
 import { createBuilderClient, type BuilderClient } from '../../lib/builder/client.js';
 import type { AddressGuard } from '../../lib/builder/network.js';
 import { startBuilder, type RunningBuilder } from '../../lib/builder/server.js';
+import { loadOrCreateSigningKey, type SigningKey } from '../../lib/provenance/keys.js';
 import { servedTargets } from '../../lib/builder/targets.js';
 import type { TargetSpec } from '../../lib/protocol.js';
 import { DirStore, type ObjectStore } from '../../lib/storage/index.js';
@@ -100,6 +101,8 @@ export interface TestBuilder {
   store: ObjectStore;
   dir: string;
   logs: string[];
+  /** The key it signs provenance with (`<dir>/signing-key.pem`, public key beside it). */
+  signingKey: SigningKey;
   stop(): Promise<void>;
 }
 
@@ -126,10 +129,12 @@ export async function startTestBuilder(options: { uids: { first: number; last: n
       callback();
     },
   });
+  const signingKey = await loadOrCreateSigningKey(path.join(root.dir, 'signing-key.pem'));
   const builder = await startBuilder({
     host: '127.0.0.1',
     port: 0,
     tokens: [token],
+    signingKey,
     store,
     scaffold,
     builderId: options.builderId ?? 'test-builder',
@@ -161,6 +166,7 @@ export async function startTestBuilder(options: { uids: { first: number; last: n
     store,
     dir: root.dir,
     logs,
+    signingKey,
     async stop() {
       await builder.stop(0);
       await root.remove();
