@@ -115,7 +115,8 @@ export async function main(argv: string[], context: CliContext): Promise<number>
   // server, S3 and dispatch code at start-up.
   const first = argv.find((arg) => !arg.startsWith('-'));
   const builderModule = first === undefined || argv.includes('builder') ? await import('./builder.js') : undefined;
-  const dispatchModule = first !== 'bundle' && first !== 'builder' ? await import('./dispatch.js') : undefined;
+  const dispatchModule = first !== 'bundle' && first !== 'builder' && first !== 'verify' ? await import('./dispatch.js') : undefined;
+  const verifyModule = first === undefined || first === 'verify' ? await import('./verify.js') : undefined;
   const setExitCode = (code: number) => {
     exitCode = code;
   };
@@ -141,6 +142,7 @@ export async function main(argv: string[], context: CliContext): Promise<number>
     .command(builderModule ? [builderModule.builderCommand(context, controller.signal, setExitCode)] : [])
     .command(dispatchModule ? [dispatchModule.dispatchCommand(context, controller.signal, setExitCode)] : [])
     .command(dispatchModule ? [dispatchModule.statusCommand(context, controller.signal, setExitCode)] : [])
+    .command(verifyModule ? [verifyModule.verifyCommand(context, controller.signal, setExitCode)] : [])
     .demandCommand(1, 'Give a command: bundle-dispatch bundle <input.tgz>. See --help.')
     .strict()
     .help()

@@ -1,0 +1,121 @@
+/**
+ * `bundle-dispatch verify <bundle.tgz|url> --key PUB…`: for the people who install a bundle.
+ * Checks, offline (a URL is only downloaded, nothing else is asked), that its provenance is
+ * signed by a trusted key, is an SLSA provenance v1 statement, and names this file's sha256,
+ * and optionally its source, target and builder. Exit 0 only when every check holds.
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { Argv, CommandModule } from 'yargs';
+import { downloadToFile } from '../builder/client.js';
+import { BundleError } from '../errors.js';
+import { sha256File } from '../hash-stream.js';
+import { loadTrustedKey } from '../provenance/keys.js';
+import { parseJsonl, verifyProvenance, type VerifiedProvenance } from '../provenance/verify.js';
+import { EXIT } from './errors.js';
+import type { CliContext } from './main.js';
+
+interface VerifyArgs {
+  bundle: string;
+  provenance?: string;
+  key?: string[];
+  'source-sha256'?: string;
+  target?: string;
+  builder?: string;
+  json: boolean;
+}
+
+const isUrl = (value: string) => /^https?:\/\//i.test(value);
+
+/** A local file or an http(s) URL, downloaded into `dir`. Missing → `missing()`. */
+async function fetchFile(location: string, cwd: string, dir: string, name: string, signal: AbortSignal, missing: () => BundleError): Promise<string> {
+  if (!isUrl(location)) {
+    const file = path.resolve(cwd, location);
+    await readFile(file, { flag: 'r' }).catch(() => {
+      throw missing();
+    });
+    return file;
+  }
+  const file = path.join(dir, name);
+  await downloadToFile(location, file, { signal, maxBytes: 1024 ** 3 }).catch((error: unknown) => {
+    if (signal.aborted) throw error;
+    throw missing();
+  });
+  return file;
+}
+
+export async function commandVerify(args: VerifyArgs, context: CliContext, signal: AbortSignal): Promise<{ code: number; verified: VerifiedProvenance; file: string }> {
+  const keys = args.key ?? [];
+  if (keys.length === 0) throw new BundleError('ERR_USAGE', 'verify needs the builder\'s public key: --key <file.pub.pem>.', { hint: 'The key is the builder\'s GET /v1/keys, its signing key\'s .pub.pem, or <cacheDir>/keys/embedded-builder.pub.pem for the embedded default.' });
+  const trusted = await Promise.all(keys.map((key) => loadTrustedKey(isUrl(key) || key.includes('-----BEGIN') ? key : path.resolve(context.cwd, key))));
+  const dir = await mkdtemp(path.join(tmpdir(), 'bd-verify-'));
+  try {
+    const fileName = decodeURIComponent(path.basename(isUrl(args.bundle) ? new URL(args.bundle).pathname : args.bundle));
+    const bundle = await fetchFile(args.bundle, context.cwd, dir, fileName || 'bundle.tgz', signal, () => new BundleError('ERR_INPUT_NOT_FOUND', `Cannot read ${args.bundle}.`));
+    const provenanceAt = args.provenance ?? (isUrl(args.bundle) ? `${args.bundle.split(/[?#]/)[0] ?? args.bundle}.intoto.jsonl` : `${args.bundle}.intoto.jsonl`);
+    const statements = await fetchFile(provenanceAt, context.cwd, dir, 'provenance.intoto.jsonl', signal, () => new BundleError('ERR_PROVENANCE_MISSING', `No provenance at ${provenanceAt}.`, { hint: 'Dispatch stores it beside the bundle as <bundle>.intoto.jsonl; give another place with --provenance.' }));
+    const { sha256 } = await sha256File(bundle);
+    const verified = verifyProvenance(parseJsonl(await readFile(statements, 'utf8')), {
+      keys: trusted, sha256, file: fileName,
+      ...(args['source-sha256'] ? { sourceSha256: args['source-sha256'] } : {}),
+      ...(args.target ? { target: args.target } : {}),
+      ...(args.builder ? { builder: args.builder } : {}),
+    });
+    return { code: EXIT.ok, verified, file: fileName };
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** What was verified, for people. */
+export function formatVerified(result: { verified: VerifiedProvenance; file: string }, checked: { source: boolean; target: boolean; builder: boolean }): string {
+  const { verified } = result;
+  const input = (verified.statement.predicate.buildDefinition.externalParameters as { input?: { spec?: string } }).input;
+  const mark = (yes: boolean) => (yes ? 'checked' : 'not checked: pass it to check');
+  return [
+    `✔ ${result.file}: provenance verified`,
+    `  sha256     ${verified.subject.sha256} (the statement's subject ${verified.subject.name})`,
+    `  signed by  ${verified.keyid}`,
+    `  statement  ${verified.statement._type}, ${verified.statement.predicateType}`,
+    `  source     sha256 ${verified.sourceSha256} (${mark(checked.source)} --source-sha256)`,
+    `  target     ${verified.target} (${mark(checked.target)} --target)`,
+    `  builder    ${verified.builderId} (${mark(checked.builder)} --builder)`,
+    `  built      ${verified.finishedOn}, invocation ${verified.invocationId}${input?.spec ? `, input ${input.spec}` : ''}`,
+    '',
+  ].join('\n');
+}
+
+export function verifyCommand(context: CliContext, signal: AbortSignal, setExitCode: (code: number) => void): CommandModule<object, VerifyArgs> {
+  return {
+    command: 'verify <bundle>',
+    describe: 'Verify a bundle against its signed provenance (<bundle>.intoto.jsonl), offline, before installing it.',
+    builder: (argv) => argv
+      .positional('bundle', { type: 'string', demandOption: true, describe: 'The bundle: a .tgz file or an http(s) URL.' })
+      .option('provenance', { type: 'string', describe: 'The provenance (file or URL); default <bundle>.intoto.jsonl.' })
+      .option('key', { type: 'string', array: true, describe: 'A trusted public key of the builder (PEM file; repeatable).' })
+      .option('source-sha256', { type: 'string', describe: 'Also require the bundle to be built from this source tarball (its sha256).' })
+      .option('target', { type: 'string', describe: 'Also require this target (os-cpu[-libc]).' })
+      .option('builder', { type: 'string', describe: 'Also require this builder (its builder.id, or the URI urn:bundle-dispatch:builder:<id>).' })
+      .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
+      .example('$0 verify app-1.0.0-linux-x64-glibc-node22.tgz --key builder.pub.pem --target linux-x64', 'check before npm install')
+      .example('$0 verify https://releases.example/app/1.0.0/app-1.0.0-linux-x64-glibc-node22.tgz --key builder.pub.pem --json', 'a published bundle') as unknown as Argv<VerifyArgs>,
+    handler: async (args) => {
+      const result = await commandVerify(args, context, signal);
+      const checked = { source: Boolean(args['source-sha256']), target: Boolean(args.target), builder: Boolean(args.builder) };
+      if (args.json) {
+        const { verified } = result;
+        context.stdout.write(`${JSON.stringify({
+          ok: true, file: result.file, sha256: verified.subject.sha256, keyid: verified.keyid,
+          statementType: verified.statement._type, predicateType: verified.statement.predicateType,
+          source: { sha256: verified.sourceSha256, checked: checked.source }, target: { value: verified.target, checked: checked.target },
+          builder: { id: verified.builderId, checked: checked.builder }, invocationId: verified.invocationId, finishedOn: verified.finishedOn,
+          checks: verified.checks, statement: verified.statement,
+        }, null, 2)}\n`);
+      } else {
+        context.stdout.write(formatVerified(result, checked));
+      }
+      setExitCode(result.code);
+    },
+  };
+}
