@@ -2,8 +2,8 @@
  * Signing keys: load a PEM private key (generating an ed25519 one, mode 0600, when the file is
  * absent), load trusted public keys, and key ids (sha256 of the public key's SPKI DER, hex).
  */
-import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
-import { chmod, mkdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto';
+import { chmod, link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BundleError } from '../errors.js';
 import type { TrustedKey } from './dsse.js';
@@ -54,14 +54,19 @@ export async function loadOrCreateSigningKey(file: string): Promise<SigningKey &
     await mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
     const { privateKey } = generateKeyPairSync('ed25519');
     pem = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    // Written whole under a temporary name, then linked into place: two builders starting on one
+    // key path never overwrite each other's key, nor read a half-written one.
+    const temporary = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
     try {
-      // 'wx': two builders starting on one key path do not overwrite each other's key.
-      await writeFile(file, pem, { mode: 0o600, flag: 'wx' });
-      await chmod(file, 0o600);
+      await writeFile(temporary, pem, { mode: 0o600, flag: 'wx' });
+      await chmod(temporary, 0o600);
+      await link(temporary, file);
       created = true;
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw new BundleError('ERR_CONFIG', `Cannot write the signing key ${file}: ${(error as Error).message}`, { cause: error });
       pem = await readFile(file, 'utf8');
+    } finally {
+      await rm(temporary, { force: true });
     }
   }
   let privateKey: KeyObject;
@@ -74,7 +79,11 @@ export async function loadOrCreateSigningKey(file: string): Promise<SigningKey &
   const publicKey = createPublicKey(privateKey);
   const publicKeyPem = publicKey.export({ type: 'spki', format: 'pem' }) as string;
   const pub = publicKeyPath(file);
-  if ((await readFile(pub, 'utf8').catch(() => undefined)) !== publicKeyPem) await writeFile(pub, publicKeyPem, { mode: 0o644 });
+  if ((await readFile(pub, 'utf8').catch(() => undefined)) !== publicKeyPem) {
+    const temporary = `${pub}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+    await writeFile(temporary, publicKeyPem, { mode: 0o644 });
+    await rename(temporary, pub);
+  }
   return { privateKey, publicKey, publicKeyPem, keyid: keyId(publicKey), algorithm, created };
 }
 
