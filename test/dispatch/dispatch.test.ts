@@ -157,7 +157,7 @@ describe('dispatch', () => {
     try {
       const fixture = await writeFixture(path.join(root.dir, 'lost-1.0.0.tgz'), { name: 'lost-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
       const events: DispatchEvent[] = [];
-      const pools = world.pools({ 'linux-x64': [{ url: c.url, client: c.client }, { url: d.url, client: d.client }] });
+      const pools = world.pools({ 'linux-x64': [{ url: c.url, client: c.client, keys: c.keys }, { url: d.url, client: d.client, keys: d.keys }] });
       const running = run(fixture, [`linux-x64@${NODE}`], { pools, events });
       await waitFor(() => events.some((event) => event.type === 'record' && event.record.builder === 'builder-c' && event.record.steps.some((step) => step.name === 'install')) || undefined, 60_000);
       await c.stop();
