@@ -5,7 +5,6 @@
 import { mkdir } from 'node:fs/promises';
 import { once } from 'node:events';
 import path from 'node:path';
-import type { Argv, CommandModule } from 'yargs';
 import { readTokens } from '../builder/auth.js';
 import { createDashboard } from '../builder/dashboard/index.js';
 import { parseUidRange } from '../builder/resources.js';
@@ -46,24 +45,6 @@ export const TOKENS_ENV = 'BUNDLE_DISPATCH_BUILDER_TOKENS';
 
 /** Names that never reach the workflow's environment, even before its allow-list filters it. */
 const WITHHELD_ENV = /^(BUNDLE_DISPATCH_BUILDER_TOKENS|AWS_.*|.*_TOKEN|.*_SECRET.*|.*PASSWORD.*)$/i;
-
-function options<T>(argv: Argv<T>) {
-  return argv
-    .option('host', { type: 'string', describe: 'Address to listen on (default 127.0.0.1).' })
-    .option('port', { type: 'number', describe: 'Port (default 7420; 0 = any free port, the URL is the first line on stdout).' })
-    .option('store', { type: 'string', describe: 'Records, logs and results: a directory or s3://bucket/prefix.' })
-    .option('slots', { type: 'number', describe: 'Builds that run at once (default: number of CPUs).' })
-    .option('targets', { type: 'string', array: true, describe: 'Targets served, e.g. linux-x64 linux-x64-musl (default: this machine, the linux CPUs it has a cross toolchain for, and cross targets).' })
-    .option('hooks', { type: 'string', array: true, describe: 'Hook module(s) every build loads.' })
-    .option('token-file', { type: 'string', describe: `File with accepted bearer tokens, one per line (besides $${TOKENS_ENV}).` })
-    .option('signing-key', { type: 'string', describe: 'PEM private key that signs provenance (generated, mode 0600, when absent; public key beside it as *.pub.pem).' })
-    .option('allow-sources', { type: 'string', array: true, describe: 'Loopback/private CIDRs or host names sources and outputs may point at (default: public addresses only; link-local never).' })
-    .option('shutdown-grace', { type: 'number', describe: 'Seconds running builds get after SIGTERM (default 30).' })
-    .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
-    .option('cache-dir', { type: 'string', describe: 'npm cache and fetched Node runtimes.' })
-    .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error'], describe: 'JSON log level on stderr (default info).' })
-    .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' });
-}
 
 /** The builder's own work area under `workDir`. */
 export function builderWorkDir(workDir: string): string {
@@ -164,18 +145,4 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   if (!signal.aborted) await once(signal, 'abort');
   await builder.stop(settings.shutdownGrace * 1000);
   return 0;
-}
-
-/** The yargs command; main.ts registers it. */
-export function builderCommand(context: CliContext, signal: AbortSignal, setExitCode: (code: number) => void): CommandModule<object, BuilderArgs> {
-  return {
-    command: 'builder',
-    describe: 'Run the builder service: the bundle workflow behind an HTTP API (see docs/builder.md).',
-    builder: (argv) => options(argv)
-      .example('BUNDLE_DISPATCH_BUILDER_TOKENS=$(openssl rand -hex 32) $0 builder --port 0 --store ./builder-store', 'a local builder on a free port')
-      .example('$0 builder --host 0.0.0.0 --store s3://builds/linux-x64 --token-file /etc/bundle-dispatch/tokens', 'a pool member') as unknown as Argv<BuilderArgs>,
-    handler: async (args) => {
-      setExitCode(await commandBuilder(args, context, signal));
-    },
-  };
 }

@@ -8,10 +8,15 @@ import { createGzip } from 'node:zlib';
 import { BundleError } from '../errors.js';
 import { createHashingStream } from '../hash-stream.js';
 import { bundleFileName } from '../keys.js';
-import { parseTarget, type Target, type TargetCpu, type TargetLibc, type TargetOs } from '../target.js';
+import { formatTarget, hostTarget, parseTarget, type Target, type TargetCpu, type TargetLibc, type TargetOs } from '../target.js';
+import { loadHookModules } from '../workflow/hooks.js';
 import { openInput } from '../workflow/tar-input.js';
-import type { Scaffold } from '../workflow/scaffold.js';
+import { createScaffold, type Scaffold } from '../workflow/scaffold.js';
 import type { BuildEvent, BuildOverrides, BuildSummary } from '../workflow/types.js';
+import { loadCliConfig, workflowDefaults } from './config.js';
+import { EXIT } from './errors.js';
+import type { CliContext } from './main.js';
+import { createLineView, createListrView, formatBytes, formatMs } from './progress.js';
 
 export interface BundleRequest {
   input: string;
@@ -109,4 +114,63 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
     durations: summary.durations,
     peakMemory: summary.peakMemory,
   };
+}
+
+interface CommonArgs {
+  verbose: boolean;
+  json: boolean;
+  config?: string;
+  hooks?: string[];
+  registry?: string;
+  'cache-dir'?: string;
+  'keep-workdir'?: boolean;
+}
+
+/** The bundle command's own flags are the request's fields. */
+export type BundleArgs = CommonArgs & Pick<BundleRequest, 'input' | 'output' | 'os' | 'cpu' | 'libc' | 'node'>;
+
+/** Flags that set config keys, by config key (no yargs defaults: config applies them). */
+function configFlags(args: CommonArgs): Record<string, unknown> {
+  return { hooks: args.hooks, registry: args.registry, cacheDir: args['cache-dir'], keepWorkdir: args['keep-workdir'] };
+}
+
+/** `bundle-dispatch bundle <input>`: builds, writes the bundle, prints the outcome; returns the exit code. */
+export async function commandBundle(args: BundleArgs, context: CliContext, signal: AbortSignal): Promise<number> {
+  const config = await loadCliConfig(context, configFlags(args), args.config);
+  const hookModules = await loadHookModules(config.hooks, context.cwd);
+  const defaults = workflowDefaults(config, context.env);
+  const host = hostTarget();
+  const scaffold = createScaffold(defaults, hookModules.map((loadedModule) => loadedModule.module), {
+    env: context.env,
+    workRoot: config.workDir,
+    npmCacheDir: path.join(config.cacheDir, 'npm'),
+    runtimeCacheDir: path.join(config.cacheDir, 'runtimes'),
+    host,
+  });
+
+  const interactive = !args.json && Boolean(context.stdout.isTTY) && !context.env.CI;
+  const view = interactive
+    ? await createListrView(`Bundle ${path.basename(args.input)}`, { verbose: args.verbose })
+    : createLineView(context.stderr, { verbose: args.verbose });
+  try {
+    const outcome = await runBundle(scaffold, { ...args, cwd: context.cwd, host }, { signal, onEvent: (event) => view.onEvent(event) });
+    await view.done();
+    if (args.json) {
+      context.stdout.write(`${JSON.stringify(outcome, null, 2)}\n`);
+    } else {
+      const relative = path.relative(context.cwd, outcome.file) || outcome.file;
+      context.stdout.write([
+        `✔ ${relative}`,
+        `  target   ${formatTarget(outcome.target)}  node ${outcome.node} (ABI ${outcome.abi})  npm ${outcome.npm}`,
+        `  bundled  ${outcome.bundledDependencies.length} packages${outcome.nativeFiles.length ? `, ${outcome.nativeFiles.length} native file(s)` : ''}`,
+        `  size     ${formatBytes(outcome.size)}  sha256 ${outcome.sha256}`,
+        `  time     ${formatMs(Object.values(outcome.durations).reduce((sum, ms) => sum + (ms ?? 0), 0))}`,
+        '',
+      ].join('\n'));
+    }
+    return EXIT.ok;
+  } catch (error) {
+    await view.done(error);
+    throw error;
+  }
 }

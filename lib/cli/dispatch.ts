@@ -9,8 +9,6 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { Listr } from 'listr2';
-import type { Argv, CommandModule } from 'yargs';
 import { createBuilderClient, type BuilderClient } from '../builder/client.js';
 import type { ResolvedConfig } from '../config/load.js';
 import { createEmbeddedBuilder, embeddedKeyPath, type EmbeddedBuilder } from '../dispatch/embedded.js';
@@ -158,7 +156,9 @@ function createLineView(out: Writable, options: { verbose: boolean }): DispatchV
 }
 
 /** listr2 on a terminal: a task per target showing its step and last log line. */
-function createListrView(labels: readonly string[], options: { verbose: boolean }): DispatchView {
+async function createListrView(labels: readonly string[], options: { verbose: boolean }): Promise<DispatchView> {
+  // Loaded only for a terminal: cron, CI and --json never pay for it.
+  const { Listr } = await import('listr2');
   type Waiter = { resolve: (skipped?: string) => void; reject: (error: Error) => void; promise: Promise<string | undefined> };
   const waiters = new Map<string, Waiter>();
   const outputs = new Map<string, (text: string) => void>();
@@ -380,7 +380,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     });
     await history.flush();
     const interactive = !args.json && Boolean(context.stderr.isTTY) && !context.env.CI;
-    const view = args.json ? undefined : interactive ? createListrView(plan.map((target) => target.label), { verbose: args.verbose }) : createLineView(context.stderr, { verbose: args.verbose });
+    const view = args.json ? undefined : interactive ? await createListrView(plan.map((target) => target.label), { verbose: args.verbose }) : createLineView(context.stderr, { verbose: args.verbose });
     const overrides: RequestOverrides = context.env.SOURCE_DATE_EPOCH ? { sourceDateEpoch: Number(context.env.SOURCE_DATE_EPOCH) } : {};
     let result: DispatchResult;
     try {
@@ -503,60 +503,3 @@ export async function commandStatus(args: StatusArgs, context: CliContext, signa
   if (doc.state === 'interrupted') return EXIT.interrupted;
   return states.every((state) => state === 'succeeded' || state === 'cached') ? EXIT.ok : EXIT.failed;
 }
-
-// ---------------------------------------------------------------------------------------------
-// yargs
-
-function dispatchOptions<T>(argv: Argv<T>) {
-  return argv
-    .positional('input', { type: 'string', demandOption: true, describe: 'A .tgz/.tar from npm pack, a package directory, a registry spec (name@version) or a git URL with #ref.' })
-    .option('targets', { alias: 't', type: 'string', array: true, describe: 'Targets os-cpu[-libc][@node range], comma-separated or repeated (default: this machine).' })
-    .option('source', { type: 'string', describe: 'Source store: a directory or s3://bucket/prefix (dispatch.source).' })
-    .option('destination', { alias: 'd', type: 'string', describe: 'Destination store for bundles and manifest.json (dispatch.destination; default ./dist).' })
-    .option('key-template', { type: 'string', describe: 'Destination key of a bundle (default {name}/{version}/{file}).' })
-    .option('concurrency', { type: 'number', describe: 'Targets dispatched at once (default 8).' })
-    .option('force', { type: 'boolean', describe: 'Rebuild targets the destination already holds.' })
-    .option('overwrite', { type: 'boolean', describe: 'Replace a different object at a destination key (immutable otherwise).' })
-    .option('fail-fast', { type: 'boolean', describe: 'Cancel the other targets on the first failure.' })
-    .option('wait-lock', { type: 'number', describe: 'Seconds to wait for another run on the same destination + input (default 0: fail).' })
-    .option('notify', { type: 'string', describe: 'POST the final JSON summary to this URL.' })
-    .option('label', { type: 'string', describe: 'Label shown in the builders\' histories (e.g. "cron nightly").' })
-    .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
-    .option('verbose', { type: 'boolean', default: false, describe: 'Stream full build logs, prefixed by target; stack traces.' })
-    .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' })
-    .option('registry', { type: 'string', describe: 'npm registry URL (for npm pack and the lockfile).' })
-    .option('cache-dir', { type: 'string', describe: 'npm cache, run history, locks and the default source store.' });
-}
-
-/** The default command: `bundle-dispatch <input> --targets …`. main.ts registers it. */
-export function dispatchCommand(context: CliContext, signal: AbortSignal, setExitCode: (code: number) => void): CommandModule<object, DispatchArgs> {
-  return {
-    command: ['$0 <input>', 'dispatch <input>'],
-    describe: 'Build bundles of <input> for every target on builders and deliver them, verified, to the destination.',
-    builder: (argv) => dispatchOptions(argv)
-      .example('$0 my-app-1.0.0.tgz', 'this machine, embedded builder, bundles in ./dist')
-      .example('$0 ./my-app --targets linux-x64,linux-arm64-musl@22 -d s3://releases/bundles', 'builder pools from .bundlerc')
-      .example('$0 my-app@latest --targets linux-x64 --json', 'a registry spec, machine-readable')
-      .example('$0 git+https://git.example/app.git#v1.2.0 --targets linux-x64', 'a git ref (the commit goes in the manifest)') as unknown as Argv<DispatchArgs>,
-    handler: async (args) => {
-      setExitCode(await commandDispatch(args, context, signal));
-    },
-  };
-}
-
-/** `bundle-dispatch status <run-id|build-url>`. */
-export function statusCommand(context: CliContext, signal: AbortSignal, setExitCode: (code: number) => void): CommandModule<object, StatusArgs> {
-  return {
-    command: 'status <run>',
-    describe: 'Show a dispatch run from the local history (re-attaching to its unfinished builds), or follow one build by its URL.',
-    builder: (argv) => argv
-      .positional('run', { type: 'string', demandOption: true, describe: 'A run id (printed by every run) or a build URL …/v1/builds/<id>.' })
-      .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
-      .option('verbose', { type: 'boolean', default: false, describe: 'Full build logs.' })
-      .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' }) as unknown as Argv<StatusArgs>,
-    handler: async (args) => {
-      setExitCode(await commandStatus(args, context, signal));
-    },
-  };
-}
-

@@ -1,5 +1,4 @@
 import type { Writable } from 'node:stream';
-import { Listr } from 'listr2';
 import type { BuildEvent, StepName } from '../workflow/types.js';
 
 export const STEP_TITLES: Record<StepName, string> = {
@@ -36,7 +35,9 @@ export function createLineView(out: Writable, options: { verbose: boolean; prefi
 }
 
 /** listr2 on a terminal: a task per step, the last log line under the running one. */
-export function createListrView(title: string, options: { verbose: boolean }): ProgressView {
+export async function createListrView(title: string, options: { verbose: boolean }): Promise<ProgressView> {
+  // Loaded only for a terminal: logs, CI and --json never pay for it.
+  const { Listr } = await import('listr2');
   const waiters = new Map<StepName, { promise: Promise<void>; resolve: () => void; reject: (error: Error) => void }>();
   const lastLine = new Map<StepName, string>();
   const durations = new Map<StepName, number>();

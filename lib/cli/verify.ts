@@ -7,7 +7,6 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import type { Argv, CommandModule } from 'yargs';
 import { downloadToFile } from '../builder/client.js';
 import { BundleError } from '../errors.js';
 import { sha256File } from '../hash-stream.js';
@@ -16,7 +15,7 @@ import { parseJsonl, verifyProvenance, type VerifiedProvenance } from '../proven
 import { EXIT } from './errors.js';
 import type { CliContext } from './main.js';
 
-interface VerifyArgs {
+export interface VerifyArgs {
   bundle: string;
   provenance?: string;
   key?: string[];
@@ -86,36 +85,21 @@ export function formatVerified(result: { verified: VerifiedProvenance; file: str
   ].join('\n');
 }
 
-export function verifyCommand(context: CliContext, signal: AbortSignal, setExitCode: (code: number) => void): CommandModule<object, VerifyArgs> {
-  return {
-    command: 'verify <bundle>',
-    describe: 'Verify a bundle against its signed provenance (<bundle>.intoto.jsonl), offline, before installing it.',
-    builder: (argv) => argv
-      .positional('bundle', { type: 'string', demandOption: true, describe: 'The bundle: a .tgz file or an http(s) URL.' })
-      .option('provenance', { type: 'string', describe: 'The provenance (file or URL); default <bundle>.intoto.jsonl.' })
-      .option('key', { type: 'string', array: true, describe: 'A trusted public key of the builder (PEM file; repeatable).' })
-      .option('source-sha256', { type: 'string', describe: 'Also require the bundle to be built from this source tarball (its sha256).' })
-      .option('target', { type: 'string', describe: 'Also require this target (os-cpu[-libc]).' })
-      .option('builder', { type: 'string', describe: 'Also require this builder (its builder.id, or the URI urn:bundle-dispatch:builder:<id>).' })
-      .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
-      .example('$0 verify app-1.0.0-linux-x64-glibc-node22.tgz --key builder.pub.pem --target linux-x64', 'check before npm install')
-      .example('$0 verify https://releases.example/app/1.0.0/app-1.0.0-linux-x64-glibc-node22.tgz --key builder.pub.pem --json', 'a published bundle') as unknown as Argv<VerifyArgs>,
-    handler: async (args) => {
-      const result = await commandVerify(args, context, signal);
-      const checked = { source: Boolean(args['source-sha256']), target: Boolean(args.target), builder: Boolean(args.builder) };
-      if (args.json) {
-        const { verified } = result;
-        context.stdout.write(`${JSON.stringify({
-          ok: true, file: result.file, sha256: verified.subject.sha256, keyid: verified.keyid,
-          statementType: verified.statement._type, predicateType: verified.statement.predicateType,
-          source: { sha256: verified.sourceSha256, checked: checked.source }, target: { value: verified.target, checked: checked.target },
-          builder: { id: verified.builderId, checked: checked.builder }, invocationId: verified.invocationId, finishedOn: verified.finishedOn,
-          checks: verified.checks, statement: verified.statement,
-        }, null, 2)}\n`);
-      } else {
-        context.stdout.write(formatVerified(result, checked));
-      }
-      setExitCode(result.code);
-    },
-  };
+/** `bundle-dispatch verify`: verifies, prints the outcome (JSON or for people), returns the exit code. */
+export async function runVerify(args: VerifyArgs, context: CliContext, signal: AbortSignal): Promise<number> {
+  const result = await commandVerify(args, context, signal);
+  const checked = { source: Boolean(args['source-sha256']), target: Boolean(args.target), builder: Boolean(args.builder) };
+  if (args.json) {
+    const { verified } = result;
+    context.stdout.write(`${JSON.stringify({
+      ok: true, file: result.file, sha256: verified.subject.sha256, keyid: verified.keyid,
+      statementType: verified.statement._type, predicateType: verified.statement.predicateType,
+      source: { sha256: verified.sourceSha256, checked: checked.source }, target: { value: verified.target, checked: checked.target },
+      builder: { id: verified.builderId, checked: checked.builder }, invocationId: verified.invocationId, finishedOn: verified.finishedOn,
+      checks: verified.checks, statement: verified.statement,
+    }, null, 2)}\n`);
+  } else {
+    context.stdout.write(formatVerified(result, checked));
+  }
+  return result.code;
 }

@@ -1,0 +1,169 @@
+/**
+ * The command table: every command's yargs definition (its flags, their help, examples) and a
+ * handler that imports the command's module on first use. `--help` renders from these
+ * definitions alone, so listing or checking a command costs yargs and this file: the builder's
+ * HTTP server, the AWS SDK, got, listr2 and the workflow load only for the command that runs
+ * (bench/startup.bench.js measures it, test/cli/startup.test.ts checks what loads).
+ */
+import type { Argv, CommandModule } from 'yargs';
+import type { BuilderArgs } from './builder.js';
+import type { BundleArgs } from './bundle.js';
+import type { DispatchArgs, StatusArgs } from './dispatch.js';
+import type { CliContext } from './main.js';
+import type { VerifyArgs } from './verify.js';
+
+/** What every handler needs from main(): its context, the run's signal, where the exit code goes. */
+export interface CommandRun {
+  context: CliContext;
+  signal: AbortSignal;
+  setExitCode: (code: number) => void;
+}
+
+function bundleOptions<T>(argv: Argv<T>) {
+  return argv
+    .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout (for scripts and cron).' })
+    .option('verbose', { type: 'boolean', default: false, describe: 'Show npm\'s full output and stack traces.' })
+    .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' })
+    .option('hooks', { type: 'string', array: true, describe: 'Hook module(s) to load (repeatable); replaces the hooks of .bundlerc.' })
+    .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
+    .option('cache-dir', { type: 'string', describe: 'Directory for npm\'s cache and fetched Node runtimes.' })
+    .option('keep-workdir', { type: 'boolean', describe: 'Keep the build\'s workdir for debugging.' })
+    .positional('input', { type: 'string', demandOption: true, describe: 'The .tgz (or .tar) that `npm pack` wrote.' })
+    .option('output', { alias: 'o', type: 'string', describe: 'Where to write the bundle (default: {name}-{version}-{os}-{cpu}[-{libc}]-node{major}.tgz in the current dir).' })
+    .option('os', { type: 'string', describe: 'Target os (linux, darwin, win32); default: this machine.' })
+    .option('cpu', { type: 'string', describe: 'Target cpu (x64, arm64, …); default: this machine.' })
+    .option('libc', { type: 'string', choices: ['glibc', 'musl'], describe: 'Target libc (linux only); default: this machine\'s.' })
+    .option('node', { type: 'string', describe: 'Node version range to build for; default: from the package\'s devEngines/engines.' });
+}
+
+/** `bundle-dispatch bundle <input>`. */
+export function bundleCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, BundleArgs> {
+  return {
+    command: 'bundle <input>',
+    describe: 'Bundle an npm pack tarball for this machine (or a cross target without native code).',
+    builder: (argv) => bundleOptions(argv)
+      .example('$0 bundle my-app-1.0.0.tgz', 'bundle for this machine, Node from engines')
+      .example('$0 bundle my-app-1.0.0.tgz --node 22 -o out/app.tgz', 'bundle for Node 22')
+      .example('$0 bundle my-app-1.0.0.tgz --os darwin --cpu arm64', 'cross bundle (no native code allowed)')
+      .example('$0 bundle my-app-1.0.0.tgz --json | jq .sha256', 'machine-readable result') as unknown as Argv<BundleArgs>,
+    handler: async (args) => {
+      const { commandBundle } = await import('./bundle.js');
+      setExitCode(await commandBundle(args, context, signal));
+    },
+  };
+}
+
+function builderOptions<T>(argv: Argv<T>) {
+  return argv
+    .option('host', { type: 'string', describe: 'Address to listen on (default 127.0.0.1).' })
+    .option('port', { type: 'number', describe: 'Port (default 7420; 0 = any free port, the URL is the first line on stdout).' })
+    .option('store', { type: 'string', describe: 'Records, logs and results: a directory or s3://bucket/prefix.' })
+    .option('slots', { type: 'number', describe: 'Builds that run at once (default: number of CPUs).' })
+    .option('targets', { type: 'string', array: true, describe: 'Targets served, e.g. linux-x64 linux-x64-musl (default: this machine, the linux CPUs it has a cross toolchain for, and cross targets).' })
+    .option('hooks', { type: 'string', array: true, describe: 'Hook module(s) every build loads.' })
+    .option('token-file', { type: 'string', describe: 'File with accepted bearer tokens, one per line (besides $BUNDLE_DISPATCH_BUILDER_TOKENS).' })
+    .option('signing-key', { type: 'string', describe: 'PEM private key that signs provenance (generated, mode 0600, when absent; public key beside it as *.pub.pem).' })
+    .option('allow-sources', { type: 'string', array: true, describe: 'Loopback/private CIDRs or host names sources and outputs may point at (default: public addresses only; link-local never).' })
+    .option('shutdown-grace', { type: 'number', describe: 'Seconds running builds get after SIGTERM (default 30).' })
+    .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
+    .option('cache-dir', { type: 'string', describe: 'npm cache and fetched Node runtimes.' })
+    .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error'], describe: 'JSON log level on stderr (default info).' })
+    .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' });
+}
+
+/** `bundle-dispatch builder`. */
+export function builderCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, BuilderArgs> {
+  return {
+    command: 'builder',
+    describe: 'Run the builder service: the bundle workflow behind an HTTP API (see docs/builder.md).',
+    builder: (argv) => builderOptions(argv)
+      .example('BUNDLE_DISPATCH_BUILDER_TOKENS=$(openssl rand -hex 32) $0 builder --port 0 --store ./builder-store', 'a local builder on a free port')
+      .example('$0 builder --host 0.0.0.0 --store s3://builds/linux-x64 --token-file /etc/bundle-dispatch/tokens', 'a pool member') as unknown as Argv<BuilderArgs>,
+    handler: async (args) => {
+      const { commandBuilder } = await import('./builder.js');
+      setExitCode(await commandBuilder(args, context, signal));
+    },
+  };
+}
+
+function dispatchOptions<T>(argv: Argv<T>) {
+  return argv
+    .positional('input', { type: 'string', demandOption: true, describe: 'A .tgz/.tar from npm pack, a package directory, a registry spec (name@version) or a git URL with #ref.' })
+    .option('targets', { alias: 't', type: 'string', array: true, describe: 'Targets os-cpu[-libc][@node range], comma-separated or repeated (default: this machine).' })
+    .option('source', { type: 'string', describe: 'Source store: a directory or s3://bucket/prefix (dispatch.source).' })
+    .option('destination', { alias: 'd', type: 'string', describe: 'Destination store for bundles and manifest.json (dispatch.destination; default ./dist).' })
+    .option('key-template', { type: 'string', describe: 'Destination key of a bundle (default {name}/{version}/{file}).' })
+    .option('concurrency', { type: 'number', describe: 'Targets dispatched at once (default 8).' })
+    .option('force', { type: 'boolean', describe: 'Rebuild targets the destination already holds.' })
+    .option('overwrite', { type: 'boolean', describe: 'Replace a different object at a destination key (immutable otherwise).' })
+    .option('fail-fast', { type: 'boolean', describe: 'Cancel the other targets on the first failure.' })
+    .option('wait-lock', { type: 'number', describe: 'Seconds to wait for another run on the same destination + input (default 0: fail).' })
+    .option('notify', { type: 'string', describe: 'POST the final JSON summary to this URL.' })
+    .option('label', { type: 'string', describe: 'Label shown in the builders\' histories (e.g. "cron nightly").' })
+    .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
+    .option('verbose', { type: 'boolean', default: false, describe: 'Stream full build logs, prefixed by target; stack traces.' })
+    .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' })
+    .option('registry', { type: 'string', describe: 'npm registry URL (for npm pack and the lockfile).' })
+    .option('cache-dir', { type: 'string', describe: 'npm cache, run history, locks and the default source store.' });
+}
+
+/** The default command: `bundle-dispatch <input> --targets …`. */
+export function dispatchCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, DispatchArgs> {
+  return {
+    command: ['$0 <input>', 'dispatch <input>'],
+    describe: 'Build bundles of <input> for every target on builders and deliver them, verified, to the destination.',
+    builder: (argv) => dispatchOptions(argv)
+      .example('$0 my-app-1.0.0.tgz', 'this machine, embedded builder, bundles in ./dist')
+      .example('$0 ./my-app --targets linux-x64,linux-arm64-musl@22 -d s3://releases/bundles', 'builder pools from .bundlerc')
+      .example('$0 my-app@latest --targets linux-x64 --json', 'a registry spec, machine-readable')
+      .example('$0 git+https://git.example/app.git#v1.2.0 --targets linux-x64', 'a git ref (the commit goes in the manifest)') as unknown as Argv<DispatchArgs>,
+    handler: async (args) => {
+      const { commandDispatch } = await import('./dispatch.js');
+      setExitCode(await commandDispatch(args, context, signal));
+    },
+  };
+}
+
+/** `bundle-dispatch status <run-id|build-url>`. */
+export function statusCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, StatusArgs> {
+  return {
+    command: 'status <run>',
+    describe: 'Show a dispatch run from the local history (re-attaching to its unfinished builds), or follow one build by its URL.',
+    builder: (argv) => argv
+      .positional('run', { type: 'string', demandOption: true, describe: 'A run id (printed by every run) or a build URL …/v1/builds/<id>.' })
+      .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
+      .option('verbose', { type: 'boolean', default: false, describe: 'Full build logs.' })
+      .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' }) as unknown as Argv<StatusArgs>,
+    handler: async (args) => {
+      const { commandStatus } = await import('./dispatch.js');
+      setExitCode(await commandStatus(args, context, signal));
+    },
+  };
+}
+
+/** `bundle-dispatch verify <bundle.tgz|url> --key PUB…`. */
+export function verifyCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, VerifyArgs> {
+  return {
+    command: 'verify <bundle>',
+    describe: 'Verify a bundle against its signed provenance (<bundle>.intoto.jsonl), offline, before installing it.',
+    builder: (argv) => argv
+      .positional('bundle', { type: 'string', demandOption: true, describe: 'The bundle: a .tgz file or an http(s) URL.' })
+      .option('provenance', { type: 'string', describe: 'The provenance (file or URL); default <bundle>.intoto.jsonl.' })
+      .option('key', { type: 'string', array: true, describe: 'A trusted public key of the builder (PEM file; repeatable).' })
+      .option('source-sha256', { type: 'string', describe: 'Also require the bundle to be built from this source tarball (its sha256).' })
+      .option('target', { type: 'string', describe: 'Also require this target (os-cpu[-libc]).' })
+      .option('builder', { type: 'string', describe: 'Also require this builder (its builder.id, or the URI urn:bundle-dispatch:builder:<id>).' })
+      .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
+      .example('$0 verify app-1.0.0-linux-x64-glibc-node22.tgz --key builder.pub.pem --target linux-x64', 'check before npm install')
+      .example('$0 verify https://releases.example/app/1.0.0/app-1.0.0-linux-x64-glibc-node22.tgz --key builder.pub.pem --json', 'a published bundle') as unknown as Argv<VerifyArgs>,
+    handler: async (args) => {
+      const { runVerify } = await import('./verify.js');
+      setExitCode(await runVerify(args, context, signal));
+    },
+  };
+}
+
+/** Every command, in the order `--help` lists them. */
+export function commandTable(run: CommandRun): CommandModule<object, never>[] {
+  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), verifyCommand(run)] as unknown as CommandModule<object, never>[];
+}
