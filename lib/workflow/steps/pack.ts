@@ -71,11 +71,37 @@ export function pack(dir: string, options: PackOptions = {}): Readable {
       if (!tar.destroyed) tar.destroy(toPackError(error, signal));
     })
     .finally(() => signal?.removeEventListener('abort', onAbort));
-  const output = Readable.from(tar as AsyncIterable<Buffer>, { objectMode: false });
+  // tar's iterator is taken now, as Readable.from(tar) would: it listens for tar's errors.
+  const output = Readable.from(coalesce((tar as AsyncIterable<Buffer>)[Symbol.asyncIterator]()), { objectMode: false });
   // The stream may fail (abort, vanished file) before the caller attaches anything; an 'error'
   // event with no listener would crash the process. pipeline() and `for await` still see it.
   output.on('error', () => undefined);
   return output;
+}
+
+/** Bytes gathered into one chunk of the output (see coalesce). */
+const OUTPUT_CHUNK = 256 * 1024;
+
+/**
+ * tar-stream pushes a 512-byte header, then the file, then its padding: thousands of small
+ * chunks for a node_modules tree, and each one costs gzip (and every hash) a call through the
+ * thread pool — for the express app gzip took 180 ms where the tar alone takes 25 ms. Handing
+ * on chunks of about 256 KiB instead makes it ~60 ms; the bytes are the same, and so is the
+ * gzip (deflate's output does not depend on how its input was split).
+ */
+async function* coalesce(chunks: AsyncIterator<Buffer>): AsyncGenerator<Buffer> {
+  let parts: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of { [Symbol.asyncIterator]: () => chunks }) {
+    parts.push(chunk);
+    size += chunk.length;
+    if (size >= OUTPUT_CHUNK) {
+      yield parts.length === 1 ? chunk : Buffer.concat(parts, size);
+      parts = [];
+      size = 0;
+    }
+  }
+  if (size > 0) yield Buffer.concat(parts, size);
 }
 
 async function writeTree(tar: Pack, root: string, mtime: Date, options: PackOptions): Promise<void> {
