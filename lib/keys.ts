@@ -1,4 +1,5 @@
-import semver from 'semver';
+// One function, not semver's index (48 modules): the main command's start-up loads this.
+import semverMajor from 'semver/functions/major.js';
 import type { Target } from './target.js';
 
 /** npm pack's file-name stem for a package name: `@scope/name` → `scope-name`. */
@@ -13,5 +14,5 @@ export function packFileStem(name: string): string {
 export function bundleFileName(options: { name: string; version: string; target: Target; nodeVersion: string }): string {
   const { os, cpu, libc } = options.target;
   const platform = os === 'linux' ? `${os}-${cpu}-${libc ?? 'glibc'}` : `${os}-${cpu}`;
-  return `${packFileStem(options.name)}-${options.version}-${platform}-node${semver.major(options.nodeVersion)}.tgz`;
+  return `${packFileStem(options.name)}-${options.version}-${platform}-node${semverMajor(options.nodeVersion)}.tgz`;
 }

@@ -3,7 +3,8 @@
  * up in file names (`{pkgfile}-{version}-…tgz`) and destination keys (`{name}/{version}/…`), so
  * a name like `../../x` is a path traversal, not a typo.
  */
-import semver from 'semver';
+// One function, not semver's index (48 modules): the main command's start-up loads this.
+import parseSemver from 'semver/functions/parse.js';
 import validateNpmPackageName from 'validate-npm-package-name';
 import { BundleError } from './errors.js';
 
@@ -31,7 +32,7 @@ export function packageNameProblem(name: string): string | undefined {
  * `=1.2.3`, and the registry's version is what keys and file names must match.
  */
 export function packageVersionProblem(version: string): string | undefined {
-  const parsed = semver.parse(version);
+  const parsed = parseSemver(version);
   if (!parsed) return 'it is not a semver version (like 1.2.3)';
   const canonical = parsed.build.length > 0 ? `${parsed.version}+${parsed.build.join('.')}` : parsed.version;
   if (canonical !== version) return `it is not written in semver's canonical form (npm would publish it as "${canonical}")`;

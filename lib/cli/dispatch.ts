@@ -9,7 +9,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { createBuilderClient, type BuilderClient } from '../builder/client.js';
+import type { BuilderClient } from '../builder/client.js';
 import type { ResolvedConfig } from '../config/load.js';
 import { createEmbeddedBuilder, embeddedKeyPath, type EmbeddedBuilder } from '../dispatch/embedded.js';
 import { loadOrCreateSigningKey } from '../provenance/keys.js';
@@ -329,6 +329,8 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     let embedded: EmbeddedBuilder | undefined;
     let pools: Pool[];
     if (Object.keys(settings.pools).length > 0) {
+      // got loads only for remote builders (the embedded default loads it with its first build).
+      const { createBuilderClient } = await import('../builder/client.js');
       pools = await resolvePools(settings.pools, context.env, (url, token) => createBuilderClient({ url, ...(token ? { token } : {}) }));
     } else {
       const builderStore = sourceStore.kind === 'dir' ? sourceStore : await openStore(path.join(config.cacheDir, 'dispatch', 'builder-store'), options);
@@ -431,7 +433,8 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
 // ---------------------------------------------------------------------------------------------
 // status
 
-function clientFor(config: ResolvedConfig, env: NodeJS.ProcessEnv, url: string): BuilderClient {
+async function clientFor(config: ResolvedConfig, env: NodeJS.ProcessEnv, url: string): Promise<BuilderClient> {
+  const { createBuilderClient } = await import('../builder/client.js');
   const origin = new URL(url).origin;
   for (const members of Object.values(config.dispatch.pools)) {
     for (const member of members) {
@@ -452,7 +455,7 @@ export async function commandStatus(args: StatusArgs, context: CliContext, signa
   if (/^https?:\/\//i.test(args.run)) {
     const match = /^(https?:\/\/[^/]+)(?:\/.*)?\/v1\/builds\/([\w-]+)/i.exec(args.run);
     if (!match?.[1] || !match[2]) throw new BundleError('ERR_USAGE', `"${args.run}" is not a build URL (…/v1/builds/<id>).`);
-    const client = clientFor(config, context.env, match[1]);
+    const client = await clientFor(config, context.env, match[1]);
     const record = await client.followBuild(match[2], {
       signal,
       onLog: (line) => {
@@ -474,7 +477,7 @@ export async function commandStatus(args: StatusArgs, context: CliContext, signa
     await Promise.all(Object.entries(doc.targets).map(async ([label, entry]) => {
       if (!entry.builderUrl || !entry.buildId || entry.builderUrl === 'embedded' || ['succeeded', 'failed', 'cancelled', 'cached'].includes(entry.state)) return;
       try {
-        const record = await clientFor(config, context.env, entry.builderUrl).followBuild(entry.buildId, {
+        const record = await (await clientFor(config, context.env, entry.builderUrl)).followBuild(entry.buildId, {
           signal,
           onStatus: (status) => {
             const step = currentStep(status);

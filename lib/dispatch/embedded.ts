@@ -8,15 +8,14 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { createBuilderClient, type BuilderClient } from '../builder/client.js';
-import { startBuilder, type RunningBuilder } from '../builder/server.js';
+import type { BuilderClient } from '../builder/client.js';
+import type { RunningBuilder } from '../builder/server.js';
 import { servedTargets } from '../builder/targets.js';
 import { resolveToolchains, type ToolchainSettings } from '../workflow/toolchains.js';
 import type { SigningKey } from '../provenance/keys.js';
 import type { ObjectStore } from '../storage/index.js';
 import { hostTarget, type Target } from '../target.js';
 import { locateNpm, readNpmVersion } from '../workflow/npm.js';
-import { createScaffold } from '../workflow/scaffold.js';
 import type { BuildOverrides, HookModule } from '../workflow/types.js';
 import type { Pool } from './plan.js';
 
@@ -86,6 +85,9 @@ export function createEmbeddedBuilder(options: EmbeddedBuilderOptions): Embedded
   let running: Promise<{ builder: RunningBuilder; client: BuilderClient; workDir: string }> | undefined;
   const start = () => {
     running ??= (async () => {
+      // The server, its client and the workflow load with the first build: a run whose
+      // targets are all cached never loads fastify or got.
+      const [{ startBuilder }, { createBuilderClient }, { createScaffold }] = await Promise.all([import('../builder/server.js'), import('../builder/client.js'), import('../workflow/scaffold.js')]);
       await mkdir(options.workDir, { recursive: true });
       const workDir = await mkdtemp(path.join(options.workDir, 'embedded-builder-'));
       const token = randomBytes(24).toString('hex');

@@ -3,7 +3,8 @@
  * content-addressed source key, the destination key template and the cache marker.
  */
 import { createHash } from 'node:crypto';
-import semver from 'semver';
+// One function, not semver's index (48 modules): the main command's start-up loads this.
+import semverMajor from 'semver/functions/major.js';
 import { BundleError } from '../errors.js';
 import { packFileStem } from '../keys.js';
 import type { RequestOverrides } from '../protocol.js';
@@ -92,7 +93,7 @@ export function renderKey(template: string, vars: TemplateVars): string {
     os: vars.target?.os,
     cpu: vars.target?.cpu,
     libc: vars.target?.os === 'linux' ? (vars.target.libc ?? 'glibc') : vars.target ? '' : undefined,
-    node: vars.node ? String(semver.major(vars.node)) : undefined,
+    node: vars.node ? String(semverMajor(vars.node)) : undefined,
     commit: vars.commit,
     sourceSha: vars.sourceSha,
     buildKey: vars.buildKey,
