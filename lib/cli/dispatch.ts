@@ -365,7 +365,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     cleanups.push(() => rm(workDir, { recursive: true, force: true }));
     const tools = await toolEnvironment(config, context.env, workDir);
     const input = await prepareInput(args.input, { cwd: context.cwd, workDir, tools, limits: config.limits, signal });
-    const source = await ensureLockfile(input, { tools, workDir, signal });
+    const source = await ensureLockfile(input, { tools, workDir, signal, checkedDir: path.join(config.cacheDir, 'dispatch', 'lockfiles-in-sync') });
 
     const progress = args.json ? undefined : context.stderr;
     const lock: HeldLock = await acquireLock(lockFile(path.join(config.cacheDir, 'dispatch', 'locks'), destination.location, source.sha256), {

@@ -9,12 +9,12 @@
  */
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { BundleError } from '../errors.js';
-import { npmErrorSummary, npmFailure, spawnNpm } from '../workflow/npm.js';
+import { npmErrorSummary, npmFailure, readNpmVersion, spawnNpm } from '../workflow/npm.js';
 import { pack, NPM_EPOCH } from '../workflow/steps/pack.js';
 import { runTool, sha256File, type PreparedInput, type ToolEnvironment } from './input.js';
 
@@ -54,9 +54,9 @@ function hasNoDependencies(packageJson: Record<string, unknown>): boolean {
  * const source = await ensureLockfile(input, { tools, workDir, signal });
  * source.lockfile.added // true: npm-shrinkwrap.json was resolved here
  */
-export async function ensureLockfile(input: PreparedInput, options: { tools: ToolEnvironment; workDir: string; mtime?: Date; signal?: AbortSignal }): Promise<SourceTarball> {
+export async function ensureLockfile(input: PreparedInput, options: { tools: ToolEnvironment; workDir: string; mtime?: Date; signal?: AbortSignal; checkedDir?: string }): Promise<SourceTarball> {
   if (input.lockfile) {
-    await assertInSync(input, input.lockfile, options);
+    await assertInSyncOnce(input, input.lockfile, options);
     const text = await readFile(path.join(input.dir, input.lockfile));
     return { file: input.tarball, sha256: input.sha256, size: input.size, lockfile: { name: input.lockfile, sha256: sha(text), added: false } };
   }
@@ -76,6 +76,23 @@ export async function ensureLockfile(input: PreparedInput, options: { tools: Too
   await pipeline(pack(input.dir, { mtime: options.mtime ?? NPM_EPOCH, ...(options.signal ? { signal: options.signal } : {}) }), createGzip({ level: 9 }), createWriteStream(file, { flags: 'wx' }));
   const { sha256, size } = await sha256File(file);
   return { file, sha256, size, lockfile: { name: 'npm-shrinkwrap.json', sha256: sha(await readFile(shrinkwrap)), added: true } };
+}
+
+/**
+ * {@link assertInSync}, remembered: its answer depends only on the input's bytes and npm's
+ * version, so a tarball npm once found in sync is in sync for that npm, and a re-run (cron, CI,
+ * another destination) skips npm's start-up. Only a pass is remembered, as an empty file in
+ * `checkedDir` named by the input's sha256, the lockfile and npm's version; without
+ * `checkedDir` npm is asked every time.
+ */
+async function assertInSyncOnce(input: PreparedInput, lockfile: string, options: { tools: ToolEnvironment; signal?: AbortSignal; checkedDir?: string }): Promise<void> {
+  if (!options.checkedDir) return assertInSync(input, lockfile, options);
+  const npmVersion = await readNpmVersion(options.tools.node, options.tools.npmCli, options.tools.env);
+  const marker = path.join(options.checkedDir, createHash('sha256').update(JSON.stringify([input.sha256, lockfile, npmVersion])).digest('hex'));
+  if (await stat(marker).then((found) => found.isFile(), () => false)) return;
+  await assertInSync(input, lockfile, options);
+  await mkdir(options.checkedDir, { recursive: true });
+  await writeFile(marker, '');
 }
 
 /**
