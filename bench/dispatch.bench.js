@@ -134,7 +134,8 @@ export async function run({ log }) {
         marks[name] ??= Date.now() - startedAt;
       };
       const inputPrepared = await prepareInput(input, { cwd: repo, workDir: work, tools });
-      const source = await ensureLockfile(inputPrepared, { tools, workDir: work });
+      // As the CLI does: a shipped lockfile's npm check is remembered once it passed.
+      const source = await ensureLockfile(inputPrepared, { tools, workDir: work, checkedDir: path.join(base, 'lockfiles-in-sync') });
       mark('inspected');
       const result = await dispatch({
         onEvent: (event) => {
