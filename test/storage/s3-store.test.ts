@@ -144,7 +144,10 @@ describe('S3Store specifics', () => {
 describe('S3Store faults', () => {
   it('small objects read while a writer rewrites them are read again until whole (s3rver rewrites in place)', async () => {
     const s3 = await startS3({ buckets: ['torn'] });
-    const store = new S3Store({ ...s3.storeOptions, ...FAST_RETRY, bucket: 'torn' });
+    // s3rver also answers 500 to a request that races its in-place rewrite (seen in a CI run):
+    // the store's own retries (4, as in production's range) absorb those; this test is about
+    // the torn bodies that get through.
+    const store = new S3Store({ ...s3.storeOptions, ...FAST_RETRY, retries: 4, bucket: 'torn' });
     try {
       const doc = (n: number) => JSON.stringify({ n, pad: 'x'.repeat(200_000 + (n % 7) * 1000) });
       await store.put('record.json', doc(0));
