@@ -97,9 +97,13 @@ export function builderError(error: unknown, url: string, secrets: readonly stri
     const body = parseBody(error.response.body);
     const code = body?.error?.code && KNOWN_CODES.has(body.error.code) ? (body.error.code as ErrorCode) : 'ERR_BUILDER_REJECTED';
     const message = body?.error?.message ?? `HTTP ${error.response.statusCode}`;
+    const retryAfterMs = retryAfter(error.response.headers['retry-after']);
     return new BundleError(code, `Builder ${url}: ${redact(message, secrets)}`, {
       cause: error,
-      details: { status: error.response.statusCode, sent: true, retryable: error.response.statusCode >= 500, ...(body?.error?.details ?? {}) },
+      details: {
+        status: error.response.statusCode, sent: true, retryable: error.response.statusCode >= 500,
+        ...(retryAfterMs !== undefined ? { retryAfterMs } : {}), ...(body?.error?.details ?? {}),
+      },
     });
   }
   if (error instanceof RequestError) {
@@ -112,6 +116,21 @@ export function builderError(error: unknown, url: string, secrets: readonly stri
   }
   if (error instanceof Error && error.name === 'AbortError') return new BundleError('ERR_ABORTED', 'Cancelled.', { cause: error });
   return new BundleError('ERR_BUILDER_UNREACHABLE', `Builder ${url}: ${error instanceof Error ? error.message : String(error)}`, { cause: error, details: { sent: true } });
+}
+
+/** A Retry-After header (seconds, or an HTTP date) in ms. */
+function retryAfter(header: string | string[] | undefined): number | undefined {
+  const value = Array.isArray(header) ? header[0] : header;
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
+}
+
+/** A 503 from a builder that is draining: it will not take the build however often it is asked. */
+function drainingAnswer(error: unknown): boolean {
+  return error instanceof HTTPError && error.response.statusCode === 503 && parseBody(error.response.body)?.error?.code === 'ERR_BUILDER_STOPPING';
 }
 
 function parseBody(body: unknown): { error?: { code?: string; message?: string; details?: Record<string, unknown> } } | undefined {
@@ -136,6 +155,8 @@ export function createBuilderClient(options: BuilderClientOptions): BuilderClien
       methods: ['GET', 'POST', 'DELETE'],
       statusCodes: [502, 503, 504],
       backoffLimit: 2000,
+      // A draining builder is not asked again: dispatch sends the build to another one.
+      calculateDelay: ({ error, computedValue }) => (drainingAnswer(error) ? 0 : computedValue),
     },
     responseType: 'json',
   });

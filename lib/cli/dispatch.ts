@@ -8,6 +8,7 @@
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { Writable } from 'node:stream';
 import type { BuilderClient } from '../builder/client.js';
 import type { ResolvedConfig } from '../config/load.js';
@@ -147,6 +148,10 @@ function createLineView(out: Writable, options: { verbose: boolean }): DispatchV
           seen.add(step.name);
           out.write(`[${event.target}]   ▸ ${step.name === 'output' ? 'Upload the bundle' : STEP_TITLES[step.name]}\n`);
         }
+      } else if (event.type === 'failover') {
+        out.write(`[${event.target}] ! ${event.note.builder}: ${event.note.message}\n`);
+        // A build sent again starts over: its steps are announced again.
+        if (event.note.kind === 'redispatched') steps.delete(event.target);
       } else if (options.verbose || event.line.stream === 'status') {
         out.write(`[${event.target}]   ${event.line.step}: ${event.line.message}\n`);
       }
@@ -163,7 +168,7 @@ async function createListrView(labels: readonly string[], options: { verbose: bo
   const waiters = new Map<string, Waiter>();
   const outputs = new Map<string, (text: string) => void>();
   const titles = new Map<string, (text: string) => void>();
-  const state = new Map<string, { step?: string; line?: string; word: string }>();
+  const state = new Map<string, { step?: string; line?: string; word: string; failovers: number }>();
   for (const label of labels) {
     let resolve!: Waiter['resolve'];
     let reject!: Waiter['reject'];
@@ -173,13 +178,13 @@ async function createListrView(labels: readonly string[], options: { verbose: bo
     });
     promise.catch(() => undefined);
     waiters.set(label, { resolve, reject, promise });
-    state.set(label, { word: 'waiting' });
+    state.set(label, { word: 'waiting', failovers: 0 });
   }
   const render = (label: string) => {
     const current = state.get(label);
     if (!current) return;
     outputs.get(label)?.([current.step, current.line].filter(Boolean).join(' · '));
-    titles.get(label)?.(`${label} — ${current.word}`);
+    titles.get(label)?.(`${label} — ${current.word}${current.failovers > 0 ? ` (${current.failovers} failover${current.failovers > 1 ? 's' : ''}: see the summary)` : ''}`);
   };
   const list = new Listr(labels.map((label) => ({
     title: `${label} — waiting`,
@@ -230,6 +235,14 @@ async function createListrView(labels: readonly string[], options: { verbose: bo
         if (!current) return;
         current.line = event.line.message.slice(0, 160);
         render(event.target);
+      } else if (event.type === 'failover') {
+        const current = state.get(event.target);
+        if (!current) return;
+        current.failovers += 1;
+        // The dead build's last step is not shown as if it were still running.
+        if (event.note.kind === 'redispatched') current.step = undefined;
+        current.line = `! ${event.note.builder}: ${event.note.message}`.slice(0, 200);
+        render(event.target);
       }
     },
     async done() {
@@ -245,11 +258,31 @@ function describeMethod(outcome: { method?: string; verification?: string }): st
   return outcome.method === 'cross-compiled' && outcome.verification && outcome.verification !== 'none' ? `${outcome.method} (${outcome.verification})` : outcome.method;
 }
 
-function summaryTable(result: DispatchResult, destination: string): string {
+/**
+ * The builder's line saying which Node it chose and why (data.kind 'runtime-choice'), when that
+ * is not the major this machine runs: a user who did not ask for it should not be surprised.
+ */
+function nodeChoiceOf(event: DispatchEvent): { target: string; message: string } | undefined {
+  if (event.type !== 'log' || event.line.data?.kind !== 'runtime-choice') return undefined;
+  const version = String(event.line.data.version ?? '');
+  if (version.split('.')[0] === process.versions.node.split('.')[0]) return undefined;
+  return { target: event.target, message: event.line.message };
+}
+
+/** What the summary adds to the result: the command's wall time and per-target notes (the Node chosen, and why). */
+interface SummaryExtras {
+  /** Since the process started: what the user waited, start-up and runtime fetches included. */
+  wallMs: number;
+  nodeChoices: ReadonlyMap<string, string>;
+}
+
+function summaryTable(result: DispatchResult, extras: SummaryExtras): string {
+  // Where the bundle is, as the user would open it: a path for a local directory, else the URL.
+  const where = (key: string) => (result.destination.startsWith('file:') ? path.join(fileURLToPath(result.destination), key) : `${result.destination}${key}`);
   const rows = result.targets.map((outcome) => outcome.ok
-    ? [outcome.target, outcome.cached ? 'cached' : outcome.reused ? 'reused' : 'built', describeMethod(outcome), outcome.node ?? '', formatBytes(outcome.size), outcome.cached ? '' : formatMs(outcome.durations.buildMs ?? outcome.durations.totalMs), outcome.key]
+    ? [outcome.target, outcome.cached ? 'cached' : outcome.reused ? 'reused' : 'built', describeMethod(outcome), outcome.node ?? '', formatBytes(outcome.size), outcome.cached ? '' : formatMs(outcome.durations.buildMs ?? outcome.durations.totalMs), where(outcome.key)]
     : [outcome.target, outcome.cancelled ? 'cancelled' : 'FAILED', '', '', '', '', `${outcome.error.code}: ${outcome.error.message.split('\n')[0] ?? ''}`]);
-  const header = ['target', 'result', 'how', 'node', 'size', 'build', 'key / error'];
+  const header = ['target', 'result', 'how', 'node', 'size', 'build', 'bundle / error'];
   const widths = header.map((title, index) => Math.max(title.length, ...rows.map((row) => (row[index] ?? '').length)));
   const line = (row: string[]) => row.map((cell, index) => (index === row.length - 1 ? cell : cell.padEnd(widths[index] ?? 0))).join('  ').trimEnd();
   // A message's first line rarely names the cause (npm's own lines follow it): a failed row
@@ -260,13 +293,21 @@ function summaryTable(result: DispatchResult, destination: string): string {
     const more = outcome && !outcome.ok ? outcome.error.message.split('\n').slice(1).map((text) => text.trim()).filter(Boolean) : [];
     return [line(row), ...more.map((text) => `${indent}${text}`)];
   });
+  // Footnotes: what a row alone would hide — the builders skipped, retried or lost on the way,
+  // and a Node chosen other than the host's.
+  const notes = result.targets.flatMap((outcome) => [
+    ...(extras.nodeChoices.has(outcome.target) ? [`  ${outcome.target}: ${extras.nodeChoices.get(outcome.target)}`] : []),
+    ...(outcome.failovers ?? []).map((note) => `  ${outcome.target}: ${note.kind} · ${note.builder}: ${note.message}`),
+  ]);
   const ok = result.targets.filter((outcome) => outcome.ok).length;
+  const builds = result.targets.flatMap((outcome) => (outcome.ok && !outcome.cached && outcome.durations.buildMs !== undefined ? [outcome.durations.buildMs] : []));
   return [
     line(header),
     ...body,
+    ...(notes.length > 0 ? ['', 'notes:', ...notes] : []),
     '',
-    `${result.ok ? '✔' : '✖'} ${ok}/${result.targets.length} target(s) ok · ${result.package.name}@${result.package.version} · source ${result.source.sha256.slice(0, 12)}${result.input.commit ? ` · commit ${result.input.commit.slice(0, 12)}` : ''} · ${formatMs(result.durationMs)}`,
-    ...(result.manifest ? [`  manifest ${destination}${result.manifest}`] : []),
+    `${result.ok ? '✔' : '✖'} ${ok}/${result.targets.length} target(s) ok · ${result.package.name}@${result.package.version} · source ${result.source.sha256.slice(0, 12)}${result.input.commit ? ` · commit ${result.input.commit.slice(0, 12)}` : ''} · ${formatMs(extras.wallMs)} wall${builds.length > 0 ? ` (longest build ${formatMs(Math.max(...builds))})` : ''}`,
+    ...(result.manifest ? [`  manifest ${where(result.manifest)}`] : []),
     `  run ${result.runId} (bundle-dispatch status ${result.runId})`,
     '',
   ].join('\n');
@@ -383,6 +424,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     await history.flush();
     const interactive = !args.json && Boolean(context.stderr.isTTY) && !context.env.CI;
     const view = args.json ? undefined : interactive ? await createListrView(plan.map((target) => target.label), { verbose: args.verbose }) : createLineView(context.stderr, { verbose: args.verbose });
+    const nodeChoices = new Map<string, string>();
     const overrides: RequestOverrides = context.env.SOURCE_DATE_EPOCH ? { sourceDateEpoch: Number(context.env.SOURCE_DATE_EPOCH) } : {};
     let result: DispatchResult;
     try {
@@ -407,6 +449,8 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
         onEvent: (event) => {
           view?.onEvent(event);
           history.onEvent(event);
+          const choice = nodeChoiceOf(event);
+          if (choice) nodeChoices.set(choice.target, choice.message);
         },
       });
     } catch (error) {
@@ -422,7 +466,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
       if (problem) context.stderr.write(`! --notify ${redact(settings.notify)}: ${problem}\n`);
     }
     if (args.json) context.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-    else context.stdout.write(summaryTable(result, destination.location));
+    else context.stdout.write(summaryTable(result, { wallMs: Math.round(performance.now()), nodeChoices }));
     return dispatchExitCode(result);
   } finally {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
@@ -500,6 +544,7 @@ export async function commandStatus(args: StatusArgs, context: CliContext, signa
     out?.write(`run ${doc.runId} · ${doc.state} · started ${doc.startedAt} · ${doc.input} → ${doc.destination}\n`);
     for (const [label, entry] of Object.entries(doc.targets)) {
       out?.write(`  ${label.padEnd(20)} ${TARGET_WORDS[entry.state] ?? entry.state}${entry.buildId ? ` (build ${entry.buildId}${entry.builderUrl && entry.builderUrl !== 'embedded' ? ` on ${entry.builderUrl}` : ''})` : ''}${entry.detail ? ` ${entry.detail}` : ''}\n`);
+      for (const note of entry.failovers ?? []) out?.write(`  ${''.padEnd(20)} ! ${note.kind} · ${note.builder}: ${note.message}\n`);
     }
   }
   const states = Object.values(doc.targets).map((entry) => entry.state);

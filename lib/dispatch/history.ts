@@ -6,7 +6,7 @@
 import { mkdir, readFile, readdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isTerminal, type BuildState } from '../protocol.js';
-import type { DispatchEvent, DispatchResult, TargetState } from './run.js';
+import type { DispatchEvent, DispatchResult, FailoverNote, TargetState } from './run.js';
 
 export interface RunTargetEntry {
   state: TargetState;
@@ -14,6 +14,8 @@ export interface RunTargetEntry {
   builderUrl?: string;
   buildId?: string;
   step?: string;
+  /** Builders skipped, requests retried or sent elsewhere, lost builds sent again. */
+  failovers?: FailoverNote[];
 }
 
 export interface RunDocument {
@@ -53,6 +55,14 @@ export class RunHistory {
       const step = event.record.steps.at(-1)?.name;
       if (entry && step && entry.step !== step) {
         entry.step = step;
+        this.schedule();
+      }
+    } else if (event.type === 'failover') {
+      const entry = this.doc.targets[event.target];
+      if (entry) {
+        (entry.failovers ??= []).push(event.note);
+        // A build sent again starts over: its last step was the lost build's.
+        if (event.note.kind === 'redispatched') delete entry.step;
         this.schedule();
       }
     }

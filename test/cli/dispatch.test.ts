@@ -273,6 +273,61 @@ describe('bundle-dispatch <input>', () => {
     expect(JSON.parse(second?.stdout ?? '{}')).toMatchObject({ error: { code: 'ERR_LOCKED' } });
   });
 
+  it('a builder killed mid-build: its build is sent to the other one, and the log, the summary and status say so (issue 16.6)', async () => {
+    const hooks = path.join(root.dir, 'slow-hook.mjs');
+    const [doomed, spare] = await Promise.all([
+      startChildBuilder({ root: root.dir, name: 'cli-doomed', targets: ['linux-x64'], hooks }),
+      startChildBuilder({ root: root.dir, name: 'cli-spare', targets: ['linux-x64'], hooks, env: { BD_TEST_IGNORE_SLOW: '1' } }),
+    ]);
+    try {
+      const failover = path.join(root.dir, 'failover-project');
+      await mkdir(failover, { recursive: true });
+      await writeFile(path.join(failover, '.bundlerc'), JSON.stringify({
+        cacheDir: path.join(root.dir, 'failover-cache'),
+        dispatch: {
+          source: 's3://sources/failover',
+          destination: path.join(failover, 'dist'),
+          s3: { endpoint: s3.endpoint, region: s3.region, forcePathStyle: true },
+          // Equal loads keep this order: the doomed builder gets the build.
+          pools: { 'linux-x64': [{ url: doomed.url, tokenEnv: 'DOOMED_TOKEN', publicKey: doomed.publicKeyFile }, { url: spare.url, tokenEnv: 'SPARE_TOKEN', publicKey: spare.publicKeyFile }] },
+        },
+      }));
+      const fixture = await writeFixture(path.join(root.dir, 'doomed-1.0.0.tgz'), { name: 'cli-doomed-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
+      const runEnv = { ...env, DOOMED_TOKEN: doomed.token, SPARE_TOKEN: spare.token };
+      let killed = false;
+      const run = await runCli([fixture, '--targets', `linux-x64@${NODE}`], {
+        cwd: failover,
+        env: runEnv,
+        onStderr: (text) => {
+          if (!killed && text.includes('▸ Install production dependencies')) {
+            killed = true;
+            doomed.child.kill('SIGKILL');
+          }
+        },
+      });
+      expect(killed).toBe(true);
+      expect(run.code).toBe(0);
+      const label = `linux-x64@${NODE}`;
+      // The plain log: which builder, what happened, what was done.
+      expect(run.stderr).toMatch(new RegExp(`\\[${label.replace(/\./g, '\\.')}\\] ! ${doomed.url}: Build \\S+ on ${doomed.url} is lost: .*Sent again to ${spare.url} as build \\S+\\.`));
+      // …and its steps are announced again for the new build.
+      expect(run.stderr.match(/▸ Install production dependencies/g)?.length).toBe(2);
+      // The summary: a footnote under the table, and the bundle's full path.
+      expect(run.stdout).toMatch(new RegExp(`notes:\\n  ${label.replace(/\./g, '\\.')}: redispatched · ${doomed.url}: Build .* lost`));
+      expect(run.stdout).toContain(path.join(failover, 'dist', 'cli-doomed-fixture', '1.0.0', `cli-doomed-fixture-1.0.0-linux-x64-glibc-node${NODE.split('.')[0]}.tgz`));
+      expect(run.stdout).toMatch(/ wall/);
+      const runId = /run (\S+) \(bundle-dispatch status/.exec(run.stdout)?.[1];
+      expect(runId).toBeDefined();
+      const status = await runCli(['status', runId as string], { cwd: failover, env: runEnv });
+      expect(status.code).toBe(0);
+      expect(status.stdout).toContain(`! redispatched · ${doomed.url}: Build`);
+      const json = JSON.parse((await runCli(['status', runId as string, '--json'], { cwd: failover, env: runEnv })).stdout) as { targets: Record<string, { failovers?: Array<{ kind: string; builder: string }> }> };
+      expect(json.targets[label]?.failovers).toEqual([expect.objectContaining({ kind: 'redispatched', builder: doomed.url })]);
+    } finally {
+      await Promise.all([doomed.stop(), spare.stop()]);
+    }
+  });
+
   it('Ctrl-C mid-build cancels every remote build and exits 130', async () => {
     const fixture = await writeFixture(path.join(root.dir, 'slow-1.0.0.tgz'), { name: 'cli-slow-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
     let sent = false;

@@ -10,14 +10,13 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBuilderClient } from '../../lib/builder/client.js';
-import { prepareInput, type ToolEnvironment } from '../../lib/dispatch/input.js';
+import { prepareInput } from '../../lib/dispatch/input.js';
 import { markerKey } from '../../lib/dispatch/keys.js';
 import { ensureLockfile } from '../../lib/dispatch/lockfile.js';
 import { parseTargets, planTargets, type Pool } from '../../lib/dispatch/plan.js';
 import { dispatch, type DispatchEvent, type DispatchResult, type Manifest } from '../../lib/dispatch/run.js';
-import { locateNpm } from '../../lib/workflow/npm.js';
-import { NODE, startChildBuilder, startDispatchWorld, writeFixture, type DispatchWorld } from '../helpers/dispatch.js';
-import { repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
+import { NODE, dispatchTools, startChildBuilder, startDispatchWorld, writeFixture, type DispatchWorld } from '../helpers/dispatch.js';
+import { repoRoot, tempDir } from '../helpers/packages.js';
 import { waitFor } from '../helpers/builder.js';
 
 let root: { dir: string; remove: () => Promise<void> };
@@ -33,20 +32,11 @@ afterAll(async () => {
   await root?.remove();
 });
 
-function tools(): ToolEnvironment {
-  return {
-    node: process.execPath,
-    npmCli: locateNpm(process.env.PATH),
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/root', npm_config_cache: path.join(testCacheDir, 'npm'), npm_config_update_notifier: 'false' },
-    secrets: [],
-  };
-}
-
 async function run(input: string, targets: string[], options: { pools?: Pool[]; force?: boolean; signal?: AbortSignal; events?: DispatchEvent[]; failFast?: boolean } = {}): Promise<DispatchResult> {
   const work = await tempDir('bd-dispatch-run-');
   try {
-    const prepared = await prepareInput(input, { cwd: root.dir, workDir: work.dir, tools: tools() });
-    const source = await ensureLockfile(prepared, { tools: tools(), workDir: work.dir });
+    const prepared = await prepareInput(input, { cwd: root.dir, workDir: work.dir, tools: dispatchTools() });
+    const source = await ensureLockfile(prepared, { tools: dispatchTools(), workDir: work.dir });
     return await dispatch({
       input: prepared,
       source,
@@ -147,8 +137,12 @@ describe('dispatch', () => {
     await new Promise<void>((resolve) => dead.close(() => resolve()));
     const fixture = await writeFixture(path.join(root.dir, 'failover-1.0.0.tgz'), { name: 'failover-fixture', version: '1.0.0' });
     const pools = world.pools({ 'linux-x64': [{ url: deadUrl, client: createBuilderClient({ url: deadUrl, token: 'x' }) }, { url: world.a.url, client: world.a.client }] });
-    const result = await run(fixture, [`linux-x64@${NODE}`], { pools });
+    const events: DispatchEvent[] = [];
+    const result = await run(fixture, [`linux-x64@${NODE}`], { pools, events });
     expect(result.targets[0]).toMatchObject({ ok: true, builderUrl: world.a.url });
+    // The dead member is named as skipped (its health probe failed), in the events and the outcome.
+    expect(result.targets[0]?.failovers).toEqual([expect.objectContaining({ kind: 'skipped', builder: deadUrl, message: expect.stringContaining('ECONNREFUSED') })]);
+    expect(events).toContainEqual(expect.objectContaining({ type: 'failover', target: `linux-x64@${NODE}` }));
   });
 
   it('a build whose builder shuts down mid-build is dispatched again to another builder of the pool', async () => {
@@ -163,7 +157,11 @@ describe('dispatch', () => {
       await c.stop();
       const result = await running;
       expect(result.targets[0]).toMatchObject({ ok: true, builder: 'builder-d' });
-      expect(events.some((event) => event.type === 'target' && event.detail?.includes('ERR_BUILDER_STOPPING'))).toBe(true);
+      // The failover is reported, live and in the outcome: which builder, what happened, what was done.
+      const notes = events.flatMap((event) => (event.type === 'failover' ? [event.note] : []));
+      expect(notes).toContainEqual(expect.objectContaining({ kind: 'redispatched', builder: c.url, message: expect.stringMatching(new RegExp(`ERR_BUILDER_STOPPING.*Sent again to ${d.url.replace(/[.]/g, '\\.')} as build`)) }));
+      const outcome = result.targets[0];
+      expect(outcome?.failovers).toEqual(notes);
     } finally {
       await Promise.all([c.stop(), d.stop()]);
     }

@@ -8,11 +8,13 @@ import type { AddressInfo } from 'node:net';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createBuilderClient, type BuilderClient } from '../../lib/builder/client.js';
+import type { ToolEnvironment } from '../../lib/dispatch/input.js';
 import type { Pool } from '../../lib/dispatch/plan.js';
 import type { TrustedKey } from '../../lib/provenance/dsse.js';
 import { loadTrustedKey, publicKeyPath } from '../../lib/provenance/keys.js';
 import { S3Store } from '../../lib/storage/s3-store.js';
 import { parseTarget } from '../../lib/target.js';
+import { locateNpm } from '../../lib/workflow/npm.js';
 import { childEnv, newToken, spawnBuilder, type ChildBuilder } from './builder.js';
 import { packageTar, testCacheDir } from './packages.js';
 import { startS3, type S3TestServer } from './s3.js';
@@ -20,6 +22,16 @@ import { tgz } from './builder.js';
 
 /** The Node version every test target pins, so no builder fetches a runtime. */
 export const NODE = process.versions.node;
+
+/** npm on the dispatching side, with the tests' shared npm cache. */
+export function dispatchTools(): ToolEnvironment {
+  return {
+    node: process.execPath,
+    npmCli: locateNpm(process.env.PATH),
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/root', npm_config_cache: path.join(testCacheDir, 'npm'), npm_config_update_notifier: 'false' },
+    secrets: [],
+  };
+}
 
 /**
  * A hook module for test builders: a package that contains a file `SLOW` gets an npm step that
