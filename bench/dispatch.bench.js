@@ -280,7 +280,14 @@ export async function run({ log }) {
     log('| measure | value | target | ok |');
     log('|---|---:|---:|:-:|');
     for (const side of compared) {
-      log(`| dispatch end to end ÷ workflow directly, ${side.label} | ${side.ratio1.toFixed(3)} (${s(sum(side.dispatched) / ROUNDS)} vs ${s(sum(side.direct) / ROUNDS)} per run) | ≤ 1.05 | ${side.ratio1 <= 1.05 ? '✔' : '✖'} |`);
+      // The goals as re-scoped: the time dispatch adds around the build (each S3 request is a
+      // guarantee, so a sub-second build cannot reach a ratio of 1.05), and the ratio only
+      // where the build takes 3 s or more.
+      const added = (sum(side.dispatched) - sum(side.builds)) / ROUNDS;
+      const buildMean = sum(side.builds) / ROUNDS;
+      log(`| time dispatch adds around the build, ${side.label} | ${added.toFixed(0)} ms (build ${s(buildMean)}) | ≤ 50 ms | ${added <= 50 ? '✔' : '✖'} |`);
+      const ratioGoal = buildMean >= 3000 ? (side.ratio1 <= 1.05 ? '✔' : '✖') : 'n/a (build < 3 s)';
+      log(`| dispatch end to end ÷ workflow directly, ${side.label} | ${side.ratio1.toFixed(3)} (${s(sum(side.dispatched) / ROUNDS)} vs ${s(sum(side.direct) / ROUNDS)} per run) | ≤ 1.05 on builds ≥ 3 s | ${ratioGoal} |`);
     }
     log(`| cached re-run vs cold | ${(cold.ms / cached).toFixed(1)}× (cold ${s(cold.ms)}, cached median ${s(cached)}, slowest ${s(Math.max(...cachedRuns))}) | ≥ 20×, < 1 s | ${cold.ms / cached >= 20 && cached < 1000 ? '✔' : '✖'} |`);
     log(`| 8 targets on 8 builders: wall − longest build | ${s(overhead)} (wall ${s(wide.ms)}, longest build ${s(longest)}) | ≤ 1 s | ${overhead <= 1000 ? '✔' : '✖'} |`);
