@@ -9,7 +9,7 @@ import { mkdir, readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { BundleError, throwIfAborted } from '../errors.js';
 import { redact } from '../redact.js';
-import { spawnNpm } from '../workflow/npm.js';
+import { npmErrorSummary, spawnNpm } from '../workflow/npm.js';
 import { openInput } from '../workflow/tar-input.js';
 import { unpack, type PackageJson, type UnpackLimits } from '../workflow/steps/unpack.js';
 
@@ -75,8 +75,11 @@ export async function runTool(tools: ToolEnvironment, command: string, argv: str
     },
   });
   if (run.code !== 0) {
-    throw new BundleError('ERR_INPUT_UNREADABLE', `${options.what} failed (exit ${run.code ?? run.signal}):\n  ${redact(run.tail.slice(-12).join('\n  '), tools.secrets)}`, {
-      details: { command: path.basename(command), code: run.code },
+    // npm's own error lines name the cause (E404, a bad spec); git and others only have their output.
+    const { code, lines: causes } = npmErrorSummary(run.errors);
+    const body = causes.length > 0 ? causes : run.tail.slice(-12);
+    throw new BundleError('ERR_INPUT_UNREADABLE', `${options.what} failed (exit ${run.code ?? run.signal}${code ? `, ${code}` : ''}):\n  ${redact(body.join('\n  '), tools.secrets)}`, {
+      details: { command: path.basename(command), code: run.code, ...(code ? { npmCode: code } : {}) },
     });
   }
   return lines.join('\n');

@@ -87,6 +87,14 @@ describe('inputs', () => {
     expect(input).toMatchObject({ kind: 'registry', packageJson: { name: 'ms', version: '2.1.3' } });
   });
 
+  it('a registry spec that does not exist says npm\'s cause (E404 and its line), not the tail of its log', async () => {
+    const failure = await prepareInput('ms@999.0.0-no-such-version', { cwd: root.dir, workDir: await workDir('registry-404'), tools: tools() }).then(() => undefined, (error: unknown) => error);
+    expect(failure).toMatchObject({ code: 'ERR_INPUT_UNREADABLE', details: { npmCode: 'ETARGET' } });
+    const message = (failure as Error).message;
+    expect(message).toMatch(/^npm pack ms@999\.0\.0-no-such-version failed \(exit 1, ETARGET\):\n {2}(notarget )?No matching version found for ms@999\.0\.0-no-such-version/);
+    expect(message).not.toMatch(/complete log of this run/);
+  });
+
   it('bad inputs fail before anything else happens', async () => {
     await expectCode(prepareInput('./missing-1.0.0.tgz', { cwd: root.dir, workDir: await workDir('missing'), tools: tools() }), 'ERR_INPUT_NOT_FOUND');
     const notTar = path.join(root.dir, 'not-a-tar.tgz');
