@@ -10,6 +10,7 @@ import type { BuilderArgs } from './builder.js';
 import type { BundleArgs } from './bundle.js';
 import type { DispatchArgs, StatusArgs } from './dispatch.js';
 import type { CliContext } from './main.js';
+import type { RunsArgs } from './runs.js';
 import type { VerifyArgs } from './verify.js';
 
 /** What every handler needs from main(): its context, the run's signal, where the exit code goes. */
@@ -124,19 +125,45 @@ export function dispatchCommand({ context, signal, setExitCode }: CommandRun): C
   };
 }
 
+/** The flags of the commands that read the local run history (status, runs, logs, cancel, prune). */
+function historyOptions<T>(argv: Argv<T>) {
+  return argv
+    .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
+    .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' })
+    .option('cache-dir', { type: 'string', describe: 'The cache dir whose run history to read (as given to dispatch; default ~/.cache/bundle-dispatch).' });
+}
+
 /** `bundle-dispatch status <run-id|build-url>`. */
 export function statusCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, StatusArgs> {
   return {
     command: 'status <run>',
     describe: 'Show a dispatch run from the local history (re-attaching to its unfinished builds), or follow one build by its URL.',
-    builder: (argv) => argv
+    builder: (argv) => historyOptions(argv)
       .positional('run', { type: 'string', demandOption: true, describe: 'A run id (printed by every run) or a build URL …/v1/builds/<id>.' })
-      .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
       .option('verbose', { type: 'boolean', default: false, describe: 'Full build logs.' })
-      .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' }) as unknown as Argv<StatusArgs>,
+      .example('$0 status 20260301T020000Z-1a2b3c4d', 'a run from the local history')
+      .example('$0 status --cache-dir /var/cache/bd <run-id>', 'a run of another cache dir') as unknown as Argv<StatusArgs>,
     handler: async (args) => {
       const { commandStatus } = await import('./dispatch.js');
       setExitCode(await commandStatus(args, context, signal));
+    },
+  };
+}
+
+/** `bundle-dispatch runs`. */
+export function runsCommand({ context, setExitCode }: CommandRun): CommandModule<object, RunsArgs> {
+  return {
+    command: 'runs',
+    describe: 'List recent dispatch runs from the local history, newest first.',
+    builder: (argv) => historyOptions(argv)
+      .option('limit', { alias: 'n', type: 'number', default: 20, describe: 'Show at most this many runs.' })
+      .option('state', { type: 'string', choices: ['running', 'succeeded', 'failed', 'cancelled', 'interrupted'], describe: 'Only runs in this state.' })
+      .example('$0 runs', 'the last 20 runs')
+      .example('$0 runs --state failed --limit 5', 'the last 5 failed runs')
+      .example('$0 runs --json', 'one JSON document {runs: […]}') as unknown as Argv<RunsArgs>,
+    handler: async (args) => {
+      const { commandRuns } = await import('./runs.js');
+      setExitCode(await commandRuns(args, context));
     },
   };
 }
@@ -165,5 +192,5 @@ export function verifyCommand({ context, signal, setExitCode }: CommandRun): Com
 
 /** Every command, in the order `--help` lists them. */
 export function commandTable(run: CommandRun): CommandModule<object, never>[] {
-  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), verifyCommand(run)] as unknown as CommandModule<object, never>[];
+  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), runsCommand(run), verifyCommand(run)] as unknown as CommandModule<object, never>[];
 }

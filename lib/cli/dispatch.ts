@@ -58,6 +58,7 @@ export interface StatusArgs {
   json: boolean;
   verbose: boolean;
   config?: string;
+  'cache-dir'?: string;
 }
 
 /** How long the webhook of --notify may take. */
@@ -419,6 +420,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
 
     const history = new RunHistory(runsDir(config), {
       runId, pid: process.pid, startedAt: new Date().toISOString(), state: 'running', input: redact(args.input), destination: destination.location,
+      package: { name: input.packageJson.name, version: input.packageJson.version }, sourceSha256: source.sha256, ...(args.label ? { label: args.label } : {}),
       targets: Object.fromEntries(plan.map((target) => [target.label, { state: 'planned' as const }])),
     });
     await history.flush();
@@ -494,7 +496,7 @@ function describeRecord(record: BuildRecord): string {
 }
 
 export async function commandStatus(args: StatusArgs, context: CliContext, signal: AbortSignal): Promise<number> {
-  const config = await loadCliConfig(context, {}, args.config);
+  const config = await loadCliConfig(context, { cacheDir: args['cache-dir'] }, args.config);
   const out = args.json ? undefined : context.stdout;
   if (/^https?:\/\//i.test(args.run)) {
     const match = /^(https?:\/\/[^/]+)(?:\/.*)?\/v1\/builds\/([\w-]+)/i.exec(args.run);

@@ -1,11 +1,14 @@
 /**
  * The local run history: one JSON document per run under `<cacheDir>/dispatch/runs/`, written
  * as the run goes (which builder, which build id), so `bundle-dispatch status <run-id>` can
- * show and re-attach to it later — from another terminal, or after the dispatching process died.
+ * show and re-attach to it later — from another terminal, or after the dispatching process
+ * died — and `bundle-dispatch runs` can list it.
  */
+import { hostname } from 'node:os';
 import { mkdir, readFile, readdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isTerminal, type BuildState } from '../protocol.js';
+import { processAlive } from './lock.js';
 import type { DispatchEvent, DispatchResult, FailoverNote, TargetState } from './run.js';
 
 export interface RunTargetEntry {
@@ -21,13 +24,37 @@ export interface RunTargetEntry {
 export interface RunDocument {
   runId: string;
   pid: number;
+  /** The machine the dispatching process runs on (its pid means nothing elsewhere). */
+  host?: string;
   startedAt: string;
-  state: 'running' | 'finished' | 'interrupted' | 'failed';
+  /** Set when the run ends. */
+  finishedAt?: string;
+  state: 'running' | 'finished' | 'interrupted' | 'failed' | 'cancelled';
   input: string;
+  /** The input's package, known once the input is inspected (before the run document is written). */
+  package?: { name: string; version: string };
+  /** The source tarball's sha256: what the run needs from the source store while it runs. */
+  sourceSha256?: string;
+  label?: string;
   destination: string;
   targets: Record<string, RunTargetEntry>;
   result?: DispatchResult;
   error?: { code: string; message: string };
+}
+
+/** What a run looks like to an operator (`bundle-dispatch runs --state`). */
+export type RunOutcome = 'running' | 'succeeded' | 'failed' | 'cancelled' | 'interrupted';
+
+/** True while the run's dispatching process is alive (a run on another host counts as alive). */
+export function runAlive(doc: Pick<RunDocument, 'state' | 'pid' | 'host'>): boolean {
+  return doc.state === 'running' && (doc.host !== undefined && doc.host !== hostname() ? true : processAlive(doc.pid));
+}
+
+/** `finished` split by whether every target was delivered; a `running` run whose process died is `interrupted`. */
+export function runOutcome(doc: RunDocument): RunOutcome {
+  if (doc.state === 'running') return runAlive(doc) ? 'running' : 'interrupted';
+  if (doc.state === 'finished') return doc.result?.ok ? 'succeeded' : 'failed';
+  return doc.state;
 }
 
 const FLUSH_MS = 200;
@@ -40,6 +67,7 @@ export class RunHistory {
 
   constructor(readonly dir: string, readonly doc: RunDocument) {
     this.file = path.join(dir, `${doc.runId}.json`);
+    doc.host ??= hostname();
   }
 
   onEvent(event: DispatchEvent): void {
@@ -91,10 +119,16 @@ export class RunHistory {
 
   async finish(state: RunDocument['state'], result?: DispatchResult, error?: { code: string; message: string }): Promise<void> {
     this.doc.state = state;
+    this.doc.finishedAt = new Date().toISOString();
     if (result) this.doc.result = result;
     if (error) this.doc.error = error;
     await this.flush();
   }
+}
+
+/** Where the run documents of a cache dir are. */
+export function runsDirOf(cacheDir: string): string {
+  return path.join(cacheDir, 'dispatch', 'runs');
 }
 
 export async function readRun(dir: string, runId: string): Promise<RunDocument | undefined> {

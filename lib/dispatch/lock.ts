@@ -29,7 +29,8 @@ export function lockFile(dir: string, destination: string, inputSha256: string):
   return path.join(dir, `${createHash('sha256').update(`${destination}\n${inputSha256}`).digest('hex').slice(0, 32)}.lock`);
 }
 
-function alive(pid: number): boolean {
+/** True when a process with this pid exists on this machine. */
+export function processAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -61,7 +62,7 @@ export async function acquireLock(file: string, options: { runId: string; waitMs
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
     }
     const owner = await readFile(file, 'utf8').then((text) => JSON.parse(text) as LockOwner, () => undefined);
-    if (owner && owner.host === me.host && !alive(owner.pid)) {
+    if (owner && owner.host === me.host && !processAlive(owner.pid)) {
       // Its process is gone: the lock is stale.
       await rm(file, { force: true });
       continue;
