@@ -10,7 +10,7 @@ import type { BuilderArgs } from './builder.js';
 import type { BundleArgs } from './bundle.js';
 import type { DispatchArgs, StatusArgs } from './dispatch.js';
 import type { CliContext } from './main.js';
-import type { RunsArgs } from './runs.js';
+import type { LogsArgs, RunsArgs } from './runs.js';
 import type { VerifyArgs } from './verify.js';
 
 /** What every handler needs from main(): its context, the run's signal, where the exit code goes. */
@@ -168,6 +168,25 @@ export function runsCommand({ context, setExitCode }: CommandRun): CommandModule
   };
 }
 
+/** `bundle-dispatch logs <run-id>`. */
+export function logsCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, LogsArgs> {
+  return {
+    command: 'logs <run>',
+    describe: 'Print each target\'s build log of a run, prefixed by target (from its builder, or the local copy when the builder is gone).',
+    builder: (argv) => historyOptions(argv)
+      .positional('run', { type: 'string', demandOption: true, describe: 'A run id (bundle-dispatch runs lists them).' })
+      .option('target', { alias: 't', type: 'string', describe: 'Only this target (its label, or os-cpu[-libc] without the @range).' })
+      .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'For a running run: keep printing lines as they come until it ends.' })
+      .example('$0 logs 20260301T020000Z-1a2b3c4d', 'every target\'s log')
+      .example('$0 logs 20260301T020000Z-1a2b3c4d -f', 'follow a running run to its end')
+      .example('$0 logs --target linux-arm64 <run-id>', 'one target') as unknown as Argv<LogsArgs>,
+    handler: async (args) => {
+      const { commandLogs } = await import('./runs.js');
+      setExitCode(await commandLogs(args, context, signal));
+    },
+  };
+}
+
 /** `bundle-dispatch verify <bundle.tgz|url> --key PUB…`. */
 export function verifyCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, VerifyArgs> {
   return {
@@ -192,5 +211,5 @@ export function verifyCommand({ context, signal, setExitCode }: CommandRun): Com
 
 /** Every command, in the order `--help` lists them. */
 export function commandTable(run: CommandRun): CommandModule<object, never>[] {
-  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), runsCommand(run), verifyCommand(run)] as unknown as CommandModule<object, never>[];
+  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), runsCommand(run), logsCommand(run), verifyCommand(run)] as unknown as CommandModule<object, never>[];
 }

@@ -479,7 +479,8 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
 // ---------------------------------------------------------------------------------------------
 // status
 
-async function clientFor(config: ResolvedConfig, env: NodeJS.ProcessEnv, url: string): Promise<BuilderClient> {
+/** A client for a builder URL, with the token of the pool member at that origin (none for others). */
+export async function clientFor(config: ResolvedConfig, env: NodeJS.ProcessEnv, url: string): Promise<BuilderClient> {
   const { createBuilderClient } = await import('../builder/client.js');
   const origin = new URL(url).origin;
   for (const members of Object.values(config.dispatch.pools)) {

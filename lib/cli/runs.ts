@@ -1,10 +1,13 @@
 /**
  * The operator's commands over the local run history (`<cacheDir>/dispatch/runs/`): `runs`
- * lists recent runs. It reads the history only, so it answers in the time Node starts.
+ * lists recent runs, `logs` prints each target's build log. They read the history first, so
+ * they answer in the time Node starts: the builder client loads only where a command needs it.
  */
+import { open } from 'node:fs/promises';
 import type { ResolvedConfig } from '../config/load.js';
-import { listRuns, readRun, runOutcome, runsDirOf, type RunDocument, type RunOutcome } from '../dispatch/history.js';
-import { BundleError } from '../errors.js';
+import { listRuns, localLogFile, readRun, runAlive, runOutcome, runsDirOf, type RunDocument, type RunOutcome } from '../dispatch/history.js';
+import { BundleError, abortError, toBundleError } from '../errors.js';
+import type { LogLine } from '../protocol.js';
 import { loadCliConfig } from './config.js';
 import { EXIT } from './errors.js';
 import type { CliContext } from './main.js';
@@ -39,12 +42,35 @@ export interface RunSummary {
   pid: number;
 }
 
+export interface LogsArgs extends HistoryArgs {
+  run: string;
+  target?: string;
+  follow: boolean;
+}
+
+/** How often `logs --follow` looks at the local copies and the run document. */
+const FOLLOW_POLL_MS = 300;
 async function historyConfig(args: HistoryArgs, context: CliContext): Promise<ResolvedConfig> {
   return loadCliConfig(context, { cacheDir: args['cache-dir'] }, args.config);
 }
 
 async function historyDir(args: HistoryArgs, context: CliContext): Promise<string> {
   return runsDirOf((await historyConfig(args, context)).cacheDir);
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(abortError(signal));
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(abortError(signal));
+    };
+    const timer = setTimeout(() => {
+      signal.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
 }
 
 /** The run document of `runId`, or ERR_USAGE naming the recent ones (as `status` does). */
@@ -132,4 +158,127 @@ export async function commandRuns(args: RunsArgs, context: CliContext): Promise<
     ])}\n`);
   }
   return EXIT.ok;
+}
+
+// ---------------------------------------------------------------------------------------------
+// logs
+
+/** One target's log as `logs` found it. */
+export interface TargetLog {
+  target: string;
+  /** `builder`: from the builder that ran it · `local`: the dispatching process's copy · `none`. */
+  source: 'builder' | 'local' | 'none';
+  lines: LogLine[];
+  /** Why it is not from the builder, or why there is none. */
+  note?: string;
+}
+
+/** The targets `--target` names: a label, or a label's platform without its `@range`. */
+function selectTargets(doc: RunDocument, wanted: string | undefined): string[] {
+  const labels = Object.keys(doc.targets);
+  if (wanted === undefined) return labels;
+  const chosen = labels.filter((label) => label === wanted || label.replace(/@.*$/, '') === wanted);
+  if (chosen.length === 0) throw new BundleError('ERR_USAGE', `Run ${doc.runId} has no target "${wanted}".`, { hint: `Its targets: ${labels.join(', ')}.` });
+  return chosen;
+}
+
+/** Complete lines of a local copy from byte `offset` on; `next` is where the next read starts. */
+async function readLocalLog(file: string, offset: number): Promise<{ exists: boolean; lines: LogLine[]; next: number }> {
+  const handle = await open(file, 'r').catch(() => undefined);
+  if (!handle) return { exists: false, lines: [], next: offset };
+  try {
+    const { size } = await handle.stat();
+    if (size <= offset) return { exists: true, lines: [], next: offset };
+    const buffer = Buffer.alloc(size - offset);
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, offset);
+    // A line being appended right now is read on the next look.
+    const end = buffer.subarray(0, bytesRead).lastIndexOf(0x0a) + 1;
+    const lines = buffer.subarray(0, end).toString('utf8').split('\n').flatMap((text) => {
+      try {
+        return text ? [JSON.parse(text) as LogLine] : [];
+      } catch {
+        return [];
+      }
+    });
+    return { exists: true, lines, next: offset + end };
+  } finally {
+    await handle.close();
+  }
+}
+
+/** A target's whole log: from its builder when that is a remote one that answers, else the local copy. */
+async function targetLog(doc: RunDocument, label: string, dir: string, config: ResolvedConfig, context: CliContext, signal: AbortSignal): Promise<TargetLog> {
+  const entry = doc.targets[label];
+  let note: string | undefined;
+  if (entry?.builderUrl && entry.builderUrl !== 'embedded' && entry.buildId) {
+    try {
+      const { clientFor } = await import('./dispatch.js');
+      const lines = await (await clientFor(config, context.env, entry.builderUrl)).getLog(entry.buildId, { signal });
+      return { target: label, source: 'builder', lines };
+    } catch (error) {
+      if (signal.aborted) throw abortError(signal);
+      note = `build ${entry.buildId} on ${entry.builderUrl}: ${toBundleError(error).message}`;
+    }
+  }
+  const local = await readLocalLog(localLogFile(dir, doc.runId, label), 0);
+  if (local.exists) return { target: label, source: 'local', lines: local.lines, ...(note ? { note: `${note}; the local copy instead` } : {}) };
+  const outcome = doc.result?.targets.find((candidate) => candidate.target === label);
+  const why = entry?.state === 'cached' ? 'cached: no build ran in this run'
+    : outcome?.ok && outcome.reused ? `reused build ${outcome.buildId ?? ''} of an earlier run: no build ran in this run`
+      : !entry?.buildId ? `no build was started (${entry?.state ?? 'unknown'})`
+        : note ?? `no local copy of build ${entry.buildId}'s log`;
+  return { target: label, source: 'none', lines: [], note: why };
+}
+
+/** True when a log should exist and was found nowhere (exit 1). */
+function missing(log: TargetLog, doc: RunDocument): boolean {
+  const entry = doc.targets[log.target];
+  const reused = doc.result?.targets.some((outcome) => outcome.target === log.target && outcome.ok && outcome.reused);
+  return log.source === 'none' && Boolean(entry?.buildId) && entry?.state !== 'cached' && !reused;
+}
+
+function logLine(target: string, line: LogLine): string {
+  return `[${target}] ${line.step}: ${line.message}\n`;
+}
+
+/**
+ * `bundle-dispatch logs <run-id>`: every (or one) target's build log, prefixed by target. With
+ * --follow on a running run, the local copies are followed until the dispatching process ends.
+ */
+export async function commandLogs(args: LogsArgs, context: CliContext, signal: AbortSignal): Promise<number> {
+  const config = await historyConfig(args, context);
+  const dir = runsDirOf(config.cacheDir);
+  let doc = await requireRun(dir, args.run);
+  const labels = selectTargets(doc, args.target);
+  const out = args.json ? undefined : context.stdout;
+  let logs: TargetLog[];
+  if (args.follow && runAlive(doc)) {
+    // The dispatching process appends every line it receives (from a remote builder or the
+    // embedded one) to the local copies: following them follows every target, re-dispatches included.
+    const found = new Map(labels.map((label) => [label, { target: label, source: 'local' as TargetLog['source'], lines: [] as LogLine[], offset: 0 }]));
+    for (;;) {
+      // The document first: lines written before it says the run ended are still read below.
+      doc = (await readRun(dir, doc.runId)) ?? doc;
+      const alive = runAlive(doc);
+      for (const current of found.values()) {
+        const next = await readLocalLog(localLogFile(dir, doc.runId, current.target), current.offset);
+        current.offset = next.next;
+        current.lines.push(...next.lines);
+        for (const line of next.lines) out?.write(logLine(current.target, line));
+      }
+      if (!alive) break;
+      await sleep(FOLLOW_POLL_MS, signal);
+    }
+    logs = [...found.values()].map(({ target, lines }) => (lines.length > 0 ? { target, source: 'local', lines } : { target, source: 'none', lines, note: 'no log line was written' }));
+  } else {
+    logs = [];
+    for (const label of labels) {
+      const log = await targetLog(doc, label, dir, config, context, signal);
+      logs.push(log);
+      for (const line of log.lines) out?.write(logLine(label, line));
+      if (log.note && out) context.stderr.write(`[${label}] (${log.note})\n`);
+    }
+  }
+  if (args.json) context.stdout.write(`${JSON.stringify({ runId: doc.runId, state: runOutcome(doc), targets: logs }, null, 2)}\n`);
+  return logs.some((log) => missing(log, doc)) ? EXIT.failed : EXIT.ok;
 }

@@ -5,7 +5,7 @@
  * died — and `bundle-dispatch runs` can list it.
  */
 import { hostname } from 'node:os';
-import { mkdir, readFile, readdir, rename, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, readdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { isTerminal, type BuildState } from '../protocol.js';
 import { processAlive } from './lock.js';
@@ -59,11 +59,28 @@ export function runOutcome(doc: RunDocument): RunOutcome {
 
 const FLUSH_MS = 200;
 
-/** Keeps one run's document up to date (writes are coalesced; the last one always lands). */
+/**
+ * Where the dispatching process keeps a copy of a target's build log (NDJSON, one LogLine a
+ * line, as the builder sent it): `bundle-dispatch logs` reads it when the builder is gone — the
+ * embedded default's always is once its run has ended.
+ */
+export function localLogFile(dir: string, runId: string, target: string): string {
+  // Labels are `os-cpu[-libc][@range]`; a range may hold characters a file name should not.
+  const name = target.replace(/[^\w.@-]/g, (char) => `%${char.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`);
+  return path.join(dir, runId, `${name}.ndjson`);
+}
+
+/**
+ * Keeps one run's document up to date (writes are coalesced; the last one always lands) and
+ * appends each target's log lines to its local copy (localLogFile).
+ */
 export class RunHistory {
   readonly file: string;
   private writing: Promise<void> = Promise.resolve();
   private timer: NodeJS.Timeout | undefined;
+  /** The document changed since it was last written (log lines alone do not rewrite it). */
+  private changed = false;
+  private readonly logLines = new Map<string, string[]>();
 
   constructor(readonly dir: string, readonly doc: RunDocument) {
     this.file = path.join(dir, `${doc.runId}.json`);
@@ -93,23 +110,43 @@ export class RunHistory {
         if (event.note.kind === 'redispatched') delete entry.step;
         this.schedule();
       }
+    } else if (event.type === 'log') {
+      const lines = this.logLines.get(event.target) ?? [];
+      lines.push(JSON.stringify(event.line));
+      this.logLines.set(event.target, lines);
+      this.schedule(false);
     }
   }
 
-  private schedule(): void {
+  private schedule(documentChanged = true): void {
+    this.changed ||= documentChanged;
     this.timer ??= setTimeout(() => {
       this.timer = undefined;
-      void this.flush();
+      void this.write();
     }, FLUSH_MS);
   }
 
-  /** Writes the document now (atomically: temp file + rename). */
+  /** Writes the document now (atomically: temp file + rename), and the log lines waiting. */
   flush(): Promise<void> {
+    this.changed = true;
+    return this.write();
+  }
+
+  private write(): Promise<void> {
     clearTimeout(this.timer);
     this.timer = undefined;
-    const text = `${JSON.stringify(this.doc, null, 2)}\n`;
+    const text = this.changed ? `${JSON.stringify(this.doc, null, 2)}\n` : undefined;
+    this.changed = false;
+    const logs = [...this.logLines];
+    this.logLines.clear();
     this.writing = this.writing.then(async () => {
       await mkdir(this.dir, { recursive: true });
+      for (const [target, lines] of logs) {
+        const file = localLogFile(this.dir, this.doc.runId, target);
+        await mkdir(path.dirname(file), { recursive: true });
+        await appendFile(file, `${lines.join('\n')}\n`, { mode: 0o600 });
+      }
+      if (text === undefined) return;
       const temporary = `${this.file}.${process.pid}.tmp`;
       await writeFile(temporary, text, { mode: 0o600 });
       await rename(temporary, this.file);
