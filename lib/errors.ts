@@ -58,6 +58,7 @@ export type ErrorCode =
   | 'ERR_DISK_FULL'
   | 'ERR_LOCKED'
   | 'ERR_BUILD_LOST'
+  | 'ERR_CANCEL_TIMEOUT'
   // provenance (lib/provenance/)
   | 'ERR_PROVENANCE_MISSING'
   | 'ERR_PROVENANCE_MALFORMED'

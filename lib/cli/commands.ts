@@ -10,7 +10,7 @@ import type { BuilderArgs } from './builder.js';
 import type { BundleArgs } from './bundle.js';
 import type { DispatchArgs, StatusArgs } from './dispatch.js';
 import type { CliContext } from './main.js';
-import type { LogsArgs, RunsArgs } from './runs.js';
+import type { CancelArgs, LogsArgs, RunsArgs } from './runs.js';
 import type { VerifyArgs } from './verify.js';
 
 /** What every handler needs from main(): its context, the run's signal, where the exit code goes. */
@@ -187,6 +187,22 @@ export function logsCommand({ context, signal, setExitCode }: CommandRun): Comma
   };
 }
 
+/** `bundle-dispatch cancel <run-id>`. */
+export function cancelCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, CancelArgs> {
+  return {
+    command: 'cancel <run>',
+    describe: 'Cancel a running dispatch run from another terminal: its builds are cancelled, the run is marked cancelled and its process exits 130.',
+    builder: (argv) => historyOptions(argv)
+      .positional('run', { type: 'string', demandOption: true, describe: 'A run id (bundle-dispatch runs --state running lists them).' })
+      .example('$0 cancel 20260301T020000Z-1a2b3c4d', 'cancel that run')
+      .example('$0 runs --state running --json', 'find the running ones first') as unknown as Argv<CancelArgs>,
+    handler: async (args) => {
+      const { commandCancel } = await import('./runs.js');
+      setExitCode(await commandCancel(args, context, signal));
+    },
+  };
+}
+
 /** `bundle-dispatch verify <bundle.tgz|url> --key PUB…`. */
 export function verifyCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, VerifyArgs> {
   return {
@@ -211,5 +227,5 @@ export function verifyCommand({ context, signal, setExitCode }: CommandRun): Com
 
 /** Every command, in the order `--help` lists them. */
 export function commandTable(run: CommandRun): CommandModule<object, never>[] {
-  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), runsCommand(run), logsCommand(run), verifyCommand(run)] as unknown as CommandModule<object, never>[];
+  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), runsCommand(run), logsCommand(run), cancelCommand(run), verifyCommand(run)] as unknown as CommandModule<object, never>[];
 }

@@ -424,6 +424,8 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
       targets: Object.fromEntries(plan.map((target) => [target.label, { state: 'planned' as const }])),
     });
     await history.flush();
+    // `bundle-dispatch cancel <run-id>` from another terminal stops the run as Ctrl-C does (exit 130).
+    const runSignal = AbortSignal.any([signal, history.watchCancel()]);
     const interactive = !args.json && Boolean(context.stderr.isTTY) && !context.env.CI;
     const view = args.json ? undefined : interactive ? await createListrView(plan.map((target) => target.label), { verbose: args.verbose }) : createLineView(context.stderr, { verbose: args.verbose });
     const nodeChoices = new Map<string, string>();
@@ -446,7 +448,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
         presignExpiry: settings.presignExpiry,
         ...(Object.keys(overrides).length > 0 ? { overrides } : {}),
         ...(args.label ? { label: args.label } : {}),
-        signal,
+        signal: runSignal,
         tmpDir: workDir,
         onEvent: (event) => {
           view?.onEvent(event);
@@ -457,7 +459,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
       });
     } catch (error) {
       await view?.done();
-      const failure = toBundleError(error, signal);
+      const failure = toBundleError(error, runSignal);
       await history.finish(failure.code === 'ERR_ABORTED' ? 'interrupted' : 'failed', undefined, { code: failure.code, message: failure.message });
       throw failure;
     }
@@ -551,6 +553,6 @@ export async function commandStatus(args: StatusArgs, context: CliContext, signa
     }
   }
   const states = Object.values(doc.targets).map((entry) => entry.state);
-  if (doc.state === 'interrupted') return EXIT.interrupted;
+  if (doc.state === 'interrupted' || doc.state === 'cancelled') return EXIT.interrupted;
   return states.every((state) => state === 'succeeded' || state === 'cached') ? EXIT.ok : EXIT.failed;
 }

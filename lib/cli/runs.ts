@@ -1,11 +1,12 @@
 /**
  * The operator's commands over the local run history (`<cacheDir>/dispatch/runs/`): `runs`
- * lists recent runs, `logs` prints each target's build log. They read the history first, so
- * they answer in the time Node starts: the builder client loads only where a command needs it.
+ * lists recent runs, `logs` prints each target's build log, `cancel` stops a run from another
+ * terminal. They read the history first, so they answer in the time Node starts: the builder
+ * client loads only where a command needs it.
  */
 import { open } from 'node:fs/promises';
 import type { ResolvedConfig } from '../config/load.js';
-import { listRuns, localLogFile, readRun, runAlive, runOutcome, runsDirOf, type RunDocument, type RunOutcome } from '../dispatch/history.js';
+import { RunHistory, listRuns, localLogFile, readRun, requestCancel, runAlive, runOutcome, runsDirOf, type RunDocument, type RunOutcome } from '../dispatch/history.js';
 import { BundleError, abortError, toBundleError } from '../errors.js';
 import type { LogLine } from '../protocol.js';
 import { loadCliConfig } from './config.js';
@@ -48,8 +49,19 @@ export interface LogsArgs extends HistoryArgs {
   follow: boolean;
 }
 
+export interface CancelArgs extends HistoryArgs {
+  run: string;
+}
+
 /** How often `logs --follow` looks at the local copies and the run document. */
 const FOLLOW_POLL_MS = 300;
+/** How long `cancel` waits for the dispatching process to stop and cancel its own builds before cancelling them itself. */
+const CANCEL_ACK_MS = 10_000;
+/** How long `cancel` waits for the dispatching process to stop at all. */
+const CANCEL_WAIT_MS = 30_000;
+/** How long one builder may take to answer a cancel. */
+const CANCEL_REQUEST_MS = 10_000;
+
 async function historyConfig(args: HistoryArgs, context: CliContext): Promise<ResolvedConfig> {
   return loadCliConfig(context, { cacheDir: args['cache-dir'] }, args.config);
 }
@@ -281,4 +293,99 @@ export async function commandLogs(args: LogsArgs, context: CliContext, signal: A
   }
   if (args.json) context.stdout.write(`${JSON.stringify({ runId: doc.runId, state: runOutcome(doc), targets: logs }, null, 2)}\n`);
   return logs.some((log) => missing(log, doc)) ? EXIT.failed : EXIT.ok;
+}
+
+// ---------------------------------------------------------------------------------------------
+// cancel
+
+/** One remote build `cancel` stopped on its builder (or could not). */
+export interface CancelledBuild {
+  target: string;
+  builder: string;
+  buildId: string;
+  /** The build's state once cancelled (`cancelled`, or how it had already ended). */
+  state?: string;
+  error?: { code: string; message: string };
+}
+
+const FINAL_TARGET_STATES: ReadonlySet<string> = new Set(['succeeded', 'failed', 'cancelled', 'cached']);
+
+/** DELETE on its builder for every unfinished remote build of the run (embedded ones are its process's). */
+async function cancelRemoteBuilds(doc: RunDocument, config: ResolvedConfig, context: CliContext, signal: AbortSignal): Promise<CancelledBuild[]> {
+  const unfinished = Object.entries(doc.targets).flatMap(([target, entry]) => (entry.builderUrl && entry.builderUrl !== 'embedded' && entry.buildId && !FINAL_TARGET_STATES.has(entry.state) ? [{ target, builder: entry.builderUrl, buildId: entry.buildId }] : []));
+  if (unfinished.length === 0) return [];
+  const { clientFor } = await import('./dispatch.js');
+  return Promise.all(unfinished.map(async (build): Promise<CancelledBuild> => {
+    try {
+      const client = await clientFor(config, context.env, build.builder);
+      const record = await client.cancelBuild(build.buildId, { signal: AbortSignal.any([signal, AbortSignal.timeout(CANCEL_REQUEST_MS)]) });
+      return { ...build, state: record.state };
+    } catch (error) {
+      const failure = toBundleError(error);
+      return { ...build, error: { code: failure.code, message: failure.message } };
+    }
+  }));
+}
+
+/** Re-reads the run document until the run has ended, its process is gone, or `ms` have passed. */
+async function waitForEnd(dir: string, doc: RunDocument, ms: number, signal: AbortSignal): Promise<RunDocument> {
+  const deadline = Date.now() + ms;
+  let current = doc;
+  while (current.state === 'running' && runAlive(current) && Date.now() < deadline) {
+    await sleep(FOLLOW_POLL_MS, signal);
+    current = (await readRun(dir, current.runId)) ?? current;
+  }
+  return current;
+}
+
+/**
+ * `bundle-dispatch cancel <run-id>`: leaves a cancel request that the run's dispatching process
+ * polls; it then stops as on Ctrl-C (cancelling its remote and embedded builds), records the
+ * run as cancelled and exits 130. When that process is gone, or has not stopped within
+ * CANCEL_ACK_MS, the run's unfinished remote builds are cancelled from here (DELETE on their
+ * builders); a run whose process is gone is marked cancelled here. A run that already ended is
+ * left as it is (exit 0).
+ */
+export async function commandCancel(args: CancelArgs, context: CliContext, signal: AbortSignal): Promise<number> {
+  const config = await historyConfig(args, context);
+  const dir = runsDirOf(config.cacheDir);
+  let doc = await requireRun(dir, args.run);
+  if (doc.state !== 'running') {
+    if (args.json) context.stdout.write(`${JSON.stringify({ runId: doc.runId, cancelled: false, state: runOutcome(doc), builds: [] }, null, 2)}\n`);
+    else context.stdout.write(`run ${doc.runId} had already ended (${runOutcome(doc)}): nothing to cancel\n`);
+    return EXIT.ok;
+  }
+  const request = await requestCancel(dir, doc.runId);
+  // One actor cancels a build: the dispatching process when it answers, else this command.
+  doc = await waitForEnd(dir, doc, CANCEL_ACK_MS, signal);
+  let builds: CancelledBuild[] = [];
+  if (doc.state === 'running') {
+    builds = await cancelRemoteBuilds(doc, config, context, signal);
+    doc = await waitForEnd(dir, doc, CANCEL_WAIT_MS - CANCEL_ACK_MS, signal);
+  }
+  if (doc.state === 'running' && runAlive(doc)) {
+    throw new BundleError('ERR_CANCEL_TIMEOUT', `Run ${doc.runId} (pid ${doc.pid} on ${doc.host ?? 'this host'}) has not stopped within ${CANCEL_WAIT_MS / 1000} s of the cancel request${builds.length > 0 ? '; its unfinished remote builds were cancelled' : ''}.`, {
+      hint: `Its process may be stuck: see bundle-dispatch status ${doc.runId}, or stop it with kill ${doc.pid}.`,
+      details: { builds },
+    });
+  }
+  if (doc.state === 'running') {
+    // Its process died without ending the document: it is ended here, as cancelled.
+    for (const entry of Object.values(doc.targets)) if (!FINAL_TARGET_STATES.has(entry.state)) entry.state = 'cancelled';
+    doc.cancel = request;
+    await new RunHistory(dir, doc).finish('cancelled');
+  }
+  // It may also have ended on its own just before it saw the request.
+  const cancelled = doc.state === 'cancelled';
+  if (args.json) {
+    context.stdout.write(`${JSON.stringify({ runId: doc.runId, cancelled, state: runOutcome(doc), targets: doc.targets, builds }, null, 2)}\n`);
+  } else {
+    for (const [label, entry] of Object.entries(doc.targets)) {
+      const cancelledHere = builds.find((build) => build.target === label);
+      const where = entry.buildId ? ` (build ${entry.buildId}${entry.builderUrl && entry.builderUrl !== 'embedded' ? ` on ${entry.builderUrl}` : ''})` : '';
+      context.stdout.write(`  [${label}] ${entry.state}${where}${cancelledHere?.error ? `: could not cancel it: ${cancelledHere.error.code}: ${cancelledHere.error.message}` : ''}\n`);
+    }
+    context.stdout.write(cancelled ? `✔ run ${doc.runId} cancelled\n` : `run ${doc.runId} ended before the cancel took effect (${runOutcome(doc)})\n`);
+  }
+  return EXIT.ok;
 }

@@ -5,8 +5,9 @@
  * died — and `bundle-dispatch runs` can list it.
  */
 import { hostname } from 'node:os';
-import { appendFile, mkdir, readFile, readdir, rename, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { BundleError } from '../errors.js';
 import { isTerminal, type BuildState } from '../protocol.js';
 import { processAlive } from './lock.js';
 import type { DispatchEvent, DispatchResult, FailoverNote, TargetState } from './run.js';
@@ -36,6 +37,8 @@ export interface RunDocument {
   /** The source tarball's sha256: what the run needs from the source store while it runs. */
   sourceSha256?: string;
   label?: string;
+  /** Who cancelled the run (`bundle-dispatch cancel`), when it was. */
+  cancel?: CancelRequest;
   destination: string;
   targets: Record<string, RunTargetEntry>;
   result?: DispatchResult;
@@ -58,6 +61,27 @@ export function runOutcome(doc: RunDocument): RunOutcome {
 }
 
 const FLUSH_MS = 200;
+/** How often a running dispatch looks for a cancel request. */
+const CANCEL_POLL_MS = 300;
+
+/** What `bundle-dispatch cancel` leaves for a run's dispatching process: who asks, and when. */
+export interface CancelRequest {
+  pid: number;
+  host: string;
+  at: string;
+}
+
+/** Where `bundle-dispatch cancel <run-id>` asks that run's dispatching process to stop. */
+export function cancelRequestFile(dir: string, runId: string): string {
+  return path.join(dir, `${runId}.cancel`);
+}
+
+/** Leaves a cancel request for the run (a running dispatch sees it within CANCEL_POLL_MS). */
+export async function requestCancel(dir: string, runId: string): Promise<CancelRequest> {
+  const request: CancelRequest = { pid: process.pid, host: hostname(), at: new Date().toISOString() };
+  await writeFile(cancelRequestFile(dir, runId), `${JSON.stringify(request)}\n`, { mode: 0o600 });
+  return request;
+}
 
 /**
  * Where the dispatching process keeps a copy of a target's build log (NDJSON, one LogLine a
@@ -81,6 +105,8 @@ export class RunHistory {
   /** The document changed since it was last written (log lines alone do not rewrite it). */
   private changed = false;
   private readonly logLines = new Map<string, string[]>();
+  private cancelPoll: NodeJS.Timeout | undefined;
+  private cancelRequest: CancelRequest | undefined;
 
   constructor(readonly dir: string, readonly doc: RunDocument) {
     this.file = path.join(dir, `${doc.runId}.json`);
@@ -154,12 +180,40 @@ export class RunHistory {
     return this.writing;
   }
 
+  /**
+   * A signal that aborts when `bundle-dispatch cancel <run-id>` asks this run to stop (its
+   * request file is polled until finish()); the run then ends as Ctrl-C would, and finish()
+   * records it as cancelled.
+   */
+  watchCancel(): AbortSignal {
+    const controller = new AbortController();
+    const file = cancelRequestFile(this.dir, this.doc.runId);
+    clearInterval(this.cancelPoll);
+    this.cancelPoll = setInterval(() => {
+      void readFile(file, 'utf8').then((text) => {
+        if (controller.signal.aborted) return;
+        const request = JSON.parse(text) as CancelRequest;
+        this.cancelRequest = request;
+        clearInterval(this.cancelPoll);
+        controller.abort(new BundleError('ERR_ABORTED', `Cancelled by bundle-dispatch cancel (pid ${request.pid} on ${request.host} at ${request.at}).`));
+      }, () => undefined);
+    }, CANCEL_POLL_MS);
+    // The poll alone does not keep the process alive.
+    this.cancelPoll.unref();
+    return controller.signal;
+  }
+
   async finish(state: RunDocument['state'], result?: DispatchResult, error?: { code: string; message: string }): Promise<void> {
-    this.doc.state = state;
+    clearInterval(this.cancelPoll);
+    const cancelled = this.cancelRequest !== undefined && (state === 'interrupted' || state === 'failed');
+    if (cancelled) this.doc.cancel = this.cancelRequest;
+    this.doc.state = cancelled ? 'cancelled' : state;
     this.doc.finishedAt = new Date().toISOString();
     if (result) this.doc.result = result;
     if (error) this.doc.error = error;
     await this.flush();
+    // Answered (or too late to matter): the request goes.
+    await rm(cancelRequestFile(this.dir, this.doc.runId), { force: true });
   }
 }
 

@@ -2,13 +2,17 @@
  * The operator's commands over the local run history, spawning the real bin (run `npm run
  * build` first) against real dispatch runs: on the embedded default, and on a builder service
  * (the real bin as a child process) with s3rver as the source store. `runs`, `logs` (from the
- * builder, and from the local copy once the builder is gone), and `status` with `--cache-dir`.
+ * builder, and from the local copy once the builder is gone; --follow), `cancel` from another
+ * process (a live run, on a builder and on the embedded default; a run whose process was
+ * killed), and `status` with `--cache-dir`.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
+import type { ChildProcess } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { RunSummary, TargetLog } from '../../lib/cli/runs.js';
-import type { RunDocument } from '../../lib/dispatch/history.js';
+import type { CancelledBuild, RunSummary, TargetLog } from '../../lib/cli/runs.js';
+import { readRun, type RunDocument } from '../../lib/dispatch/history.js';
+import { waitFor } from '../helpers/builder.js';
 import { runCli } from '../helpers/cli.js';
 import { NODE, SLOW_HOOK, startChildBuilder, writeFixture, type RunningTestBuilder } from '../helpers/dispatch.js';
 import { tempDir } from '../helpers/packages.js';
@@ -22,7 +26,11 @@ let elsewhere: string;
 let cacheDir: string;
 let env: NodeJS.ProcessEnv;
 const host = `linux-${process.arch}@${NODE}`;
+/** A project whose .bundlerc names a builder pool for linux-x64 and an s3:// source store. */
+let pooled: string;
+let pooledEnv: NodeJS.ProcessEnv;
 let s3: S3TestServer;
+let builder: RunningTestBuilder;
 let hooks: string;
 const x64 = `linux-x64@${NODE}`;
 
@@ -53,11 +61,37 @@ beforeAll(async () => {
   env = { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') };
 
   s3 = await startS3({ buckets: ['sources'] });
+  builder = await startChildBuilder({ root: root.dir, name: 'runs-builder', targets: ['linux-x64'], hooks });
+  ({ cwd: pooled, env: pooledEnv } = await pooledProject('pooled', builder));
 });
 afterAll(async () => {
+  await builder?.stop();
   await s3?.stop();
   await root?.remove();
 });
+
+/**
+ * Dispatches `fixture` (with a SLOW file: its npm step sleeps) and calls `whileInstalling` with
+ * the run's id once its install step has started; resolves with the dispatch's outcome and what
+ * whileInstalling returned.
+ */
+async function dispatchAndWhileInstalling<T>(args: string[], options: { cwd: string; env: NodeJS.ProcessEnv }, whileInstalling: (runId: string, child: ChildProcess) => Promise<T>): Promise<{ run: Awaited<ReturnType<typeof runCli>>; during: T | undefined }> {
+  let during: Promise<T> | undefined;
+  const run = await runCli(args, {
+    ...options,
+    onStderr: (text, child) => {
+      if (during || !text.includes('▸ Install production dependencies')) return;
+      during = (async () => {
+        // The run is found as an operator would: the running one in the history.
+        const running = parse<{ runs: RunSummary[] }>(await runCli(['runs', '--state', 'running', '--json', '--cache-dir', cacheDir], { cwd: elsewhere, env }));
+        expect(running.runs).toHaveLength(1);
+        return whileInstalling(running.runs[0]?.runId ?? '', child);
+      })();
+      during.catch(() => child.kill('SIGKILL'));
+    },
+  });
+  return { run, during: await during };
+}
 
 function parse<T>(run: { stdout: string; stderr: string }): T {
   try {
@@ -169,5 +203,78 @@ describe('bundle-dispatch logs', () => {
     } finally {
       await member.stop();
     }
+  });
+});
+
+describe('bundle-dispatch cancel', () => {
+  interface CancelAnswer { runId: string; cancelled: boolean; state: string; builds: CancelledBuild[] }
+
+  it('from another process, on a builder pool: the dispatch exits 130, the run is cancelled, so is its build; logs --follow ends with it', async () => {
+    const fixture = await writeFixture(path.join(root.dir, 'cancel-remote-1.0.0.tgz'), { name: 'cancel-remote-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
+    const { run, during } = await dispatchAndWhileInstalling([fixture, '--targets', x64], { cwd: pooled, env: pooledEnv }, async (runId) => {
+      const follow = runCli(['logs', runId, '--follow', '--cache-dir', cacheDir], { cwd: elsewhere, env });
+      const cancel = await runCli(['cancel', runId, '--json', '--cache-dir', cacheDir], { cwd: elsewhere, env });
+      return { runId, cancel, follow: await follow };
+    });
+    expect(run.code, run.stderr).toBe(130);
+    if (!during) throw new Error(`the install step never started:\n${run.stderr}`);
+    expect(during.cancel.code, during.cancel.stderr).toBe(0);
+    expect(parse<CancelAnswer>(during.cancel)).toMatchObject({ runId: during.runId, cancelled: true, state: 'cancelled' });
+    // The follower saw the lines up to the cancelled install and stopped when the run did.
+    expect(during.follow.code, during.follow.stderr).toBe(0);
+    expect(during.follow.stdout).toContain(`[${x64}] install: `);
+
+    const status = await runCli(['status', during.runId, '--json'], { cwd: pooled, env: pooledEnv });
+    expect(status.code).toBe(130);
+    const doc = parse<RunDocument>(status);
+    expect(doc).toMatchObject({ state: 'cancelled', cancel: { pid: expect.any(Number), at: expect.any(String) }, targets: { [x64]: { state: 'cancelled', builderUrl: builder.url } } });
+    const buildId = doc.targets[x64]?.buildId ?? '';
+    expect((await builder.client.getBuild(buildId)).state).toBe('cancelled');
+    expect(parse<{ runs: RunSummary[] }>(await runCli(['runs', '--state', 'cancelled', '--json'], { cwd: pooled, env: pooledEnv })).runs.map((entry) => entry.runId)).toContain(during.runId);
+
+    // Cancelling it again: nothing to do, exit 0.
+    const again = await runCli(['cancel', during.runId, '--json', '--cache-dir', cacheDir], { cwd: elsewhere, env });
+    expect(again.code).toBe(0);
+    expect(parse<CancelAnswer>(again)).toMatchObject({ cancelled: false, state: 'cancelled' });
+  });
+
+  it('on the embedded default: the dispatching process cancels its in-process build and exits 130', async () => {
+    const fixture = await writeFixture(path.join(root.dir, 'cancel-embedded-1.0.0.tgz'), { name: 'cancel-embedded-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
+    const { run, during } = await dispatchAndWhileInstalling([fixture, '--targets', host], { cwd: project, env }, async (runId) => ({ runId, cancel: await runCli(['cancel', runId, '--cache-dir', cacheDir], { cwd: elsewhere, env }) }));
+    expect(run.code, run.stderr).toBe(130);
+    if (!during) throw new Error(`the install step never started:\n${run.stderr}`);
+    expect(during.cancel.code, during.cancel.stderr).toBe(0);
+    expect(during.cancel.stdout).toContain(`✔ run ${during.runId} cancelled`);
+    expect(during.cancel.stdout).toMatch(new RegExp(`\\[${host.replace(/[.]/g, '\\.')}\\] cancelled \\(build \\S+\\)`));
+    const doc = JSON.parse(await readFile(path.join(cacheDir, 'dispatch', 'runs', `${during.runId}.json`), 'utf8')) as RunDocument;
+    expect(doc.state).toBe('cancelled');
+    const buildId = doc.targets[host]?.buildId ?? '';
+    // The embedded builder's record, in its store under the cache dir.
+    const record = JSON.parse(await readFile(path.join(cacheDir, 'dispatch', 'store', 'builder', 'builds', buildId, 'record.json'), 'utf8')) as { state: string };
+    expect(record.state).toBe('cancelled');
+  });
+
+  it('a run whose dispatching process was killed: its remote build is cancelled on the builder and the run marked cancelled', async () => {
+    const fixture = await writeFixture(path.join(root.dir, 'cancel-orphan-1.0.0.tgz'), { name: 'cancel-orphan-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
+    const { run, during } = await dispatchAndWhileInstalling([fixture, '--targets', x64], { cwd: pooled, env: pooledEnv }, async (runId, child) => {
+      // Once the history has recorded the build id, the dispatcher is killed outright.
+      await waitFor(async () => (await readRun(path.join(cacheDir, 'dispatch', 'runs'), runId))?.targets[x64]?.buildId);
+      child.kill('SIGKILL');
+      return runId;
+    });
+    expect(run.code).toBe(null);
+    const runId = during ?? '';
+    const before = JSON.parse(await readFile(path.join(cacheDir, 'dispatch', 'runs', `${runId}.json`), 'utf8')) as RunDocument;
+    expect(before.state).toBe('running');
+    const buildId = before.targets[x64]?.buildId ?? '';
+    expect((await builder.client.getBuild(buildId)).state).toBe('running');
+    expect(parse<{ runs: RunSummary[] }>(await runCli(['runs', '--json', '--limit', '1'], { cwd: pooled, env: pooledEnv })).runs[0]).toMatchObject({ runId, state: 'interrupted' });
+
+    const cancel = await runCli(['cancel', runId, '--json'], { cwd: pooled, env: pooledEnv });
+    expect(cancel.code, cancel.stderr).toBe(0);
+    expect(parse<CancelAnswer>(cancel)).toMatchObject({ cancelled: true, state: 'cancelled', builds: [{ target: x64, buildId, builder: builder.url, state: 'cancelled' }] });
+    expect((await builder.client.getBuild(buildId)).state).toBe('cancelled');
+    const after = JSON.parse(await readFile(path.join(cacheDir, 'dispatch', 'runs', `${runId}.json`), 'utf8')) as RunDocument;
+    expect(after).toMatchObject({ state: 'cancelled', finishedAt: expect.any(String), targets: { [x64]: { state: 'cancelled' } } });
   });
 });
