@@ -20,14 +20,17 @@ const ROOT = 'builder';
 const MAX_TIME = 9_999_999_999_999;
 
 export const keys = {
+  buildsPrefix: () => `${ROOT}/builds/`,
   record: (id: string) => `${ROOT}/builds/${id}/record.json`,
   logPrefix: (id: string) => `${ROOT}/builds/${id}/log/`,
   logChunk: (id: string, firstSeq: number) => `${ROOT}/builds/${id}/log/${String(firstSeq).padStart(10, '0')}.ndjson`,
   artifact: (id: string, file: string) => `${ROOT}/builds/${id}/${file}`,
   indexPrefix: () => `${ROOT}/index/`,
   index: (id: string, createdMs: number) => `${ROOT}/index/${String(MAX_TIME - createdMs).padStart(13, '0')}-${id}`,
+  activeRoot: () => `${ROOT}/active/`,
   activePrefix: (builder: string) => `${ROOT}/active/${encodeURIComponent(builder)}/`,
   active: (builder: string, id: string) => `${ROOT}/active/${encodeURIComponent(builder)}/${id}`,
+  idempotencyPrefix: () => `${ROOT}/idempotency/`,
   idempotency: (key: string) => `${ROOT}/idempotency/${createHash('sha256').update(key).digest('hex')}`,
 };
 

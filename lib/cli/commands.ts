@@ -10,7 +10,7 @@ import type { BuilderArgs } from './builder.js';
 import type { BundleArgs } from './bundle.js';
 import type { DispatchArgs, StatusArgs } from './dispatch.js';
 import type { CliContext } from './main.js';
-import type { CancelArgs, LogsArgs, RunsArgs } from './runs.js';
+import type { CancelArgs, LogsArgs, PruneArgs, RunsArgs } from './runs.js';
 import type { VerifyArgs } from './verify.js';
 
 /** What every handler needs from main(): its context, the run's signal, where the exit code goes. */
@@ -203,6 +203,23 @@ export function cancelCommand({ context, signal, setExitCode }: CommandRun): Com
   };
 }
 
+/** `bundle-dispatch prune`. */
+export function pruneCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, PruneArgs> {
+  return {
+    command: 'prune',
+    describe: 'Remove old runs (and their logs), sources and embedded-builder builds from the cache dir; never what a manifest points at or a running run needs.',
+    builder: (argv) => historyOptions(argv)
+      .option('older-than', { type: 'string', describe: 'Retention: what was last written longer ago than this goes (30d, 12h, 2w; default 30d).' })
+      .option('dry-run', { type: 'boolean', default: false, describe: 'List what would go, remove nothing.' })
+      .example('$0 prune --dry-run', 'what the default retention (30d) removes')
+      .example('$0 prune --older-than 7d --json', 'a weekly cron job') as unknown as Argv<PruneArgs>,
+    handler: async (args) => {
+      const { commandPrune } = await import('./runs.js');
+      setExitCode(await commandPrune(args, context, signal));
+    },
+  };
+}
+
 /** `bundle-dispatch verify <bundle.tgz|url> --key PUB…`. */
 export function verifyCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, VerifyArgs> {
   return {
@@ -227,5 +244,5 @@ export function verifyCommand({ context, signal, setExitCode }: CommandRun): Com
 
 /** Every command, in the order `--help` lists them. */
 export function commandTable(run: CommandRun): CommandModule<object, never>[] {
-  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), runsCommand(run), logsCommand(run), cancelCommand(run), verifyCommand(run)] as unknown as CommandModule<object, never>[];
+  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), runsCommand(run), logsCommand(run), cancelCommand(run), pruneCommand(run), verifyCommand(run)] as unknown as CommandModule<object, never>[];
 }

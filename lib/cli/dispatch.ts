@@ -94,7 +94,7 @@ async function toolEnvironment(config: ResolvedConfig, env: NodeJS.ProcessEnv, w
   };
 }
 
-function storeOptions(config: ResolvedConfig, cwd: string): OpenStoreOptions {
+export function storeOptions(config: ResolvedConfig, cwd: string): OpenStoreOptions {
   const { s3 } = config.dispatch;
   return {
     cwd,

@@ -1,8 +1,9 @@
 /**
  * The operator's commands over the local run history (`<cacheDir>/dispatch/runs/`): `runs`
  * lists recent runs, `logs` prints each target's build log, `cancel` stops a run from another
- * terminal. They read the history first, so they answer in the time Node starts: the builder
- * client loads only where a command needs it.
+ * terminal, `prune` removes what is older than the retention. They read the history first, so
+ * they answer in the time Node starts: the builder client and the stores load only where a
+ * command needs them.
  */
 import { open } from 'node:fs/promises';
 import type { ResolvedConfig } from '../config/load.js';
@@ -12,7 +13,7 @@ import type { LogLine } from '../protocol.js';
 import { loadCliConfig } from './config.js';
 import { EXIT } from './errors.js';
 import type { CliContext } from './main.js';
-import { formatMs } from './progress.js';
+import { formatBytes, formatMs } from './progress.js';
 
 /** Flags every history command takes. */
 interface HistoryArgs {
@@ -51,6 +52,12 @@ export interface LogsArgs extends HistoryArgs {
 
 export interface CancelArgs extends HistoryArgs {
   run: string;
+}
+
+export interface PruneArgs extends HistoryArgs {
+  /** Default: DEFAULT_RETENTION of lib/dispatch/prune.ts. */
+  'older-than'?: string;
+  'dry-run': boolean;
 }
 
 /** How often `logs --follow` looks at the local copies and the run document. */
@@ -387,5 +394,33 @@ export async function commandCancel(args: CancelArgs, context: CliContext, signa
     }
     context.stdout.write(cancelled ? `✔ run ${doc.runId} cancelled\n` : `run ${doc.runId} ended before the cancel took effect (${runOutcome(doc)})\n`);
   }
+  return EXIT.ok;
+}
+
+// ---------------------------------------------------------------------------------------------
+// prune
+
+/** `bundle-dispatch prune [--older-than 30d] [--dry-run]`: see lib/dispatch/prune.ts for what goes and what stays. */
+export async function commandPrune(args: PruneArgs, context: CliContext, signal: AbortSignal): Promise<number> {
+  const config = await historyConfig(args, context);
+  const [{ DEFAULT_RETENTION, parseRetention, prune }, { storeOptions }, { openStore }] = await Promise.all([import('../dispatch/prune.js'), import('./dispatch.js'), import('../storage/index.js')]);
+  const retention = args['older-than'] ?? DEFAULT_RETENTION;
+  const report = await prune({
+    cacheDir: config.cacheDir,
+    olderThanMs: parseRetention(retention),
+    dryRun: args['dry-run'],
+    openDestination: (location) => openStore(location, storeOptions(config, context.cwd)),
+    signal,
+  });
+  if (args.json) {
+    context.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+    return EXIT.ok;
+  }
+  for (const warning of report.warnings) context.stderr.write(`! ${warning}\n`);
+  const verb = report.dryRun ? 'would remove' : 'removed';
+  for (const item of report.removed) context.stdout.write(`${verb} ${item.kind} ${item.id} (${formatBytes(item.bytes)}, last written ${item.at})\n`);
+  const count = (kind: string) => report.removed.filter((item) => item.kind === kind).length;
+  const kept = [report.running.length > 0 ? `${report.running.length} running run(s)` : '', report.manifests.length > 0 ? `what ${report.manifests.length} manifest(s) point at` : ''].filter(Boolean);
+  context.stdout.write(`✔ ${verb} ${count('run')} run(s), ${count('source')} source(s), ${count('build')} build(s) older than ${retention} (before ${report.olderThan}): ${formatBytes(report.bytes)}${report.dryRun ? ' would be' : ''} freed${kept.length > 0 ? `; kept ${kept.join(' and ')}` : ''}\n`);
   return EXIT.ok;
 }

@@ -4,10 +4,11 @@
  * (the real bin as a child process) with s3rver as the source store. `runs`, `logs` (from the
  * builder, and from the local copy once the builder is gone; --follow), `cancel` from another
  * process (a live run, on a builder and on the embedded default; a run whose process was
- * killed), and `status` with `--cache-dir`.
+ * killed), `prune` (old runs, sources and builds go; what a manifest points at and what a
+ * running run needs stay), and `status` with `--cache-dir`.
  */
 import type { ChildProcess } from 'node:child_process';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CancelledBuild, RunSummary, TargetLog } from '../../lib/cli/runs.js';
@@ -75,7 +76,7 @@ afterAll(async () => {
  * the run's id once its install step has started; resolves with the dispatch's outcome and what
  * whileInstalling returned.
  */
-async function dispatchAndWhileInstalling<T>(args: string[], options: { cwd: string; env: NodeJS.ProcessEnv }, whileInstalling: (runId: string, child: ChildProcess) => Promise<T>): Promise<{ run: Awaited<ReturnType<typeof runCli>>; during: T | undefined }> {
+async function dispatchAndWhileInstalling<T>(args: string[], options: { cwd: string; env: NodeJS.ProcessEnv }, whileInstalling: (runId: string, child: ChildProcess) => Promise<T>, inCache = cacheDir): Promise<{ run: Awaited<ReturnType<typeof runCli>>; during: T | undefined }> {
   let during: Promise<T> | undefined;
   const run = await runCli(args, {
     ...options,
@@ -83,7 +84,7 @@ async function dispatchAndWhileInstalling<T>(args: string[], options: { cwd: str
       if (during || !text.includes('▸ Install production dependencies')) return;
       during = (async () => {
         // The run is found as an operator would: the running one in the history.
-        const running = parse<{ runs: RunSummary[] }>(await runCli(['runs', '--state', 'running', '--json', '--cache-dir', cacheDir], { cwd: elsewhere, env }));
+        const running = parse<{ runs: RunSummary[] }>(await runCli(['runs', '--state', 'running', '--json', '--cache-dir', inCache], { cwd: elsewhere, env }));
         expect(running.runs).toHaveLength(1);
         return whileInstalling(running.runs[0]?.runId ?? '', child);
       })();
@@ -276,5 +277,107 @@ describe('bundle-dispatch cancel', () => {
     expect((await builder.client.getBuild(buildId)).state).toBe('cancelled');
     const after = JSON.parse(await readFile(path.join(cacheDir, 'dispatch', 'runs', `${runId}.json`), 'utf8')) as RunDocument;
     expect(after).toMatchObject({ state: 'cancelled', finishedAt: expect.any(String), targets: { [x64]: { state: 'cancelled' } } });
+  });
+});
+
+describe('bundle-dispatch prune', () => {
+  interface Report { dryRun: boolean; removed: Array<{ kind: string; id: string; bytes: number }>; bytes: number; running: string[]; manifests: string[] }
+  interface Delivered { runId: string; source: { sha256: string }; targets: Array<{ buildId?: string }> }
+
+  it('removes old runs with their logs, sources and embedded builds; keeps what a manifest points at and what a running run needs', async () => {
+    const pruneCache = path.join(root.dir, 'prune-cache');
+    const cwd = path.join(root.dir, 'prune-project');
+    await mkdir(cwd, { recursive: true });
+    await writeFile(path.join(cwd, '.bundlerc'), JSON.stringify({ cacheDir: pruneCache, hooks: [hooks] }));
+    const store = path.join(pruneCache, 'dispatch', 'store');
+    const runsDir = path.join(pruneCache, 'dispatch', 'runs');
+    const sourceFile = (sha: string) => path.join(store, 'sources', sha.slice(0, 2), `${sha}.tgz`);
+    const buildDir = (id: string) => path.join(store, 'builder', 'builds', id);
+    const exists = (file: string) => readFile(file).then(() => true, (error: NodeJS.ErrnoException) => (error.code === 'EISDIR' ? true : false));
+    const deliver = async (name: string, content: string, ...flags: string[]): Promise<Delivered> => {
+      const fixture = await writeFixture(path.join(root.dir, `${name}-${content}.tgz`), { name, version: '1.0.0' }, { 'content.txt': content });
+      const run = await runCli([fixture, '--targets', host, '--json', ...flags], { cwd, env });
+      expect(run.code, run.stderr).toBe(0);
+      return parse<Delivered>(run);
+    };
+    // app@1.0.0 twice with different sources (re-published over the first): the manifest now names the second one.
+    const first = await deliver('prune-app', 'one');
+    const second = await deliver('prune-app', 'two', '--overwrite');
+    // other@1.0.0, whose manifest is then deleted: nothing points at it any more.
+    const other = await deliver('prune-other', 'one');
+    await rm(path.join(cwd, 'dist', 'prune-other'), { recursive: true });
+    for (const run of [first, second, other]) {
+      expect(await exists(sourceFile(run.source.sha256))).toBe(true);
+      expect(await exists(buildDir(run.targets[0]?.buildId ?? 'none'))).toBe(true);
+      expect(await exists(path.join(runsDir, run.runId, `${host}.ndjson`))).toBe(true);
+    }
+
+    // The default retention (30 days) removes none of it.
+    const fresh = parse<Report>(await runCli(['prune', '--json', '--cache-dir', pruneCache], { cwd: elsewhere, env }));
+    expect(fresh.removed).toEqual([]);
+    expect((await runCli(['prune', '--older-than', 'a while'], { cwd, env })).code).toBe(2);
+
+    const slow = await writeFixture(path.join(root.dir, 'prune-slow.tgz'), { name: 'prune-slow', version: '1.0.0' }, { SLOW: 'yes\n' });
+    let running: RunDocument | undefined;
+    const { run: slowRun, during } = await dispatchAndWhileInstalling([slow, '--targets', host], { cwd, env }, async (runId) => {
+      running = await waitFor(async () => {
+        const doc = await readRun(runsDir, runId);
+        return doc?.targets[host]?.buildId ? doc : undefined;
+      });
+      const dry = await runCli(['prune', '--older-than', '0s', '--dry-run', '--json', '--cache-dir', pruneCache], { cwd: elsewhere, env });
+      const real = await runCli(['prune', '--older-than', '0s', '--cache-dir', pruneCache], { cwd: elsewhere, env });
+      const after = await runCli(['prune', '--older-than', '0s', '--json', '--cache-dir', pruneCache], { cwd: elsewhere, env });
+      await runCli(['cancel', runId, '--cache-dir', pruneCache], { cwd: elsewhere, env });
+      return { dry, real, after };
+    }, pruneCache);
+    expect(slowRun.code, slowRun.stderr).toBe(130);
+    if (!during || !running) throw new Error(`the install step never started:\n${slowRun.stderr}`);
+
+    const dry = parse<Report>(during.dry);
+    expect(dry.dryRun).toBe(true);
+    expect(dry.running).toEqual([running.runId]);
+    expect(dry.manifests).toEqual([expect.stringContaining('prune-app/1.0.0/manifest.json')]);
+    const removedIds = (report: Report, kind: string) => report.removed.filter((item) => item.kind === kind).map((item) => item.id).sort();
+    expect(removedIds(dry, 'run')).toEqual([first.runId, other.runId].sort());
+    expect(removedIds(dry, 'source')).toEqual([first.source.sha256, other.source.sha256].sort());
+    expect(removedIds(dry, 'build')).toEqual([first.targets[0]?.buildId, other.targets[0]?.buildId].sort());
+    expect(dry.bytes).toBe(dry.removed.reduce((sum, item) => sum + item.bytes, 0));
+    expect(dry.removed.every((item) => item.bytes > 0)).toBe(true);
+
+    expect(during.real.code, during.real.stderr).toBe(0);
+    expect(during.real.stdout).toContain(`removed run ${first.runId}`);
+    expect(during.real.stdout).toMatch(/✔ removed 2 run\(s\), 2 source\(s\), 2 build\(s\) older than 0s .*freed; kept 1 running run\(s\) and what 1 manifest\(s\) point at/);
+    // Once removed, a second prune finds nothing more to do while the same things are protected.
+    expect(parse<Report>(during.after).removed).toEqual([]);
+
+    for (const gone of [first, other]) {
+      expect(await exists(path.join(runsDir, `${gone.runId}.json`))).toBe(false);
+      expect(await exists(path.join(runsDir, gone.runId))).toBe(false);
+      expect(await exists(sourceFile(gone.source.sha256))).toBe(false);
+      expect(await exists(buildDir(gone.targets[0]?.buildId ?? ''))).toBe(false);
+    }
+    // What the manifest points at: its source, its build, the run that wrote it.
+    expect(await exists(sourceFile(second.source.sha256))).toBe(true);
+    expect(await exists(buildDir(second.targets[0]?.buildId ?? ''))).toBe(true);
+    expect(await exists(path.join(runsDir, `${second.runId}.json`))).toBe(true);
+    expect(await exists(path.join(runsDir, second.runId, `${host}.ndjson`))).toBe(true);
+    // What the running run needed: its document, its source and its build.
+    expect(await exists(path.join(runsDir, `${running.runId}.json`))).toBe(true);
+    expect(await exists(sourceFile(running.sourceSha256 ?? ''))).toBe(true);
+    expect(await exists(buildDir(running.targets[host]?.buildId ?? ''))).toBe(true);
+    // No index or idempotency entry still names a removed build.
+    const index = await readdir(path.join(store, 'builder', 'index'));
+    const idempotent = await Promise.all((await readdir(path.join(store, 'builder', 'idempotency'))).map((name) => readFile(path.join(store, 'builder', 'idempotency', name), 'utf8')));
+    for (const id of removedIds(dry, 'build')) {
+      expect(index.some((name) => name.endsWith(`-${id}`))).toBe(false);
+      expect(idempotent.map((text) => text.trim())).not.toContain(id);
+    }
+
+    // Cancelled, it is no longer running: now its run and build go, but not the manifest's.
+    const later = parse<Report>(await runCli(['prune', '--older-than', '0s', '--json', '--cache-dir', pruneCache], { cwd: elsewhere, env }));
+    expect(later.running).toEqual([]);
+    expect(removedIds(later, 'run')).toEqual([running.runId]);
+    expect(removedIds(later, 'build')).toEqual([running.targets[host]?.buildId]);
+    expect(await exists(sourceFile(second.source.sha256))).toBe(true);
   });
 });

@@ -43,7 +43,7 @@ describe('start-up: what each command loads', () => {
     expect(ownModules(run.modules).filter((file) => /^(workflow|builder|dispatch|storage|provenance)\//.test(file))).toEqual([]);
   });
 
-  it.each([[['--help']], [['bundle', '--help']], [['builder', '--help']], [['verify', '--help']], [['status', '--help']], [['runs', '--help']], [['logs', '--help']], [['cancel', '--help']]])('%j loads yargs and the command table only, and lists the command\'s flags', async (args) => {
+  it.each([[['--help']], [['bundle', '--help']], [['builder', '--help']], [['verify', '--help']], [['status', '--help']], [['runs', '--help']], [['logs', '--help']], [['cancel', '--help']], [['prune', '--help']]])('%j loads yargs and the command table only, and lists the command\'s flags', async (args) => {
     const run = await loaded(args, args.join('-'));
     expect(run.code).toBe(0);
     expect(packagesOf(run.modules).has('yargs')).toBe(true);
@@ -54,7 +54,7 @@ describe('start-up: what each command loads', () => {
 
   it('top-level --help still lists every command and the default command\'s flags', async () => {
     const run = await loaded(['--help'], 'help-full');
-    for (const command of ['bundle <input>', 'builder', 'dispatch <input>', 'status <run>', 'runs', 'logs <run>', 'cancel <run>', 'verify <bundle>']) expect(run.stdout).toContain(`bundle-dispatch ${command}`);
+    for (const command of ['bundle <input>', 'builder', 'dispatch <input>', 'status <run>', 'runs', 'logs <run>', 'cancel <run>', 'prune', 'verify <bundle>']) expect(run.stdout).toContain(`bundle-dispatch ${command}`);
     for (const flag of ['--targets', '--destination', '--wait-lock', '--notify', '--cache-dir']) expect(run.stdout).toContain(flag);
   });
 
