@@ -142,7 +142,7 @@ export function statusCommand({ context, signal, setExitCode }: CommandRun): Com
       .positional('run', { type: 'string', demandOption: true, describe: 'A run id (printed by every run) or a build URL …/v1/builds/<id>.' })
       .option('verbose', { type: 'boolean', default: false, describe: 'Full build logs.' })
       .example('$0 status 20260301T020000Z-1a2b3c4d', 'a run from the local history')
-      .example('$0 status --cache-dir /var/cache/bd <run-id>', 'a run of another cache dir') as unknown as Argv<StatusArgs>,
+      .example('$0 status <run-id> --json', 'one JSON document (the run document)') as unknown as Argv<StatusArgs>,
     handler: async (args) => {
       const { commandStatus } = await import('./dispatch.js');
       setExitCode(await commandStatus(args, context, signal));
