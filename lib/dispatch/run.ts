@@ -15,7 +15,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { BuilderClient } from '../builder/client.js';
-import { BundleError, abortError, throwIfAborted, toBundleError } from '../errors.js';
+import { BundleError, abortError, isBundleError, throwIfAborted, toBundleError } from '../errors.js';
 import type { BuildRecord, CreateBuildRequest, RequestOverrides } from '../protocol.js';
 import type { ObjectStore } from '../storage/index.js';
 import { findCached, readJson } from './cache.js';
@@ -297,8 +297,17 @@ async function buildTarget(run: RunScope, plan: PlannedTarget, buildKey: string)
     run.emit({ type: 'target', target: plan.label, state: 'succeeded', detail: delivered.key });
     return successOf(record, trail, { buildKey, reused: reused !== undefined, ...delivered });
   } catch (error) {
-    return trail.failure(error, buildKey);
+    return trail.failure(explainSharedSource(run, error), buildKey);
   }
+}
+
+/**
+ * A builder that does not share a directory source store cannot find the source by its key:
+ * said as the configuration problem it is (exit 2), not as the builder's "no object".
+ */
+function explainSharedSource(run: RunScope, error: unknown): unknown {
+  if (!run.shared || !isBundleError(error, 'ERR_STORE_NOT_FOUND') || !error.message.includes(run.srcKey)) return error;
+  return new BundleError('ERR_CONFIG', `${error.message} The source store ${run.options.sourceStore.location} is a directory, which a builder can read only when it shares that directory; this one does not. Set dispatch.source (or --source) to an s3:// location: builders then fetch the source through a presigned URL.`, { cause: error });
 }
 
 /** The create request: presigned URLs of the source (and of the result's staging key) unless the store is shared. */

@@ -273,6 +273,20 @@ describe('bundle-dispatch <input>', () => {
     expect(JSON.parse(second?.stdout ?? '{}')).toMatchObject({ error: { code: 'ERR_LOCKED' } });
   });
 
+  it('remote pools with the default directory source store: ERR_CONFIG (exit 2) that says to use an s3:// source, not the builder\'s "no object"', async () => {
+    const local = path.join(root.dir, 'local-source-project');
+    await mkdir(local, { recursive: true });
+    await writeFile(path.join(local, '.bundlerc'), JSON.stringify({
+      cacheDir: path.join(root.dir, 'local-source-cache'),
+      dispatch: { destination: path.join(local, 'dist'), pools: { 'linux-x64': [{ url: a.url, tokenEnv: 'TEST_BUILDER_A_TOKEN', publicKey: a.publicKeyFile }] } },
+    }));
+    const fixture = await writeFixture(path.join(root.dir, 'local-source-1.0.0.tgz'), { name: 'local-source-fixture', version: '1.0.0' });
+    const run = await runCli([fixture, '--targets', `linux-x64@${NODE}`, '--json'], { cwd: local, env });
+    expect(run.code).toBe(2);
+    const result = JSON.parse(run.stdout) as DispatchResult;
+    expect(result.targets[0]).toMatchObject({ ok: false, error: { code: 'ERR_CONFIG', message: expect.stringContaining('Set dispatch.source (or --source) to an s3:// location') } });
+  });
+
   it('a builder killed mid-build: its build is sent to the other one, and the log, the summary and status say so (issue 16.6)', async () => {
     const hooks = path.join(root.dir, 'slow-hook.mjs');
     const [doomed, spare] = await Promise.all([
