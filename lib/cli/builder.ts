@@ -20,7 +20,7 @@ import { loadHookModules } from '../workflow/hooks.js';
 import { locateNpm, readNpmVersion } from '../workflow/npm.js';
 import { createScaffold } from '../workflow/scaffold.js';
 import { ownVersion } from '../package-root.js';
-import { loadCliConfig, workflowDefaults } from './config.js';
+import { commaList, loadCliConfig, workflowDefaults } from './config.js';
 import type { CliContext } from './main.js';
 
 export interface BuilderArgs {
@@ -30,6 +30,7 @@ export interface BuilderArgs {
   store?: string;
   slots?: number;
   targets?: string[];
+  id?: string;
   hooks?: string[];
   'token-file'?: string;
   'signing-key'?: string;
@@ -60,11 +61,13 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
       'builder.port': args.port,
       'builder.store': args.store,
       'builder.slots': args.slots,
-      'builder.targets': args.targets,
+      // Comma-separated or repeated, as dispatch's --targets.
+      'builder.targets': commaList(args.targets),
+      'builder.id': args.id,
       'builder.tokenFile': args['token-file'],
       'builder.signingKey': args['signing-key'],
       'builder.shutdownGrace': args['shutdown-grace'],
-      'builder.allowSources': args['allow-sources']?.flatMap((entry) => entry.split(',')).map((entry) => entry.trim()).filter(Boolean),
+      'builder.allowSources': commaList(args['allow-sources']),
       hooks: args.hooks,
       registry: args.registry,
       cacheDir: args['cache-dir'],

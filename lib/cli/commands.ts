@@ -60,9 +60,10 @@ function builderOptions<T>(argv: Argv<T>) {
     .option('port', { type: 'number', describe: 'Port (default 7420; 0 = any free port, the URL is the first line on stdout).' })
     .option('store', { type: 'string', describe: 'Records, logs and results: a directory or s3://bucket/prefix.' })
     .option('slots', { type: 'number', describe: 'Builds that run at once (default: number of CPUs).' })
-    .option('targets', { type: 'string', array: true, describe: 'Targets served, e.g. linux-x64 linux-x64-musl (default: this machine, the linux CPUs it has a cross toolchain for, and cross targets).' })
+    .option('targets', { alias: 't', type: 'string', array: true, describe: 'Targets served os-cpu[-libc], comma-separated or repeated (default: this machine, the linux CPUs it has a cross toolchain for, and cross targets).' })
     .option('hooks', { type: 'string', array: true, describe: 'Hook module(s) every build loads.' })
-    .option('token-file', { type: 'string', describe: 'File with accepted bearer tokens, one per line (besides $BUNDLE_DISPATCH_BUILDER_TOKENS).' })
+    .option('token-file', { type: 'string', describe: 'File with accepted bearer tokens, one per line (besides $BUNDLE_DISPATCH_BUILDER_TOKENS; one of the two is required).' })
+    .option('id', { type: 'string', describe: 'This builder\'s name in build records and provenance (builder.id; default the host name; replicas sharing a store need different ids).' })
     .option('signing-key', { type: 'string', describe: 'PEM private key that signs provenance (generated, mode 0600, when absent; public key beside it as *.pub.pem).' })
     .option('allow-sources', { type: 'string', array: true, describe: 'Loopback/private CIDRs or host names sources and outputs may point at (default: public addresses only; link-local never).' })
     .option('shutdown-grace', { type: 'number', describe: 'Seconds running builds get after SIGTERM (default 30).' })
@@ -76,7 +77,7 @@ function builderOptions<T>(argv: Argv<T>) {
 export function builderCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, BuilderArgs> {
   return {
     command: 'builder',
-    describe: 'Run the builder service: the bundle workflow behind an HTTP API (see docs/builder.md).',
+    describe: 'Run the builder service: the bundle workflow behind an HTTP API (see docs/builder.md). A token is required: $BUNDLE_DISPATCH_BUILDER_TOKENS (comma-separated) or --token-file.',
     builder: (argv) => builderOptions(argv)
       .example('BUNDLE_DISPATCH_BUILDER_TOKENS=$(openssl rand -hex 32) $0 builder --port 0 --store ./builder-store', 'a local builder on a free port')
       .example('$0 builder --host 0.0.0.0 --store s3://builds/linux-x64 --token-file /etc/bundle-dispatch/tokens', 'a pool member') as unknown as Argv<BuilderArgs>,

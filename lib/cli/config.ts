@@ -18,6 +18,11 @@ export async function loadCliConfig(context: Pick<CliContext, 'cwd' | 'env'>, fl
   return loaded.config;
 }
 
+/** A list flag given comma-separated, repeated or both (`-t a,b -t c`): its items, trimmed. */
+export function commaList(values: readonly string[] | undefined): string[] | undefined {
+  return values?.flatMap((value) => value.split(',')).map((value) => value.trim()).filter(Boolean);
+}
+
 /** Registry tokens come from the env vars that .bundlerc names, never from the file itself. */
 export function registryAuth(config: ResolvedConfig, env: NodeJS.ProcessEnv): Record<string, RegistryAuth> {
   const auth: Record<string, RegistryAuth> = {};

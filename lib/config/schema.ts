@@ -239,6 +239,7 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     description: 'This builder\'s name in build records (replicas sharing a store need different ids); default the host name.',
     default: '<hostname>',
     env: 'BUNDLE_DISPATCH_BUILDER_ID',
+    flag: 'id',
     example: 'builder-linux-x64-1',
   },
   {

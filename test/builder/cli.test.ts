@@ -56,6 +56,28 @@ describe('bundle-dispatch builder (CLI)', () => {
     expect(quiet.filter((line) => line.level < 40)).toEqual([]);
   });
 
+  it('takes --targets comma-separated and repeated (as dispatch does) and --id; an unknown route answers 401, then 404 with the JSON error', async () => {
+    const token = newToken();
+    const env = childEnv({ BUNDLE_DISPATCH_BUILDER_TOKENS: token, BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS: 'off', BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work-flags') });
+    const builder = await spawnBuilder(['--store', path.join(root.dir, 'store-flags'), '-t', 'linux-x64,linux-arm64', '--targets', 'darwin-arm64', '--id', 'flags-test-1'], env);
+    try {
+      const health = await (await fetch(`${builder.url}/v1/health`)).json() as { builder: string; targets: string[] };
+      expect(health.builder).toBe('flags-test-1');
+      expect(health.targets).toEqual(['linux-x64', 'linux-arm64', 'darwin-arm64']);
+      const anonymous = await fetch(`${builder.url}/v1/nope`);
+      expect(anonymous.status).toBe(401);
+      const unknown = await fetch(`${builder.url}/v1/nope?x=1`, { headers: { authorization: `Bearer ${token}` } });
+      expect(unknown.status).toBe(404);
+      expect(await unknown.json()).toEqual({ error: { code: 'ERR_REQUEST_INVALID', message: 'No route GET /v1/nope.' } });
+      const wrongMethod = await fetch(`${builder.url}/v1/health`, { method: 'PUT', headers: { authorization: `Bearer ${token}` } });
+      expect(wrongMethod.status).toBe(404);
+      expect(await wrongMethod.json()).toEqual({ error: { code: 'ERR_REQUEST_INVALID', message: 'No route PUT /v1/health.' } });
+    } finally {
+      builder.child.kill('SIGTERM');
+      await builder.exited;
+    }
+  });
+
   // As root (a container's user) with only a token: the defaults are the system's directories,
   // which the build users can pass through, not root's 0700 home. Leaves its npm cache and store
   // in /var/cache/bundle-dispatch and /var/lib/bundle-dispatch, as a real builder would.
