@@ -20,6 +20,15 @@ export interface CommandRun {
   setExitCode: (code: number) => void;
 }
 
+/**
+ * An example as yargs' full-width row: the description as a shell comment above the command.
+ * yargs' two-column layout caps the command at half the width and breaks it mid-word; this way
+ * every line of a command stays whole at 80 columns (test/cli/help.test.ts) and copies as is.
+ */
+export function example(command: string, description: string): [string, string] {
+  return [`# ${description}\n${command}`, ''];
+}
+
 function bundleOptions<T>(argv: Argv<T>) {
   return argv
     .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout (for scripts and cron).' })
@@ -43,10 +52,10 @@ export function bundleCommand({ context, signal, setExitCode }: CommandRun): Com
     command: 'bundle <input>',
     describe: 'Bundle an npm pack tarball for this machine (or a cross target without native code).',
     builder: (argv) => bundleOptions(argv)
-      .example('$0 bundle my-app-1.0.0.tgz', 'bundle for this machine, Node from engines')
-      .example('$0 bundle my-app-1.0.0.tgz --node 22 -o out/app.tgz', 'bundle for Node 22')
-      .example('$0 bundle my-app-1.0.0.tgz --os darwin --cpu arm64', 'cross bundle (no native code allowed)')
-      .example('$0 bundle my-app-1.0.0.tgz --json | jq .sha256', 'machine-readable result') as unknown as Argv<BundleArgs>,
+      .example(...example('$0 bundle my-app-1.0.0.tgz', 'bundle for this machine, Node from engines'))
+      .example(...example('$0 bundle my-app-1.0.0.tgz --node 22 -o out/app.tgz', 'bundle for Node 22'))
+      .example(...example('$0 bundle my-app-1.0.0.tgz --os darwin --cpu arm64', 'cross bundle (no native code allowed)'))
+      .example(...example('$0 bundle my-app-1.0.0.tgz --json | jq .sha256', 'machine-readable result')) as unknown as Argv<BundleArgs>,
     handler: async (args) => {
       const { commandBundle } = await import('./bundle.js');
       setExitCode(await commandBundle(args, context, signal));
@@ -79,8 +88,8 @@ export function builderCommand({ context, signal, setExitCode }: CommandRun): Co
     command: 'builder',
     describe: 'Run the builder service: the bundle workflow behind an HTTP API (see docs/builder.md). A token is required: $BUNDLE_DISPATCH_BUILDER_TOKENS (comma-separated) or --token-file.',
     builder: (argv) => builderOptions(argv)
-      .example('BUNDLE_DISPATCH_BUILDER_TOKENS=$(openssl rand -hex 32) $0 builder --port 0 --store ./builder-store', 'a local builder on a free port')
-      .example('$0 builder --host 0.0.0.0 --store s3://builds/linux-x64 --token-file /etc/bundle-dispatch/tokens', 'a pool member') as unknown as Argv<BuilderArgs>,
+      .example(...example('export BUNDLE_DISPATCH_BUILDER_TOKENS=$(openssl rand -hex 32)\n$0 builder --port 0 --store ./builder-store', 'a local builder on a free port; its URL is the first line on stdout'))
+      .example(...example('$0 builder --host 0.0.0.0 --store s3://builds/x64 --id x64-1 \\\n--token-file /etc/bundle-dispatch/tokens -t linux-x64,linux-arm64', 'a pool member')) as unknown as Argv<BuilderArgs>,
     handler: async (args) => {
       const { commandBuilder } = await import('./builder.js');
       setExitCode(await commandBuilder(args, context, signal));
@@ -115,10 +124,10 @@ export function dispatchCommand({ context, signal, setExitCode }: CommandRun): C
     command: ['$0 <input>', 'dispatch <input>'],
     describe: 'Build bundles of <input> for every target on builders and deliver them, verified, to the destination.',
     builder: (argv) => dispatchOptions(argv)
-      .example('$0 my-app-1.0.0.tgz', 'this machine, embedded builder, bundles in ./dist')
-      .example('$0 ./my-app --targets linux-x64,linux-arm64-musl@22 -d s3://releases/bundles', 'builder pools from .bundlerc')
-      .example('$0 my-app@latest --targets linux-x64 --json', 'a registry spec, machine-readable')
-      .example('$0 git+https://git.example/app.git#v1.2.0 --targets linux-x64', 'a git ref (the commit goes in the manifest)') as unknown as Argv<DispatchArgs>,
+      .example(...example('$0 my-app-1.0.0.tgz', 'this machine, embedded builder, bundles in ./dist'))
+      .example(...example('$0 ./my-app --targets linux-x64,linux-arm64-musl@22 \\\n-d s3://releases/bundles', 'builder pools from .bundlerc'))
+      .example(...example('$0 my-app@latest --targets linux-x64 --json', 'a registry spec, machine-readable'))
+      .example(...example('$0 git+https://git.example/app.git#v1.2.0 --targets linux-x64', 'a git ref (the commit goes in the manifest)')) as unknown as Argv<DispatchArgs>,
     handler: async (args) => {
       const { commandDispatch } = await import('./dispatch.js');
       setExitCode(await commandDispatch(args, context, signal));
@@ -142,8 +151,8 @@ export function statusCommand({ context, signal, setExitCode }: CommandRun): Com
     builder: (argv) => historyOptions(argv)
       .positional('run', { type: 'string', demandOption: true, describe: 'A run id (printed by every run) or a build URL …/v1/builds/<id>.' })
       .option('verbose', { type: 'boolean', default: false, describe: 'Full build logs.' })
-      .example('$0 status 20260301T020000Z-1a2b3c4d', 'a run from the local history')
-      .example('$0 status <run-id> --json', 'one JSON document (the run document)') as unknown as Argv<StatusArgs>,
+      .example(...example('$0 status 20260301T020000Z-1a2b3c4d', 'a run from the local history'))
+      .example(...example('$0 status <run-id> --json', 'one JSON document (the run document)')) as unknown as Argv<StatusArgs>,
     handler: async (args) => {
       const { commandStatus } = await import('./dispatch.js');
       setExitCode(await commandStatus(args, context, signal));
@@ -159,9 +168,9 @@ export function runsCommand({ context, setExitCode }: CommandRun): CommandModule
     builder: (argv) => historyOptions(argv)
       .option('limit', { alias: 'n', type: 'number', default: 20, describe: 'Show at most this many runs.' })
       .option('state', { type: 'string', choices: ['running', 'succeeded', 'failed', 'cancelled', 'interrupted'], describe: 'Only runs in this state.' })
-      .example('$0 runs', 'the last 20 runs')
-      .example('$0 runs --state failed --limit 5', 'the last 5 failed runs')
-      .example('$0 runs --json', 'one JSON document {runs: […]}') as unknown as Argv<RunsArgs>,
+      .example(...example('$0 runs', 'the last 20 runs'))
+      .example(...example('$0 runs --state failed --limit 5', 'the last 5 failed runs'))
+      .example(...example('$0 runs --json', 'one JSON document {runs: […]}')) as unknown as Argv<RunsArgs>,
     handler: async (args) => {
       const { commandRuns } = await import('./runs.js');
       setExitCode(await commandRuns(args, context));
@@ -178,9 +187,9 @@ export function logsCommand({ context, signal, setExitCode }: CommandRun): Comma
       .positional('run', { type: 'string', demandOption: true, describe: 'A run id (bundle-dispatch runs lists them).' })
       .option('target', { alias: 't', type: 'string', describe: 'Only this target (its label, or os-cpu[-libc] without the @range).' })
       .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'For a running run: keep printing lines as they come until it ends.' })
-      .example('$0 logs 20260301T020000Z-1a2b3c4d', 'every target\'s log')
-      .example('$0 logs 20260301T020000Z-1a2b3c4d -f', 'follow a running run to its end')
-      .example('$0 logs --target linux-arm64 <run-id>', 'one target') as unknown as Argv<LogsArgs>,
+      .example(...example('$0 logs 20260301T020000Z-1a2b3c4d', 'every target\'s log'))
+      .example(...example('$0 logs 20260301T020000Z-1a2b3c4d -f', 'follow a running run to its end'))
+      .example(...example('$0 logs --target linux-arm64 <run-id>', 'one target')) as unknown as Argv<LogsArgs>,
     handler: async (args) => {
       const { commandLogs } = await import('./runs.js');
       setExitCode(await commandLogs(args, context, signal));
@@ -195,8 +204,8 @@ export function cancelCommand({ context, signal, setExitCode }: CommandRun): Com
     describe: 'Cancel a running dispatch run from another terminal: its builds are cancelled, the run is marked cancelled and its process exits 130.',
     builder: (argv) => historyOptions(argv)
       .positional('run', { type: 'string', demandOption: true, describe: 'A run id (bundle-dispatch runs --state running lists them).' })
-      .example('$0 cancel 20260301T020000Z-1a2b3c4d', 'cancel that run')
-      .example('$0 runs --state running --json', 'find the running ones first') as unknown as Argv<CancelArgs>,
+      .example(...example('$0 cancel 20260301T020000Z-1a2b3c4d', 'cancel that run'))
+      .example(...example('$0 runs --state running --json', 'find the running ones first')) as unknown as Argv<CancelArgs>,
     handler: async (args) => {
       const { commandCancel } = await import('./runs.js');
       setExitCode(await commandCancel(args, context, signal));
@@ -212,8 +221,8 @@ export function pruneCommand({ context, signal, setExitCode }: CommandRun): Comm
     builder: (argv) => historyOptions(argv)
       .option('older-than', { type: 'string', describe: 'Retention: what was last written longer ago than this goes (30d, 12h, 2w; default 30d).' })
       .option('dry-run', { type: 'boolean', default: false, describe: 'List what would go, remove nothing.' })
-      .example('$0 prune --dry-run', 'what the default retention (30d) removes')
-      .example('$0 prune --older-than 7d --json', 'a weekly cron job') as unknown as Argv<PruneArgs>,
+      .example(...example('$0 prune --dry-run', 'what the default retention (30d) removes'))
+      .example(...example('$0 prune --older-than 7d --json', 'a weekly cron job')) as unknown as Argv<PruneArgs>,
     handler: async (args) => {
       const { commandPrune } = await import('./runs.js');
       setExitCode(await commandPrune(args, context, signal));
@@ -234,8 +243,8 @@ export function verifyCommand({ context, signal, setExitCode }: CommandRun): Com
       .option('target', { type: 'string', describe: 'Also require this target (os-cpu[-libc]).' })
       .option('builder', { type: 'string', describe: 'Also require this builder (its builder.id, or the URI urn:bundle-dispatch:builder:<id>).' })
       .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
-      .example('$0 verify app-1.0.0-linux-x64-glibc-node22.tgz --key builder.pub.pem --target linux-x64', 'check before npm install')
-      .example('$0 verify https://releases.example/app/1.0.0/app-1.0.0-linux-x64-glibc-node22.tgz --key builder.pub.pem --json', 'a published bundle') as unknown as Argv<VerifyArgs>,
+      .example(...example('$0 verify app-1.0.0-linux-x64-glibc-node22.tgz \\\n--key builder.pub.pem --target linux-x64', 'check before npm install'))
+      .example(...example('$0 verify --key builder.pub.pem --json \\\nhttps://releases.example/app/1.0.0/app-1.0.0-linux-x64-glibc-node22.tgz', 'a published bundle')) as unknown as Argv<VerifyArgs>,
     handler: async (args) => {
       const { runVerify } = await import('./verify.js');
       setExitCode(await runVerify(args, context, signal));
