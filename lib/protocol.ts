@@ -119,6 +119,12 @@ export interface BuildLinks {
 export type BuildMethod = 'native' | 'cross-compiled' | 'cross';
 export type Verification = 'loaded' | 'emulated' | 'headers' | 'none';
 
+/**
+ * What isolated a build's npm and install scripts from the builder's machine: a bubblewrap
+ * sandbox, a build user of its own (a builder running as root), both, or nothing (docs/sandbox.md).
+ */
+export type Isolation = 'bubblewrap' | 'bubblewrap+build-user' | 'build-user' | 'none';
+
 /** A build as `GET /v1/builds/:id` returns it, and as it is persisted in the builder's store. */
 export interface BuildRecord {
   id: string;
@@ -135,9 +141,10 @@ export interface BuildRecord {
   package?: { name: string; version: string };
   /**
    * What the build used and how it proved its addons: `method` native | cross-compiled |
-   * cross, `verification` loaded | emulated | headers | none (see the workflow's BuildSummary).
+   * cross, `verification` loaded | emulated | headers | none, `isolation` of its install scripts
+   * bubblewrap | bubblewrap+build-user | build-user | none (see the workflow's BuildSummary).
    */
-  resolved?: { node: string; abi: string; npm: string; method?: BuildMethod; verification?: Verification };
+  resolved?: { node: string; abi: string; npm: string; method?: BuildMethod; verification?: Verification; isolation?: Isolation };
   artifact?: ArtifactRecord;
   /**
    * The bundle's SLSA provenance, signed by the builder: a DSSE envelope of an in-toto
@@ -206,6 +213,8 @@ export interface HealthResponse {
   queue: { running: number; queued: number; capacity: number };
   /** True once SIGTERM was received: no new builds. */
   stopping: boolean;
+  /** What isolates a build's npm and install scripts from this machine (docs/sandbox.md). */
+  isolation: Isolation;
 }
 
 /** Every error response: `{ error: { code, message } }` with a 4xx/5xx status. */

@@ -25,7 +25,7 @@ function parameters(schema: { properties?: Record<string, object>; required?: re
   }));
 }
 
-export function openapiDocument(routes: readonly RouteDefinition[], info: { version: string; methods?: Record<string, string>; keys?: KeysResponse['keys'] }): Record<string, unknown> {
+export function openapiDocument(routes: readonly RouteDefinition[], info: { version: string; methods?: Record<string, string>; keys?: KeysResponse['keys']; isolation?: string }): Record<string, unknown> {
   const paths: Record<string, Record<string, unknown>> = {};
   for (const route of routes) {
     const path = route.url.replace(/:([a-zA-Z]+)/g, '{$1}');
@@ -57,7 +57,9 @@ export function openapiDocument(routes: readonly RouteDefinition[], info: { vers
     info: {
       title: 'bundle-dispatch builder',
       version: info.version,
-      description: `Runs the bundle workflow for remote clients. See docs/builder.md.${info.methods ? ` Targets served, and how each is built: ${Object.entries(info.methods).map(([target, method]) => `${target} (${method})`).join(', ')}.` : ''}`,
+      description: `Runs the bundle workflow for remote clients. See docs/builder.md.${info.methods ? ` Targets served, and how each is built: ${Object.entries(info.methods).map(([target, method]) => `${target} (${method})`).join(', ')}.` : ''}${info.isolation ? ` Install scripts are isolated by: ${info.isolation} (docs/sandbox.md).` : ''}`,
+      // bubblewrap, bubblewrap+build-user, build-user or none: what a build's scripts cannot escape.
+      ...(info.isolation ? { 'x-isolation': info.isolation } : {}),
       // Machine-readable: native, cross-compiled (cross toolchain + emulated load) or cross (nothing may compile).
       ...(info.methods ? { 'x-targets': info.methods } : {}),
       // The provenance signing keys (as GET /v1/keys): a consumer can pin them from here too.

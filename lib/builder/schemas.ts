@@ -187,6 +187,7 @@ export const buildRecordSchema = {
         npm: { type: 'string' },
         method: { type: 'string', enum: ['native', 'cross-compiled', 'cross'] },
         verification: { type: 'string', enum: ['loaded', 'emulated', 'headers', 'none'] },
+        isolation: { type: 'string', enum: ['bubblewrap', 'bubblewrap+build-user', 'build-user', 'none'] },
       },
     },
     artifact: {
@@ -221,7 +222,7 @@ export const buildListSchema = {
 
 export const healthSchema = {
   type: 'object',
-  required: ['ok', 'version', 'builder', 'targets', 'methods', 'runtimes', 'node', 'npm', 'queue', 'stopping'],
+  required: ['ok', 'version', 'builder', 'targets', 'methods', 'runtimes', 'node', 'npm', 'queue', 'stopping', 'isolation'],
   properties: {
     ok: { type: 'boolean' },
     version: { type: 'string' },
@@ -241,6 +242,11 @@ export const healthSchema = {
       properties: { running: { type: 'integer' }, queued: { type: 'integer' }, capacity: { type: 'integer' } },
     },
     stopping: { type: 'boolean' },
+    isolation: {
+      type: 'string',
+      enum: ['bubblewrap', 'bubblewrap+build-user', 'build-user', 'none'],
+      description: 'What isolates a build\'s npm and install scripts: a bubblewrap sandbox, a build user of its own, both, or none (docs/sandbox.md).',
+    },
   },
 } as const;
 

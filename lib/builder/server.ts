@@ -19,6 +19,8 @@ export interface BuilderServerOptions extends Omit<BuilderServiceOptions, 'logge
   port: number;
   /** Accepted bearer tokens. At least one. */
   tokens: readonly string[];
+  /** Other secrets this process knows (AWS credentials, registry tokens): scrubbed like the tokens. */
+  redact?: readonly string[];
   maxBodyBytes: number;
   /** Where JSON logs go (one object per line); nothing is logged without it. */
   logStream?: Writable;
@@ -90,7 +92,9 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
     return503OnClosing: true,
   });
   const logger = app.log;
-  const service = new BuilderService({ ...options, secrets: auth.secrets, logger: {
+  // Every log line, error and record is scrubbed of these: the tokens and what the process knows.
+  const secrets = [...new Set([...auth.secrets, ...(options.redact ?? [])])].sort((a, b) => b.length - a.length);
+  const service = new BuilderService({ ...options, secrets, logger: {
     info: (object, message) => logger.info(object, message),
     warn: (object, message) => logger.warn(object, message),
     error: (object, message) => logger.error(object, message),
@@ -98,6 +102,8 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   const { recovered } = await service.start();
   if (recovered.length > 0) logger.warn({ builds: recovered }, `${recovered.length} build(s) failed with ERR_BUILDER_RESTARTED`);
 
+  // Probed once, as a build would run (as the first build user when the builder is root).
+  const isolation = await options.scaffold.isolation(options.uidRange ? { uid: options.uidRange.first, gid: options.uidRange.first } : undefined);
   const methods = Object.fromEntries(options.targets.map((target) => [formatTarget(target), options.scaffold.buildMethod(target)]));
   const health = (): HealthResponse => ({
     ok: !service.stopping,
@@ -110,13 +116,14 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
     npm: options.npmVersion,
     queue: service.queueState,
     stopping: service.stopping,
+    isolation,
   });
   const keys: KeysResponse = { keys: options.signingKey ? [{ keyid: options.signingKey.keyid, algorithm: options.signingKey.algorithm, publicKey: options.signingKey.publicKeyPem }] : [] };
   let openapi: Record<string, unknown> | undefined;
   const context = {
     service,
     health,
-    openapi: () => (openapi ??= openapiDocument(ROUTES, { version: options.version, methods, keys: keys.keys })),
+    openapi: () => (openapi ??= openapiDocument(ROUTES, { version: options.version, methods, keys: keys.keys, isolation })),
     keys: () => keys,
     sseHeartbeatMs: options.sseHeartbeatMs ?? 15_000,
   };
@@ -130,7 +137,7 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
     }
   });
   app.addHook('onResponse', async (request, reply) => {
-    const entry = { reqId: request.id, method: request.method, url: redact(request.url, auth.secrets), status: reply.statusCode, ms: Math.round(reply.elapsedTime) };
+    const entry = { reqId: request.id, method: request.method, url: redact(request.url, secrets), status: reply.statusCode, ms: Math.round(reply.elapsedTime) };
     // Status polling is the bulk of the traffic: it logs at debug.
     if (request.method === 'GET' && reply.statusCode < 400) logger.debug(entry, 'request');
     else logger.info(entry, 'request');
@@ -152,10 +159,10 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
       status = STATUS[failure.code] ?? (typeof failure.details?.status === 'number' ? failure.details.status : 500);
       body = {
         code: failure.code,
-        message: redact(failure.message, auth.secrets),
+        message: redact(failure.message, secrets),
         ...(failure.details?.served ? { details: { served: failure.details.served } } : {}),
       };
-      if (status >= 500) logger.error({ reqId: request.id, err: { code: failure.code, message: body.message, stack: redact(failure.stack ?? '', auth.secrets) } }, 'request failed');
+      if (status >= 500) logger.error({ reqId: request.id, err: { code: failure.code, message: body.message, stack: redact(failure.stack ?? '', secrets) } }, 'request failed');
     }
     void reply.code(status).send({ error: body });
   });

@@ -18,6 +18,8 @@ import { openStore } from '../storage/index.js';
 import { formatTarget, hostTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { locateNpm, readNpmVersion } from '../workflow/npm.js';
+import { createSandbox } from '../workflow/sandbox.js';
+import { knownSecrets } from '../redact.js';
 import { createScaffold } from '../workflow/scaffold.js';
 import { ownVersion } from '../package-root.js';
 import { commaList, loadCliConfig, workflowDefaults } from './config.js';
@@ -38,6 +40,7 @@ export interface BuilderArgs {
   'allow-sources'?: string[];
   registry?: string;
   'cache-dir'?: string;
+  sandbox?: string;
   'log-level'?: 'debug' | 'info' | 'warn' | 'error';
 }
 
@@ -71,6 +74,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
       hooks: args.hooks,
       registry: args.registry,
       cacheDir: args['cache-dir'],
+      sandbox: args.sandbox,
     }, args.config, { systemDirs: asRoot });
   const settings = config.builder;
   const { tokens, warnings } = await readTokens({ envValue: context.env[TOKENS_ENV], ...(settings.tokenFile ? { tokenFile: settings.tokenFile } : {}) });
@@ -106,6 +110,8 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     npmCacheDir: path.join(config.cacheDir, 'npm'),
     runtimeCacheDir: path.join(config.cacheDir, 'runtimes'),
     host,
+    sandbox: createSandbox({ setting: config.sandbox, envPath: context.env.PATH }),
+    secrets: knownSecrets(context.env, tokens),
   });
   const store = await openStore(settings.store, { cwd: context.cwd });
   const npmVersion = await readNpmVersion(process.execPath, locateNpm(context.env.PATH), { PATH: context.env.PATH ?? '', npm_config_update_notifier: 'false' });
@@ -119,6 +125,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     host: settings.host,
     port: settings.port,
     tokens,
+    redact: knownSecrets(context.env),
     store,
     scaffold,
     builderId: settings.id,

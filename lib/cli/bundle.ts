@@ -12,6 +12,8 @@ import { formatTarget, hostTarget, parseTarget, type Target, type TargetCpu, typ
 import { loadHookModules } from '../workflow/hooks.js';
 import { openInput } from '../workflow/tar-input.js';
 import { createScaffold, type Scaffold } from '../workflow/scaffold.js';
+import { createSandbox } from '../workflow/sandbox.js';
+import { knownSecrets } from '../redact.js';
 import type { BuildEvent, BuildOverrides, BuildSummary } from '../workflow/types.js';
 import { loadCliConfig, workflowDefaults } from './config.js';
 import { EXIT } from './errors.js';
@@ -43,6 +45,8 @@ export interface BundleOutcome {
   nativeFiles: string[];
   method: BuildSummary['method'];
   verification: BuildSummary['verification'];
+  isolation: BuildSummary['isolation'];
+  droppedPrebuilds: string[];
   durations: BuildSummary['durations'];
   peakMemory: number;
 }
@@ -111,6 +115,8 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
     nativeFiles: summary.nativeFiles,
     method: summary.method,
     verification: summary.verification,
+    isolation: summary.isolation,
+    droppedPrebuilds: summary.droppedPrebuilds,
     durations: summary.durations,
     peakMemory: summary.peakMemory,
   };
@@ -124,6 +130,7 @@ interface CommonArgs {
   registry?: string;
   'cache-dir'?: string;
   'keep-workdir'?: boolean;
+  sandbox?: string;
 }
 
 /** The bundle command's own flags are the request's fields. */
@@ -131,7 +138,7 @@ export type BundleArgs = CommonArgs & Pick<BundleRequest, 'input' | 'output' | '
 
 /** Flags that set config keys, by config key (no yargs defaults: config applies them). */
 function configFlags(args: CommonArgs): Record<string, unknown> {
-  return { hooks: args.hooks, registry: args.registry, cacheDir: args['cache-dir'], keepWorkdir: args['keep-workdir'] };
+  return { hooks: args.hooks, registry: args.registry, cacheDir: args['cache-dir'], keepWorkdir: args['keep-workdir'], sandbox: args.sandbox };
 }
 
 /** `bundle-dispatch bundle <input>`: builds, writes the bundle, prints the outcome; returns the exit code. */
@@ -146,6 +153,8 @@ export async function commandBundle(args: BundleArgs, context: CliContext, signa
     npmCacheDir: path.join(config.cacheDir, 'npm'),
     runtimeCacheDir: path.join(config.cacheDir, 'runtimes'),
     host,
+    sandbox: createSandbox({ setting: config.sandbox, envPath: context.env.PATH }),
+    secrets: knownSecrets(context.env),
   });
 
   const interactive = !args.json && Boolean(context.stdout.isTTY) && !context.env.CI;
@@ -162,6 +171,7 @@ export async function commandBundle(args: BundleArgs, context: CliContext, signa
       context.stdout.write([
         `✔ ${relative}`,
         `  target   ${formatTarget(outcome.target)}  node ${outcome.node} (ABI ${outcome.abi})  npm ${outcome.npm}`,
+        `  isolation ${outcome.isolation}${outcome.isolation === 'none' ? ' (install scripts ran unsandboxed: see docs/sandbox.md)' : ''}`,
         `  bundled  ${outcome.bundledDependencies.length} packages${outcome.nativeFiles.length ? `, ${outcome.nativeFiles.length} native file(s)` : ''}`,
         `  size     ${formatBytes(outcome.size)}  sha256 ${outcome.sha256}`,
         `  time     ${formatMs(Object.values(outcome.durations).reduce((sum, ms) => sum + (ms ?? 0), 0))}`,

@@ -38,6 +38,7 @@ function bundleOptions<T>(argv: Argv<T>) {
     .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
     .option('cache-dir', { type: 'string', describe: 'Directory for npm\'s cache and fetched Node runtimes.' })
     .option('keep-workdir', { type: 'boolean', describe: 'Keep the build\'s workdir for debugging.' })
+    .option('sandbox', { type: 'string', choices: ['auto', 'required', 'off'], describe: 'Run npm and install scripts in a bubblewrap sandbox: auto (where it works), required, off (default auto).' })
     .positional('input', { type: 'string', demandOption: true, describe: 'The .tgz (or .tar) that `npm pack` wrote.' })
     .option('output', { alias: 'o', type: 'string', describe: 'Where to write the bundle (default: {name}-{version}-{os}-{cpu}[-{libc}]-node{major}.tgz in the current dir).' })
     .option('os', { type: 'string', describe: 'Target os (linux, darwin, win32); default: this machine.' })
@@ -78,6 +79,7 @@ function builderOptions<T>(argv: Argv<T>) {
     .option('shutdown-grace', { type: 'number', describe: 'Seconds running builds get after SIGTERM (default 30).' })
     .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
     .option('cache-dir', { type: 'string', describe: 'npm cache and fetched Node runtimes.' })
+    .option('sandbox', { type: 'string', choices: ['auto', 'required', 'off'], describe: 'Run builds in a bubblewrap sandbox: auto (where it works), required, off (default auto).' })
     .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error'], describe: 'JSON log level on stderr (default info).' })
     .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' });
 }
@@ -115,7 +117,8 @@ function dispatchOptions<T>(argv: Argv<T>) {
     .option('verbose', { type: 'boolean', default: false, describe: 'Stream full build logs, prefixed by target; stack traces.' })
     .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' })
     .option('registry', { type: 'string', describe: 'npm registry URL (for npm pack and the lockfile).' })
-    .option('cache-dir', { type: 'string', describe: 'npm cache, run history, locks and the default source store.' });
+    .option('cache-dir', { type: 'string', describe: 'npm cache, run history, locks and the default source store.' })
+    .option('sandbox', { type: 'string', choices: ['auto', 'required', 'off'], describe: 'The embedded builder\'s sandbox for install scripts: auto, required, off (default auto).' });
 }
 
 /** The default command: `bundle-dispatch <input> --targets …`. */

@@ -22,7 +22,7 @@ import { parseTargets, planTargets, resolvePools, type Pool } from '../dispatch/
 import { dispatch, newRunId, type DispatchEvent, type DispatchResult } from '../dispatch/run.js';
 import { BundleError, toBundleError } from '../errors.js';
 import { isTerminal, type BuildRecord, type RequestOverrides } from '../protocol.js';
-import { redact } from '../redact.js';
+import { knownSecrets, redact } from '../redact.js';
 import { openStore, type ObjectStore, type OpenStoreOptions } from '../storage/index.js';
 import { hostTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
@@ -51,6 +51,7 @@ export interface DispatchArgs {
   config?: string;
   registry?: string;
   'cache-dir'?: string;
+  sandbox?: string;
 }
 
 export interface StatusArgs {
@@ -299,7 +300,10 @@ function summaryTable(result: DispatchResult, extras: SummaryExtras): string {
   const notes = result.targets.flatMap((outcome) => [
     ...(extras.nodeChoices.has(outcome.target) ? [`  ${outcome.target}: ${extras.nodeChoices.get(outcome.target)}`] : []),
     ...(outcome.failovers ?? []).map((note) => `  ${outcome.target}: ${note.kind} · ${note.builder}: ${note.message}`),
+    ...(outcome.ok && outcome.isolation === 'none' ? [`  ${outcome.target}: install scripts ran without a sandbox on ${outcome.builder ?? 'the builder'} (docs/sandbox.md)`] : []),
   ]);
+  const isolations = result.targets.flatMap((outcome) => (outcome.ok && outcome.isolation ? [`${outcome.target} ${outcome.isolation}`] : []));
+  const sameIsolation = new Set(isolations.map((entry) => entry.split(' ')[1]));
   const ok = result.targets.filter((outcome) => outcome.ok).length;
   const builds = result.targets.flatMap((outcome) => (outcome.ok && !outcome.cached && outcome.durations.buildMs !== undefined ? [outcome.durations.buildMs] : []));
   return [
@@ -309,6 +313,7 @@ function summaryTable(result: DispatchResult, extras: SummaryExtras): string {
     '',
     `${result.ok ? '✔' : '✖'} ${ok}/${result.targets.length} target(s) ok · ${result.package.name}@${result.package.version} · source ${result.source.sha256.slice(0, 12)}${result.input.commit ? ` · commit ${result.input.commit.slice(0, 12)}` : ''} · ${formatMs(extras.wallMs)} wall${builds.length > 0 ? ` (longest build ${formatMs(Math.max(...builds))})` : ''}`,
     ...(result.manifest ? [`  manifest ${where(result.manifest)}`] : []),
+    ...(isolations.length === 0 ? [] : [`  isolation ${sameIsolation.size === 1 ? [...sameIsolation][0] : isolations.join(', ')}`]),
     `  run ${result.runId} (bundle-dispatch status ${result.runId})`,
     '',
   ].join('\n');
@@ -348,6 +353,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
   const config = await loadCliConfig(context, {
     registry: args.registry,
     cacheDir: args['cache-dir'],
+    sandbox: args.sandbox,
     'dispatch.source': args.source,
     'dispatch.destination': args.destination,
     'dispatch.keyTemplate': args['key-template'],
@@ -387,6 +393,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
         workDir: config.workDir,
         cacheDir: config.cacheDir,
         env: context.env,
+        sandbox: config.sandbox,
         defaults,
         hooks: hooks.map((hook) => hook.module),
         slots: Math.max(1, Math.min(availableParallelism(), targetList.length)),
@@ -429,6 +436,17 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     const interactive = !args.json && Boolean(context.stderr.isTTY) && !context.env.CI;
     const view = args.json ? undefined : interactive ? await createListrView(plan.map((target) => target.label), { verbose: args.verbose }) : createLineView(context.stderr, { verbose: args.verbose });
     const nodeChoices = new Map<string, string>();
+    // The second line behind the builders' sandboxes: no secret of this process (AWS
+    // credentials, pool and registry tokens) is shown or kept, whatever a build printed.
+    const secrets = knownSecrets(context.env, [
+      ...Object.values(settings.pools).flat().map((member) => (member.tokenEnv ? context.env[member.tokenEnv] : undefined)),
+      ...tools.secrets,
+    ]);
+    const scrub = (event: DispatchEvent): DispatchEvent => {
+      if (event.type !== 'log') return event;
+      const message = redact(event.line.message, secrets);
+      return message === event.line.message ? event : { ...event, line: { ...event.line, message } };
+    };
     const overrides: RequestOverrides = context.env.SOURCE_DATE_EPOCH ? { sourceDateEpoch: Number(context.env.SOURCE_DATE_EPOCH) } : {};
     let result: DispatchResult;
     try {
@@ -450,7 +468,8 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
         ...(args.label ? { label: args.label } : {}),
         signal: runSignal,
         tmpDir: workDir,
-        onEvent: (event) => {
+        onEvent: (raw) => {
+          const event = scrub(raw);
           view?.onEvent(event);
           history.onEvent(event);
           const choice = nodeChoiceOf(event);

@@ -12,7 +12,9 @@ const USAGE_CODES: ReadonlySet<ErrorCode> = new Set(['ERR_USAGE', 'ERR_CONFIG', 
   // Bad input: the same input fails the same way on every run and every builder; retrying
   // does not help, changing the input or the request does.
   'ERR_INPUT_NOT_TAR', 'ERR_INPUT_TRUNCATED', 'ERR_UNSAFE_PATH', 'ERR_UNSAFE_ENTRY', 'ERR_INPUT_TOO_LARGE', 'ERR_NO_PACKAGE_JSON', 'ERR_BAD_PACKAGE_JSON',
-  'ERR_ENGINES_UNSATISFIED', 'ERR_NPM_PACKAGE_NOT_FOUND', 'ERR_NATIVE_NEEDS_TARGET', 'ERR_LOCKFILE_OUT_OF_SYNC', 'ERR_SOURCE_REFUSED']);
+  'ERR_ENGINES_UNSATISFIED', 'ERR_NPM_PACKAGE_NOT_FOUND', 'ERR_NATIVE_NEEDS_TARGET', 'ERR_LOCKFILE_OUT_OF_SYNC', 'ERR_SOURCE_REFUSED',
+  // A machine without the sandbox that `sandbox: required` demands: install it, then retry.
+  'ERR_SANDBOX_UNAVAILABLE']);
 
 export function exitCodeFor(error: BundleError): number {
   if (error.code === 'ERR_ABORTED') return EXIT.interrupted;

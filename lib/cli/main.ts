@@ -4,6 +4,7 @@ import { BundleError, toBundleError } from '../errors.js';
 import { ownVersion } from '../package-root.js';
 import { commandTable } from './commands.js';
 import { EXIT, errorJson, exitCodeFor, formatError } from './errors.js';
+import { knownSecrets } from '../redact.js';
 
 export interface CliContext {
   env: NodeJS.ProcessEnv;
@@ -37,8 +38,10 @@ export async function main(argv: string[], context: CliContext): Promise<number>
   const fail = (error: unknown) => {
     const failure = toBundleError(error, controller.signal);
     exitCode = exitCodeFor(failure);
-    if (json) context.stdout.write(`${JSON.stringify(errorJson(failure))}\n`);
-    else context.stderr.write(formatError(failure, { verbose }));
+    // A secret of this process that reached an error (a script printed it) is scrubbed here too.
+    const secrets = knownSecrets(context.env);
+    if (json) context.stdout.write(`${JSON.stringify(errorJson(failure, secrets))}\n`);
+    else context.stderr.write(formatError(failure, { verbose, secrets }));
   };
 
   const setExitCode = (code: number) => {

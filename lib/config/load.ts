@@ -3,6 +3,7 @@ import { availableParallelism, hostname } from 'node:os';
 import path from 'node:path';
 import { CONFIG_KEYS, findKey, type KeyDefinition } from './schema.js';
 import type { ToolchainSettings } from '../workflow/toolchains.js';
+import type { SandboxSetting } from '../workflow/sandbox.js';
 
 /** The resolved configuration, typed. Keys mirror CONFIG_KEYS. */
 export interface ResolvedConfig {
@@ -13,6 +14,7 @@ export interface ResolvedConfig {
   runtimes: string[];
   toolchains: ToolchainSettings;
   allowHeaderOnlyVerify: boolean;
+  sandbox: SandboxSetting;
   envAllow: string[];
   cacheDir: string;
   workDir: string;

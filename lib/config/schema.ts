@@ -163,6 +163,15 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     env: 'BUNDLE_DISPATCH_ALLOW_HEADER_ONLY_VERIFY',
   },
   {
+    key: 'sandbox',
+    type: 'string',
+    description: 'Where npm, install scripts and the addon check run: "auto" in a bubblewrap sandbox where bwrap works (else as a build user when the builder runs as root, else unsandboxed, said in the summary, record and provenance); "required" fails a build that would run without it (ERR_SANDBOX_UNAVAILABLE); "off" never sandboxes. See docs/sandbox.md.',
+    default: 'auto',
+    env: 'BUNDLE_DISPATCH_SANDBOX',
+    flag: 'sandbox',
+    check: (value) => (['auto', 'required', 'off'].includes(String(value)) ? undefined : 'must be "auto", "required" or "off"'),
+  },
+  {
     key: 'envAllow',
     type: 'string[]',
     description: 'Extra environment variable names passed to npm and lifecycle scripts (everything not allow-listed is withheld).',

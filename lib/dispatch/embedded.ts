@@ -14,8 +14,10 @@ import { servedTargets } from '../builder/targets.js';
 import { resolveToolchains, type ToolchainSettings } from '../workflow/toolchains.js';
 import type { SigningKey } from '../provenance/keys.js';
 import type { ObjectStore } from '../storage/index.js';
+import { knownSecrets } from '../redact.js';
 import { hostTarget, type Target } from '../target.js';
 import { locateNpm, readNpmVersion } from '../workflow/npm.js';
+import type { SandboxSetting } from '../workflow/sandbox.js';
 import type { BuildOverrides, HookModule } from '../workflow/types.js';
 import type { Pool } from './plan.js';
 
@@ -35,6 +37,8 @@ export interface EmbeddedBuilderOptions {
   workDir: string;
   cacheDir: string;
   env: NodeJS.ProcessEnv;
+  /** Where the builds' npm and install scripts run (the `sandbox` setting). */
+  sandbox?: SandboxSetting;
   defaults: BuildOverrides;
   hooks: HookModule[];
   /** Builds at once. */
@@ -87,7 +91,7 @@ export function createEmbeddedBuilder(options: EmbeddedBuilderOptions): Embedded
     running ??= (async () => {
       // The server, its client and the workflow load with the first build: a run whose
       // targets are all cached never loads fastify or got.
-      const [{ startBuilder }, { createBuilderClient }, { createScaffold }] = await Promise.all([import('../builder/server.js'), import('../builder/client.js'), import('../workflow/scaffold.js')]);
+      const [{ startBuilder }, { createBuilderClient }, { createScaffold }, { createSandbox }] = await Promise.all([import('../builder/server.js'), import('../builder/client.js'), import('../workflow/scaffold.js'), import('../workflow/sandbox.js')]);
       await mkdir(options.workDir, { recursive: true });
       const workDir = await mkdtemp(path.join(options.workDir, 'embedded-builder-'));
       const token = randomBytes(24).toString('hex');
@@ -98,12 +102,16 @@ export function createEmbeddedBuilder(options: EmbeddedBuilderOptions): Embedded
         npmCacheDir: path.join(options.cacheDir, 'npm'),
         runtimeCacheDir: path.join(options.cacheDir, 'runtimes'),
         host,
+        sandbox: createSandbox({ setting: options.sandbox ?? 'auto', envPath: options.env.PATH }),
+        // The dispatching process's own secrets (withheld from the env above) are still scrubbed.
+        secrets: knownSecrets(options.env),
       });
       const npmVersion = await readNpmVersion(process.execPath, locateNpm(options.env.PATH), { PATH: options.env.PATH ?? '', npm_config_update_notifier: 'false' }).catch(() => 'unknown');
       const builder = await startBuilder({
         host: '127.0.0.1',
         port: 0,
         tokens: [token],
+        redact: knownSecrets(options.env),
         store: options.store,
         scaffold,
         builderId: options.builderId,

@@ -2,7 +2,7 @@
  * What a dispatch run reports: the events it emits while it works and the per-target outcomes
  * it returns. Shared by the phases (lib/dispatch/*.ts), the run history and the CLI's views.
  */
-import type { BuildMethod, BuildRecord, LogLine, Verification } from '../protocol.js';
+import type { BuildMethod, BuildRecord, Isolation, LogLine, Verification } from '../protocol.js';
 import type { PreparedInput } from './input.js';
 import type { SourceTarball } from './lockfile.js';
 
@@ -63,6 +63,8 @@ export interface TargetSuccess {
   /** How the builder made it (native, cross-compiled, cross) and proved its addons. */
   method?: BuildMethod;
   verification?: Verification;
+  /** What isolated its install scripts on the builder (bubblewrap, a build user, both, none). */
+  isolation?: Isolation;
   builder?: string;
   builderUrl?: string;
   buildId?: string;

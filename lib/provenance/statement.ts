@@ -61,6 +61,8 @@ export interface StatementFacts {
   runtime: { version: string; abi: string; source: string; package?: string; integrity?: string; nodeSha256?: string };
   npmVersion: string;
   method: string;
+  /** What isolated the build's install scripts (bubblewrap, a build user, both, or none). */
+  isolation?: string;
   builder: { id: string; version?: string; node: string };
   buildId: string;
   startedOn: string;
@@ -108,7 +110,7 @@ export function buildStatement(facts: StatementFacts): ProvenanceStatement {
           ...(facts.target.node ? { node: facts.target.node } : {}),
           overrides: facts.overrides,
         },
-        internalParameters: { method: facts.method, npm: facts.npmVersion },
+        internalParameters: { method: facts.method, npm: facts.npmVersion, ...(facts.isolation ? { isolation: facts.isolation } : {}) },
         resolvedDependencies,
       },
       runDetails: {

@@ -22,6 +22,11 @@ export interface BinaryHeader {
   interpreter?: string;
   /** ELF: DT_NEEDED entries of the dynamic section, e.g. `libc.so.6`. Empty for static binaries. */
   needed?: string[];
+  /**
+   * ELF: the OS ABI (EI_OSABI) when it names one: `freebsd`, `openbsd`, `netbsd`, `solaris`…;
+   * absent for System V (0) and GNU/Linux (3), which is what Linux binaries carry.
+   */
+  osabi?: string;
   /** Fat Mach-O: every architecture it holds. */
   cpus?: Array<TargetCpu | 'other'>;
 }
@@ -101,6 +106,9 @@ interface Segment {
   filesz: number;
 }
 
+/** EI_OSABI values other than System V (0) and GNU/Linux (3): binaries of another OS. */
+const ELF_OS_ABIS: Record<number, string> = { 1: 'hpux', 2: 'netbsd', 6: 'solaris', 7: 'aix', 8: 'irix', 9: 'freebsd', 10: 'tru64', 12: 'openbsd' };
+
 async function readElf(file: FileHandle, head: Buffer): Promise<BinaryHeader> {
   const is64 = head[4] === 2;
   const littleEndian = head[5] !== 2;
@@ -109,6 +117,8 @@ async function readElf(file: FileHandle, head: Buffer): Promise<BinaryHeader> {
   const f = fields(head, littleEndian, is64);
   const machine = f.u16(0x12);
   const result: BinaryHeader = { format: 'elf', cpu: ELF_MACHINES[machine] ?? 'other', bits: is64 ? 64 : 32, endian };
+  const osabi = ELF_OS_ABIS[head[7] ?? 0];
+  if (osabi) result.osabi = osabi;
 
   const phoff = f.word(is64 ? 0x20 : 0x1c);
   const phentsize = f.u16(is64 ? 0x36 : 0x2a);

@@ -238,6 +238,8 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
     killTimer = setTimeout(() => killGroup(pgid, 'SIGKILL'), KILL_GRACE_MS);
   };
   options.signal?.addEventListener('abort', onAbort, { once: true });
+  // Aborted while npm was starting (before the listener existed): an abort event never comes again.
+  if (options.signal?.aborted) onAbort();
 
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => {
     child.once('exit', (exitCode, exitSignal) => resolve([exitCode, exitSignal]));

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
-import { existsSync } from 'node:fs';
+import { existsSync, realpathSync } from 'node:fs';
 import { BundleError, toBundleError } from '../errors.js';
 import { sha256File } from '../hash-stream.js';
 import { redact } from '../redact.js';
@@ -12,11 +12,13 @@ import { HookRegistry } from './hooks.js';
 import { buildNpmEnv, configSecrets, locateNpm, npmFailure, readNpmVersion, spawnNpm, writeNpmrc } from './npm.js';
 import { dropBuildIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall, packagesWithInstallWork } from './steps/bundle.js';
 import { NPM_EPOCH, pack } from './steps/pack.js';
+import { dropForeignPrebuilds } from './steps/prebuilds.js';
 import { chooseNodeRange, resolveRuntime, type RangeSource, type Runtime } from './steps/runtime.js';
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
 import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed } from './steps/verify.js';
 import type { RunAs } from './runtime-registry.js';
 import { assertReachable, handOver } from './run-as.js';
+import { createSandbox, type Isolation, type Sandbox, type SandboxView } from './sandbox.js';
 import { buildMethod, crossCompileEnv, emulatedCommand, resolveToolchains, toolchainFor, toolchainHint, type BuildMethod, type Toolchain } from './toolchains.js';
 import type {
   BuildConfig,
@@ -47,6 +49,15 @@ export interface ScaffoldEnvironment {
   hostNode?: { path: string; version: string; abi?: string };
   /** The platform this machine builds natively; defaults to the running process's. */
   host?: Target;
+  /**
+   * Secrets the calling process knows (AWS credentials, builder tokens): scrubbed from every
+   * log line and error of a build, besides the build's own registry tokens.
+   */
+  secrets?: readonly string[];
+  /** Where npm, install scripts and the addon check run; defaults to `auto` (bubblewrap where it works). */
+  /** Directories every build may read besides its own, read-only in the sandbox (local `file:` dependency tarballs). */
+  readable?: readonly string[];
+  sandbox?: Sandbox;
 }
 
 export interface BuildOptions {
@@ -79,6 +90,8 @@ export interface Scaffold extends ScaffoldLike {
   toolchains(): Toolchain[];
   /** How a build for `target` is made here: native, cross-compiled, or cross without natives. */
   buildMethod(target: Target): BuildMethod;
+  /** What isolates builds run as `runAs` (or as this process) from this machine. */
+  isolation(runAs?: RunAs): Promise<Isolation>;
 }
 
 export function defaultConfig(host: Target): BuildConfig {
@@ -123,6 +136,7 @@ export function createScaffold(defaults: BuildOverrides, hooks: HookModule[], en
   const host = environment.host ?? hostTarget();
   const hostNode = environment.hostNode ?? { path: process.execPath, version: process.versions.node, abi: process.versions.modules };
   const registry = new HookRegistry();
+  const sandbox = environment.sandbox ?? createSandbox({ setting: 'auto', envPath: environment.env.PATH });
   hooks.forEach((module, index) => registry.add(module, `hook module #${index + 1}`));
   const scaffoldDefaults = mergeConfig(defaultConfig(host), defaults);
   let npmCli: string | undefined;
@@ -143,13 +157,17 @@ export function createScaffold(defaults: BuildOverrides, hooks: HookModule[], en
     },
     async run(tar, overrides = {}, options = {}) {
       npmCli ??= locateNpm(environment.env.PATH);
-      return runBuild({ npmVersion: memoNpmVersion, scaffold, registry, environment, host, hostNode, npmCli, tar, overrides, options });
+      return runBuild({ npmVersion: memoNpmVersion, scaffold, registry, environment, sandbox, host, hostNode, npmCli, tar, overrides, options });
     },
     toolchains() {
       return resolveToolchains({ host, env: environment.env, settings: scaffoldDefaults.toolchains });
     },
     buildMethod(target) {
       return buildMethod(target, host, scaffold.toolchains());
+    },
+    isolation(runAs) {
+      // `required` without bubblewrap answers `none` here: the builds themselves fail.
+      return sandbox.isolation(runAs).catch(() => 'none' as const);
     },
   };
   return scaffold;
@@ -161,6 +179,7 @@ interface RunContext {
   scaffold: Scaffold;
   registry: HookRegistry;
   environment: ScaffoldEnvironment;
+  sandbox: Sandbox;
   host: Target;
   hostNode: { path: string; version: string; abi?: string };
   npmCli: string;
@@ -179,7 +198,8 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
   options.signal?.addEventListener('abort', onCallerAbort, { once: true });
   const signal = controller.signal;
 
-  let secrets: string[] = configSecrets(mergeConfig(scaffold.defaults, context.overrides));
+  const known = environment.secrets ?? [];
+  let secrets: string[] = [...configSecrets(mergeConfig(scaffold.defaults, context.overrides)), ...known];
   const emit = (event: BuildEvent) => {
     try {
       options.onEvent?.(event);
@@ -251,9 +271,14 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     // Hashed as it came in, before hooks or npm could touch it (the provenance names it).
     const lockfile = unpacked.lockfile ? sha256File(path.join(dirs.package, unpacked.lockfile)).then(({ sha256 }) => ({ name: unpacked.lockfile as string, sha256 })) : undefined;
     lockfile?.catch(() => undefined);
-    secrets = configSecrets(config);
+    secrets = [...configSecrets(config), ...known];
     await writeNpmrc(dirs.npmrc, config);
     if (options.runAs) await handOver(dirs, options.runAs);
+    // Before anything untrusted runs: with sandbox "required" and no bubblewrap, the build stops here.
+    const isolation = await context.sandbox.isolation(options.runAs);
+    const unsandboxed = isolation === 'bubblewrap' || isolation === 'bubblewrap+build-user' ? undefined : await context.sandbox.unavailableReason(options.runAs);
+    if (unsandboxed) log('install', `install scripts run without a sandbox (${unsandboxed}); isolation: ${isolation}`, 'status', { kind: 'isolation', isolation });
+    else log('install', `install scripts run in a bubblewrap sandbox${options.runAs ? ` as uid ${options.runAs.uid}` : ''}`, 'status', { kind: 'isolation', isolation });
 
     const native = sameTarget(config.target, context.host);
     // Another Linux CPU with a cross toolchain here: compiled for it, proven under its emulator.
@@ -309,11 +334,28 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     ];
     await registry.run('npm.configure', [scaffold, config, spawnInfo, status]);
 
+    // What the sandbox shows a build: its workdir and npm cache (read-write), the runtimes, npm
+    // and the Node running it, the toolchain's programs (read-only), besides the system's dirs.
+    const view: SandboxView = {
+      cwd: dirs.package,
+      writable: [dirs.work, dirs.cache],
+      readable: [
+        environment.runtimeCacheDir,
+        ...(environment.readable ?? []),
+        ...[runtime, scriptNode].filter((r): r is Runtime => r !== undefined).flatMap((r) => [path.dirname(r.binDir), r.nodedir]),
+        packageRoot(context.npmCli),
+        packageRoot(spawnInfo.command),
+        ...(toolchain ? [toolchain.cc, toolchain.cxx, toolchain.ar, toolchain.emulator ?? ''].filter((tool) => path.isAbsolute(tool)).map((tool) => path.dirname(tool)) : []),
+        ...(toolchain && path.isAbsolute(toolchain.sysroot) ? [toolchain.sysroot] : []),
+      ],
+    };
+    const sandboxed = (command: string, argv: string[]) => context.sandbox.wrap(command, argv, view, options.runAs);
     let peakMemory = 0;
     const runNpm = async (what: string, argv: string[]) => {
+      const wrapped = await sandboxed(spawnInfo.command, argv);
       const run = await spawnNpm({
-        command: spawnInfo.command,
-        argv,
+        command: wrapped.command,
+        argv: wrapped.args,
         cwd: dirs.package,
         env: spawnInfo.env,
         signal,
@@ -357,10 +399,19 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       }
     });
 
+    let droppedPrebuilds: string[] = [];
     const bundled = await step('bundle', async () => {
       // First: gyp may have left Makefiles in node_modules/@scope/<dir> that look like a package.
       const dropped = await dropBuildIntermediates(dirs.package);
       if (dropped.length > 0) log('bundle', `${dropped.length} build intermediates dropped`);
+      // The bundle is locked to one platform: node-gyp-build can never pick another's prebuild.
+      const prebuilds = await dropForeignPrebuilds(dirs.package, config.target);
+      droppedPrebuilds = prebuilds.map((entry) => entry.path);
+      const because = { platform: 'for other platforms', libc: 'for the other libc', superseded: 'superseded by the package\'s own build (node-gyp-build loads build/Release first)' } as const;
+      for (const reason of ['platform', 'libc', 'superseded'] as const) {
+        const files = prebuilds.filter((entry) => entry.reason === reason).map((entry) => entry.path);
+        if (files.length > 0) log('bundle', `prebuilds ${because[reason]} dropped: ${files.join(', ')}`, 'status', { kind: 'prebuilds-dropped', reason, files });
+      }
       const topLevel = await listTopLevelPackages(dirs.package);
       const names = topLevel.map((pkg) => pkg.name);
       const packageFile = path.join(dirs.package, 'package.json');
@@ -378,7 +429,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
 
     const emulated = toolchain?.emulator !== undefined;
     const verified = await step('verify', async () => {
-      const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native || emulated, signal, env: spawnInfo.env, ...(options.runAs ? { runAs: options.runAs } : {}),
+      const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native || emulated, signal, env: spawnInfo.env, ...(options.runAs ? { runAs: options.runAs } : {}), wrap: sandboxed,
         ...(toolchain && emulated ? { launch: (program: string, args: string[]) => emulatedCommand(toolchain, program, args) } : {}),
         log: (message: string, data?: object) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
       await checkPlatformPackages({ dir: dirs.package, target: config.target });
@@ -401,7 +452,9 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       npmVersion: await npmVersion,
       bundledDependencies: bundled,
       nativeFiles: verified.nativeFiles,
+      droppedPrebuilds,
       method,
+      isolation,
       verification: verified.nativeFiles.length === 0 ? 'none' : native ? 'loaded' : emulated ? 'emulated' : 'headers',
       durations: { ...durations },
       peakMemory,
@@ -437,6 +490,17 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     }
     throw failure;
   }
+}
+
+/** The install directory of a program: `<prefix>` for `<prefix>/bin/node`, npm's package for its `bin/npm-cli.js`. */
+function packageRoot(program: string): string {
+  let real = program;
+  try {
+    real = realpathSync(program);
+  } catch {
+    // not there (yet): its own path
+  }
+  return path.dirname(path.dirname(real));
 }
 
 async function fileExists(file: string): Promise<boolean> {

@@ -5,6 +5,7 @@ import type { UnpackLimits, PackageJson } from './steps/unpack.js';
 import type { Runtime } from './steps/runtime.js';
 import type { BuildMethod, Verification } from '../protocol.js';
 import type { ToolchainSettings } from './toolchains.js';
+import type { Isolation } from './sandbox.js';
 
 export type { PackageJson } from './steps/unpack.js';
 export type { Runtime } from './steps/runtime.js';
@@ -115,6 +116,13 @@ export interface BuildSummary {
    * binary's header is checked in each case.
    */
   verification: Verification;
+  /** Prebuilds their packages ship for other platforms, removed from the bundle (relative to the package; folders end in `/`). */
+  droppedPrebuilds: string[];
+  /**
+   * What isolated npm, the install scripts and the addon check from this machine: bubblewrap,
+   * a build user of its own, both, or `none` (sandbox off, or bubblewrap missing under `auto`).
+   */
+  isolation: Isolation;
   /** Milliseconds per step. */
   durations: Partial<Record<StepName, number>>;
   /** Peak resident memory of npm's process tree, in bytes. */

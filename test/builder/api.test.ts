@@ -50,7 +50,7 @@ describe('builder API', () => {
     expect(final.error).toBeUndefined();
     expect(final.state).toBe('succeeded');
     expect(final.package).toEqual({ name: 'small-app', version: '1.2.3' });
-    expect(final.resolved).toEqual({ node: process.versions.node, abi: process.versions.modules, npm: expect.any(String), method: 'native', verification: 'none' });
+    expect(final.resolved).toEqual({ node: process.versions.node, abi: process.versions.modules, npm: expect.any(String), method: 'native', verification: 'none', isolation: isRoot ? 'bubblewrap+build-user' : 'bubblewrap' });
     expect(final.steps.map((step) => step.name)).toEqual(expect.arrayContaining(['unpack', 'configure', 'runtime', 'install', 'bundle', 'verify', 'pack', 'output']));
     expect(final.steps.every((step) => step.state === 'finished' && typeof step.durationMs === 'number')).toBe(true);
     expect(final.label).toBe('api test');
@@ -210,6 +210,10 @@ describe('builder API', () => {
     const openapi = JSON.parse((await raw('/v1/openapi.json')).body) as { openapi: string; info: Record<string, unknown>; paths: Record<string, Record<string, { requestBody?: unknown }>> };
     expect(openapi.openapi).toBe('3.1.0');
     expect(openapi.info['x-targets']).toEqual(health.methods);
+    // Builds run in bubblewrap (CI installs it), as a build user of their own when the builder is root.
+    expect(health.isolation).toBe(isRoot ? 'bubblewrap+build-user' : 'bubblewrap');
+    expect(openapi.info['x-isolation']).toBe(health.isolation);
+    expect(openapi.info.description).toContain(`isolated by: ${health.isolation}`);
     expect(Object.keys(openapi.paths)).toEqual(expect.arrayContaining(['/v1/builds', '/v1/builds/{id}', '/v1/builds/{id}/events', '/v1/builds/{id}/log', '/v1/health']));
     expect(openapi.paths['/v1/builds']?.post?.requestBody).toBeTruthy();
     // The token never reaches the builder's own logs.
@@ -263,27 +267,24 @@ describe('builder API', () => {
   });
 
   it('cancels during npm install: npm and its scripts are gone, state cancelled', async () => {
+    // The script and its child carry a marker in their command lines: their pids inside the
+    // build's sandbox (its own PID namespace) are not the machine's.
+    const marker = `slow-install-${Date.now()}`;
     const script = [
       'const { spawn } = require("child_process");',
-      'const child = spawn("sleep", ["300"], { stdio: "ignore" });',
-      'console.log("PIDS " + process.pid + " " + child.pid);',
+      `spawn(process.execPath, ["-e", "setInterval(() => {}, 1000)", "${marker}-child"], { stdio: "ignore" });`,
+      'console.log("STARTED");',
       'setInterval(() => {}, 1000);',
     ].join('\n');
-    const source = await tgz(packageTar({ name: 'slow-install', version: '1.0.0', scripts: { install: 'node slow.js' } }, { 'slow.js': script }));
+    const source = await tgz(packageTar({ name: 'slow-install', version: '1.0.0', scripts: { install: `node slow.js ${marker}` } }, { 'slow.js': script }));
     const url = sources.add('slow-install.tgz', source.body);
     const { id } = await builder.client.createBuild(request({ source: { url, sha256: source.sha256 } }), { idempotencyKey: `cancel-${Date.now()}` });
-    const pids = await waitFor(async () => {
-      const line = (await builder.client.getLog(id)).find((candidate) => candidate.message.startsWith('PIDS '));
-      return line ? line.message.split(' ').slice(1).map(Number) : undefined;
-    }, 60_000, 200);
-    // Alive = exists and is not a zombie waiting for init to reap it.
-    const alive = (pid: number) => {
-      try {
-        return !execFileSync('ps', ['-o', 'stat=', '-p', String(pid)]).toString().trim().startsWith('Z');
-      } catch {
-        return false;
-      }
-    };
+    await waitFor(async () => (await builder.client.getLog(id)).some((candidate) => candidate.message === 'STARTED') || undefined, 60_000, 200);
+    // Live (not zombie) processes whose command line carries the marker: the script and its child.
+    const running = () => execFileSync('ps', ['-A', '-o', 'stat=,args=']).toString().split('\n')
+      .filter((line) => line.includes(marker) && !line.trim().startsWith('Z') && !line.includes('ps -A'));
+    const pids = [0, 1];
+    const alive = (index: number) => running().some((line) => (index === 0 ? line.includes(`slow.js ${marker}`) : line.includes(`${marker}-child`)));
     expect(pids.every(alive)).toBe(true);
     // A raw event stream stays open with heartbeats while the build runs, and ends with it.
     const stream = got.stream(`${builder.url}/v1/builds/${id}/events`, { headers: auth(), retry: { limit: 0 } });

@@ -41,23 +41,26 @@ const start = async (extra: string[] = []) => {
   return { child, client: createBuilderClient({ url: child.url, token }) };
 };
 
-/** An install script that starts a grandchild and then waits forever, printing both pids. */
-const slowPackage = (name: string) => tgz(packageTar({ name, version: '1.0.0', scripts: { install: 'node slow.js' } }, {
+/**
+ * An install script that starts a grandchild and then waits forever. Both carry the package
+ * name in their command lines (their pids inside the build's sandbox are not the machine's);
+ * the script prints `PIDS` once both run.
+ */
+const slowPackage = (name: string) => tgz(packageTar({ name, version: '1.0.0', scripts: { install: `node slow.js ${name}` } }, {
   'slow.js': [
     'const { spawn } = require("child_process");',
-    'const child = spawn("sleep", ["300"], { stdio: "ignore" });',
+    `const child = spawn(process.execPath, ["-e", "setInterval(() => {}, 1000)", "${name}-child"], { stdio: "ignore" });`,
     'console.log("PIDS " + process.pid + " " + child.pid);',
     'setInterval(() => {}, 1000);',
   ].join('\n'),
 }));
 
-const alive = (pid: number) => {
-  try {
-    return !execFileSync('ps', ['-o', 'stat=', '-p', String(pid)]).toString().trim().startsWith('Z');
-  } catch {
-    return false;
-  }
-};
+/** The script's and its grandchild's markers, as `alive` looks for them. */
+const markersOf = (name: string) => [`slow.js ${name}`, `${name}-child`];
+
+/** A live (not zombie) process whose command line holds `marker`. */
+const alive = (marker: string) => execFileSync('ps', ['-A', '-o', 'stat=,args=']).toString().split('\n')
+  .some((line) => line.includes(marker) && !line.trim().startsWith('Z'));
 
 describe('builder restart and shutdown (the real bin as a child process)', () => {
   it('marks builds that ran when it was SIGKILLed as ERR_BUILDER_RESTARTED; finished builds and logs survive', async () => {
@@ -70,10 +73,9 @@ describe('builder restart and shutdown (the real bin as a child process)', () =>
 
     const slow = await slowPackage('slow-restart');
     const { id } = await first.client.createBuild({ source: { url: sources.add('slow-restart.tgz', slow.body), sha256: slow.sha256 }, target: hostTargetSpec() }, { idempotencyKey: 'slow' });
-    const pids = await waitFor(async () => {
-      const line = (await first.client.getLog(id)).find((candidate) => candidate.message.startsWith('PIDS '));
-      return line ? line.message.split(' ').slice(1).map(Number) : undefined;
-    }, 60_000, 200);
+    await waitFor(async () => (await first.client.getLog(id)).find((candidate) => candidate.message.startsWith('PIDS ')), 60_000, 200);
+    const pids = markersOf('slow-restart');
+    expect(pids.every(alive)).toBe(true);
     // Let the log chunk with the PIDS line reach the store (flushed every 500 ms).
     await new Promise((resolve) => setTimeout(resolve, 800));
     first.child.child.kill('SIGKILL');

@@ -9,7 +9,7 @@ import { createGunzip, createGzip } from 'node:zlib';
 import { fileURLToPath } from 'node:url';
 import { pack as tarPack, extract as tarExtract } from 'tar-stream';
 import { hostTarget } from '../../lib/target.js';
-import { createScaffold, type Scaffold } from '../../lib/workflow/scaffold.js';
+import { createScaffold, type Scaffold, type ScaffoldEnvironment } from '../../lib/workflow/scaffold.js';
 import type { BuildOverrides, BuildSummary, HookModule } from '../../lib/workflow/types.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -68,7 +68,7 @@ export async function tempDir(prefix = 'bd-test-'): Promise<{ dir: string; remov
 }
 
 /** A scaffold whose workdirs live in `workRoot` and whose caches are the tests' own. */
-export async function testScaffold(workRoot: string, defaults: BuildOverrides = {}, hooks: HookModule[] = [], env: NodeJS.ProcessEnv = process.env): Promise<Scaffold> {
+export async function testScaffold(workRoot: string, defaults: BuildOverrides = {}, hooks: HookModule[] = [], env: NodeJS.ProcessEnv = process.env, environment: Partial<ScaffoldEnvironment> = {}): Promise<Scaffold> {
   await mkdir(testCacheDir, { recursive: true });
   // Builds for the host's own Node unless a test asks otherwise: the runtime rule is tested on
   // its own, and this keeps most tests from fetching runtimes.
@@ -78,6 +78,7 @@ export async function testScaffold(workRoot: string, defaults: BuildOverrides = 
     workRoot,
     npmCacheDir: path.join(testCacheDir, 'npm'),
     runtimeCacheDir: testRuntimeCacheDir,
+    ...environment,
   });
 }
 
@@ -98,8 +99,8 @@ export function hashingTar(stream: Readable): { stream: Readable; digest: () => 
  * Builds the same input in a scaffold whose workdirs live in `workRoot`, saving the bundle
  * beside it as `<workRoot>.tgz`: what determinism tests compare between two workdirs.
  */
-export async function buildSaved(workRoot: string, input: () => Readable): Promise<{ summary: BuildSummary; bundle: string; tarSha256: string; files: Awaited<ReturnType<typeof readTar>>; log: string }> {
-  const scaffold = await testScaffold(workRoot);
+export async function buildSaved(workRoot: string, input: () => Readable, environment: Partial<ScaffoldEnvironment> = {}): Promise<{ summary: BuildSummary; bundle: string; tarSha256: string; files: Awaited<ReturnType<typeof readTar>>; log: string }> {
+  const scaffold = await testScaffold(workRoot, {}, [], process.env, environment);
   const lines: string[] = [];
   const result = await scaffold.run(input(), {}, { onEvent: (event) => { if (event.type === 'log') lines.push(event.message); } });
   const hashed = hashingTar(result.output);

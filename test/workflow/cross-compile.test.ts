@@ -58,7 +58,8 @@ async function fixtureTgz(name: 'native-addon' | 'v8-addon'): Promise<string> {
 }
 
 async function buildArm64(workRoot: string, input: () => Promise<ReturnType<typeof packageTar>>, defaults: BuildOverrides = {}) {
-  const scaffold = await testScaffold(workRoot, { ...defaults, target: arm64 });
+  // `file:` dependency tarballs live in root.dir: the sandbox shows it read-only.
+  const scaffold = await testScaffold(workRoot, { ...defaults, target: arm64 }, [], process.env, { readable: [root.dir] });
   const result = await scaffold.run(await input());
   const hashed = hashingTar(result.output);
   const bundle = `${workRoot}.tgz`;

@@ -52,7 +52,8 @@ describe('native addons', () => {
     // The fixture as a dependency, from a local tarball (the registry path is the same code).
     const addonTgz = path.join(root.dir, 'native-fixture-1.0.0.tgz');
     await pipeline(pack(fixture), createGzip(), createWriteStream(addonTgz));
-    const scaffold = await testScaffold(path.join(root.dir, 'work-dep'));
+    // The `file:` dependency's tarball lives in root.dir: the sandbox shows it read-only.
+    const scaffold = await testScaffold(path.join(root.dir, 'work-dep'), {}, [], process.env, { readable: [root.dir] });
     const result = await scaffold.run(packageTar({ name: 'uses-native', version: '1.0.0', main: 'index.js', dependencies: { 'native-fixture': `file:${addonTgz}` } }, {
       'index.js': 'module.exports = (a, b) => require("native-fixture").add(a, b);\n',
     }));
@@ -73,7 +74,7 @@ describe('native addons', () => {
 // Slow-ish: cmake-js and node-addon-api come from the registry; four compiles (~20 s on 2 cores).
 describe('build intermediates, per route: two workdirs give the same tar', () => {
   const twice = async (name: string, input: () => Readable) => {
-    const [first, second] = await Promise.all([buildSaved(path.join(root.dir, `${name}-a`), input), buildSaved(path.join(root.dir, `${name}-b`, 'nested', 'deeper'), input)]);
+    const [first, second] = await Promise.all([buildSaved(path.join(root.dir, `${name}-a`), input, { readable: [root.dir] }), buildSaved(path.join(root.dir, `${name}-b`, 'nested', 'deeper'), input, { readable: [root.dir] })]);
     expect(buildLeftovers(first.files, [path.join(root.dir, `${name}-a`)])).toEqual([]);
     expect(first.tarSha256).toBe(second.tarSha256);
     return first;

@@ -1,9 +1,10 @@
 import { execFile } from 'node:child_process';
-import { chmod, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { chmod, readFile, readdir, writeFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSandbox } from '../../lib/workflow/sandbox.js';
 import { BundleError } from '../../lib/errors.js';
 import type { BuildEvent, HookModule } from '../../lib/workflow/types.js';
 import { packageTar, readTar, tempDir, testScaffold } from '../helpers/packages.js';
@@ -19,11 +20,6 @@ afterAll(async () => {
 });
 
 const workRoot = () => path.join(root.dir, 'work');
-
-async function isRunning(pid: number): Promise<boolean> {
-  const { stdout } = await execFileAsync('ps', ['-o', 'stat=', '-p', String(pid)]).catch(() => ({ stdout: '' }));
-  return stdout.trim() !== '' && !stdout.trim().startsWith('Z');
-}
 
 /** The workdirs of builds still on disk (every build must remove its own). */
 async function leftoverWorkdirs(): Promise<string[]> {
@@ -239,29 +235,33 @@ describe('scaffold.build', () => {
 
   it('the abort signal cancels a build and kills npm\'s whole process group', async () => {
     const scaffold = await testScaffold(workRoot());
-    const pidDir = await tempDir('bd-pids-');
     const controller = new AbortController();
+    // The script and its grandchild carry a marker in their command lines: inside the build's
+    // sandbox they have pids of its own PID namespace, not the machine's.
+    const marker = `hang-${Date.now()}`;
     const script = [
       'const { spawn } = require("child_process");',
-      'const fs = require("fs");',
       // A grandchild in the same group, and a long wait: both must be gone after the abort.
-      'const child = spawn(process.execPath, ["-e", "setTimeout(() => {}, 120000)"], { stdio: "ignore" });',
-      `fs.writeFileSync(${JSON.stringify(path.join(pidDir.dir, 'pids'))}, process.pid + " " + child.pid);`,
+      `spawn(process.execPath, ["-e", "setTimeout(() => {}, 120000)", "${marker}-child"], { stdio: "ignore" });`,
+      'console.log("STARTED");',
       'setTimeout(() => {}, 120000);',
     ].join('\n');
-    const started = scaffold.build(packageTar({ name: 'slow', version: '1.0.0', scripts: { install: 'node hang.js' } }, { 'hang.js': script }), {}, { signal: controller.signal });
-    const pidsFile = path.join(pidDir.dir, 'pids');
-    for (let tries = 0; tries < 600 && !(await stat(pidsFile).catch(() => undefined)); tries += 1) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    const pids = (await readFile(pidsFile, 'utf8')).split(' ').map(Number);
-    expect(pids).toHaveLength(2);
+    let started = false;
+    const build = scaffold.build(packageTar({ name: 'slow', version: '1.0.0', scripts: { install: `node hang.js ${marker}` } }, { 'hang.js': script }), {}, {
+      signal: controller.signal,
+      onEvent: (event) => { if (event.type === 'log' && event.message === 'STARTED') started = true; },
+    });
+    for (let tries = 0; tries < 600 && !started; tries += 1) await new Promise((resolve) => setTimeout(resolve, 100));
+    const live = async () => (await execFileAsync('ps', ['-A', '-o', 'stat=,args='])).stdout.split('\n').filter((line) => line.includes(marker) && !line.trim().startsWith('Z'));
+    // npm's `sh -c`, the script and its grandchild.
+    const before = await live();
+    expect(before.some((line) => line.includes(`hang.js ${marker}`))).toBe(true);
+    expect(before.some((line) => line.includes(`${marker}-child`))).toBe(true);
     controller.abort();
-    await expect(started).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+    await expect(build).rejects.toMatchObject({ code: 'ERR_ABORTED' });
     // The build rejects only once npm's whole group is gone (zombies awaiting their reaper excepted).
-    for (const pid of pids) expect(await isRunning(pid)).toBe(false);
+    expect(await live()).toEqual([]);
     expect(await leftoverWorkdirs()).toEqual([]);
-    await pidDir.remove();
   });
 
   it('bad input fails with a coded error before npm runs', async () => {
@@ -307,7 +307,14 @@ describe('scaffold.build', () => {
     const result = await scaffold.run(packageTar({ name: 'who', version: '1.0.0', scripts: { install: 'node who.js' }, dependencies: { ms: '2.1.3' } }, { 'who.js': script }), {}, { runAs: { uid: 65534, gid: 65534 } });
     const files = await readTar(result.output);
     await result.settled;
-    expect(JSON.parse(files.get('package/who.json')!.content.toString())).toEqual({ uid: 65534, read: 'EACCES' });
+    // In its sandbox the file does not even exist; without one the build user could not read it.
+    expect(JSON.parse(files.get('package/who.json')!.content.toString())).toEqual({ uid: 65534, read: 'ENOENT' });
+    const unsandboxed = await testScaffold(path.join(root.dir, 'work-runas-off'), {}, [], process.env, { sandbox: createSandbox({ setting: 'off', envPath: process.env.PATH }) });
+    const plain = await unsandboxed.run(packageTar({ name: 'who', version: '1.0.0', scripts: { install: 'node who.js' } }, { 'who.js': script }), {}, { runAs: { uid: 65534, gid: 65534 } });
+    const plainFiles = await readTar(plain.output);
+    await plain.settled;
+    expect(plain.summary.isolation).toBe('build-user');
+    expect(JSON.parse(plainFiles.get('package/who.json')!.content.toString())).toEqual({ uid: 65534, read: 'EACCES' });
     expect(files.has('package/node_modules/ms/index.js')).toBe(true);
     // A work dir the build user cannot reach is refused up front, naming the directory.
     const closed = await tempDir('bd-closed-');

@@ -26,7 +26,8 @@ describe('runtimes from engines', () => {
     const addonTgz = path.join(root.dir, 'v8-fixture-1.0.0.tgz');
     await pipeline(pack(path.join(repoRoot, 'test', 'fixtures', 'v8-addon')), createGzip(), createWriteStream(addonTgz));
     // No target range: the rule reads engines (testScaffold's default pins the host, so clear it).
-    const scaffold = await testScaffold(path.join(root.dir, 'work-22'), { target: { os: 'linux', cpu: process.arch as 'x64', libc: 'glibc' } });
+    // The `file:` dependency's tarball lives in root.dir: the sandbox shows it read-only.
+    const scaffold = await testScaffold(path.join(root.dir, 'work-22'), { target: { os: 'linux', cpu: process.arch as 'x64', libc: 'glibc' } }, [], process.env, { readable: [root.dir] });
     const result = await scaffold.run(packageTar({ name: 'needs-22', version: '1.0.0', main: 'index.js', engines: { node: '>=22 <23' }, dependencies: { 'v8-fixture': `file:${addonTgz}` } }, {
       'index.js': 'module.exports = require("v8-fixture").add(40, 2);\n',
     }));

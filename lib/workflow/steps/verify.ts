@@ -6,6 +6,7 @@ import type { Target, TargetCpu } from '../../target.js';
 import { readBinaryHeader } from '../binary-header.js';
 import type { BinaryHeader } from '../binary-header.js';
 import { runCommand, type RunAs } from '../runtime-registry.js';
+import { prebuildServes } from './prebuilds.js';
 import type { LogFn } from '../runtime-registry.js';
 import type { Runtime } from './runtime.js';
 
@@ -35,6 +36,8 @@ export interface VerifyNativeOptions {
   env?: NodeJS.ProcessEnv;
   /** Load the addons as this user (their init code is untrusted). */
   runAs?: RunAs;
+  /** Wraps the loading child's command line (the build's sandbox). */
+  wrap?: (command: string, args: string[]) => Promise<{ command: string; args: string[] }>;
   signal?: AbortSignal;
   log?: LogFn;
 }
@@ -76,6 +79,12 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
   for await (const file of walk(dir, signal)) {
     const isAddon = file.relative.endsWith('.node');
     if (!isAddon && !file.executable && !LIBRARY_NAME.test(file.relative)) continue;
+    // A prebuild whose folder or libc tag names another platform is never loaded, whatever its
+    // header says (a FreeBSD x64 ELF looks like a Linux one but for its OS ABI byte).
+    if (prebuildServes(file.relative, target) === false) {
+      foreign.push(file.relative);
+      continue;
+    }
     const header = await readBinaryHeader(file.absolute);
     if (header.format === 'unknown') {
       if (isAddon) problems.push({ file: file.relative, problem: 'is not an ELF, Mach-O or PE binary' });
@@ -118,6 +127,7 @@ export function checkHeader(header: BinaryHeader, target: Target): string | unde
   } else if (header.format !== (expectedFormat === 'PE' ? 'pe' : 'elf')) {
     return mismatch('wrong format');
   }
+  if (header.format === 'elf' && header.osabi && target.os !== header.osabi) return mismatch(`built for ${OS_NAMES[header.osabi] ?? header.osabi} (ELF OS ABI)`);
   if (header.cpu !== target.cpu) return mismatch('wrong cpu');
   if (header.bits !== undefined && header.bits !== BITS[target.cpu]) return mismatch(`${header.bits}-bit binary`);
   if (header.endian !== undefined && header.endian !== ENDIAN[target.cpu]) return mismatch(`${header.endian}-endian binary`);
@@ -127,6 +137,8 @@ export function checkHeader(header: BinaryHeader, target: Target): string | unde
   }
   return undefined;
 }
+
+const OS_NAMES: Record<string, string> = { freebsd: 'FreeBSD', openbsd: 'OpenBSD', netbsd: 'NetBSD', solaris: 'Solaris', aix: 'AIX', hpux: 'HP-UX' };
 
 /** glibc or musl by the ELF interpreter and needed libraries; undefined for static binaries and addons that need no libc. */
 export function libcOf(header: BinaryHeader): 'glibc' | 'musl' | undefined {
@@ -226,7 +238,8 @@ async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[]
   const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
   let result;
   try {
-    const { command, args } = options.launch ? options.launch(runtime.nodePath, ['-e', LOADER]) : { command: runtime.nodePath, args: ['-e', LOADER] };
+    const launched = options.launch ? options.launch(runtime.nodePath, ['-e', LOADER]) : { command: runtime.nodePath, args: ['-e', LOADER] };
+    const { command, args } = options.wrap ? await options.wrap(launched.command, launched.args) : launched;
     result = await runCommand(command, args, { env: options.env ?? {}, cwd: dir, signal: combined, input: JSON.stringify(nativeFiles.map((f) => path.join(dir, f))), ...(options.runAs ? { runAs: options.runAs } : {}) });
   } catch (error) {
     throwIfAborted(signal);

@@ -1,0 +1,243 @@
+/**
+ * Hostile install scripts against the sandbox (bubblewrap): one reads the environment and
+ * command line of every process it can see through /proc, one reads credential files by
+ * absolute path, one writes outside its workdir, one leaves a daemon behind. Each runs through
+ * `bundle` as root and as an ordinary user, and through the embedded default (dispatch); the
+ * standalone builder's case is in test/builder/hostile.test.ts. Nothing here is faked: real
+ * bwrap, real npm, real scripts.
+ */
+import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { chmod, chown, mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createSandbox } from '../../lib/workflow/sandbox.js';
+import { isRoot } from '../helpers/builder.js';
+import { repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
+import { makeTgz, packageEntries } from '../helpers/tar.js';
+
+const execFileAsync = promisify(execFile);
+const NOBODY = 65534;
+
+let root: { dir: string; remove: () => Promise<void> };
+/** Values a hostile script must never get hold of. */
+const secret = {
+  aws: `aws-secret-${randomBytes(12).toString('hex')}`,
+  token: `builder-token-${randomBytes(12).toString('hex')}`,
+  npm: `npm_${randomBytes(18).toString('hex')}`,
+  key: `-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI${randomBytes(16).toString('hex')}\n-----END PRIVATE KEY-----\n`,
+};
+const marker = `bd-daemon-${randomBytes(6).toString('hex')}`;
+let home: string;
+let outside: string;
+let credentialFiles: string[];
+
+beforeAll(async () => {
+  root = await tempDir('bd-sandbox-');
+  // Passable by the ordinary user of the second case (mkdtemp makes it 0700).
+  await chmod(root.dir, 0o755);
+  home = path.join(root.dir, 'home');
+  outside = path.join(root.dir, 'outside');
+  await mkdir(path.join(home, '.aws'), { recursive: true });
+  await mkdir(path.join(home, '.ssh'), { recursive: true });
+  await mkdir(path.join(home, '.cache', 'bundle-dispatch', 'keys'), { recursive: true });
+  await mkdir(outside, { recursive: true });
+  await chmod(outside, 0o777);
+  credentialFiles = [
+    path.join(home, '.aws', 'credentials'),
+    path.join(home, '.npmrc'),
+    path.join(home, '.ssh', 'id_ed25519'),
+    path.join(home, '.cache', 'bundle-dispatch', 'keys', 'embedded-builder.pem'),
+  ];
+  await writeFile(credentialFiles[0] as string, `[default]\naws_secret_access_key = ${secret.aws}\n`);
+  await writeFile(credentialFiles[1] as string, `//registry.npmjs.org/:_authToken=${secret.npm}\n`);
+  await writeFile(credentialFiles[2] as string, secret.key);
+  await writeFile(credentialFiles[3] as string, secret.key);
+});
+afterAll(async () => {
+  await root?.remove();
+});
+
+/** The four hostile classes in one install script, each reporting what it got on stdout. */
+function hostileScript(): string {
+  return [
+    'const fs = require("fs");',
+    'const { spawn } = require("child_process");',
+    'const say = (line) => console.log(line);',
+    'for (const [name, value] of Object.entries(process.env)) say(`ENV ${name}=${value}`);',
+    'const pids = fs.readdirSync("/proc").filter((name) => /^\\d+$/.test(name));',
+    'say(`PIDS ${pids.length}`);',
+    'for (const pid of pids) for (const what of ["environ", "cmdline"]) {',
+    '  try { say(`PROC ${pid} ${what}: ${fs.readFileSync(`/proc/${pid}/${what}`, "latin1").replace(/\\0/g, " ")}`); } catch (error) { say(`PROC ${pid} ${what}: ${error.code}`); }',
+    '}',
+    `for (const file of ${JSON.stringify(credentialFiles)}) {`,
+    '  try { say(`READ ${file}: ${fs.readFileSync(file, "latin1")}`); } catch (error) { say(`DENIED ${file}: ${error.code}`); }',
+    '}',
+    `for (const file of [${JSON.stringify(path.join(outside, 'pwned'))}, "/tmp/${marker}", process.env.HOME + "/../../../pwned-${marker}"]) {`,
+    '  try { fs.writeFileSync(file, "pwned"); say(`WROTE ${file}`); } catch (error) { say(`WRITE DENIED ${file}: ${error.code}`); }',
+    '}',
+    `const daemon = spawn(process.execPath, ["-e", "setInterval(() => {}, 1000)", "${marker}"], { detached: true, stdio: "ignore" });`,
+    'daemon.unref();',
+    'say(`DAEMON ${daemon.pid}`);',
+    'say(`UID ${process.getuid()}`);',
+  ].join('\n');
+}
+
+async function hostileTgz(dir: string): Promise<string> {
+  const file = path.join(dir, 'hostile-6.6.6.tgz');
+  await writeFile(file, await makeTgz(packageEntries([{ name: 'package/hostile.js', content: hostileScript() }], { name: 'hostile', version: '6.6.6', scripts: { install: 'node hostile.js' } })));
+  await chmod(file, 0o644);
+  return file;
+}
+
+/** What every case must show: nothing of the machine reached the script, nothing escaped it. */
+async function expectContained(output: string, searched: string[]): Promise<void> {
+  expect(output).toContain('ENV PATH=');
+  expect(output).toMatch(/install scripts run in a bubblewrap sandbox/);
+  // Its own PID namespace: bwrap's init, npm, sh, node — and nothing of ours.
+  const pids = Number(/PIDS (\d+)/.exec(output)?.[1]);
+  expect(pids).toBeGreaterThan(0);
+  expect(pids).toBeLessThan(12);
+  expect(output).not.toMatch(/PROC \d+ cmdline: .*(bundle-dispatch\.js|vitest)/);
+  for (const file of credentialFiles) expect(output).toContain(`DENIED ${file}: ENOENT`);
+  expect(output).toContain(`WRITE DENIED ${path.join(outside, 'pwned')}`);
+  expect(await stat(path.join(outside, 'pwned')).catch(() => undefined)).toBeUndefined();
+  // /tmp inside is the sandbox's own: the write "works" there and is gone with it.
+  expect(await stat(`/tmp/${marker}`).catch(() => undefined)).toBeUndefined();
+  // The daemon died with the sandbox.
+  const { stdout: processes } = await execFileAsync('ps', ['-eo', 'args']);
+  expect(processes).not.toContain(marker);
+  for (const text of searched) {
+    for (const value of Object.values(secret)) expect(text).not.toContain(value.includes('PRIVATE KEY') ? value.split('\n')[1] : value);
+  }
+}
+
+/** The CLI as a given user (an ordinary one when `uid` is set), with the secrets in its env. */
+function runAs(args: string[], options: { cwd: string; uid?: number; env: NodeJS.ProcessEnv }): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(repoRoot, 'bin', 'bundle-dispatch.js'), ...args], {
+      cwd: options.cwd,
+      env: options.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...(options.uid !== undefined ? { uid: options.uid, gid: options.uid } : {}),
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+function hostileEnv(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  return {
+    PATH: process.env.PATH,
+    HOME: home,
+    CI: 'true',
+    AWS_ACCESS_KEY_ID: 'AKIAHOSTILETEST',
+    AWS_SECRET_ACCESS_KEY: secret.aws,
+    BUNDLE_DISPATCH_BUILDER_TOKENS: secret.token,
+    NPM_TOKEN: secret.npm,
+    ...extra,
+  };
+}
+
+async function readAll(dir: string): Promise<string> {
+  let text = '';
+  for (const entry of await readdir(dir, { withFileTypes: true, recursive: true }).catch(() => [])) {
+    if (entry.isFile()) text += (await readFile(path.join(entry.parentPath, entry.name))).toString('latin1');
+  }
+  return text;
+}
+
+/** The main command on the embedded default, --verbose, with the secrets in its env; it must deliver. */
+async function dispatchHostile(name: string, sandbox: 'required' | 'off'): Promise<{ dir: string; cache: string; output: string }> {
+  const dir = path.join(root.dir, name);
+  const cache = path.join(dir, 'cache');
+  await mkdir(cache, { recursive: true });
+  const input = await hostileTgz(dir);
+  const run = await runAs([input, '--verbose', '--sandbox', sandbox, '-t', `linux-${process.arch}@${process.versions.node}`, '--cache-dir', cache, '-d', path.join(dir, 'dist')], {
+    cwd: dir, env: hostileEnv({ BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work') }),
+  });
+  expect(run.code, run.stderr).toBe(0);
+  return { dir, cache, output: `${run.stdout}\n${run.stderr}` };
+}
+
+describe('the sandbox', () => {
+  it('bundle (as this user): the script sees only its own processes, none of the credentials, cannot write outside, leaves no daemon; its secrets reach no output', async () => {
+    const dir = path.join(root.dir, 'bundle-self');
+    await mkdir(dir, { recursive: true });
+    const input = await hostileTgz(dir);
+    const run = await runAs(['bundle', input, '--verbose', '--sandbox', 'required', '--node', process.versions.node, '--cache-dir', testCacheDir, '-o', `${dir}/out/`, '--json'], { cwd: dir, env: hostileEnv() });
+    expect(run.stderr).toContain('UID ');
+    expect(run.code).toBe(0);
+    const outcome = JSON.parse(run.stdout) as { file: string; isolation: string };
+    expect(outcome.isolation).toBe('bubblewrap');
+    await expectContained(run.stderr, [run.stdout, run.stderr, (await readFile(outcome.file)).toString('latin1')]);
+  }, 120_000);
+
+  it.runIf(isRoot)('bundle as an ordinary user (nobody): the same containment through user namespaces', async () => {
+    const dir = path.join(root.dir, 'bundle-nobody');
+    const cache = path.join(dir, 'cache');
+    await mkdir(cache, { recursive: true });
+    const input = await hostileTgz(dir);
+    await chown(dir, NOBODY, NOBODY);
+    await chown(cache, NOBODY, NOBODY);
+    const run = await runAs(['bundle', input, '--verbose', '--sandbox', 'required', '--node', process.versions.node, '--cache-dir', cache, '-o', `${dir}/out/`, '--json'], {
+      cwd: dir, uid: NOBODY, env: hostileEnv({ BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work') }),
+    });
+    expect(run.stderr).toContain(`UID ${NOBODY}`);
+    expect(run.code).toBe(0);
+    expect((JSON.parse(run.stdout) as { isolation: string }).isolation).toBe('bubblewrap');
+    await expectContained(run.stderr, [run.stdout, run.stderr, await readAll(path.join(dir, 'out'))]);
+  }, 120_000);
+
+  it('the embedded default (dispatch --verbose): nothing of the dispatching process in the output, the run\'s log copy, the builder store or the bundle', async () => {
+    const { dir, cache, output } = await dispatchHostile('dispatch', 'required');
+    expect(output).toContain('isolation bubblewrap');
+    await expectContained(output, [output, await readAll(cache), await readAll(path.join(dir, 'dist'))]);
+  }, 180_000);
+
+  it('redaction, the second line: with the sandbox off, a script that reads the dispatching process through /proc prints its secrets, and no output, log copy or store keeps them', async () => {
+    const { dir, cache, output } = await dispatchHostile('unsandboxed', 'off');
+    // Unsandboxed, and said so: the script did see the machine's processes and their environments.
+    expect(output).toContain('isolation none');
+    expect(output).toMatch(/install scripts ran without a sandbox/);
+    expect(output).toMatch(/PROC \d+ environ: .*AWS_SECRET_ACCESS_KEY=\*\*\*/);
+    const kept = [output, await readAll(cache), await readAll(path.join(dir, 'dist'))].join('\n');
+    for (const value of [secret.aws, secret.token, secret.npm]) expect(kept).not.toContain(value);
+    // Unsandboxed, a daemon that left npm's process group outlives the build (docs/sandbox.md): ours goes here.
+    await execFileAsync('pkill', ['-f', marker]).catch(() => undefined);
+  }, 180_000);
+
+  it('sandbox "required" without bubblewrap fails the build before any script runs, with ERR_SANDBOX_UNAVAILABLE (exit 2) naming what to install', async () => {
+    const dir = path.join(root.dir, 'required');
+    await mkdir(dir, { recursive: true });
+    const input = await hostileTgz(dir);
+    // A PATH without bwrap (node and npm stay reachable through their own directory).
+    const bin = path.join(dir, 'bin');
+    await mkdir(bin);
+    await symlink(process.execPath, path.join(bin, 'node'));
+    const npmCli = (await execFileAsync('sh', ['-c', 'command -v npm'])).stdout.trim();
+    await symlink(npmCli, path.join(bin, 'npm'));
+    const run = await runAs(['bundle', input, '--sandbox', 'required', '--node', process.versions.node, '--cache-dir', testCacheDir, '-o', `${dir}/out/`], { cwd: dir, env: hostileEnv({ PATH: bin }) });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('ERR_SANDBOX_UNAVAILABLE');
+    expect(run.stderr).toContain('apt-get install bubblewrap');
+    expect(run.stderr).not.toContain('UID ');
+    expect(await readdir(path.join(dir, 'out')).catch(() => [])).toEqual([]);
+  }, 60_000);
+
+  it('sandbox "auto" without bubblewrap runs unsandboxed and says so in the outcome', async () => {
+    const sandbox = createSandbox({ setting: 'auto', envPath: '/nonexistent' });
+    expect(await sandbox.isolation()).toBe('none');
+    expect(await sandbox.unavailableReason()).toMatch(/not installed/);
+    expect(await sandbox.isolation({ uid: 61000, gid: 61000 })).toBe('build-user');
+    expect(await sandbox.wrap('node', ['-e', '1'], { cwd: '/', writable: [], readable: [] })).toEqual({ command: 'node', args: ['-e', '1'] });
+    const off = createSandbox({ setting: 'off', envPath: process.env.PATH });
+    expect(await off.isolation()).toBe('none');
+    expect(await off.unavailableReason()).toBe('sandbox is off');
+  });
+});
