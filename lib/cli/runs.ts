@@ -5,6 +5,7 @@
  * they answer in the time Node starts: the builder client and the stores load only where a
  * command needs them.
  */
+import path from 'node:path';
 import { open } from 'node:fs/promises';
 import type { ResolvedConfig } from '../config/load.js';
 import { RunHistory, listRuns, localLogFile, readRun, requestCancel, runAlive, runOutcome, runsDirOf, type RunDocument, type RunOutcome } from '../dispatch/history.js';
@@ -418,7 +419,11 @@ export async function commandPrune(args: PruneArgs, context: CliContext, signal:
   }
   for (const warning of report.warnings) context.stderr.write(`! ${warning}\n`);
   const verb = report.dryRun ? 'would remove' : 'removed';
-  for (const item of report.removed) context.stdout.write(`${verb} ${item.kind} ${item.id} (${formatBytes(item.bytes)}, last written ${item.at})\n`);
+  for (const item of report.removed) {
+    context.stdout.write(`${verb} ${item.kind} ${item.id} (${formatBytes(item.bytes)}, last written ${item.at})\n`);
+    // Every file, store metadata included, so a dry run shows exactly what the real one removes.
+    for (const file of item.files) context.stdout.write(`    ${path.relative(config.cacheDir, file)}\n`);
+  }
   const count = (kind: string) => report.removed.filter((item) => item.kind === kind).length;
   const kept = [report.running.length > 0 ? `${report.running.length} running run(s)` : '', report.manifests.length > 0 ? `what ${report.manifests.length} manifest(s) point at` : ''].filter(Boolean);
   context.stdout.write(`✔ ${verb} ${count('run')} run(s), ${count('source')} source(s), ${count('build')} build(s) older than ${retention} (before ${report.olderThan}): ${formatBytes(report.bytes)}${report.dryRun ? ' would be' : ''} freed${kept.length > 0 ? `; kept ${kept.join(' and ')}` : ''}\n`);

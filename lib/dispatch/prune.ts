@@ -53,6 +53,8 @@ export interface PrunedItem {
   id: string;
   /** When it was last written (what its age is measured from). */
   at: string;
+  /** Every file removed (or that would be), data and store metadata alike; `bytes` is their sum. */
+  files: string[];
   bytes: number;
 }
 
@@ -80,17 +82,20 @@ interface StoredRun {
   doc: RunDocument;
   /** The document's mtime: it is rewritten until the run ends. */
   at: number;
+  /** What is removed: the document, the run's folder (log copies), a cancel request. */
+  roots: string[];
+  /** Every file under them. */
   files: string[];
   bytes: number;
 }
 
+/** Every file at or under `file`, with their total size. */
 async function sizeOf(file: string): Promise<{ bytes: number; files: string[] }> {
   const info = await stat(file).catch(() => undefined);
   if (!info) return { bytes: 0, files: [] };
   if (!info.isDirectory()) return { bytes: info.size, files: [file] };
-  let bytes = 0;
-  for (const name of await readdir(file)) bytes += (await sizeOf(path.join(file, name))).bytes;
-  return { bytes, files: [file] };
+  const parts = await Promise.all((await readdir(file)).sort().map((name) => sizeOf(path.join(file, name))));
+  return { bytes: parts.reduce((sum, part) => sum + part.bytes, 0), files: parts.flatMap((part) => part.files) };
 }
 
 async function storedRuns(dir: string): Promise<StoredRun[]> {
@@ -99,8 +104,9 @@ async function storedRuns(dir: string): Promise<StoredRun[]> {
     const doc = await readRun(dir, id);
     const info = await stat(path.join(dir, `${id}.json`)).catch(() => undefined);
     if (!doc || !info) continue;
-    const parts = await Promise.all([path.join(dir, `${id}.json`), path.join(dir, id), cancelRequestFile(dir, id)].map(sizeOf));
-    runs.push({ doc, at: info.mtimeMs, files: parts.flatMap((part) => part.files), bytes: parts.reduce((sum, part) => sum + part.bytes, 0) });
+    const roots = [path.join(dir, `${id}.json`), path.join(dir, id), cancelRequestFile(dir, id)];
+    const parts = await Promise.all(roots.map(sizeOf));
+    runs.push({ doc, at: info.mtimeMs, roots, files: parts.flatMap((part) => part.files), bytes: parts.reduce((sum, part) => sum + part.bytes, 0) });
   }
   return runs;
 }
@@ -189,7 +195,8 @@ async function oldBuilds(store: DirStore, before: number, skip: (id: string, rec
     const written = record ? Date.parse(record.finishedAt ?? record.heartbeatAt ?? record.createdAt) : Math.max(...objects.map((info) => info.lastModified?.getTime() ?? 0));
     if (written >= before || skip(id, record)) continue;
     const all = [...objects, ...(references.get(id) ?? [])];
-    found.push({ item: { kind: 'build', id, at: new Date(written).toISOString(), bytes: all.reduce((sum, info) => sum + info.size, 0) }, objects: all.map((info) => info.key) });
+    const files = (await Promise.all(all.map((info) => store.files(info.key)))).flat();
+    found.push({ item: { kind: 'build', id, at: new Date(written).toISOString(), files: files.map((file) => file.path), bytes: files.reduce((sum, file) => sum + file.bytes, 0) }, objects: all.map((info) => info.key) });
   }
   return found;
 }
@@ -217,8 +224,8 @@ export async function prune(options: PruneOptions): Promise<PruneReport> {
 
   for (const run of runs) {
     if (run.at >= before || keep.runs.has(run.doc.runId)) continue;
-    if (!options.dryRun) for (const file of run.files) await rm(file, { recursive: true, force: true });
-    removed.push({ kind: 'run', id: run.doc.runId, at: new Date(run.at).toISOString(), bytes: run.bytes });
+    if (!options.dryRun) for (const root of run.roots) await rm(root, { recursive: true, force: true });
+    removed.push({ kind: 'run', id: run.doc.runId, at: new Date(run.at).toISOString(), files: run.files, bytes: run.bytes });
   }
 
   const shared = new DirStore({ root: path.join(options.cacheDir, 'dispatch', 'store') });
@@ -229,8 +236,9 @@ export async function prune(options: PruneOptions): Promise<PruneReport> {
       const sha = /([0-9a-f]{64})\.tgz$/.exec(info.key)?.[1];
       const at = info.lastModified?.getTime() ?? now;
       if (!sha || at >= before || keep.sources.has(sha)) continue;
+      const files = await shared.files(info.key);
       if (!options.dryRun) await shared.delete(info.key);
-      removed.push({ kind: 'source', id: sha, at: new Date(at).toISOString(), bytes: info.size });
+      removed.push({ kind: 'source', id: sha, at: new Date(at).toISOString(), files: files.map((file) => file.path), bytes: files.reduce((sum, file) => sum + file.bytes, 0) });
     }
   }
 

@@ -119,6 +119,18 @@ export class DirStore implements ObjectStore {
     }
   }
 
+  /**
+   * The files on disk that hold `key`: its data file and, when there is one, its metadata file
+   * (what `delete` removes), with their sizes. Empty when the key does not exist.
+   */
+  async files(key: string): Promise<Array<{ path: string; bytes: number }>> {
+    const file = this.#path(key);
+    const stats = await this.#statFile(key, file);
+    if (!stats) return [];
+    const meta = await stat(this.#metaPath(stats)).catch(() => undefined);
+    return [{ path: file, bytes: stats.size }, ...(meta?.isFile() ? [{ path: this.#metaPath(stats), bytes: meta.size }] : [])];
+  }
+
   async head(key: string, options: OperationOptions = {}): Promise<ObjectInfo> {
     throwIfAborted(options.signal);
     const file = this.#path(key);

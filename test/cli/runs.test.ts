@@ -8,7 +8,7 @@
  * running run needs stay), and `status` with `--cache-dir`.
  */
 import type { ChildProcess } from 'node:child_process';
-import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CancelledBuild, RunSummary, TargetLog } from '../../lib/cli/runs.js';
@@ -281,7 +281,18 @@ describe('bundle-dispatch cancel', () => {
 });
 
 describe('bundle-dispatch prune', () => {
-  interface Report { dryRun: boolean; removed: Array<{ kind: string; id: string; bytes: number }>; bytes: number; running: string[]; manifests: string[] }
+  interface Report { dryRun: boolean; removed: Array<{ kind: string; id: string; files: string[]; bytes: number }>; bytes: number; running: string[]; manifests: string[] }
+
+  /** Every file under `dir` (recursively) with its size. */
+  async function filesUnder(dir: string): Promise<Map<string, number>> {
+    const files = new Map<string, number>();
+    for (const entry of await readdir(dir, { withFileTypes: true, recursive: true })) {
+      if (!entry.isFile()) continue;
+      const file = path.join(entry.parentPath, entry.name);
+      files.set(file, (await stat(file)).size);
+    }
+    return files;
+  }
   interface Delivered { runId: string; source: { sha256: string }; targets: Array<{ buildId?: string }> }
 
   it('removes old runs with their logs, sources and embedded builds; keeps what a manifest points at and what a running run needs', async () => {
@@ -373,8 +384,23 @@ describe('bundle-dispatch prune', () => {
       expect(idempotent.map((text) => text.trim())).not.toContain(id);
     }
 
-    // Cancelled, it is no longer running: now its run and build go, but not the manifest's.
+    // Cancelled, it is no longer running: now its run and build go, but not the manifest's. The
+    // dry run lists every file the real one removes — store metadata included — and its bytes
+    // are exactly theirs: nothing else under the cache dir changes.
+    const before = await filesUnder(pruneCache);
+    const laterDry = await runCli(['prune', '--older-than', '0s', '--dry-run', '--cache-dir', pruneCache], { cwd: elsewhere, env });
+    const laterDryJson = parse<Report>(await runCli(['prune', '--older-than', '0s', '--dry-run', '--json', '--cache-dir', pruneCache], { cwd: elsewhere, env }));
+    expect(await filesUnder(pruneCache)).toEqual(before);
     const later = parse<Report>(await runCli(['prune', '--older-than', '0s', '--json', '--cache-dir', pruneCache], { cwd: elsewhere, env }));
+    const after = await filesUnder(pruneCache);
+    const gone = [...before.keys()].filter((file) => !after.has(file)).sort();
+    const listed = later.removed.flatMap((item) => item.files).sort();
+    expect(listed).toEqual(gone);
+    expect(gone.some((file) => file.includes('/.bundle-dispatch/meta/'))).toBe(true);
+    expect(later.bytes).toBe(gone.reduce((sum, file) => sum + (before.get(file) ?? 0), 0));
+    expect(laterDryJson.removed.flatMap((item) => item.files).sort()).toEqual(listed);
+    for (const file of gone) expect(laterDry.stdout).toContain(`    ${path.relative(pruneCache, file)}\n`);
+    expect([...after.keys()].filter((file) => !before.has(file))).toEqual([]);
     expect(later.running).toEqual([]);
     expect(removedIds(later, 'run')).toEqual([running.runId]);
     expect(removedIds(later, 'build')).toEqual([running.targets[host]?.buildId]);
