@@ -27,6 +27,7 @@ import { openStore, type ObjectStore, type OpenStoreOptions } from '../storage/i
 import { hostTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { ENV_ALLOW_LIST, configSecrets, locateNpm, writeNpmrc } from '../workflow/npm.js';
+import { createSandbox } from '../workflow/sandbox.js';
 import { loadCliConfig, registryAuth, workflowDefaults } from './config.js';
 import { EXIT, isUsageCode } from './errors.js';
 import { ownVersion } from '../package-root.js';
@@ -92,6 +93,7 @@ async function toolEnvironment(config: ResolvedConfig, env: NodeJS.ProcessEnv, w
       GIT_TERMINAL_PROMPT: '0',
     },
     secrets: configSecrets({ auth }),
+    sandbox: createSandbox({ setting: config.sandbox, envPath: env.PATH }),
   };
 }
 

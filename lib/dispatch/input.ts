@@ -10,6 +10,7 @@ import path from 'node:path';
 import { BundleError, throwIfAborted } from '../errors.js';
 import { redact } from '../redact.js';
 import { npmErrorSummary, spawnNpm } from '../workflow/npm.js';
+import type { Sandbox, SandboxView } from '../workflow/sandbox.js';
 import { openInput } from '../workflow/tar-input.js';
 import { unpack, type PackageJson, type UnpackLimits } from '../workflow/steps/unpack.js';
 
@@ -25,6 +26,12 @@ export interface ToolEnvironment {
   env: Record<string, string>;
   /** Secrets to redact from their output (registry tokens). */
   secrets: readonly string[];
+  /**
+   * Where the scripts of a git input's `npm pack` (its `prepare`, code of the repository at that
+   * ref) run: the `sandbox` setting, as for builds. A directory input is the user's own project
+   * and packs as `npm pack` would; a registry spec runs no script.
+   */
+  sandbox?: Sandbox;
 }
 
 export interface PreparedInput {
@@ -61,11 +68,12 @@ export function isGitUrl(spec: string): boolean {
 export { sha256File };
 
 /** Runs a command (npm, git) in a process group of its own; its last lines go into the error. */
-export async function runTool(tools: ToolEnvironment, command: string, argv: string[], options: { cwd: string; signal?: AbortSignal; what: string }): Promise<string> {
+export async function runTool(tools: ToolEnvironment, command: string, argv: string[], options: { cwd: string; signal?: AbortSignal; what: string; sandbox?: SandboxView }): Promise<string> {
   const lines: string[] = [];
+  const wrapped = options.sandbox && tools.sandbox ? await tools.sandbox.wrap(command, argv, options.sandbox) : { command, args: argv };
   const run = await spawnNpm({
-    command,
-    argv,
+    command: wrapped.command,
+    argv: wrapped.args,
     cwd: options.cwd,
     env: tools.env,
     secrets: tools.secrets,
@@ -85,9 +93,9 @@ export async function runTool(tools: ToolEnvironment, command: string, argv: str
   return lines.join('\n');
 }
 
-async function npmPack(tools: ToolEnvironment, what: string, target: string, into: string, cwd: string, signal?: AbortSignal): Promise<string> {
+async function npmPack(tools: ToolEnvironment, what: string, target: string, into: string, cwd: string, signal?: AbortSignal, sandbox?: SandboxView): Promise<string> {
   await mkdir(into, { recursive: true });
-  const out = await runTool(tools, tools.node, [tools.npmCli, 'pack', target, '--pack-destination', into, '--json', '--loglevel=error'], { cwd, what, ...(signal ? { signal } : {}) });
+  const out = await runTool(tools, tools.node, [tools.npmCli, 'pack', target, '--pack-destination', into, '--json', '--loglevel=error'], { cwd, what, ...(signal ? { signal } : {}), ...(sandbox ? { sandbox } : {}) });
   try {
     const parsed = JSON.parse(out.slice(out.indexOf('['))) as Array<{ filename: string }>;
     const name = parsed[0]?.filename;
@@ -133,7 +141,14 @@ export async function prepareInput(spec: string, options: PrepareInputOptions): 
       });
     }
     commit = (await git(['rev-parse', 'HEAD'], clone, 'git rev-parse HEAD')).trim();
-    tarball = await npmPack(tools, `npm pack (${redact(spec)})`, clone, packDir, clone, signal);
+    // The repository's own scripts (prepare) run sandboxed: they see the clone, the pack folder
+    // and npm's cache, never this process or the user's credentials.
+    const npmCache = tools.env.npm_config_cache;
+    tarball = await npmPack(tools, `npm pack (${redact(spec)})`, clone, packDir, clone, signal, {
+      cwd: clone,
+      writable: [workDir, ...(npmCache ? [npmCache] : [])],
+      readable: [path.dirname(path.dirname(tools.npmCli)), path.dirname(path.dirname(tools.node))],
+    });
   } else {
     const local = path.resolve(cwd, spec);
     const info = await stat(local).catch(() => undefined);

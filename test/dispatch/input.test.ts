@@ -16,6 +16,7 @@ import { ensureLockfile } from '../../lib/dispatch/lockfile.js';
 import { parseTargets, planTargets, resolvePools } from '../../lib/dispatch/plan.js';
 import { parseTarget } from '../../lib/target.js';
 import { locateNpm } from '../../lib/workflow/npm.js';
+import { createSandbox } from '../../lib/workflow/sandbox.js';
 import { openInput } from '../../lib/workflow/tar-input.js';
 import { writeFixture } from '../helpers/dispatch.js';
 import { readTar, repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
@@ -80,6 +81,29 @@ describe('inputs', () => {
     expect(isGitUrl(spec)).toBe(true);
     const input = await prepareInput(spec, { cwd: root.dir, workDir: await workDir('git'), tools: tools() });
     expect(input).toMatchObject({ kind: 'git', commit, packageJson: { name: 'git-app', version: '0.1.0' } });
+  });
+
+  it('a git input\'s own prepare script runs in the sandbox: it sees neither this process nor files outside the clone', async () => {
+    const repo = path.join(root.dir, 'git-hostile');
+    await mkdir(repo, { recursive: true });
+    const secretFile = path.join(root.dir, 'git-secret.txt');
+    await writeFile(secretFile, 'not for prepare scripts');
+    const git = (...args: string[]) => exec('git', args, { cwd: repo, env: { ...process.env, ...tools().env } });
+    const prepare = [
+      'const fs = require("fs");',
+      'const pids = fs.readdirSync("/proc").filter((name) => /^\\d+$/.test(name));',
+      `let read; try { read = fs.readFileSync(${JSON.stringify(secretFile)}, "utf8"); } catch (error) { read = error.code; }`,
+      'fs.writeFileSync("report.json", JSON.stringify({ pids: pids.length, read }));',
+    ].join('\n');
+    await writeFile(path.join(repo, 'prepare.js'), prepare);
+    await writeFile(path.join(repo, 'package.json'), JSON.stringify({ name: 'git-prepare', version: '1.0.0', scripts: { prepare: 'node prepare.js' } }));
+    await git('init', '--quiet');
+    await git('add', '.');
+    await git('commit', '--quiet', '-m', 'one');
+    const input = await prepareInput(`git+file://${repo}`, { cwd: root.dir, workDir: await workDir('git-hostile'), tools: { ...tools(), sandbox: createSandbox({ setting: 'required', envPath: process.env.PATH }) } });
+    const report = JSON.parse(await readFile(path.join(input.dir, 'report.json'), 'utf8')) as { pids: number; read: string };
+    expect(report.read).toBe('ENOENT');
+    expect(report.pids).toBeLessThan(8);
   });
 
   it('a registry spec is packed with npm pack <spec>', async () => {
