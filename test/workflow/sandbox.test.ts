@@ -13,7 +13,8 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createSandbox } from '../../lib/workflow/sandbox.js';
-import { isRoot } from '../helpers/builder.js';
+import { createBuilderClient } from '../../lib/builder/client.js';
+import { isRoot, spawnBuilder, startSourceServer } from '../helpers/builder.js';
 import { repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
 import { makeTgz, packageEntries } from '../helpers/tar.js';
 
@@ -153,13 +154,14 @@ async function readAll(dir: string): Promise<string> {
 }
 
 /** The main command on the embedded default, --verbose, with the secrets in its env; it must deliver. */
-async function dispatchHostile(name: string, sandbox: 'required' | 'off'): Promise<{ dir: string; cache: string; output: string }> {
+async function dispatchHostile(name: string, sandbox: 'required' | 'off', uid?: number): Promise<{ dir: string; cache: string; output: string }> {
   const dir = path.join(root.dir, name);
   const cache = path.join(dir, 'cache');
   await mkdir(cache, { recursive: true });
   const input = await hostileTgz(dir);
+  if (uid !== undefined) await execFileAsync('chown', ['-R', `${uid}:${uid}`, dir]);
   const run = await runAs([input, '--verbose', '--sandbox', sandbox, '-t', `linux-${process.arch}@${process.versions.node}`, '--cache-dir', cache, '-d', path.join(dir, 'dist')], {
-    cwd: dir, env: hostileEnv({ BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work') }),
+    cwd: dir, env: hostileEnv({ BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work') }), ...(uid !== undefined ? { uid } : {}),
   });
   expect(run.code, run.stderr).toBe(0);
   return { dir, cache, output: `${run.stdout}\n${run.stderr}` };
@@ -199,6 +201,44 @@ describe('the sandbox', () => {
     expect(output).toContain('isolation bubblewrap');
     await expectContained(output, [output, await readAll(cache), await readAll(path.join(dir, 'dist'))]);
   }, 180_000);
+
+  it.runIf(isRoot)('the embedded default run by an ordinary user (nobody): the same containment through user namespaces', async () => {
+    const { dir, cache, output } = await dispatchHostile('dispatch-nobody', 'required', NOBODY);
+    expect(output).toContain('isolation bubblewrap');
+    expect(output).toContain(`UID ${NOBODY}`);
+    await expectContained(output, [output, await readAll(cache), await readAll(path.join(dir, 'dist'))]);
+  }, 180_000);
+
+  it.runIf(isRoot)('a standalone builder run by an ordinary user (nobody): the same containment; its tokens reach no log, record or store', async () => {
+    const dir = path.join(root.dir, 'builder-nobody');
+    for (const sub of ['store', 'cache', 'work', 'keys']) await mkdir(path.join(dir, sub), { recursive: true });
+    const tokenFile = path.join(dir, 'keys', 'tokens');
+    await writeFile(tokenFile, `${secret.token}\n`, { mode: 0o600 });
+    await execFileAsync('chown', ['-R', `${NOBODY}:${NOBODY}`, dir]);
+    const sources = await startSourceServer();
+    const builder = await spawnBuilder(['--store', path.join(dir, 'store'), '--cache-dir', path.join(dir, 'cache'), '--slots', '1', '--token-file', tokenFile, '--sandbox', 'required'], {
+      ...hostileEnv({ BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work'), BUNDLE_DISPATCH_BUILDER_SIGNING_KEY: path.join(dir, 'keys', 'signing-key.pem') }),
+      BUNDLE_DISPATCH_BUILDER_TOKENS: '',
+    }, { uid: NOBODY });
+    try {
+      const client = createBuilderClient({ url: builder.url, token: secret.token });
+      expect((await client.health()).isolation).toBe('bubblewrap');
+      const source = await readFile(await hostileTgz(dir));
+      const { createHash } = await import('node:crypto');
+      const sha256 = createHash('sha256').update(source).digest('hex');
+      const { id } = await client.createBuild({ source: { url: sources.add('hostile.tgz', source), sha256 }, target: { os: 'linux', cpu: process.arch as 'x64', libc: 'glibc', node: process.versions.node } }, { idempotencyKey: 'hostile-nobody' });
+      const record = await client.followBuild(id);
+      expect(record.state, JSON.stringify(record.error)).toBe('succeeded');
+      expect(record.resolved?.isolation).toBe('bubblewrap');
+      const log = (await client.getLog(id)).map((line) => line.message).join('\n');
+      expect(log).toContain(`UID ${NOBODY}`);
+      await expectContained(log, [log, JSON.stringify(record), await readAll(path.join(dir, 'store'))]);
+    } finally {
+      builder.child.kill('SIGTERM');
+      await builder.exited;
+      await sources.stop();
+    }
+  }, 120_000);
 
   it('redaction, the second line: with the sandbox off, a script that reads the dispatching process through /proc prints its secrets, and no output, log copy or store keeps them', async () => {
     const { dir, cache, output } = await dispatchHostile('unsandboxed', 'off');
