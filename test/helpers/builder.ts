@@ -189,8 +189,8 @@ export interface ChildBuilder {
 export const TEST_SIGNING_KEY = path.join(tmpdir(), 'bd-test-signing', 'builder-signing-key.pem');
 
 /** The real bin (`node bin/bundle-dispatch.js builder --port 0 …`) in a child process; needs `npm run build`. */
-export async function spawnBuilder(args: string[], env: NodeJS.ProcessEnv, options: { uid?: number } = {}): Promise<ChildBuilder> {
-  const child = spawn(process.execPath, [path.join(repoRoot, 'bin', 'bundle-dispatch.js'), 'builder', '--port', '0', ...args], {
+export async function spawnBuilder(args: string[], env: NodeJS.ProcessEnv, options: { uid?: number; repo?: string } = {}): Promise<ChildBuilder> {
+  const child = spawn(process.execPath, [path.join(options.repo ?? repoRoot, 'bin', 'bundle-dispatch.js'), 'builder', '--port', '0', ...args], {
     // Test sources and outputs are on 127.0.0.1: allowed explicitly (unless the test sets it).
     // The signing key goes to the tests' own place, not the default under the user's home.
     env: { BUNDLE_DISPATCH_BUILDER_ALLOW_SOURCES: '127.0.0.1', BUNDLE_DISPATCH_BUILDER_SIGNING_KEY: TEST_SIGNING_KEY, ...env },

@@ -12,6 +12,7 @@ import { chmod, chown, mkdir, readFile, readdir, stat, symlink, writeFile } from
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { findBlockingAncestor } from '../../lib/workflow/run-as.js';
 import { createSandbox } from '../../lib/workflow/sandbox.js';
 import { createBuilderClient } from '../../lib/builder/client.js';
 import { isRoot, spawnBuilder, startSourceServer } from '../helpers/builder.js';
@@ -30,6 +31,8 @@ const secret = {
   key: `-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI${randomBytes(16).toString('hex')}\n-----END PRIVATE KEY-----\n`,
 };
 const marker = `bd-daemon-${randomBytes(6).toString('hex')}`;
+/** Where an ordinary user's CLI runs from: the repo, or a hard-linked copy when the repo's path is closed to others. */
+let cliRoot = repoRoot;
 let home: string;
 let outside: string;
 let credentialFiles: string[];
@@ -55,6 +58,14 @@ beforeAll(async () => {
   await writeFile(credentialFiles[1] as string, `//registry.npmjs.org/:_authToken=${secret.npm}\n`);
   await writeFile(credentialFiles[2] as string, secret.key);
   await writeFile(credentialFiles[3] as string, secret.key);
+  // A clone in a 0700 directory (mktemp's) cannot be reached by nobody: give it a copy of what
+  // the CLI loads, hard-linked (a fraction of a second), in a directory it can pass through.
+  if (isRoot && (await findBlockingAncestor(repoRoot))) {
+    cliRoot = path.join(root.dir, 'cli');
+    await mkdir(cliRoot);
+    const parts = ['bin', 'build', 'lib', 'package.json', 'node_modules'].map((name) => path.join(repoRoot, name));
+    await execFileAsync('cp', ['-al', ...parts, cliRoot]).catch(() => execFileAsync('cp', ['-a', ...parts, cliRoot]));
+  }
 });
 afterAll(async () => {
   await root?.remove();
@@ -117,7 +128,7 @@ async function expectContained(output: string, searched: string[]): Promise<void
 /** The CLI as a given user (an ordinary one when `uid` is set), with the secrets in its env. */
 function runAs(args: string[], options: { cwd: string; uid?: number; env: NodeJS.ProcessEnv }): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(repoRoot, 'bin', 'bundle-dispatch.js'), ...args], {
+    const child = spawn(process.execPath, [path.join(options.uid !== undefined ? cliRoot : repoRoot, 'bin', 'bundle-dispatch.js'), ...args], {
       cwd: options.cwd,
       env: options.env,
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -219,7 +230,7 @@ describe('the sandbox', () => {
     const builder = await spawnBuilder(['--store', path.join(dir, 'store'), '--cache-dir', path.join(dir, 'cache'), '--slots', '1', '--token-file', tokenFile, '--sandbox', 'required'], {
       ...hostileEnv({ BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work'), BUNDLE_DISPATCH_BUILDER_SIGNING_KEY: path.join(dir, 'keys', 'signing-key.pem') }),
       BUNDLE_DISPATCH_BUILDER_TOKENS: '',
-    }, { uid: NOBODY });
+    }, { uid: NOBODY, repo: cliRoot });
     try {
       const client = createBuilderClient({ url: builder.url, token: secret.token });
       expect((await client.health()).isolation).toBe('bubblewrap');
