@@ -119,6 +119,13 @@ export interface BuildLinks {
 export type BuildMethod = 'native' | 'cross-compiled' | 'cross';
 export type Verification = 'loaded' | 'emulated' | 'headers' | 'none';
 
+/** A package whose install-time build a prebuild it ships did instead, for a cross target: `file` relative to its `path`. */
+export interface PrebuiltBinary {
+  name: string;
+  path: string;
+  file: string;
+}
+
 /**
  * What isolated a build's npm and install scripts from the builder's machine: a bubblewrap
  * sandbox, a build user of its own (a builder running as root), both, or nothing (docs/sandbox.md).
@@ -144,7 +151,7 @@ export interface BuildRecord {
    * cross, `verification` loaded | emulated | headers | none, `isolation` of its install scripts
    * bubblewrap | bubblewrap+build-user | build-user | none (see the workflow's BuildSummary).
    */
-  resolved?: { node: string; abi: string; npm: string; method?: BuildMethod; verification?: Verification; isolation?: Isolation };
+  resolved?: { node: string; abi: string; npm: string; method?: BuildMethod; verification?: Verification; isolation?: Isolation; prebuilt?: PrebuiltBinary[] };
   artifact?: ArtifactRecord;
   /**
    * The bundle's SLSA provenance, signed by the builder: a DSSE envelope of an in-toto

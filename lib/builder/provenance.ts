@@ -69,6 +69,7 @@ export async function signProvenance(options: {
     npmVersion: summary.npmVersion,
     method: summary.method,
     isolation: summary.isolation,
+    prebuilt: summary.prebuilt,
     builder: { id: options.builderId, ...(options.version ? { version: options.version } : {}), node: process.versions.node },
     buildId: record.id,
     startedOn: record.startedAt ?? record.createdAt,

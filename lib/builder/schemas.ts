@@ -188,6 +188,11 @@ export const buildRecordSchema = {
         method: { type: 'string', enum: ['native', 'cross-compiled', 'cross'] },
         verification: { type: 'string', enum: ['loaded', 'emulated', 'headers', 'none'] },
         isolation: { type: 'string', enum: ['bubblewrap', 'bubblewrap+build-user', 'build-user', 'none'] },
+        prebuilt: {
+          type: 'array',
+          description: 'Packages whose install-time build a prebuild they ship did instead (cross targets).',
+          items: { type: 'object', required: ['name', 'path', 'file'], properties: { name: { type: 'string' }, path: { type: 'string' }, file: { type: 'string' } } },
+        },
       },
     },
     artifact: {

@@ -590,7 +590,8 @@ export class BuilderService {
         entry.record.peakMemory = Math.max(entry.record.peakMemory ?? 0, event.peak);
         break;
       case 'complete':
-        entry.record.resolved = { node: event.summary.runtime.version, abi: event.summary.runtime.abi, npm: event.summary.npmVersion, method: event.summary.method, verification: event.summary.verification, isolation: event.summary.isolation };
+        entry.record.resolved = { node: event.summary.runtime.version, abi: event.summary.runtime.abi, npm: event.summary.npmVersion, method: event.summary.method, verification: event.summary.verification, isolation: event.summary.isolation,
+          ...(event.summary.prebuilt.length > 0 ? { prebuilt: event.summary.prebuilt } : {}) };
         entry.record.package = { name: event.summary.name, version: event.summary.version };
         entry.record.peakMemory = Math.max(entry.record.peakMemory ?? 0, event.summary.peakMemory);
         this.changed(entry);

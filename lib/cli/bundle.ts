@@ -47,6 +47,7 @@ export interface BundleOutcome {
   verification: BuildSummary['verification'];
   isolation: BuildSummary['isolation'];
   droppedPrebuilds: string[];
+  prebuilt: BuildSummary['prebuilt'];
   durations: BuildSummary['durations'];
   peakMemory: number;
 }
@@ -117,6 +118,7 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
     verification: summary.verification,
     isolation: summary.isolation,
     droppedPrebuilds: summary.droppedPrebuilds,
+    prebuilt: summary.prebuilt,
     durations: summary.durations,
     peakMemory: summary.peakMemory,
   };
@@ -172,6 +174,7 @@ export async function commandBundle(args: BundleArgs, context: CliContext, signa
         `✔ ${relative}`,
         `  target   ${formatTarget(outcome.target)}  node ${outcome.node} (ABI ${outcome.abi})  npm ${outcome.npm}`,
         `  isolation ${outcome.isolation}${outcome.isolation === 'none' ? ' (install scripts ran unsandboxed: see docs/sandbox.md)' : ''}`,
+        ...(outcome.prebuilt.length > 0 ? [`  prebuilt ${outcome.prebuilt.map((use) => `${use.name} (${use.file})`).join(', ')}: shipped by their packages, checked by header`] : []),
         `  bundled  ${outcome.bundledDependencies.length} packages${outcome.nativeFiles.length ? `, ${outcome.nativeFiles.length} native file(s)` : ''}`,
         `  size     ${formatBytes(outcome.size)}  sha256 ${outcome.sha256}`,
         `  time     ${formatMs(Object.values(outcome.durations).reduce((sum, ms) => sum + (ms ?? 0), 0))}`,

@@ -257,8 +257,9 @@ async function createListrView(labels: readonly string[], options: { verbose: bo
 }
 
 /** `native`, `cross-compiled (emulated)`, `cross`: how a bundle was made and its addons proven. */
-function describeMethod(outcome: { method?: string; verification?: string }): string {
+function describeMethod(outcome: { method?: string; verification?: string; prebuilt?: readonly unknown[] }): string {
   if (!outcome.method) return '';
+  if (outcome.prebuilt && outcome.prebuilt.length > 0) return `${outcome.method}, prebuilt (${outcome.verification ?? 'headers'})`;
   return outcome.method === 'cross-compiled' && outcome.verification && outcome.verification !== 'none' ? `${outcome.method} (${outcome.verification})` : outcome.method;
 }
 

@@ -8,7 +8,7 @@ import { markerKey } from './keys.js';
 import type { TargetSuccess } from './outcome.js';
 
 /** What a destination keeps per build key: the delivered bundle, for cache hits. */
-export type CacheMarker = Pick<TargetSuccess, 'buildKey' | 'target' | 'key' | 'file' | 'sha256' | 'size' | 'node' | 'abi' | 'npm' | 'method' | 'verification' | 'isolation' | 'builder' | 'buildId' | 'provenance'> & { createdAt: string };
+export type CacheMarker = Pick<TargetSuccess, 'buildKey' | 'target' | 'key' | 'file' | 'sha256' | 'size' | 'node' | 'abi' | 'npm' | 'method' | 'verification' | 'isolation' | 'prebuilt' | 'builder' | 'buildId' | 'provenance'> & { createdAt: string };
 
 /** A small JSON object (marker, manifest); undefined when absent or when it does not parse. */
 export async function readJson<T>(store: ObjectStore, key: string, signal: AbortSignal): Promise<T | undefined> {
@@ -33,7 +33,7 @@ export async function findCached(destination: ObjectStore, pkg: { name: string; 
   return {
     target, ok: true, cached: true, buildKey, key: marker.key, file: marker.file, sha256: marker.sha256, size: marker.size,
     ...(marker.node ? { node: marker.node } : {}), ...(marker.abi ? { abi: marker.abi } : {}), ...(marker.npm ? { npm: marker.npm } : {}),
-    ...(marker.method ? { method: marker.method } : {}), ...(marker.verification ? { verification: marker.verification } : {}), ...(marker.isolation ? { isolation: marker.isolation } : {}),
+    ...(marker.method ? { method: marker.method } : {}), ...(marker.verification ? { verification: marker.verification } : {}), ...(marker.isolation ? { isolation: marker.isolation } : {}), ...(marker.prebuilt ? { prebuilt: marker.prebuilt } : {}),
     ...(marker.builder ? { builder: marker.builder } : {}), ...(marker.buildId ? { buildId: marker.buildId } : {}),
     ...(marker.provenance ? { provenance: marker.provenance } : {}),
     durations: { totalMs: 0 },

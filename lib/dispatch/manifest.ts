@@ -2,7 +2,7 @@
  * `manifest.json`, written last: what a run delivered (and failed) per target, merged over the
  * earlier runs' targets of the same source, plus the input, the lockfile and the commit.
  */
-import type { BuildMethod, Isolation, Verification } from '../protocol.js';
+import type { BuildMethod, Isolation, PrebuiltBinary, Verification } from '../protocol.js';
 import type { ObjectStore } from '../storage/index.js';
 import type { DispatchResult, ProvenanceRef, TargetSuccess } from './outcome.js';
 
@@ -22,7 +22,7 @@ export interface Manifest {
 }
 
 export type ManifestTarget =
-  | { ok: true; key: string; file: string; sha256: string; size: number; node?: string; abi?: string; npm?: string; method?: BuildMethod; verification?: Verification; isolation?: Isolation; builder?: string; buildId?: string; provenance?: ProvenanceRef; buildKey: string; runId: string; cached: boolean; reused?: true; durations: TargetSuccess['durations'] }
+  | { ok: true; key: string; file: string; sha256: string; size: number; node?: string; abi?: string; npm?: string; method?: BuildMethod; verification?: Verification; isolation?: Isolation; prebuilt?: PrebuiltBinary[]; builder?: string; buildId?: string; provenance?: ProvenanceRef; buildKey: string; runId: string; cached: boolean; reused?: true; durations: TargetSuccess['durations'] }
   | { ok: false; error: { code: string; message: string }; builder?: string; buildId?: string; buildKey: string; runId: string };
 
 export function buildManifest(result: DispatchResult, previous: Manifest | undefined): Manifest {
@@ -37,7 +37,7 @@ export function buildManifest(result: DispatchResult, previous: Manifest | undef
       targets[outcome.target] = {
         ok: true, key: outcome.key, file: outcome.file, sha256: outcome.sha256, size: outcome.size,
         ...(outcome.node ? { node: outcome.node } : {}), ...(outcome.abi ? { abi: outcome.abi } : {}), ...(outcome.npm ? { npm: outcome.npm } : {}),
-        ...(outcome.method ? { method: outcome.method } : {}), ...(outcome.verification ? { verification: outcome.verification } : {}), ...(outcome.isolation ? { isolation: outcome.isolation } : {}),
+        ...(outcome.method ? { method: outcome.method } : {}), ...(outcome.verification ? { verification: outcome.verification } : {}), ...(outcome.isolation ? { isolation: outcome.isolation } : {}), ...(outcome.prebuilt ? { prebuilt: outcome.prebuilt } : {}),
         ...(outcome.builder ? { builder: outcome.builder } : {}), ...(outcome.buildId ? { buildId: outcome.buildId } : {}),
         ...(outcome.provenance ? { provenance: outcome.provenance } : {}),
         buildKey: outcome.buildKey, runId: result.runId, cached: outcome.cached, ...(outcome.reused ? { reused: true } : {}), durations: outcome.durations,

@@ -2,7 +2,7 @@
  * What a dispatch run reports: the events it emits while it works and the per-target outcomes
  * it returns. Shared by the phases (lib/dispatch/*.ts), the run history and the CLI's views.
  */
-import type { BuildMethod, BuildRecord, Isolation, LogLine, Verification } from '../protocol.js';
+import type { BuildMethod, BuildRecord, Isolation, LogLine, PrebuiltBinary, Verification } from '../protocol.js';
 import type { PreparedInput } from './input.js';
 import type { SourceTarball } from './lockfile.js';
 
@@ -65,6 +65,8 @@ export interface TargetSuccess {
   verification?: Verification;
   /** What isolated its install scripts on the builder (bubblewrap, a build user, both, none). */
   isolation?: Isolation;
+  /** Packages whose prebuilt binaries were used instead of compiling (cross targets). */
+  prebuilt?: PrebuiltBinary[];
   builder?: string;
   builderUrl?: string;
   buildId?: string;

@@ -63,6 +63,8 @@ export interface StatementFacts {
   method: string;
   /** What isolated the build's install scripts (bubblewrap, a build user, both, or none). */
   isolation?: string;
+  /** Packages whose prebuilds they ship were used instead of compiling (cross targets). */
+  prebuilt?: Array<{ name: string; path: string; file: string }>;
   builder: { id: string; version?: string; node: string };
   buildId: string;
   startedOn: string;
@@ -110,7 +112,7 @@ export function buildStatement(facts: StatementFacts): ProvenanceStatement {
           ...(facts.target.node ? { node: facts.target.node } : {}),
           overrides: facts.overrides,
         },
-        internalParameters: { method: facts.method, npm: facts.npmVersion, ...(facts.isolation ? { isolation: facts.isolation } : {}) },
+        internalParameters: { method: facts.method, npm: facts.npmVersion, ...(facts.isolation ? { isolation: facts.isolation } : {}), ...(facts.prebuilt && facts.prebuilt.length > 0 ? { prebuilt: facts.prebuilt } : {}) },
         resolvedDependencies,
       },
       runDetails: {

@@ -12,7 +12,7 @@ import { HookRegistry } from './hooks.js';
 import { buildNpmEnv, configSecrets, locateNpm, npmFailure, readNpmVersion, spawnNpm, writeNpmrc } from './npm.js';
 import { dropBuildIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall, packagesWithInstallWork } from './steps/bundle.js';
 import { NPM_EPOCH, pack } from './steps/pack.js';
-import { dropForeignPrebuilds } from './steps/prebuilds.js';
+import { dropForeignPrebuilds, prebuiltNeeds, type PrebuiltUse } from './steps/prebuilds.js';
 import { chooseNodeRange, resolveRuntime, type RangeSource, type Runtime } from './steps/runtime.js';
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
 import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed } from './steps/verify.js';
@@ -373,6 +373,16 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       runNpm('npm rebuild', [context.npmCli, 'rebuild', ...new Set(needs.map((need) => (need.path === '.' ? '.' : need.name))), '--foreground-scripts', ...config.npmArgs]);
     // Asked once per scaffold, while npm installs.
     const npmVersion = context.npmVersion(() => readNpmVersion(spawnInfo.command, context.npmCli, { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }));
+    // Another platform: what a package's install script would do there may already be shipped.
+    const prebuilt: PrebuiltUse[] = [];
+    const usePrebuilds = async (needs: NativeBuildNeed[]) => {
+      const split = await prebuiltNeeds(needs, dirs.package, config.target, runtime.abi);
+      if (split.prebuilt.length > 0) {
+        prebuilt.push(...split.prebuilt);
+        log('install', `prebuilt binaries their packages ship for ${formatTarget(config.target, { withNode: false })}, nothing compiled: ${split.prebuilt.map((use) => `${use.name} (${use.file})`).join(', ')}`, 'status', { kind: 'prebuilt', packages: split.prebuilt });
+      }
+      return split.remaining;
+    };
     await step('install', async () => {
       log('install', `npm ${spawnInfo.argv.slice(1).join(' ')}`);
       await runNpm(`npm ${spawnInfo.argv[1]}`, spawnInfo.argv);
@@ -387,14 +397,15 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       } else if (toolchain) {
         // Only the packages that build something; allow-listed scripts (esbuild's postinstall)
         // are skipped as for any cross target: their platform package already did their job,
-        // and run on the host they would fetch the host's binary.
-        const needs = await findNativeBuildNeeds({ dir: dirs.package });
+        // and run on the host they would fetch the host's binary. A package that ships a
+        // prebuild for the target is not compiled: node-gyp-build will load that one.
+        const needs = await usePrebuilds(await findNativeBuildNeeds({ dir: dirs.package }));
         if (needs.length > 0) {
           log('install', `cross-compiling for ${formatTarget(config.target, { withNode: false })} with ${path.basename(toolchain.cc)}: ${needs.map((n) => n.name).join(', ')}`);
           await rebuildSelected(needs);
         }
       } else {
-        const needs = await findNativeBuildNeeds({ dir: dirs.package });
+        const needs = await usePrebuilds(await findNativeBuildNeeds({ dir: dirs.package }));
         if (needs.length > 0) throw nativeNeedsTargetError(needs, config.target, toolchainHint(config.target));
       }
     });
@@ -453,6 +464,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       bundledDependencies: bundled,
       nativeFiles: verified.nativeFiles,
       droppedPrebuilds,
+      prebuilt,
       method,
       isolation,
       verification: verified.nativeFiles.length === 0 ? 'none' : native ? 'loaded' : emulated ? 'emulated' : 'headers',

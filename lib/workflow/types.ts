@@ -6,6 +6,7 @@ import type { Runtime } from './steps/runtime.js';
 import type { BuildMethod, Verification } from '../protocol.js';
 import type { ToolchainSettings } from './toolchains.js';
 import type { Isolation } from './sandbox.js';
+import type { PrebuiltUse } from './steps/prebuilds.js';
 
 export type { PackageJson } from './steps/unpack.js';
 export type { Runtime } from './steps/runtime.js';
@@ -118,6 +119,8 @@ export interface BuildSummary {
   verification: Verification;
   /** Prebuilds their packages ship for other platforms, removed from the bundle (relative to the package; folders end in `/`). */
   droppedPrebuilds: string[];
+  /** Packages whose install-time build a prebuild they ship did instead (cross targets): nothing was compiled for them. */
+  prebuilt: PrebuiltUse[];
   /**
    * What isolated npm, the install scripts and the addon check from this machine: bubblewrap,
    * a build user of its own, both, or `none` (sandbox off, or bubblewrap missing under `auto`).

@@ -17,7 +17,7 @@ import { hostTarget, parseTarget } from '../../lib/target.js';
 import { pack } from '../../lib/workflow/steps/pack.js';
 import { resolveToolchains, toolchainFor } from '../../lib/workflow/toolchains.js';
 import { runCli } from '../helpers/cli.js';
-import { repoRoot, tempDir } from '../helpers/packages.js';
+import { packageTar, repoRoot, tempDir } from '../helpers/packages.js';
 
 const host = hostTarget();
 const available = host.cpu === 'x64' && toolchainFor(parseTarget('linux-arm64'), resolveToolchains({ host, env: process.env })) !== undefined;
@@ -59,5 +59,29 @@ describe.skipIf(!available && !required)('bundle-dispatch --targets linux-x64,li
     expect(human.code, human.stderr).toBe(0);
     expect(human.stdout).toMatch(/linux-arm64@22\s+cached\s+cross-compiled \(emulated\)\s+22\./);
     expect(human.stdout).toMatch(/linux-x64@22\s+cached\s+native\s+22\./);
+  }, 300_000);
+});
+
+describe('bundle-dispatch --targets linux-x64,darwin-arm64: the main command\'s own example, for an app with a native dependency', () => {
+  it('delivers both on the embedded default: darwin-arm64 from the prebuild argon2 ships (nothing compiled, checked by header), said in --json, the manifest and the summary', async () => {
+    const cwd = path.join(root.dir, 'darwin-project');
+    await mkdir(cwd, { recursive: true });
+    const input = path.join(cwd, 'hash-app-1.0.0.tgz');
+    await pipeline(packageTar({ name: 'hash-app', version: '1.0.0', main: 'index.js', dependencies: { argon2: '0.45.1' } }, {
+      'index.js': 'const argon2 = require("argon2"); module.exports = (text) => argon2.hash(text);\n',
+    }), createGzip(), createWriteStream(input));
+    const env = { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') };
+    const args = [input, '--targets', `linux-x64@${process.versions.node},darwin-arm64`, '--cache-dir', path.join(root.dir, 'cache')];
+    const run = await runCli([...args, '--json'], { cwd, env });
+    expect(run.code, run.stderr + run.stdout).toBe(0);
+    const result = JSON.parse(run.stdout) as DispatchResult;
+    const darwin = result.targets.find((outcome) => outcome.target === 'darwin-arm64');
+    expect(darwin).toMatchObject({ ok: true, method: 'cross', verification: 'headers', prebuilt: [{ name: 'argon2', file: 'prebuilds/darwin-arm64/argon2.armv8.glibc.node' }] });
+    expect(result.targets.find((outcome) => outcome.target.startsWith('linux-x64'))).toMatchObject({ ok: true, method: 'native', verification: 'loaded' });
+    const manifest = JSON.parse(await readFile(path.join(cwd, 'dist', 'hash-app/1.0.0/manifest.json'), 'utf8')) as { targets: Record<string, unknown> };
+    expect(manifest.targets['darwin-arm64']).toMatchObject({ ok: true, method: 'cross', verification: 'headers', prebuilt: [{ name: 'argon2' }] });
+    const human = await runCli(args, { cwd, env });
+    expect(human.code, human.stderr).toBe(0);
+    expect(human.stdout).toMatch(/darwin-arm64\s+cached\s+cross, prebuilt \(headers\)/);
   }, 300_000);
 });

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostTarget, parseTarget } from '../../lib/target.js';
 import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
-import { dropForeignPrebuilds, parsePrebuildFolder, prebuildServes } from '../../lib/workflow/steps/prebuilds.js';
+import { dropForeignPrebuilds, isNodeGypBuildInstall, parsePrebuildFolder, pickPrebuild, prebuildServes, prebuiltNeeds } from '../../lib/workflow/steps/prebuilds.js';
 import { checkHeader, verifyNative } from '../../lib/workflow/steps/verify.js';
 import { resolveToolchains, toolchainFor } from '../../lib/workflow/toolchains.js';
 import { installOffline, runInConsumer } from '../helpers/consumer.js';
@@ -111,19 +111,68 @@ describe('prebuilds for other platforms', () => {
     expect(report.foreign).toEqual(expect.arrayContaining(['prebuilds/freebsd-x64/argon2.glibc.node', 'prebuilds/freebsd-arm64/argon2.armv8.glibc.node', 'prebuilds/linux-x64/argon2.musl.node']));
   }, 60_000);
 
-  it.skipIf(!toolchain && !required)('linux-arm64 (cross-compiled): the bundle ships no linux-x64 or other-OS prebuild beside the aarch64 build', async () => {
+  it.skipIf(!toolchain && !required)('linux-arm64 (cross-compiled): argon2 ships an arm64 prebuild, so nothing is compiled; it alone is bundled and loads under the emulator', async () => {
     expect(toolchain, 'no linux-arm64 toolchain').toBeDefined();
     const workRoot = path.join(root.dir, 'arm64');
     const scaffold = await testScaffold(workRoot, { target: arm64 });
     const result = await scaffold.run(app());
     const files = await saveTgz(result.output, `${workRoot}.tgz`);
     await result.settled;
-    // argon2 is compiled for aarch64, and node-gyp-build loads build/Release before any prebuild:
-    // every prebuild (linux-x64's, FreeBSD's, and linux-arm64's too) is unreachable and dropped.
     const binaries = [...files.keys()].filter((name) => name.endsWith('.node')).sort();
-    expect(binaries).toEqual(['package/node_modules/argon2/build/Release/argon2.node']);
-    expect(result.summary.droppedPrebuilds).toEqual(expect.arrayContaining(['node_modules/argon2/prebuilds/linux-x64/', 'node_modules/argon2/prebuilds/freebsd-arm64/', 'node_modules/argon2/prebuilds/linux-arm64/']));
-    expect(result.summary.nativeFiles).toEqual(['node_modules/argon2/build/Release/argon2.node']);
+    expect(binaries).toEqual(['package/node_modules/argon2/prebuilds/linux-arm64/argon2.armv8.glibc.node']);
+    expect(result.summary.prebuilt).toEqual([{ name: 'argon2', path: 'node_modules/argon2', file: 'prebuilds/linux-arm64/argon2.armv8.glibc.node' }]);
+    expect(result.summary.droppedPrebuilds).toEqual(expect.arrayContaining(['node_modules/argon2/prebuilds/linux-x64/', 'node_modules/argon2/prebuilds/freebsd-arm64/', 'node_modules/argon2/prebuilds/linux-arm64/argon2.armv8.musl.node']));
     expect(result.summary.verification).toBe('emulated');
   }, 300_000);
+
+  for (const [label, spec, format, cpu] of [['win32-x64', 'win32-x64', 'pe', 'x64'], ['darwin-arm64', 'darwin-arm64', 'macho', 'arm64']] as const) {
+    it(`${label} from this linux machine: argon2's own ${label} prebuild is used (nothing compiled), checked by its header, and alone bundled`, async () => {
+      const workRoot = path.join(root.dir, label);
+      const scaffold = await testScaffold(workRoot, { target: parseTarget(spec) });
+      const result = await scaffold.run(app());
+      const files = await saveTgz(result.output, `${workRoot}.tgz`);
+      await result.settled;
+      const binaries = [...files.keys()].filter((name) => name.endsWith('.node'));
+      const file = label === 'win32-x64' ? 'prebuilds/win32-x64/argon2.glibc.node' : 'prebuilds/darwin-arm64/argon2.armv8.glibc.node';
+      expect(binaries).toEqual([`package/node_modules/argon2/${file}`]);
+      expect(result.summary).toMatchObject({ method: 'cross', verification: 'headers', prebuilt: [{ name: 'argon2', path: 'node_modules/argon2', file }], nativeFiles: [`node_modules/argon2/${file}`] });
+      const binary = path.join(root.dir, `${label}.node`);
+      await writeFile(binary, files.get(`package/node_modules/argon2/${file}`)?.content ?? '');
+      expect(await readBinaryHeader(binary)).toMatchObject({ format, cpu });
+      const manifest = JSON.parse(files.get('package/package.json')?.content.toString() ?? '{}') as { os?: string[]; cpu?: string[]; bundleDependencies?: string[] };
+      expect(manifest).toMatchObject({ os: [spec.split('-')[0]], cpu: [cpu] });
+      expect(manifest.bundleDependencies).toContain('argon2');
+    }, 120_000);
+  }
+
+  it('uses a prebuild only where node-gyp-build would load it and the install script does nothing else', async () => {
+    const pkg = path.join(root.dir, 'pick');
+    const write = async (relative: string) => {
+      await mkdir(path.dirname(path.join(pkg, relative)), { recursive: true });
+      await writeFile(path.join(pkg, relative), 'x');
+    };
+    for (const file of ['prebuilds/linux-x64/node.abi115.node', 'prebuilds/linux-x64/node.napi.glibc.node', 'prebuilds/linux-x64/node.napi.musl.node', 'prebuilds/linux-x64/electron.napi.node',
+      'prebuilds/darwin-x64+arm64/node.napi.node', 'prebuilds/darwin-arm64/node.napi.node', 'prebuilds/linux-arm/node.napi.armv6.node', 'prebuilds/linux-arm/node.napi.armv7.node']) await write(file);
+    expect(await pickPrebuild(pkg, parseTarget('linux-x64-glibc'), '115')).toBe('prebuilds/linux-x64/node.abi115.node');
+    expect(await pickPrebuild(pkg, parseTarget('linux-x64-glibc'), '127')).toBe('prebuilds/linux-x64/node.napi.glibc.node');
+    expect(await pickPrebuild(pkg, parseTarget('linux-x64-musl'), '127')).toBe('prebuilds/linux-x64/node.napi.musl.node');
+    expect(await pickPrebuild(pkg, parseTarget('darwin-arm64'), '127')).toBe('prebuilds/darwin-arm64/node.napi.node');
+    expect(await pickPrebuild(pkg, parseTarget('darwin-x64'), '127')).toBe('prebuilds/darwin-x64+arm64/node.napi.node');
+    expect(await pickPrebuild(pkg, parseTarget('linux-arm'), '127')).toBe('prebuilds/linux-arm/node.napi.armv7.node');
+    expect(await pickPrebuild(pkg, parseTarget('win32-x64'), '127')).toBeUndefined();
+    expect(isNodeGypBuildInstall('node-gyp-build')).toBe(true);
+    expect(isNodeGypBuildInstall('cross-env ZERO_AR_DATE=1 node-gyp-build')).toBe(true);
+    expect(isNodeGypBuildInstall('node-gyp-build-optional-packages')).toBe(true);
+    expect(isNodeGypBuildInstall('node-gyp-build && node download.js')).toBe(false);
+    expect(isNodeGypBuildInstall('node-gyp rebuild')).toBe(false);
+    expect(isNodeGypBuildInstall('prebuild-install || node-gyp rebuild')).toBe(false);
+    const split = await prebuiltNeeds([
+      { name: 'ok', path: 'pick', reasons: ['binding.gyp', 'install: node-gyp-build'] },
+      { name: 'gyp-only', path: 'pick', reasons: ['binding.gyp'] },
+      { name: 'more-work', path: 'pick', reasons: ['binding.gyp', 'install: node-gyp-build', 'postinstall: node fetch.js'] },
+      { name: 'no-fit', path: 'pick', reasons: ['install: node-gyp-build'] },
+    ].map((need) => (need.name === 'no-fit' ? { ...need, path: 'nowhere' } : need)), root.dir, parseTarget('darwin-arm64'), '127');
+    expect(split.prebuilt.map((use) => use.name)).toEqual(['ok']);
+    expect(split.remaining.map((need) => need.name)).toEqual(['gyp-only', 'more-work', 'no-fit']);
+  });
 });

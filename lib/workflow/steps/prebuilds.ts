@@ -7,6 +7,8 @@
 import { opendir, readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { normalizeTarget, type Target } from '../../target.js';
+import type { PrebuiltBinary } from '../../protocol.js';
+import type { NativeBuildNeed } from './verify.js';
 
 /** node-gyp-build's platform names (process.platform). */
 const PLATFORMS = new Set(['linux', 'darwin', 'win32', 'freebsd', 'openbsd', 'netbsd', 'sunos', 'aix', 'android']);
@@ -136,4 +138,93 @@ async function findPrebuildFolders(dir: string): Promise<string[]> {
   };
   await visitPackage(dir);
   return found;
+}
+
+/** node-gyp-build's tags of a prebuild file name (`argon2.armv8.glibc.node`, `node.napi.node`, `node.abi115.node`). */
+interface PrebuildTags {
+  file: string;
+  runtime?: string;
+  napi?: boolean;
+  abi?: string;
+  armv?: string;
+  libc?: string;
+  specificity: number;
+}
+
+function parseTags(file: string): PrebuildTags | undefined {
+  const parts = file.split('.');
+  if (parts.pop() !== 'node') return undefined;
+  const tags: PrebuildTags = { file, specificity: 0 };
+  for (const tag of parts) {
+    if (tag === 'node' || tag === 'electron' || tag === 'node-webkit') tags.runtime = tag;
+    else if (tag === 'napi') tags.napi = true;
+    else if (tag.startsWith('abi')) tags.abi = tag.slice(3);
+    else if (tag.startsWith('armv')) tags.armv = tag.slice(4);
+    else if (tag === 'glibc' || tag === 'musl') tags.libc = tag;
+    else if (tag.startsWith('uv')) continue;
+    else continue;
+    tags.specificity += 1;
+  }
+  return tags;
+}
+
+/** The ARM version node-gyp-build compares `armv` tags with: 8 on arm64, 7 for Node's armv7l builds. */
+const ARM_VERSION: Partial<Record<string, string>> = { arm64: '8', arm: '7' };
+
+/**
+ * The prebuild node-gyp-build would load for `target` under a Node of NODE_MODULE_VERSION
+ * `abi` (its own rules: the `<platform>-<arch>` folder, single-arch first; a file whose runtime,
+ * abi — unless napi —, armv and libc tags fit, abi before napi, the most specific), relative to
+ * `packageDir`; undefined when there is none.
+ */
+export async function pickPrebuild(packageDir: string, target: Target, abi: string): Promise<string | undefined> {
+  const t = normalizeTarget(target);
+  const folders = (await readdir(path.join(packageDir, 'prebuilds')).catch(() => [] as string[]))
+    .map((name) => ({ name, parsed: parsePrebuildFolder(name) }))
+    .filter((entry) => entry.parsed?.platform === t.os && entry.parsed.archs.includes(t.cpu))
+    .sort((a, b) => (a.parsed?.archs.length ?? 0) - (b.parsed?.archs.length ?? 0));
+  const folder = folders[0]?.name;
+  if (!folder) return undefined;
+  // node-gyp-build takes glibc on every os but linux-musl (it only detects Alpine).
+  const libc = t.os === 'linux' && t.libc === 'musl' ? 'musl' : 'glibc';
+  const armv = ARM_VERSION[t.cpu];
+  const candidates = (await readdir(path.join(packageDir, 'prebuilds', folder)).catch(() => [] as string[]))
+    .map(parseTags)
+    .filter((tags): tags is PrebuildTags => tags !== undefined)
+    .filter((tags) => (!tags.runtime || tags.runtime === 'node')
+      && (!tags.abi || tags.abi === abi || tags.napi === true)
+      && (!tags.armv || tags.armv === armv)
+      && (!tags.libc || tags.libc === libc))
+    .sort((a, b) => (a.abi !== b.abi ? (a.abi ? -1 : 1) : b.specificity - a.specificity));
+  const winner = candidates[0];
+  return winner ? path.join('prebuilds', folder, winner.file) : undefined;
+}
+
+/**
+ * An install script whose only work is node-gyp-build's (`node-gyp-build`, optionally behind
+ * `cross-env VAR=value …`): it loads a fitting prebuild, or compiles when there is none.
+ */
+export function isNodeGypBuildInstall(script: string): boolean {
+  return /^(cross-env(\s+[A-Za-z_][A-Za-z0-9_]*=\S*)+\s+)?node-gyp-build(-optional-packages)?(\s+--?[\w-]+)*$/.test(script.trim());
+}
+
+/** A package whose install-time work a shipped prebuild already does for the target (`path` its directory, `file` the prebuild node-gyp-build will load, relative to it). */
+export type PrebuiltUse = PrebuiltBinary;
+
+/**
+ * Splits the packages that would build something at install time into those a prebuild they
+ * ship already serves on `target` (node-gyp-build packages: its install script only loads one,
+ * or compiles binding.gyp when none fits) and the rest, which still need compiling.
+ */
+export async function prebuiltNeeds(needs: readonly NativeBuildNeed[], dir: string, target: Target, abi: string): Promise<{ prebuilt: PrebuiltUse[]; remaining: NativeBuildNeed[] }> {
+  const prebuilt: PrebuiltUse[] = [];
+  const remaining: NativeBuildNeed[] = [];
+  for (const need of needs) {
+    const onlyLoader = need.reasons.every((reason) => reason === 'binding.gyp' || reason === 'gypfile: true' || (reason.startsWith('install: ') && isNodeGypBuildInstall(reason.slice('install: '.length))));
+    const usesLoader = need.reasons.some((reason) => reason.startsWith('install: '));
+    const file = onlyLoader && usesLoader ? await pickPrebuild(path.join(dir, need.path), target, abi) : undefined;
+    if (file) prebuilt.push({ name: need.name, path: need.path, file });
+    else remaining.push(need);
+  }
+  return { prebuilt, remaining };
 }
