@@ -9,7 +9,7 @@ import { BundleError, toBundleError, type ErrorCode } from '../errors.js';
 import type { HealthResponse, KeysResponse } from '../protocol.js';
 import { redact } from '../redact.js';
 import { formatTarget } from '../target.js';
-import { createAuthenticator } from './auth.js';
+import { createAuthenticator, type Authenticator } from './auth.js';
 import { openapiDocument } from './openapi.js';
 import { ROUTES } from './routes.js';
 import { BuilderService, type BuilderServiceOptions } from './service.js';
@@ -21,6 +21,8 @@ export interface BuilderServerOptions extends Omit<BuilderServiceOptions, 'logge
   tokens: readonly string[];
   /** Other secrets this process knows (AWS credentials, registry tokens): scrubbed like the tokens. */
   redact?: readonly string[];
+  /** The token check to use instead of one made from `tokens` (shared with the dashboard, re-read on rotation). */
+  auth?: Authenticator;
   maxBodyBytes: number;
   /** Where JSON logs go (one object per line); nothing is logged without it. */
   logStream?: Writable;
@@ -81,7 +83,8 @@ function requestId(header: string | string[] | undefined): string {
  */
 export async function startBuilder(options: BuilderServerOptions): Promise<RunningBuilder> {
   if (options.tokens.length === 0) throw new BundleError('ERR_CONFIG', 'The builder needs at least one token.', { hint: 'Set BUNDLE_DISPATCH_BUILDER_TOKENS or builder.tokenFile.' });
-  const auth = createAuthenticator(options.tokens);
+  const auth = options.auth ?? createAuthenticator(options.tokens);
+  auth.redactToo(options.redact ?? []);
   const app = Fastify({
     logger: options.logStream ? { level: options.logLevel ?? 'info', stream: options.logStream, redact: ['req.headers.authorization', 'req.headers.cookie'] } : false,
     bodyLimit: options.maxBodyBytes,
@@ -92,8 +95,9 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
     return503OnClosing: true,
   });
   const logger = app.log;
-  // Every log line, error and record is scrubbed of these: the tokens and what the process knows.
-  const secrets = [...new Set([...auth.secrets, ...(options.redact ?? [])])].sort((a, b) => b.length - a.length);
+  // Every log line, error and record is scrubbed of these: every token ever accepted (the array
+  // grows with rotation) and what the process knows.
+  const secrets = auth.secrets;
   const service = new BuilderService({ ...options, secrets, logger: {
     info: (object, message) => logger.info(object, message),
     warn: (object, message) => logger.warn(object, message),

@@ -5,7 +5,7 @@
 import { mkdir } from 'node:fs/promises';
 import { once } from 'node:events';
 import path from 'node:path';
-import { readTokens } from '../builder/auth.js';
+import { createAuthenticator, readTokens, watchTokenFile } from '../builder/auth.js';
 import { createDashboard } from '../builder/dashboard/index.js';
 import { parseUidRange } from '../builder/resources.js';
 import { findBlockingAncestor } from '../workflow/run-as.js';
@@ -119,12 +119,14 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   // Loaded (or generated, mode 0600) before anything is served; build users never get a path to it.
   const signingKey = await loadOrCreateSigningKey(settings.signingKey);
   if (signingKey.created) context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `generated the provenance signing key ${settings.signingKey} (keyid ${signingKey.keyid}); public key in ${publicKeyPath(settings.signingKey)}` })}\n`);
-  const dashboard = createDashboard({ tokens });
+  const auth = createAuthenticator(tokens);
+  const dashboard = createDashboard({ tokens, auth });
   const logLevel = args['log-level'] ?? 'info';
   const builder = await startBuilder({
     host: settings.host,
     port: settings.port,
     tokens,
+    auth,
     redact: knownSecrets(context.env),
     store,
     scaffold,
@@ -152,7 +154,23 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   // The same level as fastify's logger (pino: info = 30): `--log-level warn` keeps stderr quiet.
   if (logLevel === 'debug' || logLevel === 'info') context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `serving ${describeTargets(targets, Object.fromEntries(targets.map((target) => [formatTarget(target), scaffold.buildMethod(target)])))} with ${settings.slots} slot(s)${uidRange ? `, builds as uids ${uidRange.first}-${uidRange.last}` : ''}` })}\n`);
 
-  if (!signal.aborted) await once(signal, 'abort');
+  const logLine = (level: number, msg: string) => context.stderr.write(`${JSON.stringify({ level, time: Date.now(), msg })}\n`);
+  // Token rotation without a restart: the file is re-read when it changes, and on SIGHUP.
+  const tokenWatch = settings.tokenFile ? watchTokenFile({
+    tokenFile: settings.tokenFile,
+    ...(context.env[TOKENS_ENV] !== undefined ? { envValue: context.env[TOKENS_ENV] } : {}),
+    auth,
+    onReload: (event) => (event.ok ? logLine(30, `builder.tokenFile re-read: ${event.tokens} token(s) accepted`) : logLine(40, `builder.tokenFile not re-read: ${event.message}`)),
+    onWarning: (message) => logLine(40, message),
+  }) : undefined;
+  const onHangup = () => void tokenWatch?.reload();
+  if (tokenWatch) context.signals?.on('SIGHUP', onHangup);
+  try {
+    if (!signal.aborted) await once(signal, 'abort');
+  } finally {
+    tokenWatch?.stop();
+    context.signals?.off('SIGHUP', onHangup);
+  }
   await builder.stop(settings.shutdownGrace * 1000);
   return 0;
 }

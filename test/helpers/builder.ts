@@ -41,6 +41,7 @@ export const TEST_UID_RANGES = {
   network: { first: 61085, last: 61089 },
   rootDefaults: { first: 61090, last: 61094 },
   provenance: { first: 61095, last: 61099 },
+  tokens: { first: 61210, last: 61214 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 

@@ -13,7 +13,7 @@
  * await startBuilder({ …, authorize: dashboard.authorize, register: dashboard.register });
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { createAuthenticator } from '../auth.js';
+import { createAuthenticator, type Authenticator } from '../auth.js';
 import { idParamsSchema } from '../schemas.js';
 import { defaultAssetsDir, loadAssets, type AssetSet } from './assets.js';
 import { loginPage, safeNext, shellPage } from './pages.js';
@@ -48,6 +48,8 @@ const SECURITY_HEADERS = {
 export interface DashboardOptions {
   /** The builder's accepted tokens (the login form takes one of them). */
   tokens: readonly string[];
+  /** The builder's token check, when it is shared (token rotation reaches the login form too). */
+  auth?: Authenticator;
   /** Session lifetime from login, ms (default 12 h). */
   sessionTtlMs?: number;
   /** Live sessions at most (default 1000; the oldest goes first). */
@@ -91,7 +93,7 @@ function isHttps(request: FastifyRequest): boolean {
 const LOGIN_FAILURE_DELAY_MS = 300;
 
 export function createDashboard(options: DashboardOptions): Dashboard {
-  const auth = createAuthenticator(options.tokens);
+  const auth = options.auth ?? createAuthenticator(options.tokens);
   const sessions = new SessionStore({ ttlMs: options.sessionTtlMs ?? 12 * 3600_000, maxSessions: options.maxSessions ?? 1000 });
   const loggedIn = (request: FastifyRequest) => sessions.valid(sessionIdFrom(request.headers.cookie));
 
