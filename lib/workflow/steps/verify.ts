@@ -1,4 +1,4 @@
-import { access, lstat, opendir, readFile } from 'node:fs/promises';
+import { access, lstat, opendir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BundleError, throwIfAborted } from '../../errors.js';
 import { formatTarget, normalizeTarget } from '../../target.js';
@@ -7,6 +7,7 @@ import { readBinaryHeader } from '../binary-header.js';
 import type { BinaryHeader } from '../binary-header.js';
 import { runCommand, type RunAs } from '../runtime-registry.js';
 import { prebuildServes } from './prebuilds.js';
+import { wineEnv, windowsPath, withPrefix } from '../wine.js';
 import type { LogFn } from '../runtime-registry.js';
 import type { Runtime } from './runtime.js';
 
@@ -38,6 +39,11 @@ export interface VerifyNativeOptions {
   runAs?: RunAs;
   /** Wraps the loading child's command line (the build's sandbox). */
   wrap?: (command: string, args: string[]) => Promise<{ command: string; args: string[] }>;
+  /**
+   * A win32 target: load under the target's Windows Node (`nodeExe`) through Wine, with the
+   * prefix `prefix`; `scratch` is a writable directory for the loader's list and report.
+   */
+  wine?: { command: string; prefix: string; nodeExe: string; scratch: string };
   signal?: AbortSignal;
   log?: LogFn;
 }
@@ -227,7 +233,9 @@ function verifyError(problems: Array<{ file: string; problem: string }>, target:
 
 // One child loads every addon and reports each before and after, so a crash (a segfault in
 // an addon's init) still names the file it happened in.
-const LOADER = `let input='';process.stdin.setEncoding('utf8');process.stdin.on('data',(d)=>{input+=d});process.stdin.on('end',()=>{for(const file of JSON.parse(input)){process.stdout.write(JSON.stringify({start:file})+'\\n');try{process.dlopen({exports:{}},file);process.stdout.write(JSON.stringify({ok:file})+'\\n')}catch(e){process.stdout.write(JSON.stringify({fail:file,message:String(e&&e.message||e)})+'\\n')}}process.exit(0)})`;
+// Under Wine, Windows Node cannot write to a pipe (EBADF): there it reads the list from the file
+// BD_VERIFY_IN and appends its report to BD_VERIFY_OUT instead of stdin and stdout.
+const LOADER = `const fs=require('fs');const out=process.env.BD_VERIFY_OUT;const say=(o)=>{const l=JSON.stringify(o)+'\\n';if(out)fs.appendFileSync(out,l);else process.stdout.write(l)};const run=(input)=>{for(const file of JSON.parse(input)){say({start:file});try{process.dlopen({exports:{}},file);say({ok:file})}catch(e){say({fail:file,message:String(e&&e.message||e)})}}process.exit(0)};if(process.env.BD_VERIFY_IN){run(fs.readFileSync(process.env.BD_VERIFY_IN,'utf8'))}else{let input='';process.stdin.setEncoding('utf8');process.stdin.on('data',(d)=>{input+=d});process.stdin.on('end',()=>run(input))}`;
 
 /** How long the addon-loading child may take before the build calls it hung. */
 export const LOAD_TIMEOUT_MS = 120_000;
@@ -237,10 +245,26 @@ async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[]
   const timeout = AbortSignal.timeout(LOAD_TIMEOUT_MS);
   const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
   let result;
+  const wine = options.wine;
+  const report = wine ? path.join(wine.scratch, 'verify-report.ndjson') : undefined;
+  // Windows Node names files as Z:\…; the report is read back in Linux paths.
+  const toLinux = (file: string) => (wine ? file.replace(/^Z:/i, '').split('\\').join('/') : file);
   try {
-    const launched = options.launch ? options.launch(runtime.nodePath, ['-e', LOADER]) : { command: runtime.nodePath, args: ['-e', LOADER] };
+    const files = nativeFiles.map((f) => path.join(dir, f));
+    const launched = wine ? { command: wine.command, args: [wine.nodeExe, '-e', LOADER] }
+      : options.launch ? options.launch(runtime.nodePath, ['-e', LOADER]) : { command: runtime.nodePath, args: ['-e', LOADER] };
     const { command, args } = options.wrap ? await options.wrap(launched.command, launched.args) : launched;
-    result = await runCommand(command, args, { env: options.env ?? {}, cwd: dir, signal: combined, input: JSON.stringify(nativeFiles.map((f) => path.join(dir, f))), ...(options.runAs ? { runAs: options.runAs } : {}) });
+    const runAs = options.runAs ? { runAs: options.runAs } : {};
+    if (wine && report) {
+      const list = path.join(wine.scratch, 'verify-files.json');
+      await writeFile(list, JSON.stringify(files.map(windowsPath)));
+      await rm(report, { force: true });
+      const env = { ...options.env, ...wineEnv(wine.prefix), BD_VERIFY_IN: windowsPath(list), BD_VERIFY_OUT: windowsPath(report) };
+      const loaded = await withPrefix(wine.prefix, () => runCommand(command, args, { env, cwd: dir, signal: combined, ...runAs }));
+      result = { ...loaded, stdout: await readFile(report, 'utf8').catch(() => '') };
+    } else {
+      result = await runCommand(command, args, { env: options.env ?? {}, cwd: dir, signal: combined, input: JSON.stringify(files), ...runAs });
+    }
   } catch (error) {
     throwIfAborted(signal);
     if (timeout.aborted) throw new BundleError('ERR_NATIVE_VERIFY', `Loading the native addons under Node ${runtime.version} did not finish in ${LOAD_TIMEOUT_MS / 1000} s.`, { cause: error });
@@ -256,6 +280,7 @@ async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[]
     } catch {
       continue;
     }
+    for (const key of ['start', 'ok', 'fail'] as const) if (event[key]) event[key] = toLinux(event[key]);
     if (event.start) pending = event.start;
     if (event.ok) pending = undefined;
     if (event.fail) {
