@@ -7,6 +7,7 @@ import { realpathSync, statSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
 import { promisify } from 'node:util';
 import { BundleError, abortError } from '../errors.js';
 import { redact } from '../redact.js';
@@ -146,6 +147,12 @@ export interface SpawnNpmOptions {
   onMemory?: (rss: number, peak: number) => void;
   /** Run npm (and so every script) as this unprivileged user. */
   runAs?: { uid: number; gid: number };
+  /**
+   * The command is bwrap writing its sandbox's pid to this descriptor (3): cancelling kills that
+   * pid (and so the whole sandbox) rather than only bwrap, which orphans its child when it is
+   * killed before it finished setting up.
+   */
+  sandboxInfoFd?: 3;
   /** How often to sample the process tree's memory. */
   memoryIntervalMs?: number;
 }
@@ -179,6 +186,8 @@ class ErrorLines {
   }
 }
 const KILL_GRACE_MS = 2000;
+/** How long npm's output may stay open after npm and its group are gone. */
+const PIPE_DRAIN_MS = 2000;
 
 /**
  * Spawns npm in a process group of its own so that cancelling kills every lifecycle script and
@@ -190,13 +199,14 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
     cwd: options.cwd,
     env: options.env,
     detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
+    stdio: options.sandboxInfoFd ? ['ignore', 'pipe', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe'],
     ...(options.runAs ? { uid: options.runAs.uid, gid: options.runAs.gid } : {}),
   });
+  const sandboxPid = options.sandboxInfoFd ? readSandboxPid(child.stdio[3] as NodeJS.ReadableStream | null) : Promise.resolve(undefined);
   const tail: string[] = [];
   const errors = new ErrorLines();
   const lineReaders = (['stdout', 'stderr'] as const).map((stream) => {
-    const reader = createInterface({ input: child[stream] });
+    const reader = createInterface({ input: child[stream] as Readable });
     reader.on('line', (raw) => {
       const line = redact(raw, options.secrets);
       tail.push(line);
@@ -233,7 +243,16 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
   const timer = setInterval(() => void sample(), options.memoryIntervalMs ?? 500);
 
   let killTimer: NodeJS.Timeout | undefined;
+  const killSandbox = async () => {
+    // Its pid 1: the kernel then kills every process of its PID namespace.
+    const pid = await Promise.race([sandboxPid, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), KILL_GRACE_MS).unref())]);
+    if (pid) killGroup(-pid, 'SIGKILL');
+  };
   const onAbort = () => {
+    if (options.sandboxInfoFd) {
+      void killSandbox().finally(() => killGroup(pgid, 'SIGKILL'));
+      return;
+    }
     killGroup(pgid, 'SIGTERM');
     killTimer = setTimeout(() => killGroup(pgid, 'SIGKILL'), KILL_GRACE_MS);
   };
@@ -251,11 +270,34 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
   killGroup(pgid, 'SIGKILL');
   if (killTimer) clearTimeout(killTimer);
   await waitForGroupExit(pgid, 5000);
-  await Promise.all(lineReaders);
+  // A process outside the group can still hold npm's pipes (one that left its session, or a
+  // sandbox's child orphaned when bwrap was killed mid-setup): read what is there, then stop.
+  const drained = await Promise.race([Promise.all(lineReaders).then(() => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), PIPE_DRAIN_MS).unref())]);
+  if (!drained) {
+    child.stdout?.destroy();
+    child.stderr?.destroy();
+  }
   if (options.signal?.aborted) throw abortError(options.signal);
   return { code, signal, tail, errors: errors.lines(), peakMemory: peak };
 }
 
+/** The `child-pid` bwrap writes to its info fd once the sandbox exists; undefined if it never does. */
+function readSandboxPid(info: NodeJS.ReadableStream | null): Promise<number | undefined> {
+  if (!info) return Promise.resolve(undefined);
+  return new Promise((resolve) => {
+    let text = '';
+    info.setEncoding('utf8');
+    info.on('data', (chunk: string) => {
+      text += chunk;
+      const pid = /"child-pid"\s*:\s*(\d+)/.exec(text)?.[1];
+      if (pid) resolve(Number(pid));
+    });
+    info.on('error', () => resolve(undefined));
+    info.on('close', () => resolve(undefined));
+  });
+}
+
+/** Signals a process group (`pgid` > 0), or one process (`-pid`). */
 function killGroup(pgid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(-pgid, signal);

@@ -36,8 +36,13 @@ export interface Sandbox {
   isolation(runAs?: RunAs): Promise<Isolation>;
   /** Why a build would run without bubblewrap (for the summary's note); undefined when it does not. */
   unavailableReason(runAs?: RunAs): Promise<string | undefined>;
-  /** The command line that runs `command args` inside the sandbox (unchanged when there is none). */
-  wrap(command: string, args: readonly string[], view: SandboxView, runAs?: RunAs): Promise<{ command: string; args: string[] }>;
+  /**
+   * The command line that runs `command args` inside the sandbox (unchanged when there is none).
+   * With `infoFd`, bubblewrap writes `{"child-pid": N}` to that file descriptor once the sandbox
+   * exists (`infoFd` in the answer then says so): the way to kill a sandbox whose bwrap is not
+   * finished setting up, since killing bwrap then would orphan its child.
+   */
+  wrap(command: string, args: readonly string[], view: SandboxView, runAs?: RunAs, options?: { infoFd?: number }): Promise<{ command: string; args: string[]; infoFd?: number }>;
 }
 
 /** Directories of the system every build reads (compilers, headers, libc, certificates). */
@@ -97,11 +102,12 @@ export function createSandbox(options: SandboxOptions): Sandbox {
       const probe = await probeFor(runAs);
       return probe.ok ? undefined : probe.reason;
     },
-    async wrap(command, args, view, runAs) {
+    async wrap(command, args, view, runAs, wrapOptions = {}) {
       const probe = await use(runAs);
       if (!probe?.ok) return { command, args: [...args] };
       masks ??= unreadableEntries('/etc');
-      return { command: probe.bwrap, args: [...(await bubblewrapArgs(view, await masks)), '--', command, ...args] };
+      const info = wrapOptions.infoFd !== undefined ? ['--info-fd', String(wrapOptions.infoFd)] : [];
+      return { command: probe.bwrap, args: [...info, ...(await bubblewrapArgs(view, await masks)), '--', command, ...args], ...(wrapOptions.infoFd !== undefined ? { infoFd: wrapOptions.infoFd } : {}) };
     },
   };
 }

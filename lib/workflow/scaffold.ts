@@ -356,10 +356,11 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     const sandboxed = (command: string, argv: string[]) => context.sandbox.wrap(command, argv, view, options.runAs);
     let peakMemory = 0;
     const runNpm = async (what: string, argv: string[]) => {
-      const wrapped = await sandboxed(spawnInfo.command, argv);
+      const wrapped = await context.sandbox.wrap(spawnInfo.command, argv, view, options.runAs, { infoFd: 3 });
       const run = await spawnNpm({
         command: wrapped.command,
         argv: wrapped.args,
+        ...(wrapped.infoFd === 3 ? { sandboxInfoFd: 3 as const } : {}),
         cwd: dirs.package,
         env: spawnInfo.env,
         signal,

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findBlockingAncestor } from '../../lib/workflow/run-as.js';
+import { spawnNpm } from '../../lib/workflow/npm.js';
 import { createSandbox } from '../../lib/workflow/sandbox.js';
 import { createBuilderClient } from '../../lib/builder/client.js';
 import { isRoot, spawnBuilder, startSourceServer } from '../helpers/builder.js';
@@ -280,6 +281,23 @@ describe('the sandbox', () => {
     expect(run.stderr).not.toContain('UID ');
     expect(await readdir(path.join(dir, 'out')).catch(() => [])).toEqual([]);
   }, 60_000);
+
+  it('a build cancelled while bwrap is still setting its sandbox up leaves no process behind, and stops at once (20 tries at random moments)', async () => {
+    const sandbox = createSandbox({ setting: 'required', envPath: process.env.PATH });
+    const view = { cwd: root.dir, writable: [root.dir], readable: [] };
+    for (let attempt = 0; attempt < 20; attempt += 1) {
+      const mark = `${marker}-race-${attempt}`;
+      const wrapped = await sandbox.wrap(process.execPath, ['-e', 'setTimeout(() => {}, 60000)', mark], view, undefined, { infoFd: 3 });
+      const controller = new AbortController();
+      const started = Date.now();
+      const running = spawnNpm({ command: wrapped.command, argv: wrapped.args, sandboxInfoFd: 3, cwd: root.dir, env: { PATH: process.env.PATH ?? '' }, signal: controller.signal, secrets: [], onLine: () => undefined,
+        onSpawn: () => setTimeout(() => controller.abort(), attempt % 7) });
+      await expect(running).rejects.toMatchObject({ code: 'ERR_ABORTED' });
+      expect(Date.now() - started).toBeLessThan(4000);
+      const { stdout } = await execFileAsync('ps', ['-eo', 'stat=,args=']);
+      expect(stdout.split('\n').filter((line) => line.includes(mark) && !line.trim().startsWith('Z'))).toEqual([]);
+    }
+  }, 120_000);
 
   it('sandbox "auto" without bubblewrap runs unsandboxed and says so in the outcome', async () => {
     const sandbox = createSandbox({ setting: 'auto', envPath: '/nonexistent' });
