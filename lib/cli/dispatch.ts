@@ -20,7 +20,7 @@ import { acquireLock, lockFile, type HeldLock } from '../dispatch/lock.js';
 import { ensureLockfile } from '../dispatch/lockfile.js';
 import { parseTargets, planTargets, resolvePools, type Pool } from '../dispatch/plan.js';
 import { dispatch, newRunId, type DispatchEvent, type DispatchResult } from '../dispatch/run.js';
-import { BundleError, toBundleError } from '../errors.js';
+import { BundleError, isBundleError, toBundleError } from '../errors.js';
 import { isTerminal, type BuildRecord, type RequestOverrides } from '../protocol.js';
 import { knownSecrets, redact } from '../redact.js';
 import { openStore, type ObjectStore, type OpenStoreOptions } from '../storage/index.js';
@@ -515,6 +515,24 @@ export async function clientFor(config: ResolvedConfig, env: NodeJS.ProcessEnv, 
   return createBuilderClient({ url: origin });
 }
 
+/**
+ * A builder's 401 to `status <build-url>`, saying where the token comes from: the pool member of
+ * that origin in .bundlerc and its `tokenEnv` variable.
+ */
+function unauthorizedHint(config: ResolvedConfig, env: NodeJS.ProcessEnv, origin: string, error: BundleError): BundleError {
+  const member = Object.values(config.dispatch.pools).flat().find((candidate) => new URL(candidate.url).origin === origin);
+  const why = !member
+    ? `no pool member of .bundlerc has the URL ${origin}, so no token was sent`
+    : !member.tokenEnv ? `its pool member in .bundlerc names no tokenEnv, so no token was sent`
+      : !env[member.tokenEnv] ? `the token comes from $${member.tokenEnv} (its pool member's tokenEnv), which is not set` : `the token in $${member.tokenEnv} (its pool member's tokenEnv) was refused`;
+  return new BundleError('ERR_UNAUTHORIZED', `Builder ${origin} refused the request (401): ${why}.`, {
+    hint: member?.tokenEnv
+      ? `Set ${member.tokenEnv} to one of the builder's tokens (BUNDLE_DISPATCH_BUILDER_TOKENS or its --token-file), then run status again.`
+      : `Add the builder to dispatch.pools in .bundlerc with { "url": "${origin}", "tokenEnv": "MY_BUILDER_TOKEN", "publicKey": … } and set MY_BUILDER_TOKEN to one of its tokens (or give --config with such a file).`,
+    cause: error,
+  });
+}
+
 function describeRecord(record: BuildRecord): string {
   const step = currentStep(record);
   return `${record.state}${step && !isTerminal(record.state) ? ` · ${step}` : ''}${record.error ? ` · ${record.error.code}: ${record.error.message}` : ''}${record.artifact ? ` · ${record.artifact.file} sha256 ${record.artifact.sha256}` : ''}`;
@@ -532,6 +550,8 @@ export async function commandStatus(args: StatusArgs, context: CliContext, signa
       onLog: (line) => {
         if (args.verbose || line.stream === 'status') out?.write(`  ${line.step}: ${line.message}\n`);
       },
+    }).catch((error: unknown) => {
+      throw isBundleError(error, 'ERR_UNAUTHORIZED') ? unauthorizedHint(config, context.env, match[1] as string, error) : error;
     });
     if (args.json) context.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
     else out?.write(`${record.id} ${describeRecord(record)}\n`);

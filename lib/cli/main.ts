@@ -31,11 +31,24 @@ export async function main(argv: string[], context: CliContext): Promise<number>
   const onTerm = onSignal('SIGTERM');
   context.signals?.on('SIGINT', onInt);
   context.signals?.on('SIGTERM', onTerm);
+  // `bundle-dispatch logs <id> | head -1`: the reader went away. Stop quietly, like any Unix
+  // tool whose output was closed: no stack trace, no error message, exit 0.
+  let outputClosed = false;
+  const onOutputError = (error: NodeJS.ErrnoException) => {
+    if (error.code !== 'EPIPE' && error.code !== 'ERR_STREAM_DESTROYED') throw error;
+    outputClosed = true;
+    controller.abort(new BundleError('ERR_ABORTED', 'The output was closed.'));
+  };
+  context.stdout.on('error', onOutputError);
   let json = argv.includes('--json');
   let verbose = argv.includes('--verbose');
   let exitCode: number = EXIT.ok;
 
   const fail = (error: unknown) => {
+    if (outputClosed) {
+      exitCode = EXIT.ok;
+      return;
+    }
     const failure = toBundleError(error, controller.signal);
     exitCode = exitCodeFor(failure);
     // A secret of this process that reached an error (a script printed it) is scrubbed here too.
@@ -78,5 +91,6 @@ export async function main(argv: string[], context: CliContext): Promise<number>
     context.signals?.off('SIGINT', onInt);
     context.signals?.off('SIGTERM', onTerm);
   }
-  return exitCode;
+  // The listener stays: output written last (help, a summary) may fail after we return.
+  return outputClosed ? EXIT.ok : exitCode;
 }

@@ -359,7 +359,7 @@ export async function commandCancel(args: CancelArgs, context: CliContext, signa
   const dir = runsDirOf(config.cacheDir);
   let doc = await requireRun(dir, args.run);
   if (doc.state !== 'running') {
-    if (args.json) context.stdout.write(`${JSON.stringify({ runId: doc.runId, cancelled: false, state: runOutcome(doc), builds: [] }, null, 2)}\n`);
+    if (args.json) context.stdout.write(`${JSON.stringify({ runId: doc.runId, cancelled: false, state: runOutcome(doc), targets: doc.targets, builds: [] }, null, 2)}\n`);
     else context.stdout.write(`run ${doc.runId} had already ended (${runOutcome(doc)}): nothing to cancel\n`);
     return EXIT.ok;
   }

@@ -60,6 +60,25 @@ export interface PrepareInputOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * Whether an input that does not exist was meant as a file or directory, not a registry spec:
+ * a path (./, ../, /, ~), a path separator other than a scope's (`dist/app.tgz`, not
+ * `@scope/name`), or an archive's suffix, typo included (.tgz, .tg, .tar, .tar.gz, .gz).
+ * `npm pack` would otherwise take it for a package name and answer with a 404.
+ *
+ * @example
+ * looksLikeFile('my-app-1.0.0.tg')   // true
+ * looksLikeFile('@scope/app@1.2.0')  // false
+ */
+export function looksLikeFile(spec: string): boolean {
+  // A URL (https://…/app.tgz, github:owner/repo, file:…) is npm's to fetch.
+  if (/^[a-z][a-z0-9+.-]+:/i.test(spec)) return false;
+  if (/^(\.{1,2}[\\/]|[\\/]|~)/.test(spec) || /\.(tgz|tg|tar|tar\.gz|gz)$/i.test(spec)) return true;
+  const scoped = /^@[^/@\s]+\/[^/@\s]+(@\S*)?$/.test(spec);
+  const url = /^[a-z][a-z0-9+.-]*:/i.test(spec);
+  return /[\\/]/.test(spec) && !scoped && !url;
+}
+
 /** `git+https://…`, `git+ssh://…`, `git://…`, `git@host:…`, or an URL ending in `.git`. */
 export function isGitUrl(spec: string): boolean {
   return /^git(\+[a-z]+)?:\/\//i.test(spec) || /^git@[^:]+:/.test(spec) || /^[a-z+]+:\/\/.*\.git(#.*)?$/i.test(spec);
@@ -152,7 +171,7 @@ export async function prepareInput(spec: string, options: PrepareInputOptions): 
   } else {
     const local = path.resolve(cwd, spec);
     const info = await stat(local).catch(() => undefined);
-    const looksLikePath = /^(\.{1,2}[\\/]|[\\/]|~)/.test(spec) || /\.(tgz|tar|tar\.gz)$/i.test(spec);
+    const looksLikePath = looksLikeFile(spec);
     if (info?.isFile()) {
       kind = 'tarball';
       tarball = local;
@@ -160,7 +179,10 @@ export async function prepareInput(spec: string, options: PrepareInputOptions): 
       kind = 'directory';
       tarball = await npmPack(tools, `npm pack ${spec}`, local, packDir, local, signal);
     } else if (looksLikePath) {
-      throw new BundleError('ERR_INPUT_NOT_FOUND', `The input "${spec}" does not exist.`, { hint: 'Give a .tgz, a package directory, a registry spec (name@version) or a git URL with #ref.' });
+      throw new BundleError('ERR_INPUT_NOT_FOUND', `The input "${spec}" does not exist (no file or directory ${local}).`, {
+        hint: 'Check the path (ls *.tgz). The input is a .tgz from npm pack, a package directory, a registry spec (name@version) or a git URL with #ref; a GitHub repository is github:owner/repo#ref.',
+        details: { path: local },
+      });
     } else {
       kind = 'registry';
       tarball = await npmPack(tools, `npm pack ${spec}`, spec, packDir, workDir, signal);

@@ -208,7 +208,7 @@ describe('bundle-dispatch logs', () => {
 });
 
 describe('bundle-dispatch cancel', () => {
-  interface CancelAnswer { runId: string; cancelled: boolean; state: string; builds: CancelledBuild[] }
+  interface CancelAnswer { runId: string; cancelled: boolean; state: string; targets: Record<string, { state: string }>; builds: CancelledBuild[] }
 
   it('from another process, on a builder pool: the dispatch exits 130, the run is cancelled, so is its build; logs --follow ends with it', async () => {
     const fixture = await writeFixture(path.join(root.dir, 'cancel-remote-1.0.0.tgz'), { name: 'cancel-remote-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
@@ -236,7 +236,8 @@ describe('bundle-dispatch cancel', () => {
     // Cancelling it again: nothing to do, exit 0.
     const again = await runCli(['cancel', during.runId, '--json', '--cache-dir', cacheDir], { cwd: elsewhere, env });
     expect(again.code).toBe(0);
-    expect(parse<CancelAnswer>(again)).toMatchObject({ cancelled: false, state: 'cancelled' });
+    // The same fields as any answer, as docs/dispatch.md lists them: targets too.
+    expect(parse<CancelAnswer>(again)).toMatchObject({ cancelled: false, state: 'cancelled', targets: { [x64]: { state: 'cancelled' } }, builds: [] });
   });
 
   it('on the embedded default: the dispatching process cancels its in-process build and exits 130', async () => {

@@ -42,6 +42,7 @@ export const TEST_UID_RANGES = {
   rootDefaults: { first: 61090, last: 61094 },
   provenance: { first: 61095, last: 61099 },
   tokens: { first: 61210, last: 61214 },
+  newcomer: { first: 61215, last: 61219 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
