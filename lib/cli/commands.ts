@@ -149,10 +149,10 @@ function historyOptions<T>(argv: Argv<T>) {
 /** `bundle-dispatch status <run-id|build-url>`. */
 export function statusCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, StatusArgs> {
   return {
-    command: 'status <run>',
+    command: 'status [run]',
     describe: 'Show a dispatch run from the local history (re-attaching to its unfinished builds), or follow one build by its URL.',
     builder: (argv) => historyOptions(argv)
-      .positional('run', { type: 'string', demandOption: true, describe: 'A run id (printed by every run) or a build URL …/v1/builds/<id>.' })
+      .positional('run', { type: 'string', default: 'latest', describe: 'A run id (printed by every run), a unique prefix of one, latest (the default), or a build URL …/v1/builds/<id>.' })
       .option('verbose', { type: 'boolean', default: false, describe: 'Full build logs.' })
       .example(...example('$0 status 20260301T020000Z-1a2b3c4d', 'a run from the local history'))
       .example(...example('$0 status <run-id> --json', 'one JSON document (the run document)')) as unknown as Argv<StatusArgs>,
@@ -187,7 +187,7 @@ export function logsCommand({ context, signal, setExitCode }: CommandRun): Comma
     command: 'logs <run>',
     describe: 'Print each target\'s build log of a run, prefixed by target (from its builder, or the local copy when the builder is gone).',
     builder: (argv) => historyOptions(argv)
-      .positional('run', { type: 'string', demandOption: true, describe: 'A run id (bundle-dispatch runs lists them).' })
+      .positional('run', { type: 'string', demandOption: true, describe: 'A run id (bundle-dispatch runs lists them), a unique prefix of one, or latest.' })
       .option('target', { alias: 't', type: 'string', describe: 'Only this target (its label, or os-cpu[-libc] without the @range).' })
       .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'For a running run: keep printing lines as they come until it ends.' })
       .example(...example('$0 logs 20260301T020000Z-1a2b3c4d', 'every target\'s log'))
@@ -206,7 +206,7 @@ export function cancelCommand({ context, signal, setExitCode }: CommandRun): Com
     command: 'cancel <run>',
     describe: 'Cancel a running dispatch run from another terminal: its builds are cancelled, the run is marked cancelled and its process exits 130.',
     builder: (argv) => historyOptions(argv)
-      .positional('run', { type: 'string', demandOption: true, describe: 'A run id (bundle-dispatch runs --state running lists them).' })
+      .positional('run', { type: 'string', demandOption: true, describe: 'A run id (bundle-dispatch runs --state running lists them), a unique prefix of one, or latest.' })
       .example(...example('$0 cancel 20260301T020000Z-1a2b3c4d', 'cancel that run'))
       .example(...example('$0 runs --state running --json', 'find the running ones first')) as unknown as Argv<CancelArgs>,
     handler: async (args) => {

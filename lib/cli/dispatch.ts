@@ -14,7 +14,7 @@ import type { BuilderClient } from '../builder/client.js';
 import type { ResolvedConfig } from '../config/load.js';
 import { createEmbeddedBuilder, embeddedKeyPath, type EmbeddedBuilder } from '../dispatch/embedded.js';
 import { loadOrCreateSigningKey } from '../provenance/keys.js';
-import { listRuns, readRun, RunHistory, targetStateOf, type RunDocument } from '../dispatch/history.js';
+import { RunHistory, targetStateOf, type RunDocument } from '../dispatch/history.js';
 import { prepareInput, type ToolEnvironment } from '../dispatch/input.js';
 import { acquireLock, lockFile, type HeldLock } from '../dispatch/lock.js';
 import { ensureLockfile } from '../dispatch/lockfile.js';
@@ -557,11 +557,8 @@ export async function commandStatus(args: StatusArgs, context: CliContext, signa
     else out?.write(`${record.id} ${describeRecord(record)}\n`);
     return record.state === 'succeeded' ? EXIT.ok : record.state === 'cancelled' ? EXIT.interrupted : EXIT.failed;
   }
-  const doc: RunDocument | undefined = await readRun(runsDir(config), args.run);
-  if (!doc) {
-    const recent = await listRuns(runsDir(config));
-    throw new BundleError('ERR_USAGE', `No run "${args.run}" in ${runsDir(config)}.`, { hint: recent.length > 0 ? `Recent runs: ${recent.join(', ')}.` : 'No run has been recorded yet.' });
-  }
+  const { requireRun } = await import('./runs.js');
+  const doc: RunDocument = await requireRun(runsDir(config), args.run ?? 'latest');
   // Re-attach: builds the run left unfinished (still running, or the dispatcher died) are
   // followed to their end on their builders.
   if (doc.state === 'running' || doc.state === 'interrupted') {

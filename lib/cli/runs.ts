@@ -8,7 +8,7 @@
 import path from 'node:path';
 import { open } from 'node:fs/promises';
 import type { ResolvedConfig } from '../config/load.js';
-import { RunHistory, listRuns, localLogFile, readRun, requestCancel, runAlive, runOutcome, runsDirOf, type RunDocument, type RunOutcome } from '../dispatch/history.js';
+import { RunHistory, listRuns, localLogFile, readRun, requestCancel, resolveRunId, runAlive, runOutcome, runsDirOf, type RunDocument, type RunOutcome } from '../dispatch/history.js';
 import { BundleError, abortError, toBundleError } from '../errors.js';
 import type { LogLine } from '../protocol.js';
 import { loadCliConfig } from './config.js';
@@ -94,11 +94,12 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 }
 
 /** The run document of `runId`, or ERR_USAGE naming the recent ones (as `status` does). */
-export async function requireRun(dir: string, runId: string): Promise<RunDocument> {
+/** The run a user named: a run id, a unique prefix of one, or `latest`. */
+export async function requireRun(dir: string, given: string): Promise<RunDocument> {
+  const runId = await resolveRunId(dir, given);
   const doc = await readRun(dir, runId);
   if (doc) return doc;
-  const recent = await listRuns(dir, 5);
-  throw new BundleError('ERR_USAGE', `No run "${runId}" in ${dir}.`, { hint: recent.length > 0 ? `Recent runs: ${recent.join(', ')} (bundle-dispatch runs).` : 'No run has been recorded yet.' });
+  throw new BundleError('ERR_USAGE', `Run ${runId} in ${dir} cannot be read.`, { hint: 'Its document may be damaged: bundle-dispatch runs lists the others.' });
 }
 
 export function summarizeRun(doc: RunDocument, now = Date.now()): RunSummary {

@@ -227,6 +227,29 @@ export async function readRun(dir: string, runId: string): Promise<RunDocument |
   return readFile(path.join(dir, `${runId}.json`), 'utf8').then((text) => JSON.parse(text) as RunDocument, () => undefined);
 }
 
+/**
+ * The run a user means: `latest` (the newest run), a whole run id, or a unique prefix of one
+ * (`20261207T0430`); an ambiguous prefix or no match is ERR_USAGE naming what there is.
+ *
+ * @example
+ * await resolveRunId(dir, 'latest')          // '20261207T043057Z-6b1c95af'
+ * await resolveRunId(dir, '20261207T0430')   // the one run started in that minute
+ */
+export async function resolveRunId(dir: string, given: string): Promise<string> {
+  const all = await listRuns(dir, Number.POSITIVE_INFINITY);
+  if (given === 'latest') {
+    if (all[0]) return all[0];
+    throw new BundleError('ERR_USAGE', `No run has been recorded in ${dir} yet.`, { hint: 'Dispatch something first (bundle-dispatch <input>), or give --cache-dir where its runs are.' });
+  }
+  if (all.includes(given)) return given;
+  const matches = /^[\w.-]+$/.test(given) ? all.filter((id) => id.startsWith(given)) : [];
+  if (matches.length === 1 && matches[0]) return matches[0];
+  if (matches.length > 1) {
+    throw new BundleError('ERR_USAGE', `"${given}" matches ${matches.length} runs: ${matches.slice(0, 5).join(', ')}${matches.length > 5 ? ', …' : ''}.`, { hint: 'Give more of the run id (bundle-dispatch runs lists them), or latest.' });
+  }
+  throw new BundleError('ERR_USAGE', `No run "${given}" in ${dir}.`, { hint: all.length > 0 ? `Recent runs: ${all.slice(0, 5).join(', ')} (bundle-dispatch runs), or latest.` : 'No run has been recorded yet.' });
+}
+
 /** Run ids, newest first. */
 export async function listRuns(dir: string, limit = 10): Promise<string[]> {
   const names = await readdir(dir).catch(() => [] as string[]);

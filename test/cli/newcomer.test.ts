@@ -5,6 +5,7 @@
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { resolveRunId } from '../../lib/dispatch/history.js';
 import { looksLikeFile } from '../../lib/dispatch/input.js';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { TEST_UID_RANGES, startTestBuilder } from '../helpers/builder.js';
@@ -73,4 +74,39 @@ describe('status <build-url> without a token', () => {
       await builder.stop();
     }
   });
+});
+
+describe('naming runs', () => {
+  it('resolves latest, a whole id and a unique prefix; an ambiguous or unknown one is a usage error naming the candidates', async () => {
+    const dir = path.join(root.dir, 'runs-only');
+    await mkdir(dir, { recursive: true });
+    for (const id of ['20261207T040000Z-aaaaaaaa', '20261207T041500Z-bbbbbbbb', '20261207T041510Z-cccccccc']) await writeFile(path.join(dir, `${id}.json`), '{}');
+    expect(await resolveRunId(dir, 'latest')).toBe('20261207T041510Z-cccccccc');
+    expect(await resolveRunId(dir, '20261207T041500Z-bbbbbbbb')).toBe('20261207T041500Z-bbbbbbbb');
+    expect(await resolveRunId(dir, '20261207T0400')).toBe('20261207T040000Z-aaaaaaaa');
+    await expect(resolveRunId(dir, '20261207T0415')).rejects.toMatchObject({ code: 'ERR_USAGE', message: expect.stringContaining('matches 2 runs: 20261207T041510Z-cccccccc, 20261207T041500Z-bbbbbbbb') });
+    await expect(resolveRunId(dir, '2025')).rejects.toMatchObject({ code: 'ERR_USAGE', message: expect.stringContaining('No run "2025"') });
+    await expect(resolveRunId(path.join(root.dir, 'no-runs'), 'latest')).rejects.toMatchObject({ code: 'ERR_USAGE', message: expect.stringContaining('No run has been recorded') });
+  });
+
+  it('status with no id shows the latest run; status, logs and cancel take a prefix or latest (the real bin, a real run of the sample)', async () => {
+    const cache = path.join(root.dir, 'runs-cache');
+    const empty = await runCli(['status', '--cache-dir', cache], { cwd: root.dir });
+    expect(empty.code).toBe(2);
+    expect(empty.stderr).toContain('No run has been recorded');
+    const sample = path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz');
+    const run = await runCli([sample, '--targets', `linux-${process.arch}@${process.versions.node}`, '--cache-dir', cache, '-d', path.join(root.dir, 'runs-dist'), '--json'], { cwd: root.dir });
+    expect(run.code, run.stderr).toBe(0);
+    const { runId } = JSON.parse(run.stdout) as { runId: string };
+    const latest = await runCli(['status', '--json', '--cache-dir', cache], { cwd: root.dir });
+    expect(latest.code, latest.stderr).toBe(0);
+    expect(JSON.parse(latest.stdout)).toMatchObject({ runId, state: 'finished' });
+    const prefix = await runCli(['status', runId.slice(0, 12), '--json', '--cache-dir', cache], { cwd: root.dir });
+    expect(JSON.parse(prefix.stdout)).toMatchObject({ runId });
+    const logs = await runCli(['logs', 'latest', '--cache-dir', cache], { cwd: root.dir });
+    expect(logs.code, logs.stderr).toBe(0);
+    expect(logs.stdout).toContain('] ');
+    const cancel = await runCli(['cancel', runId.slice(0, 16), '--json', '--cache-dir', cache], { cwd: root.dir });
+    expect(JSON.parse(cancel.stdout)).toMatchObject({ runId, cancelled: false });
+  }, 120_000);
 });
