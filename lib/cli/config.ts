@@ -13,7 +13,12 @@ import type { CliContext } from './main.js';
 export async function loadCliConfig(context: Pick<CliContext, 'cwd' | 'env'>, flags: Record<string, unknown>, configFile?: string, options: { systemDirs?: boolean } = {}): Promise<ResolvedConfig> {
   const loaded = await loadConfig({ cwd: context.cwd, env: context.env, flags, homeDir: homedir(), tmpDir: tmpdir(), ...(configFile ? { configFile } : {}), ...(options.systemDirs ? { systemDirs: true } : {}) });
   if (loaded.errors.length > 0) {
-    throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${loaded.errors.join('\n  ')}`, { hint: `Known keys: ${CONFIG_KEYS.map((key) => key.key).join(', ')}.` });
+    // Each problem names its key, the value and what is expected; the full list of keys helps
+    // only when a key is unknown and nothing near it was found.
+    const lost = loaded.errors.some((error) => /unknown key "[^"]*"$/.test(error));
+    throw new BundleError('ERR_CONFIG', `Invalid configuration:\n  ${loaded.errors.join('\n  ')}`, {
+      hint: lost ? `Known keys: ${CONFIG_KEYS.map((key) => key.key).join(', ')}.` : 'Every key, its type and default: .bundlerc.example and the README\'s configuration table.',
+    });
   }
   return loaded.config;
 }

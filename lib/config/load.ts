@@ -132,6 +132,38 @@ function typeProblem(definition: KeyDefinition, value: unknown): string | undefi
   }
 }
 
+/** A value as it was written, cut short (a whole pools object would drown the message). */
+function shortJson(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 60 ? `${text.slice(0, 57)}…` : text;
+}
+
+/** Edit distance (Levenshtein), for "did you mean". */
+function distance(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, index) => index);
+  for (let i = 1; i <= a.length; i += 1) {
+    let diagonal = row[0] ?? 0;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j += 1) {
+      const above = row[j] ?? 0;
+      row[j] = Math.min(above + 1, (row[j - 1] ?? 0) + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diagonal = above;
+    }
+  }
+  return row[b.length] ?? 0;
+}
+
+/**
+ * The known keys closest to an unknown one: by edit distance of the whole key or of its last
+ * part (`concurency` → `dispatch.concurrency`), at most 2, and only near misses.
+ */
+export function closestKeys(key: string): string[] {
+  const last = (name: string) => name.split('.').at(-1) ?? name;
+  const scored = CONFIG_KEYS.map((definition) => ({ key: definition.key, score: Math.min(distance(key.toLowerCase(), definition.key.toLowerCase()), distance(last(key).toLowerCase(), last(definition.key).toLowerCase())) }));
+  const limit = Math.max(2, Math.floor(last(key).length / 3));
+  return scored.filter((entry) => entry.score <= limit).sort((a, b) => a.score - b.score || a.key.localeCompare(b.key)).slice(0, 2).map((entry) => entry.key);
+}
+
 /** Flattens a .bundlerc object into dotted keys, stopping at keys the schema knows. */
 function flatten(value: Record<string, unknown>, prefix: string, out: Map<string, unknown>): void {
   for (const [name, inner] of Object.entries(value)) {
@@ -226,12 +258,15 @@ export async function loadConfig(options: LoadConfigOptions): Promise<ConfigResu
       const definition = findKey(key);
       const where = layer.origin === 'environment' ? `${findKey(key)?.env ?? key}` : layer.origin === 'flags' ? `--${definition?.flag ?? key}` : `${layer.origin}: ${key}`;
       if (!definition) {
-        errors.push(`${where}: unknown key "${key}"`);
+        const near = closestKeys(key);
+        errors.push(`${where}: unknown key "${key}"${near.length > 0 ? ` (did you mean ${near.map((name) => `"${name}"`).join(' or ')}?)` : ''}`);
         continue;
       }
       const problem = typeProblem(definition, value) ?? definition.check?.(value);
       if (problem) {
-        errors.push(`${where}: ${problem}`);
+        // The value as written, for plain values only: an object may hold a token pasted in by mistake.
+        const shown = definition.type === 'string' || definition.type === 'number' || definition.type === 'boolean' ? `${shortJson(value)} ` : '';
+        errors.push(`${where}: ${shown}${problem}`);
         continue;
       }
       setPath(config, key, resolvePaths(definition, value, layer.baseDir, options.homeDir));

@@ -110,3 +110,20 @@ describe('naming runs', () => {
     expect(JSON.parse(cancel.stdout)).toMatchObject({ runId, cancelled: false });
   }, 120_000);
 });
+
+describe('configuration errors', () => {
+  it('name the key, the bad value and what is expected, without listing every known key; an unknown key gets a "did you mean"', async () => {
+    const project = path.join(root.dir, 'bad-config');
+    await mkdir(project, { recursive: true });
+    await writeFile(path.join(project, '.bundlerc'), JSON.stringify({ dispatch: { concurrency: 'four' } }));
+    const run = await runCli(['status', '--cache-dir', path.join(root.dir, 'cache')], { cwd: project });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain('dispatch.concurrency: "four" must be a number');
+    expect(run.stderr).not.toContain('Known keys');
+    await writeFile(path.join(project, '.bundlerc'), JSON.stringify({ dispatch: { concurency: 4 } }));
+    const typo = await runCli(['status', '--cache-dir', path.join(root.dir, 'cache')], { cwd: project });
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toContain('unknown key "dispatch.concurency" (did you mean "dispatch.concurrency"?)');
+    expect(typo.stderr).not.toContain('Known keys');
+  });
+});

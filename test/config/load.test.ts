@@ -42,14 +42,29 @@ describe('loadConfig', () => {
     await mkdir(project, { recursive: true });
     await writeFile(path.join(project, '.bundlerc'), JSON.stringify({ registry: 'ftp://nope', colour: 'blue', limits: { maxBytes: -1 }, registryTokens: { 'https://x.example/': 'npm_abcdef token' } }));
     const result = await loadConfig({ ...base(), cwd: project, env: { BUNDLE_DISPATCH_KEEP_WORKDIR: 'sometimes' } });
+    // Each names the key, the value as written (plain values only) and what is expected.
     expect(result.errors).toEqual(expect.arrayContaining([
-      expect.stringContaining('registry: must be an http(s) URL'),
-      expect.stringContaining('unknown key "colour"'),
-      expect.stringContaining('limits.maxBytes: must be a positive number'),
+      expect.stringContaining('registry: "ftp://nope" must be an http(s) URL'),
+      expect.stringMatching(/unknown key "colour"$/),
+      expect.stringContaining('limits.maxBytes: -1 must be a positive number'),
       expect.stringContaining('registryTokens: values must be names of environment variables'),
-      expect.stringContaining('BUNDLE_DISPATCH_KEEP_WORKDIR: must be true or false'),
+      expect.stringContaining('BUNDLE_DISPATCH_KEEP_WORKDIR: "sometimes" must be true or false'),
     ]));
     expect(result.errors).toHaveLength(5);
+    // A token pasted into registryTokens is never echoed back.
+    expect(result.errors.join('\n')).not.toContain('npm_abcdef');
+  });
+
+  it('says "did you mean" for a misspelt key', async () => {
+    const project = path.join(root.dir, 'typo');
+    await mkdir(project, { recursive: true });
+    await writeFile(path.join(project, '.bundlerc'), JSON.stringify({ dispatch: { concurency: 4 }, cachedir: '/tmp/x', sandbx: 'auto' }));
+    const result = await loadConfig({ ...base(), cwd: project, env: {} });
+    expect(result.errors).toEqual(expect.arrayContaining([
+      expect.stringContaining('unknown key "dispatch.concurency" (did you mean "dispatch.concurrency"?)'),
+      expect.stringContaining('unknown key "cachedir" (did you mean "cacheDir"?)'),
+      expect.stringContaining('unknown key "sandbx" (did you mean "sandbox"?)'),
+    ]));
   });
 
   it('reports a .bundlerc that is not JSON', async () => {
