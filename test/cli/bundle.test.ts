@@ -120,7 +120,7 @@ describe('bundle-dispatch bundle', () => {
     await writeFile(path.join(configDir, '.bundlerc'), JSON.stringify({ registry: 42 }));
     const badConfig = await runCli(['bundle', sample], { cwd: configDir });
     expect(badConfig.code).toBe(2);
-    expect(badConfig.stderr).toContain('registry: must be a non-empty string');
+    expect(badConfig.stderr).toContain('registry: 42 must be a non-empty string');
   });
 
   it('--help teaches the command', async () => {

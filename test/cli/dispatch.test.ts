@@ -114,7 +114,7 @@ describe('bundle-dispatch <input>', () => {
     await writeFile(path.join(bad, '.bundlerc'), JSON.stringify({ dispatch: { concurrency: 0, pools: { 'linux-x64': [{ url: 'ftp://x', tokenEnv: 'not a name' }] } } }));
     const run = await runCli(['x.tgz', '--targets', 'linux-x64'], { cwd: bad });
     expect(run.code).toBe(2);
-    expect(run.stderr).toContain('dispatch.concurrency: must be a whole number');
+    expect(run.stderr).toContain('dispatch.concurrency: 0 must be a whole number');
     expect(run.stderr).toContain('["linux-x64"][0].url: must be an http(s) URL');
     expect(run.stderr).toContain('["linux-x64"][0].tokenEnv');
     expect(run.stderr).toContain('["linux-x64"][0].publicKey: required');

@@ -54,7 +54,7 @@ describe('start-up: what each command loads', () => {
 
   it('top-level --help still lists every command and the default command\'s flags', async () => {
     const run = await loaded(['--help'], 'help-full');
-    for (const command of ['bundle <input>', 'builder', 'dispatch <input>', 'status <run>', 'runs', 'logs <run>', 'cancel <run>', 'prune', 'verify <bundle>']) expect(run.stdout).toContain(`bundle-dispatch ${command}`);
+    for (const command of ['bundle <input>', 'builder', 'dispatch <input>', 'status [run]', 'runs', 'logs <run>', 'cancel <run>', 'prune', 'verify <bundle>']) expect(run.stdout).toContain(`bundle-dispatch ${command}`);
     for (const flag of ['--targets', '--destination', '--wait-lock', '--notify', '--cache-dir']) expect(run.stdout).toContain(flag);
   });
 
