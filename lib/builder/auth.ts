@@ -26,18 +26,18 @@ const digest = (text: string) => createHash('sha256').update(text).digest();
 export function createAuthenticator(tokens: readonly string[]): Authenticator {
   let accepted = tokens.map(digest);
   const secrets = [...tokens];
+  const remember = (values: readonly string[]) => {
+    for (const value of values) if (!secrets.includes(value)) secrets.push(value);
+    // Longest first: a secret that contains another is scrubbed whole.
+    secrets.sort((a, b) => b.length - a.length);
+  };
   return {
     secrets,
     replace(next) {
       accepted = next.map(digest);
-      for (const token of next) if (!secrets.includes(token)) secrets.push(token);
-      secrets.sort((a, b) => b.length - a.length);
+      remember(next);
     },
-    redactToo(values) {
-      for (const value of values) if (!secrets.includes(value)) secrets.push(value);
-      // Longest first: a secret that contains another is scrubbed whole.
-      secrets.sort((a, b) => b.length - a.length);
-    },
+    redactToo: remember,
     check(authorization) {
       const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');
       if (!match?.[1]) return false;

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Writable } from 'node:stream';
 import type { BuilderClient } from '../builder/client.js';
-import type { ResolvedConfig } from '../config/load.js';
+import type { PoolMember, ResolvedConfig } from '../config/load.js';
 import { createEmbeddedBuilder, embeddedKeyPath, type EmbeddedBuilder } from '../dispatch/embedded.js';
 import { loadOrCreateSigningKey } from '../provenance/keys.js';
 import { RunHistory, targetStateOf, type RunDocument } from '../dispatch/history.js';
@@ -507,12 +507,14 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
 export async function clientFor(config: ResolvedConfig, env: NodeJS.ProcessEnv, url: string): Promise<BuilderClient> {
   const { createBuilderClient } = await import('../builder/client.js');
   const origin = new URL(url).origin;
-  for (const members of Object.values(config.dispatch.pools)) {
-    for (const member of members) {
-      if (new URL(member.url).origin === origin) return createBuilderClient({ url: member.url, ...(member.tokenEnv && env[member.tokenEnv] ? { token: env[member.tokenEnv] } : {}) });
-    }
-  }
-  return createBuilderClient({ url: origin });
+  const member = poolMemberAt(config, origin);
+  if (!member) return createBuilderClient({ url: origin });
+  return createBuilderClient({ url: member.url, ...(member.tokenEnv && env[member.tokenEnv] ? { token: env[member.tokenEnv] } : {}) });
+}
+
+/** The pool member of .bundlerc whose URL has this origin (its token is the one to send there). */
+function poolMemberAt(config: ResolvedConfig, origin: string): PoolMember | undefined {
+  return Object.values(config.dispatch.pools).flat().find((member) => new URL(member.url).origin === origin);
 }
 
 /**
@@ -520,7 +522,7 @@ export async function clientFor(config: ResolvedConfig, env: NodeJS.ProcessEnv, 
  * that origin in .bundlerc and its `tokenEnv` variable.
  */
 function unauthorizedHint(config: ResolvedConfig, env: NodeJS.ProcessEnv, origin: string, error: BundleError): BundleError {
-  const member = Object.values(config.dispatch.pools).flat().find((candidate) => new URL(candidate.url).origin === origin);
+  const member = poolMemberAt(config, origin);
   const why = !member
     ? `no pool member of .bundlerc has the URL ${origin}, so no token was sent`
     : !member.tokenEnv ? `its pool member in .bundlerc names no tokenEnv, so no token was sent`

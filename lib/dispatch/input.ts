@@ -75,8 +75,7 @@ export function looksLikeFile(spec: string): boolean {
   if (/^[a-z][a-z0-9+.-]+:/i.test(spec)) return false;
   if (/^(\.{1,2}[\\/]|[\\/]|~)/.test(spec) || /\.(tgz|tg|tar|tar\.gz|gz)$/i.test(spec)) return true;
   const scoped = /^@[^/@\s]+\/[^/@\s]+(@\S*)?$/.test(spec);
-  const url = /^[a-z][a-z0-9+.-]*:/i.test(spec);
-  return /[\\/]/.test(spec) && !scoped && !url;
+  return /[\\/]/.test(spec) && !scoped;
 }
 
 /** `git+https://…`, `git+ssh://…`, `git://…`, `git@host:…`, or an URL ending in `.git`. */

@@ -245,8 +245,8 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
   let killTimer: NodeJS.Timeout | undefined;
   const killSandbox = async () => {
     // Its pid 1: the kernel then kills every process of its PID namespace.
-    const pid = await Promise.race([sandboxPid, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), KILL_GRACE_MS).unref())]);
-    if (pid) killGroup(-pid, 'SIGKILL');
+    const pid = await within(sandboxPid, KILL_GRACE_MS, undefined);
+    if (pid) killProcess(pid, 'SIGKILL');
   };
   const onAbort = () => {
     if (options.sandboxInfoFd) {
@@ -272,7 +272,7 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
   await waitForGroupExit(pgid, 5000);
   // A process outside the group can still hold npm's pipes (one that left its session, or a
   // sandbox's child orphaned when bwrap was killed mid-setup): read what is there, then stop.
-  const drained = await Promise.race([Promise.all(lineReaders).then(() => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), PIPE_DRAIN_MS).unref())]);
+  const drained = await within(Promise.all(lineReaders).then(() => true), PIPE_DRAIN_MS, false);
   if (!drained) {
     child.stdout?.destroy();
     child.stderr?.destroy();
@@ -297,7 +297,19 @@ function readSandboxPid(info: NodeJS.ReadableStream | null): Promise<number | un
   });
 }
 
-/** Signals a process group (`pgid` > 0), or one process (`-pid`). */
+/** `promise`'s value, or `otherwise` once `ms` have passed. */
+function within<T, U>(promise: Promise<T>, ms: number, otherwise: U): Promise<T | U> {
+  return Promise.race([promise, new Promise<U>((resolve) => setTimeout(() => resolve(otherwise), ms).unref())]);
+}
+
+function killProcess(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // ESRCH: already gone
+  }
+}
+
 function killGroup(pgid: number, signal: NodeJS.Signals): void {
   try {
     process.kill(-pgid, signal);

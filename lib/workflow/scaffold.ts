@@ -57,9 +57,9 @@ export interface ScaffoldEnvironment {
    */
   secrets?: readonly string[];
   /** Where npm, install scripts and the addon check run; defaults to `auto` (bubblewrap where it works). */
+  sandbox?: Sandbox;
   /** Directories every build may read besides its own, read-only in the sandbox (local `file:` dependency tarballs). */
   readable?: readonly string[];
-  sandbox?: Sandbox;
 }
 
 export interface BuildOptions {

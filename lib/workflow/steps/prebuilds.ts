@@ -4,10 +4,11 @@
  * prebuild for another platform can never be chosen by node-gyp-build at run time: it is
  * dropped from the bundle (and so never loaded by verify), and the build says which.
  */
-import { opendir, readFile, readdir, rm } from 'node:fs/promises';
+import { readFile, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { normalizeTarget, type Target } from '../../target.js';
 import type { PrebuiltBinary } from '../../protocol.js';
+import { listAllPackages } from './bundle.js';
 import type { NativeBuildNeed } from './verify.js';
 
 /** node-gyp-build's platform names (process.platform). */
@@ -113,31 +114,14 @@ async function loadsOwnBuildFirst(packageDir: string): Promise<boolean> {
   return release.some((name) => name.endsWith('.node'));
 }
 
-/** `prebuilds` folders at the root of the package and of every package in node_modules. */
+/** `prebuilds` folders at the root of the package and of every package installed below it. */
 async function findPrebuildFolders(dir: string): Promise<string[]> {
-  const found: string[] = [];
-  const visitPackage = async (packageDir: string): Promise<void> => {
-    const entries = await readdir(packageDir, { withFileTypes: true }).catch(() => []);
-    if (entries.some((entry) => entry.isDirectory() && entry.name === 'prebuilds')) found.push(path.join(packageDir, 'prebuilds'));
-    if (entries.some((entry) => entry.isDirectory() && entry.name === 'node_modules')) await visitModules(path.join(packageDir, 'node_modules'));
-  };
-  const visitModules = async (modules: string): Promise<void> => {
-    const handle = await opendir(modules).catch(() => undefined);
-    if (!handle) return;
-    for await (const entry of handle) {
-      if (!entry.isDirectory() || entry.name.startsWith('.')) continue;
-      const full = path.join(modules, entry.name);
-      if (entry.name.startsWith('@')) {
-        for (const scoped of await readdir(full, { withFileTypes: true }).catch(() => [])) {
-          if (scoped.isDirectory()) await visitPackage(path.join(full, scoped.name));
-        }
-      } else {
-        await visitPackage(full);
-      }
-    }
-  };
-  await visitPackage(dir);
-  return found;
+  const packages = [dir, ...(await listAllPackages(dir)).map((installed) => installed.dir)];
+  const found = await Promise.all(packages.map(async (packageDir) => {
+    const folder = path.join(packageDir, 'prebuilds');
+    return (await stat(folder).catch(() => undefined))?.isDirectory() ? folder : undefined;
+  }));
+  return found.filter((folder): folder is string => folder !== undefined);
 }
 
 /** node-gyp-build's tags of a prebuild file name (`argon2.armv8.glibc.node`, `node.napi.node`, `node.abi115.node`). */
@@ -161,8 +145,7 @@ function parseTags(file: string): PrebuildTags | undefined {
     else if (tag.startsWith('abi')) tags.abi = tag.slice(3);
     else if (tag.startsWith('armv')) tags.armv = tag.slice(4);
     else if (tag === 'glibc' || tag === 'musl') tags.libc = tag;
-    else if (tag.startsWith('uv')) continue;
-    else continue;
+    else continue; // uv and unknown tags do not make a file more specific here
     tags.specificity += 1;
   }
   return tags;
