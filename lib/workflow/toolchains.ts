@@ -1,10 +1,11 @@
 /**
- * Cross toolchains: how this machine compiles native addons for another Linux CPU and proves
- * them by running them under a user-mode emulator. One table row per target, not an arm64
- * special case; detection looks for the row's compiler, sysroot and emulator on this machine,
- * and configuration (`toolchains` in .bundlerc) overrides or switches off any row.
+ * Cross toolchains: how this machine compiles native addons for another platform and proves
+ * them by running them: another Linux CPU with a GNU cross compiler under a user-mode emulator,
+ * Windows x64 with MinGW-w64 under Wine. One table row per target, not a special case per
+ * platform; detection looks for the row's compilers, sysroot and runner on this machine, and
+ * configuration (`toolchains` in .bundlerc) overrides or switches off any row.
  */
-import { accessSync, constants, readdirSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { BundleError } from '../errors.js';
 import { formatTarget, normalizeTarget, parseTarget, sameTarget, type Target } from '../target.js';
@@ -13,12 +14,22 @@ import type { BuildMethod } from '../protocol.js';
 
 export type { BuildMethod } from '../protocol.js';
 
-/** A known cross toolchain (Debian's cross packages and qemu-user). */
+/**
+ * How a toolchain builds: `gnu` runs the package's own build (node-gyp through `npm rebuild`)
+ * with the cross compilers; `mingw` compiles a Node-API addon's binding.gyp for Windows itself
+ * (lib/workflow/windows-build.ts), since node-gyp builds Windows addons with MSVC only.
+ */
+export type ToolchainKind = 'gnu' | 'mingw';
+
+/** A known cross toolchain (Debian's cross packages with qemu-user, or mingw-w64 with Wine). */
 export interface ToolchainRecipe {
   target: string;
-  /** GNU triple: the compilers are `<triple>-gcc` / `<triple>-g++`, the sysroot `/usr/<triple>`. */
+  kind: ToolchainKind;
+  /** GNU triple: the binutils are `<triple>-<tool>`, the sysroot `/usr/<triple>`. */
   triple: string;
-  /** User-mode emulators for the CPU, in order of preference (the static build needs nothing else). */
+  /** Suffix of the compilers' names: mingw's `-posix` thread model has std::thread and std::mutex. */
+  compilerSuffix?: string;
+  /** Programs that run the target's binaries here, in order of preference (qemu-user, Wine). */
   emulators: readonly string[];
   /** Debian packages that provide the toolchain and the emulator (for hints). */
   debianPackages: string;
@@ -27,12 +38,14 @@ export interface ToolchainRecipe {
 export const TOOLCHAIN_RECIPES: readonly ToolchainRecipe[] = [
   {
     target: 'linux-arm64',
+    kind: 'gnu',
     triple: 'aarch64-linux-gnu',
     emulators: ['qemu-aarch64-static', 'qemu-aarch64'],
     debianPackages: 'gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static',
   },
   {
     target: 'linux-arm',
+    kind: 'gnu',
     triple: 'arm-linux-gnueabihf',
     emulators: ['qemu-arm-static', 'qemu-arm'],
     debianPackages: 'gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf libc6-dev-armhf-cross qemu-user-static',
@@ -40,9 +53,19 @@ export const TOOLCHAIN_RECIPES: readonly ToolchainRecipe[] = [
   {
     // For arm64 machines building x64 bundles (not tested here: this machine is x64).
     target: 'linux-x64',
+    kind: 'gnu',
     triple: 'x86_64-linux-gnu',
     emulators: ['qemu-x86_64-static', 'qemu-x86_64'],
     debianPackages: 'gcc-x86-64-linux-gnu g++-x86-64-linux-gnu libc6-dev-amd64-cross qemu-user-static',
+  },
+  {
+    // Node-API addons only (C, or C++ through node-addon-api): V8's C++ API is MSVC's ABI.
+    target: 'win32-x64',
+    kind: 'mingw',
+    triple: 'x86_64-w64-mingw32',
+    compilerSuffix: '-posix',
+    emulators: ['wine'],
+    debianPackages: 'mingw-w64 wine wine64',
   },
 ];
 
@@ -63,14 +86,17 @@ export type ToolchainSettings = Record<string, ToolchainSetting | false>;
 /** A toolchain ready to use: absolute paths, checked to exist. */
 export interface Toolchain {
   target: Target;
+  kind: ToolchainKind;
   triple: string;
   cc: string;
   cxx: string;
   ar: string;
   /** The target's root (its dynamic loader and libraries) for the emulator's `-L`. */
   sysroot: string;
-  /** The user-mode emulator; absent when there is none (verification is then header-only). */
+  /** The user-mode emulator (Wine for `mingw`); absent when there is none (verification is then header-only). */
   emulator?: string;
+  /** `mingw`: dlltool (node.exe's import library), nm and strip (the delay-import directory). */
+  binutils?: { dlltool: string; nm: string; strip: string };
   source: 'detected' | 'configured';
 }
 
@@ -88,8 +114,12 @@ export function findExecutable(name: string, envPath: string | undefined): strin
   return undefined;
 }
 
-/** A sysroot is usable when it holds the target's dynamic loader (`lib/ld-linux-*.so.*`). */
-function hasLoader(sysroot: string): boolean {
+/**
+ * A sysroot is usable when it holds the target's dynamic loader (`lib/ld-linux-*.so.*`), or for
+ * mingw the Windows C runtime's import library.
+ */
+function hasLoader(sysroot: string, kind: ToolchainKind = 'gnu'): boolean {
+  if (kind === 'mingw') return existsSync(path.join(sysroot, 'lib', 'libmsvcrt.a'));
   try {
     return readdirSync(path.join(sysroot, 'lib')).some((name) => /^ld-linux.*\.so\.\d$/.test(name));
   } catch {
@@ -127,38 +157,51 @@ export function resolveToolchains(options: { host: Target; env: NodeJS.ProcessEn
 
 function detectToolchain(target: Target, recipe: ToolchainRecipe | undefined, envPath: string | undefined): Toolchain | undefined {
   if (!recipe) return undefined;
-  const cc = findExecutable(`${recipe.triple}-gcc`, envPath);
-  const cxx = findExecutable(`${recipe.triple}-g++`, envPath);
+  const suffix = recipe.compilerSuffix ?? '';
+  const cc = findExecutable(`${recipe.triple}-gcc${suffix}`, envPath);
+  const cxx = findExecutable(`${recipe.triple}-g++${suffix}`, envPath);
   const ar = findExecutable(`${recipe.triple}-ar`, envPath);
   const sysroot = `/usr/${recipe.triple}`;
   const emulator = recipe.emulators.map((name) => findExecutable(name, envPath)).find((p) => p !== undefined);
+  const binutils = recipe.kind === 'mingw' ? findBinutils(recipe.triple, envPath) : undefined;
   // Detection serves a target only when it can also prove the result by running it.
-  if (!cc || !cxx || !ar || !emulator || !hasLoader(sysroot)) return undefined;
-  return { target, triple: recipe.triple, cc, cxx, ar, sysroot, emulator, source: 'detected' };
+  if (!cc || !cxx || !ar || !emulator || !hasLoader(sysroot, recipe.kind) || (recipe.kind === 'mingw' && !binutils)) return undefined;
+  return { target, kind: recipe.kind, triple: recipe.triple, cc, cxx, ar, sysroot, emulator, ...(binutils ? { binutils } : {}), source: 'detected' };
+}
+
+function findBinutils(triple: string, envPath: string | undefined): Toolchain['binutils'] {
+  const [dlltool, nm, strip] = ['dlltool', 'nm', 'strip'].map((tool) => findExecutable(`${triple}-${tool}`, envPath));
+  return dlltool && nm && strip ? { dlltool, nm, strip } : undefined;
 }
 
 function configuredToolchain(name: string, target: Target, setting: ToolchainSetting, recipe: ToolchainRecipe | undefined, envPath: string | undefined): Toolchain {
   const triple = setting.triple ?? recipe?.triple;
   if (!triple) throw new BundleError('ERR_CONFIG', `toolchains["${name}"]: no known toolchain for ${name}; give "triple" (or cc, cxx, ar and sysroot).`);
-  if (target.os !== 'linux') throw new BundleError('ERR_CONFIG', `toolchains["${name}"]: cross toolchains are for linux targets only.`);
+  const kind: ToolchainKind = target.os === 'win32' ? 'mingw' : 'gnu';
+  if (target.os !== 'linux' && !(kind === 'mingw' && target.cpu === 'x64')) throw new BundleError('ERR_CONFIG', `toolchains["${name}"]: cross toolchains are for linux targets and win32-x64 only.`);
   const tool = (field: 'cc' | 'cxx' | 'ar', fallback: string) => {
     const wanted = setting[field] ?? fallback;
     const resolved = findExecutable(wanted, envPath);
     if (!resolved) throw new BundleError('ERR_CONFIG', `toolchains["${name}"].${field}: ${wanted} is not an executable on PATH.`, { hint: recipe ? `Install Debian's ${recipe.debianPackages}, or fix the path.` : 'Install the cross compiler or fix the path.' });
     return resolved;
   };
-  const cc = tool('cc', `${triple}-gcc`);
-  const cxx = tool('cxx', `${triple}-g++`);
+  const suffix = kind === 'mingw' ? '-posix' : '';
+  const cc = tool('cc', `${triple}-gcc${suffix}`);
+  const cxx = tool('cxx', `${triple}-g++${suffix}`);
   const ar = tool('ar', `${triple}-ar`);
   const sysroot = setting.sysroot ?? `/usr/${triple}`;
-  if (!hasLoader(sysroot)) throw new BundleError('ERR_CONFIG', `toolchains["${name}"].sysroot: ${sysroot} has no lib/ld-linux-*.so.* (the target's dynamic loader).`);
+  if (!hasLoader(sysroot, kind)) {
+    throw new BundleError('ERR_CONFIG', `toolchains["${name}"].sysroot: ${sysroot} has no ${kind === 'mingw' ? 'lib/libmsvcrt.a (the Windows C runtime\'s import library)' : 'lib/ld-linux-*.so.* (the target\'s dynamic loader)'}.`);
+  }
+  const binutils = kind === 'mingw' ? findBinutils(triple, envPath) : undefined;
+  if (kind === 'mingw' && !binutils) throw new BundleError('ERR_CONFIG', `toolchains["${name}"]: ${triple}-dlltool, -nm and -strip are needed beside the compilers.`, { hint: 'Install Debian\'s mingw-w64.' });
   let emulator: string | undefined;
   if (setting.emulator !== false && setting.emulator !== null) {
     const wanted = setting.emulator === undefined ? (recipe?.emulators ?? []) : [setting.emulator];
     emulator = wanted.map((candidate) => findExecutable(candidate, envPath)).find((p) => p !== undefined);
     if (!emulator && setting.emulator !== undefined) throw new BundleError('ERR_CONFIG', `toolchains["${name}"].emulator: ${setting.emulator} is not an executable on PATH.`);
   }
-  return { target, triple, cc, cxx, ar, sysroot, ...(emulator ? { emulator } : {}), source: 'configured' };
+  return { target, kind, triple, cc, cxx, ar, sysroot, ...(emulator ? { emulator } : {}), ...(binutils ? { binutils } : {}), source: 'configured' };
 }
 
 /** The toolchain for a target, if any (the target's node range does not matter). */

@@ -4,6 +4,7 @@ import { BundleError, throwIfAborted } from '../../errors.js';
 import { formatTarget, normalizeTarget } from '../../target.js';
 import type { Target, TargetCpu } from '../../target.js';
 import { readBinaryHeader } from '../binary-header.js';
+import { readPeImports } from '../pe.js';
 import type { BinaryHeader } from '../binary-header.js';
 import { runCommand, type RunAs } from '../runtime-registry.js';
 import { prebuildServes } from './prebuilds.js';
@@ -44,6 +45,12 @@ export interface VerifyNativeOptions {
    * prefix `prefix`; `scratch` is a writable directory for the loader's list and report.
    */
   wine?: { command: string; prefix: string; nodeExe: string; scratch: string };
+  /**
+   * A win32 target: the names the target's own node.exe exports. Every PE binary's imports from
+   * node.exe (eager or delay-loaded) must be among them, and none may need a MinGW runtime DLL
+   * it does not ship beside it.
+   */
+  windowsExports?: ReadonlySet<string>;
   signal?: AbortSignal;
   log?: LogFn;
 }
@@ -96,11 +103,12 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
       if (isAddon) problems.push({ file: file.relative, problem: 'is not an ELF, Mach-O or PE binary' });
       continue; // scripts with an exec bit, text files named *.so.1, …
     }
-    const problem = checkHeader(header, target);
+    let problem = checkHeader(header, target);
     if (problem && (await isShippedForOtherPlatform(dir, file.relative, header, target, packageCache))) {
       foreign.push(file.relative);
       continue;
     }
+    if (!problem && header.format === 'pe' && options.windowsExports) problem = await checkPeImports(file.absolute, options.windowsExports, options.runtime.version);
     if (problem) problems.push({ file: file.relative, problem });
     else if (isAddon) nativeFiles.push(file.relative);
     else executables.push(file.relative);
@@ -141,6 +149,27 @@ export function checkHeader(header: BinaryHeader, target: Target): string | unde
     const libc = libcOf(header);
     if (libc && libc !== (target.libc ?? 'glibc')) return mismatch('wrong libc');
   }
+  return undefined;
+}
+
+/** MinGW's runtime DLLs: never on Windows, so a binary needing one must ship it beside itself. */
+const MINGW_RUNTIME_DLL = /^(libstdc\+\+-\d+|libgcc_s_[\w-]+|libwinpthread-\d+|libgomp-\d+|libssp-\d+)\.dll$/i;
+
+/** Why a PE binary's imports cannot be satisfied on the target Node, or undefined when they can. */
+export async function checkPeImports(file: string, nodeExports: ReadonlySet<string>, nodeVersion: string): Promise<string | undefined> {
+  let imports;
+  try {
+    imports = await readPeImports(file);
+  } catch (error) {
+    return `its import tables cannot be read (${(error as Error).message})`;
+  }
+  const missing = imports.filter((entry) => entry.dll.toLowerCase() === 'node.exe').flatMap((entry) => entry.names.filter((name) => !nodeExports.has(name)));
+  if (missing.length > 0) return `imports ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` (and ${missing.length - 5} more)` : ''} from node.exe, which Node ${nodeVersion}'s node.exe does not export`;
+  const runtimeDlls = [];
+  for (const entry of imports) {
+    if (MINGW_RUNTIME_DLL.test(entry.dll) && !(await access(path.join(path.dirname(file), entry.dll)).then(() => true, () => false))) runtimeDlls.push(entry.dll);
+  }
+  if (runtimeDlls.length > 0) return `needs ${runtimeDlls.join(', ')} (MinGW's runtime, which Windows does not have) and its package does not ship it beside the binary`;
   return undefined;
 }
 

