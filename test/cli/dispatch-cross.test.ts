@@ -85,3 +85,36 @@ describe('bundle-dispatch --targets linux-x64,darwin-arm64: the main command\'s 
     expect(human.stdout).toMatch(/darwin-arm64\s+cached\s+cross, prebuilt \(headers\)/);
   }, 300_000);
 });
+
+const windowsAvailable = host.cpu === 'x64' && toolchainFor(parseTarget('win32-x64'), resolveToolchains({ host, env: process.env })) !== undefined;
+
+describe.skipIf(!(available && windowsAvailable) && !required)('bundle-dispatch --targets linux-x64,linux-arm64,win32-x64: one command, three platforms, from one x64 Linux machine', () => {
+  it('delivers all three bundles of an app with its own Node-API addon and a dependency that ships prebuilds; the summary says how each was made and proven', async () => {
+    expect(available && windowsAvailable, 'no arm64 cross toolchain/qemu-user or no MinGW-w64/Wine here').toBe(true);
+    const cwd = path.join(root.dir, 'three-project');
+    await mkdir(cwd, { recursive: true });
+    const input = path.join(cwd, 'tri-app-1.0.0.tgz');
+    const fixture = (relative: string) => readFile(path.join(repoRoot, 'test', 'fixtures', 'native-addon', relative), 'utf8');
+    // engines 22.x: the Node the app supports, and the newest whose Windows build Wine 8 runs.
+    await pipeline(packageTar({ name: 'tri-app', version: '1.0.0', main: 'index.js', engines: { node: '22.x' }, dependencies: { argon2: '0.45.1' } }, {
+      'adder.c': await fixture('adder.c'),
+      'binding.gyp': await fixture('binding.gyp'),
+      'index.js': 'const { add } = require("./build/Release/adder.node"); const argon2 = require("argon2"); module.exports = { add, argon2 };\n',
+    }), createGzip(), createWriteStream(input));
+    const env = { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') };
+    const args = [input, '--targets', 'linux-x64,linux-arm64,win32-x64', '--cache-dir', path.join(root.dir, 'cache')];
+    const run = await runCli([...args, '--json'], { cwd, env });
+    expect(run.code, run.stderr + run.stdout).toBe(0);
+    const result = JSON.parse(run.stdout) as DispatchResult;
+    const byTarget = Object.fromEntries(result.targets.map((outcome) => [outcome.target, outcome]));
+    expect(byTarget['linux-x64']).toMatchObject({ ok: true, method: 'native', verification: 'loaded' });
+    expect(byTarget['linux-arm64']).toMatchObject({ ok: true, method: 'cross-compiled', verification: 'emulated', prebuilt: [{ name: 'argon2' }] });
+    expect(byTarget['win32-x64']).toMatchObject({ ok: true, method: 'cross-compiled', verification: 'wine', prebuilt: [{ name: 'argon2', file: 'prebuilds/win32-x64/argon2.glibc.node' }], key: 'tri-app/1.0.0/tri-app-1.0.0-win32-x64-node22.tgz' });
+    const manifest = JSON.parse(await readFile(path.join(cwd, 'dist', 'tri-app/1.0.0/manifest.json'), 'utf8')) as { targets: Record<string, unknown> };
+    expect(Object.keys(manifest.targets).sort()).toEqual(['linux-arm64', 'linux-x64', 'win32-x64']);
+    expect(manifest.targets['win32-x64']).toMatchObject({ ok: true, method: 'cross-compiled', verification: 'wine' });
+    const human = await runCli(args, { cwd, env });
+    expect(human.code, human.stderr).toBe(0);
+    expect(human.stdout).toMatch(/win32-x64\s+cached\s+cross-compiled, prebuilt \(wine\)\s+22\./);
+  }, 600_000);
+});
