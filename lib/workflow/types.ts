@@ -112,9 +112,10 @@ export interface BuildSummary {
   method: BuildMethod;
   /**
    * How its native addons were proven: `loaded` under the target's Node on this machine,
-   * `emulated` (loaded under the target's Node through the toolchain's emulator), `headers`
-   * only (no emulator, allowed by configuration), or `none` when it has no addons. Every
-   * binary's header is checked in each case.
+   * `emulated` (loaded under the target's Node through the toolchain's emulator), `wine`
+   * (win32: loaded by the target's Windows Node under Wine), `wine-node-api` (loaded under Wine
+   * by an older Windows Node, for Node-API-only addons whose target Node does not start there),
+   * `headers` only, or `none` when it has no addons. Every binary's header is checked in each case.
    */
   verification: Verification;
   /** Prebuilds their packages ship for other platforms, removed from the bundle (relative to the package; folders end in `/`). */

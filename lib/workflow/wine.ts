@@ -92,6 +92,12 @@ export function windowsPath(file: string): string {
   return `Z:${file.split('/').join('\\')}`;
 }
 
+/**
+ * LTS majors whose Windows Node may start under Wine, newest first: a Node-API addon for a
+ * newer Node that Wine cannot run is loaded in the first of these that starts.
+ */
+export const WINE_NODE_MAJORS: readonly number[] = [22, 20];
+
 const starts = new Map<string, Promise<boolean>>();
 
 /**

@@ -152,14 +152,15 @@ describe('prebuilds for other platforms', () => {
     }, 120_000);
   }
 
-  it.skipIf(!wine && !required)('win32-x64 for Node 26, whose node.exe Wine 8 cannot start: checked by header only, and the log says why', async () => {
+  it.skipIf(!wine && !required)('win32-x64 for Node 26, whose node.exe Wine 8 cannot start: argon2 takes only Node-API from node.exe, so it is loaded under Windows Node 22 instead (wine-node-api), and the log says why', async () => {
     const scaffold = await testScaffold(path.join(root.dir, 'win26'), { target: parseTarget('win32-x64@26') });
     const lines: string[] = [];
     const result = await scaffold.run(app(), {}, { onEvent: (event) => { if (event.type === 'log') lines.push(event.message); } });
     await saveTgz(result.output, path.join(root.dir, 'win26.tgz'));
     await result.settled;
-    expect(result.summary.verification).toBe('headers');
-    expect(lines.join('\n')).toMatch(/Windows Node 26\.\S+ does not start under this Wine: win32 binaries are checked by their headers only/);
+    expect(result.summary.verification).toBe('wine-node-api');
+    expect(lines.join('\n')).toMatch(/Windows Node 26\.\S+ does not start under this Wine: Node-API addons are loaded under Windows Node 22\.\S+ instead \(Node-API is ABI-stable\), their imports checked against node\.exe 26\./);
+    expect(lines.join('\n')).toMatch(/1 native addon\(s\) load under Node 22\./);
   }, 180_000);
 
   it.skipIf(!wine && !required)('win32-x64 under Wine: a damaged win32 addon (its code cut off) fails the build with ERR_NATIVE_VERIFY naming it; nothing is bundled', async () => {

@@ -16,7 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostTarget, parseTarget } from '../../lib/target.js';
 import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
 import { readPeExports, readPeImports } from '../../lib/workflow/pe.js';
-import { checkPeImports } from '../../lib/workflow/steps/verify.js';
+import { checkPeImports, verifyNative } from '../../lib/workflow/steps/verify.js';
 import { buildMethod, resolveToolchains, toolchainFor, TOOLCHAIN_RECIPES } from '../../lib/workflow/toolchains.js';
 import { locateNpm } from '../../lib/workflow/npm.js';
 import { preparePrefix, wineEnv, windowsPath } from '../../lib/workflow/wine.js';
@@ -156,6 +156,18 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
     expect(second.tarSha256).toBe(first.tarSha256);
   }, 400_000);
 
+  it('for Node 26, whose Windows node.exe Wine 8 cannot start: compiled against Node 26\'s headers and node.exe, loaded under Windows Node 22 (wine-node-api)', async () => {
+    const workRoot = path.join(root.dir, 'c-addon-26');
+    const scaffold = await testScaffold(workRoot, { target: parseTarget('win32-x64@26') });
+    const lines: string[] = [];
+    const result = await scaffold.run(await fixtureTar('native-addon', ['adder.c', 'binding.gyp', 'index.js']), {}, { onEvent: (event) => { if (event.type === 'log') lines.push(event.message); } });
+    await saveTgz(result.output, `${workRoot}.tgz`);
+    await result.settled;
+    expect(result.summary).toMatchObject({ method: 'cross-compiled', verification: 'wine-node-api', nativeFiles: ['build/Release/adder.node'], runtime: { version: expect.stringMatching(/^26\./) } });
+    expect(lines.join('\n')).toMatch(/against node\.exe 26\./);
+    expect(lines.join('\n')).toMatch(/loaded under Windows Node 22\.\S+ instead/);
+  }, 300_000);
+
   it('a V8-API addon (node.h) is refused before anything compiles, with ERR_NATIVE_NEEDS_TARGET naming the package, the reason and a Windows builder', async () => {
     const workRoot = path.join(root.dir, 'v8');
     const scaffold = await testScaffold(workRoot, { target: win });
@@ -220,6 +232,26 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
       expect(await checkPeImports(addon, nodeExports, nodeVersion)).toMatch(/needs libwinpthread-1\.dll \(MinGW's runtime/);
       await writeFile(path.join(path.dirname(addon), 'libwinpthread-1.dll'), 'shipped');
       expect(await checkPeImports(addon, nodeExports, nodeVersion)).toBeUndefined();
+    });
+
+    it('under an older Windows Node, an addon that takes more than Node-API from node.exe (libuv here) is not loaded: headers and imports only, and the log says so', async () => {
+      const dir = path.join(root.dir, 'pe-uv');
+      await mkdir(path.join(dir, 'package'), { recursive: true });
+      await writeFile(path.join(dir, 'addon.c'), 'extern unsigned int uv_version(void); extern void* napi_create_object(void*, void*); unsigned int use(void) { napi_create_object(0, 0); return uv_version(); }\n');
+      await writeFile(path.join(dir, 'node.def'), 'LIBRARY node.exe\nEXPORTS\n  napi_create_object\n  uv_version\n');
+      await execFileAsync(toolchain!.binutils!.dlltool, ['-d', 'node.def', '-y', 'libnode-delay.a', '-D', 'node.exe'], { cwd: dir });
+      await execFileAsync(toolchain!.cc, ['-shared', '-o', 'package/uv.node', 'addon.c', 'libnode-delay.a', '-ldelayimp'], { cwd: dir });
+      await finishProduct(path.join(dir, 'package', 'uv.node'), { toolchain: toolchain!, packageDir: dir, run: (command, args, where) => execFileAsync(command, args, { cwd: where.cwd }).then((done) => ({ code: 0, ...done })) });
+      const logged: string[] = [];
+      const report = await verifyNative({
+        dir: path.join(dir, 'package'), target: parseTarget('win32-x64@26'), canExecute: true, windowsExports: nodeExports,
+        runtime: { version: '26.0.0', abi: '147', nodePath: '', binDir: '', nodedir: '', source: 'registry', runnable: false },
+        // Never started: the addon is set aside before anything loads.
+        wine: { command: '/nonexistent/wine', prefix: dir, nodeExe: '/nonexistent/node.exe', scratch: dir, nodeApiFallback: '22.0.0' },
+        log: (message) => logged.push(message),
+      });
+      expect(report).toMatchObject({ nativeFiles: ['uv.node'], loaded: false });
+      expect(logged.join('\n')).toMatch(/Not loaded under Windows Node 22\.0\.0: uv\.node takes more than Node-API from node\.exe/);
     });
 
     it('a shipped win32 prebuild that delay-imports a function node.exe lacks (a load alone would not show it: delay-loaded names bind on first call) fails the build with ERR_NATIVE_VERIFY', async () => {

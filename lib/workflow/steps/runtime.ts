@@ -250,7 +250,7 @@ export const REGISTRY_VERSIONS_TTL_MS = 60 * 60 * 1000;
  * The registry's versions of `pkg`, reused from `<cacheDir>/.versions/` for an hour: asking
  * npm costs a second or more per build. Only successful answers are kept.
  */
-async function cachedRegistryVersions(cacheDir: string, pkg: string, npm: NpmOptions, signal?: AbortSignal): Promise<RegistryVersions> {
+export async function cachedRegistryVersions(cacheDir: string, pkg: string, npm: NpmOptions, signal?: AbortSignal): Promise<RegistryVersions> {
   const key = createHash('sha256').update(`${npm.registry ?? ''}\0${pkg}`).digest('hex').slice(0, 16);
   const file = path.join(cacheDir, '.versions', `${pkg}-${key}.json`);
   const cached = await stat(file).catch(() => undefined);

@@ -44,7 +44,14 @@ export interface VerifyNativeOptions {
    * A win32 target: load under the target's Windows Node (`nodeExe`) through Wine, with the
    * prefix `prefix`; `scratch` is a writable directory for the loader's list and report.
    */
-  wine?: { command: string; prefix: string; nodeExe: string; scratch: string };
+  wine?: {
+    command: string; prefix: string; nodeExe: string; scratch: string;
+    /**
+     * The version of `nodeExe` when it is not the target's (which does not start under this Wine):
+     * then only addons taking nothing but Node-API from node.exe (ABI-stable) are loaded with it.
+     */
+    nodeApiFallback?: string;
+  };
   /**
    * A win32 target: the names the target's own node.exe exports. Every PE binary's imports from
    * node.exe (eager or delay-loaded) must be among them, and none may need a MinGW runtime DLL
@@ -67,6 +74,8 @@ export interface VerifyNativeResult {
    * never failing the build.
    */
   foreign: string[];
+  /** The addons were loaded (natively, emulated or under Wine), not only their headers checked. */
+  loaded: boolean;
 }
 
 /**
@@ -121,12 +130,34 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
   if (foreign.length > 0) log?.(`Binaries their packages ship for other platforms, left as they are: ${foreign.join(', ')}`, { event: 'verify.foreign', files: foreign });
   if (problems.length > 0) throw verifyError(problems, target);
 
-  if (options.canExecute && nativeFiles.length > 0) {
+  let canExecute = options.canExecute;
+  const fallback = options.wine?.nodeApiFallback;
+  if (canExecute && fallback && nativeFiles.length > 0) {
+    const beyond = await beyondNodeApi(dir, nativeFiles);
+    if (beyond.length > 0) {
+      canExecute = false;
+      log?.(`Not loaded under Windows Node ${fallback}: ${beyond.join(', ')} ${beyond.length === 1 ? 'takes' : 'take'} more than Node-API from node.exe, so only Node ${options.runtime.version}'s own node.exe could prove ${beyond.length === 1 ? 'it' : 'them'}; checked by headers and imports`, { event: 'verify.wine-skipped', files: beyond });
+    }
+  }
+  if (canExecute && nativeFiles.length > 0) {
     await loadAddons({ ...options, nativeFiles });
-    log?.(`${nativeFiles.length} native addon(s) load under Node ${options.runtime.version}${options.launch ? ` (${formatTarget(target, { withNode: false })}, emulated)` : ''}`, { event: 'verify.loaded', files: nativeFiles, emulated: options.launch !== undefined });
+    log?.(`${nativeFiles.length} native addon(s) load under Node ${fallback ?? options.runtime.version}${options.launch ? ` (${formatTarget(target, { withNode: false })}, emulated)` : ''}`, { event: 'verify.loaded', files: nativeFiles, emulated: options.launch !== undefined });
   }
   log?.(`Binaries match ${formatTarget(target, { withNode: false })}: ${nativeFiles.length} addon(s), ${executables.length} other`, { event: 'verify.headers' });
-  return { nativeFiles, executables, foreign };
+  return { nativeFiles, executables, foreign, loaded: canExecute && nativeFiles.length > 0 };
+}
+
+/** Node-API's names: what stays the same from one Node version to the next. */
+const NODE_API_NAME = /^(napi|node_api)_/;
+
+/** The addons (PE) that import anything but Node-API from node.exe. */
+async function beyondNodeApi(dir: string, addons: string[]): Promise<string[]> {
+  const beyond: string[] = [];
+  for (const addon of addons) {
+    const imports = await readPeImports(path.join(dir, addon)).catch(() => undefined);
+    if (!imports || imports.some((entry) => entry.dll.toLowerCase() === 'node.exe' && entry.names.some((name) => !NODE_API_NAME.test(name)))) beyond.push(addon);
+  }
+  return beyond;
 }
 
 /** Why a header does not fit the target, or undefined when it does. */
@@ -270,7 +301,9 @@ const LOADER = `const fs=require('fs');const out=process.env.BD_VERIFY_OUT;const
 export const LOAD_TIMEOUT_MS = 120_000;
 
 async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[] }): Promise<void> {
-  const { dir, runtime, nativeFiles, signal } = options;
+  const { dir, nativeFiles, signal } = options;
+  // Messages name the Node that loaded the addons (an older Windows Node for Node-API-only ones).
+  const runtime = options.wine?.nodeApiFallback ? { version: options.wine.nodeApiFallback, abi: 'Node-API' } : options.runtime;
   const timeout = AbortSignal.timeout(LOAD_TIMEOUT_MS);
   const combined = signal ? AbortSignal.any([signal, timeout]) : timeout;
   let result;
@@ -281,7 +314,7 @@ async function loadAddons(options: VerifyNativeOptions & { nativeFiles: string[]
   try {
     const files = nativeFiles.map((f) => path.join(dir, f));
     const launched = wine ? { command: wine.command, args: [wine.nodeExe, '-e', LOADER] }
-      : options.launch ? options.launch(runtime.nodePath, ['-e', LOADER]) : { command: runtime.nodePath, args: ['-e', LOADER] };
+      : options.launch ? options.launch(options.runtime.nodePath, ['-e', LOADER]) : { command: options.runtime.nodePath, args: ['-e', LOADER] };
     const { command, args } = options.wrap ? await options.wrap(launched.command, launched.args) : launched;
     const runAs = options.runAs ? { runAs: options.runAs } : {};
     if (wine && report) {
