@@ -19,7 +19,7 @@ import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.
 import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed, type VerifyNativeOptions } from './steps/verify.js';
 import { findWine, preparePrefix, WINE_NODE_MAJORS, windowsNodeStarts, wineRuns } from './wine.js';
 import { readPeExports } from './pe.js';
-import { buildWindowsAddon, nodeImportLibrary, windowsBuildable, windowsBuilderHint, WindowsBuildRefusal } from './windows-build.js';
+import { buildWindowsAddon, nodeImportLibrary, nodePreGypVariables, supportedNodeApi, windowsBuildable, windowsBuilderHint, WindowsBuildRefusal } from './windows-build.js';
 import { fetchRuntime, runCommand } from './runtime-registry.js';
 import type { RunAs } from './runtime-registry.js';
 import { assertReachable, handOver } from './run-as.js';
@@ -408,14 +408,18 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     /** Each package's binding.gyp compiled for Windows with MinGW, in the sandbox, as the build's user. */
     const buildForWindows = async (mingw: Toolchain, needs: NativeBuildNeed[]) => {
       const refusals: NativeBuildNeed[] = [];
+      const manifests = new Map<NativeBuildNeed, PackageJson>();
       for (const need of needs) {
         const dir = path.join(dirs.package, need.path);
-        const reason = windowsBuildable(JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as PackageJson, await fileExists(path.join(dir, 'binding.gyp')));
+        const manifest = JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as PackageJson;
+        manifests.set(need, manifest);
+        const reason = windowsBuildable(manifest, await fileExists(path.join(dir, 'binding.gyp')));
         if (reason) refusals.push({ ...need, reasons: [reason] });
       }
       if (refusals.length > 0) throw nativeNeedsTargetError(refusals, config.target, windowsBuilderHint(config.target));
       const runTool = async (command: string, args: string[], where: { cwd: string }) => {
-        const wrapped = await sandboxed(command, args);
+        // The sandbox starts in `cwd` (a dependency's own dir for its binding.gyp), not the package's.
+        const wrapped = await context.sandbox.wrap(command, args, { ...view, cwd: where.cwd }, options.runAs);
         return runCommand(wrapped.command, wrapped.args, { env: spawnInfo.env, cwd: where.cwd, signal, ...(options.runAs ? { runAs: options.runAs } : {}) });
       };
       const nodeExe = await windowsNodeExe();
@@ -423,10 +427,15 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       const headers = path.join((scriptRuntime ?? runtime).nodedir, 'include', 'node');
       const gyp = { main: path.join(packageRoot(context.npmCli), 'node_modules', 'node-gyp', 'gyp', 'gyp_main.py'), python: spawnInfo.env.npm_config_python ?? spawnInfo.env.PYTHON ?? 'python3' };
       log('install', `compiling for ${formatTarget(config.target, { withNode: false })} with ${path.basename(mingw.cxx)} against node.exe ${runtime.version}: ${needs.map((n) => n.name).join(', ')}`);
+      const napiMax = await supportedNodeApi(headers);
       for (const need of needs) {
         try {
+          const packageDir = path.join(dirs.package, need.path);
+          // node-pre-gyp packages: built into binary.module_path, where node-pre-gyp's find() looks on Windows.
+          const variables = nodePreGypVariables(manifests.get(need) ?? {}, packageDir, { version: runtime.version, abi: runtime.abi, napiMax });
           const result = await buildWindowsAddon({
-            name: need.name, packageDir: path.join(dirs.package, need.path), toolchain: mingw, headers, nodeLibrary: library, workDir: path.join(dirs.tmp, 'windows-build'), gyp, run: runTool,
+            name: need.name, packageDir, toolchain: mingw, headers, nodeLibrary: library, workDir: path.join(dirs.tmp, 'windows-build'), gyp, run: runTool,
+            ...(variables ? { variables } : {}),
             ...(options.runAs ? { owner: options.runAs } : {}),
             log: (line) => log('install', line),
           });

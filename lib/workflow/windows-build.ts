@@ -74,6 +74,10 @@ const IGNORED_SOURCE = /\.(h|hh|hpp|hxx|inl|ipp|def|gyp|gypi|txt|md)$/i;
 const V8_API_INCLUDE = /^\s*#\s*include\s*[<"](?:node|v8|nan|node_object_wrap|node_buffer|node_version_h_only|v8-[\w-]+)\.h[>"]/m;
 /** Install scripts whose whole job is building binding.gyp (or loading a prebuild, or else building it). */
 const GYP_INSTALL_SCRIPTS = [/^node-gyp rebuild$/, /^node-gyp-build(-optional-packages)?$/, /^prebuild-install( [^|&;]*)? \|\| node-gyp rebuild( [^|&;]*)?$/];
+/** node-pre-gyp's: download a binary, else build binding.gyp into `binary.module_path` (the download is unreachable here anyway). */
+const NODE_PRE_GYP_INSTALL = /^node-pre-gyp install --fallback-to-build( --[\w-]+(=\S+)?)*$/;
+/** The placeholders of node-pre-gyp's `binary.module_path` this build can fill in for win32-x64. */
+const MODULE_PATH_PLACEHOLDER = /\{(\w+)\}/g;
 
 /**
  * node-gyp's delay-load hook (src/win_delay_load_hook.cc), for MinGW: when the addon's
@@ -128,11 +132,57 @@ export function windowsBuildable(packageJson: Record<string, unknown>, hasBindin
   if ('nan' in dependencies) return 'it is written against NAN (V8\'s C++ API, which MinGW cannot link for Windows: MSVC\'s ABI)';
   for (const script of ['preinstall', 'install', 'postinstall'] as const) {
     const body = scripts[script];
-    if (typeof body === 'string' && body.trim() !== '' && !GYP_INSTALL_SCRIPTS.some((pattern) => pattern.test(body.trim()))) {
-      return `its ${script} script (${body.trim()}) does more than build binding.gyp`;
-    }
+    if (typeof body !== 'string' || body.trim() === '' || GYP_INSTALL_SCRIPTS.some((pattern) => pattern.test(body.trim()))) continue;
+    if (NODE_PRE_GYP_INSTALL.test(body.trim()) && nodePreGypBinary(packageJson)) continue;
+    return `its ${script} script (${body.trim()}) does more than build binding.gyp`;
   }
   return undefined;
+}
+
+/** node-pre-gyp's `binary` settings of a package (module_name and module_path), if it has them. */
+function nodePreGypBinary(packageJson: Record<string, unknown>): { module_name: string; module_path: string; napi_versions?: number[] } | undefined {
+  const binary = packageJson.binary as { module_name?: unknown; module_path?: unknown; napi_versions?: unknown } | undefined;
+  if (typeof binary?.module_name !== 'string' || typeof binary.module_path !== 'string') return undefined;
+  const napiVersions = Array.isArray(binary.napi_versions) ? binary.napi_versions.filter((v): v is number => typeof v === 'number') : undefined;
+  return { module_name: binary.module_name, module_path: binary.module_path, ...(napiVersions ? { napi_versions: napiVersions } : {}) };
+}
+
+/**
+ * The gyp variables node-pre-gyp passes to node-gyp for a package with `binary` settings
+ * (`--module_name`, `--module_path`, `--napi_build_version`, …), for win32-x64 and the target
+ * Node: where the addon goes is where node-pre-gyp's `find` looks for it at run time there.
+ */
+export function nodePreGypVariables(packageJson: Record<string, unknown>, packageDir: string, node: { version: string; abi: string; napiMax: number }): Record<string, string> | undefined {
+  const binary = nodePreGypBinary(packageJson);
+  if (!binary) return undefined;
+  const napi = binary.napi_versions ? Math.max(...binary.napi_versions.filter((v) => v <= node.napiMax)) : undefined;
+  if (napi !== undefined && !Number.isFinite(napi)) throw new WindowsBuildRefusal(String(packageJson.name), `binary.napi_versions (${binary.napi_versions?.join(', ') ?? ''}) asks for a Node-API newer than Node ${node.version} has (${node.napiMax})`);
+  const values: Record<string, string> = {
+    module_name: binary.module_name, version: String(packageJson.version), name: String(packageJson.name), platform: 'win32', arch: 'x64', target_arch: 'x64',
+    libc: 'unknown', configuration: 'Release', toolset: '', node_abi: `node-v${node.abi}`, major: String(semverMajor(String(packageJson.version))),
+    ...(napi !== undefined ? { napi_build_version: String(napi), node_napi_label: `napi-v${napi}` } : { node_napi_label: `node-v${node.abi}` }),
+  };
+  const modulePath = binary.module_path.replace(MODULE_PATH_PLACEHOLDER, (whole, key: string) => {
+    const value = values[key];
+    if (value === undefined) throw new WindowsBuildRefusal(String(packageJson.name), `binary.module_path uses ${whole}, which this Windows build cannot fill in`);
+    return value;
+  });
+  const resolved = path.resolve(packageDir, modulePath);
+  if (resolved !== packageDir && !resolved.startsWith(`${packageDir}${path.sep}`)) throw new WindowsBuildRefusal(String(packageJson.name), `binary.module_path (${binary.module_path}) points outside the package`);
+  return {
+    module_name: binary.module_name, module_path: resolved, node_abi_napi: napi !== undefined ? 'napi' : `node-v${node.abi}`, node_napi_label: values.node_napi_label as string,
+    ...(napi !== undefined ? { napi_build_version: String(napi), napi_version: String(node.napiMax) } : {}),
+  };
+}
+
+function semverMajor(version: string): number {
+  return Number.parseInt(version.split('.')[0] ?? '0', 10) || 0;
+}
+
+/** The newest Node-API version the Node of these headers supports (node_version.h). */
+export async function supportedNodeApi(headers: string): Promise<number> {
+  const text = await readFile(path.join(headers, 'node_version.h'), 'utf8').catch(() => '');
+  return Number.parseInt(/#define NODE_API_SUPPORTED_VERSION_MAX (\d+)/.exec(text)?.[1] ?? /#define NAPI_VERSION (\d+)/.exec(text)?.[1] ?? '8', 10);
 }
 
 /**
@@ -156,6 +206,8 @@ export async function buildWindowsAddon(options: {
   workDir: string;
   /** node-gyp's `gyp_main.py`, and the python that runs it. */
   gyp: { main: string; python: string };
+  /** More gyp variables (`-Dname=value`): node-pre-gyp's, from {@link nodePreGypVariables}. */
+  variables?: Record<string, string>;
   run: RunTool;
   /** The build's user, when `run` runs as another: the directories made here are handed over. */
   owner?: { uid: number; gid: number };
@@ -223,6 +275,7 @@ export async function buildWindowsAddon(options: {
     await finishProduct(product, options);
     products.push(path.relative(packageDir, product));
   }
+  const copied = new Set<string>();
   for (const { dir, copy } of copies) {
     const destination = path.resolve(dir, copy.destination.replace('<(PRODUCT_DIR)', 'build/Release'));
     await makeDir(destination);
@@ -230,6 +283,15 @@ export async function buildWindowsAddon(options: {
       const from = path.resolve(dir, file.replace('<(PRODUCT_DIR)', 'build/Release'));
       await writeFile(path.join(destination, path.basename(from)), await readFile(from));
       products.push(path.relative(packageDir, path.join(destination, path.basename(from))));
+      copied.add(path.relative(packageDir, from));
+    }
+  }
+  if (options.variables?.module_path) {
+    // node-pre-gyp loads from module_path only; its own builds leave nothing loadable in build/ either.
+    for (const product of [...products]) {
+      if (!copied.has(product)) continue;
+      await rm(path.join(packageDir, product), { force: true });
+      products.splice(products.indexOf(product), 1);
     }
   }
   if (products.length === 0) throw new WindowsBuildRefusal(options.name, 'binding.gyp builds no addon (no loadable_module or shared_library target)');
@@ -241,7 +303,7 @@ export async function buildWindowsAddon(options: {
  * (node-addon-api's), each with conditions resolved and dependencies' settings merged, as JSON.
  * The `.gypd` files gyp writes beside each `.gyp` (over any of that name) are read and removed in the same run.
  */
-async function resolveGyp(options: { name: string; packageDir: string; workDir: string; gyp: { main: string; python: string }; run: RunTool }): Promise<GypdFiles> {
+async function resolveGyp(options: { name: string; packageDir: string; workDir: string; gyp: { main: string; python: string }; variables?: Record<string, string>; run: RunTool }): Promise<GypdFiles> {
   const defaults = path.join(options.workDir, 'addon-defaults.gypi');
   const output = path.join(options.workDir, `gypd-${createHash('sha256').update(options.packageDir).digest('hex').slice(0, 16)}.json`);
   // What node-gyp's addon.gypi gives every target that matters to a Node-API build.
@@ -266,7 +328,8 @@ async function resolveGyp(options: { name: string; packageDir: string; workDir: 
   ].join('\n');
   const result = await options.run(options.gyp.python, ['-c', script, options.gyp.main, 'binding.gyp', output,
     '-I', defaults, '-DOS=win', '-Dtarget_arch=x64', '-Dhost_arch=x64', '-Dnode_engine=v8', `-Dmodule_root_dir=${options.packageDir}`,
-    '-Dnode_root_dir=', '-Dnode_gyp_dir=', '-Dnode_lib_file=node.lib', '-Dlibrary=shared_library', '-Dvisibility=default'], { cwd: options.packageDir });
+    '-Dnode_root_dir=', '-Dnode_gyp_dir=', '-Dnode_lib_file=node.lib', '-Dlibrary=shared_library', '-Dvisibility=default',
+    ...Object.entries(options.variables ?? {}).map(([name, value]) => `-D${name}=${value}`)], { cwd: options.packageDir });
   const text = await readFile(output, 'utf8').catch(() => undefined);
   await rm(output, { force: true });
   if (result.code !== 0 || text === undefined) {

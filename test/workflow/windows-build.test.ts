@@ -20,7 +20,7 @@ import { checkPeImports, verifyNative } from '../../lib/workflow/steps/verify.js
 import { buildMethod, resolveToolchains, toolchainFor, TOOLCHAIN_RECIPES } from '../../lib/workflow/toolchains.js';
 import { locateNpm } from '../../lib/workflow/npm.js';
 import { preparePrefix, wineEnv, windowsPath } from '../../lib/workflow/wine.js';
-import { finishProduct, windowsBuildable } from '../../lib/workflow/windows-build.js';
+import { finishProduct, nodePreGypVariables, windowsBuildable } from '../../lib/workflow/windows-build.js';
 import { hashingTar, packageTar, repoRoot, saveTgz, tempDir, testRuntimeCacheDir, testScaffold } from '../helpers/packages.js';
 
 const execFileAsync = promisify(execFile);
@@ -97,18 +97,23 @@ async function consumeUnderWine(bundle: string, dir: string, script: string): Pr
   await writeFile(path.join(dir, 'global-npmrc'), '');
   const npmCli = await realpath(locateNpm(process.env.PATH));
   const env = { PATH: '/usr/bin:/bin', HOME: dir, ...wineEnv(prefix) };
-  const log = await open(path.join(dir, 'npm.log'), 'w');
-  try {
-    const npm = spawn(toolchain!.emulator!, [nodeExe, windowsPath(npmCli), 'install', windowsPath(bundle), '--offline', '--no-audit', '--no-fund',
-      '--cache', windowsPath(path.join(dir, 'empty-cache')), '--userconfig', windowsPath(path.join(dir, 'npmrc')), '--globalconfig', windowsPath(path.join(dir, 'global-npmrc'))], { cwd: app, env, timeout: 300_000, stdio: ['ignore', log.fd, log.fd] });
-    const [code] = (await once(npm, 'exit')) as [number | null];
-    if (code !== 0) throw new Error(`Windows npm exited ${String(code)}: ${await readFile(path.join(dir, 'npm.log'), 'utf8')}`);
-  } finally {
-    await log.close();
-  }
+  /** Windows Node's stdout and stderr go to `logName` (not a pipe: EBADF under Wine). */
+  const runLogged = async (args: string[], logName: string) => {
+    const log = await open(path.join(dir, logName), 'w');
+    try {
+      const child = spawn(toolchain!.emulator!, [nodeExe, ...args], { cwd: app, env, timeout: 300_000, stdio: ['ignore', log.fd, log.fd] });
+      const [code] = (await once(child, 'exit')) as [number | null];
+      if (code !== 0) throw new Error(`Windows node ${args[0] ?? ''} exited ${String(code)}: ${await readFile(path.join(dir, logName), 'utf8')}`);
+    } finally {
+      await log.close();
+    }
+    return readFile(path.join(dir, logName), 'utf8');
+  };
+  const installed = await runLogged([windowsPath(npmCli), 'install', windowsPath(bundle), '--offline', '--no-audit', '--no-fund',
+    '--cache', windowsPath(path.join(dir, 'empty-cache')), '--userconfig', windowsPath(path.join(dir, 'npmrc')), '--globalconfig', windowsPath(path.join(dir, 'global-npmrc'))], 'npm.log');
   const out = path.join(dir, 'answer.txt');
-  await execFileAsync(toolchain!.emulator!, [nodeExe, '-e', `require('fs').writeFileSync(${JSON.stringify(windowsPath(out))}, String(${script}))`], { cwd: app, env, timeout: 120_000 });
-  return { installed: await readFile(path.join(dir, 'npm.log'), 'utf8'), answer: await readFile(out, 'utf8') };
+  await runLogged(['-e', `require('fs').writeFileSync(${JSON.stringify(windowsPath(out))}, String(${script}))`], 'app.log');
+  return { installed, answer: await readFile(out, 'utf8') };
 }
 
 describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w64', () => {
@@ -168,6 +173,15 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
     expect(lines.join('\n')).toMatch(/loaded under Windows Node 22\.\S+ instead/);
   }, 300_000);
 
+  it('a registry package on Node-API with node-pre-gyp (bcrypt 5.1.1, whose binary download is unreachable here): compiled into its module_path, loaded under Wine, and a Windows consumer hashes with it', async () => {
+    const { summary, files } = await build('bcrypt', packageTar({ name: 'bcrypt-app', version: '1.0.0', main: 'index.js', dependencies: { bcrypt: '5.1.1' } }, { 'index.js': 'module.exports = require("bcrypt");\n' }));
+    expect(summary).toMatchObject({ method: 'cross-compiled', verification: 'wine', nativeFiles: ['node_modules/bcrypt/lib/binding/napi-v3/bcrypt_lib.node'] });
+    expect([...files.keys()].filter((name) => name.endsWith('.node'))).toEqual(['package/node_modules/bcrypt/lib/binding/napi-v3/bcrypt_lib.node']);
+    const consumer = await consumeUnderWine(path.join(root.dir, 'bcrypt.tgz'), path.join(root.dir, 'bcrypt-consumer'),
+      '(() => { const b = require("bcrypt-app"); const hash = b.hashSync("secret", 4); return [hash.slice(0, 4), b.compareSync("secret", hash), b.compareSync("guess", hash)].join(" "); })()');
+    expect(consumer.answer).toBe('$2b$ true false');
+  }, 400_000);
+
   it('a V8-API addon (node.h) is refused before anything compiles, with ERR_NATIVE_NEEDS_TARGET naming the package, the reason and a Windows builder', async () => {
     const workRoot = path.join(root.dir, 'v8');
     const scaffold = await testScaffold(workRoot, { target: win });
@@ -181,7 +195,16 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
     expect(windowsBuildable({ scripts: { install: 'node-gyp rebuild' } }, true)).toBeUndefined();
     expect(windowsBuildable({ scripts: { install: 'node-gyp-build' } }, true)).toBeUndefined();
     expect(windowsBuildable({ scripts: { install: 'prebuild-install --runtime napi || node-gyp rebuild' } }, true)).toBeUndefined();
+    // node-pre-gyp: only with its binary settings, which say where the addon goes.
     expect(windowsBuildable({ scripts: { install: 'node-pre-gyp install --fallback-to-build' } }, true)).toMatch(/does more than build binding\.gyp/);
+    const bcrypt = { name: 'bcrypt', version: '5.1.1', scripts: { install: 'node-pre-gyp install --fallback-to-build' }, binary: { module_name: 'bcrypt_lib', module_path: './lib/binding/napi-v{napi_build_version}', napi_versions: [3] } };
+    expect(windowsBuildable(bcrypt, true)).toBeUndefined();
+    expect(nodePreGypVariables(bcrypt, '/w/bcrypt', { version: '22.23.3', abi: '127', napiMax: 10 })).toEqual({
+      module_name: 'bcrypt_lib', module_path: '/w/bcrypt/lib/binding/napi-v3', napi_build_version: '3', napi_version: '10', node_abi_napi: 'napi', node_napi_label: 'napi-v3',
+    });
+    expect(nodePreGypVariables({ ...bcrypt, binary: { module_name: 'x', module_path: './lib/{node_abi}-{platform}-{arch}' } }, '/w/x', { version: '22.23.3', abi: '127', napiMax: 10 })).toMatchObject({ module_path: '/w/x/lib/node-v127-win32-x64' });
+    expect(() => nodePreGypVariables({ ...bcrypt, binary: { module_name: 'x', module_path: '../../escape' } }, '/w/x', { version: '22.23.3', abi: '127', napiMax: 10 })).toThrow(/points outside the package/);
+    expect(() => nodePreGypVariables({ ...bcrypt, binary: { module_name: 'x', module_path: './{node_module_magic}' } }, '/w/x', { version: '22.23.3', abi: '127', napiMax: 10 })).toThrow(/cannot fill in/);
     expect(windowsBuildable({ scripts: { postinstall: 'node fetch-binary.js' } }, false)).toMatch(/not a binding\.gyp build/);
     expect(windowsBuildable({ dependencies: { nan: '^2.22.0' } }, true)).toMatch(/NAN/);
   });
