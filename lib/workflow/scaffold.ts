@@ -554,6 +554,14 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         log: (message: string, data?: object) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
       wineLoaded = underWine !== undefined && report.loaded;
       wineFallback = underWine?.nodeApiFallback !== undefined;
+      // Windows addons this machine could not run: a header check alone is accepted only when asked for.
+      if (config.target.os === 'win32' && report.nativeFiles.length > 0 && !wineLoaded && !config.allowHeaderOnlyVerify) {
+        const why = !wineRuns(config.target, context.host) ? `${formatTarget(config.target, { withNode: false })} binaries do not run on this machine` : !wine ? 'Wine is not installed here' : `no Windows Node that starts under this Wine could load them`;
+        throw new BundleError('ERR_NATIVE_VERIFY', `The Windows addons of this bundle could not be loaded to prove them (${why}): ${report.nativeFiles.join(', ')}.`, {
+          hint: `${wineRuns(config.target, context.host) && !wine ? 'Install Wine (Debian: apt-get install wine wine64), ' : ''}add a ${formatTarget(config.target, { withNode: false })} builder to the pool, or set allowHeaderOnlyVerify: true to accept a check of the binaries' headers and imports only.`,
+          details: { target: formatTarget(config.target, { withNode: false }), files: report.nativeFiles },
+        });
+      }
       await checkPlatformPackages({ dir: dirs.package, target: config.target });
       if (!unpacked.lockfile) await rm(path.join(dirs.package, 'package-lock.json'), { force: true });
       await rm(path.join(dirs.package, 'node_modules', '.package-lock.json'), { force: true });

@@ -182,6 +182,25 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
     expect(consumer.answer).toBe('$2b$ true false');
   }, 400_000);
 
+  it('win32-arm64, which this machine cannot run: a shipped prebuild is checked by header only when allowHeaderOnlyVerify says so, and fails the build otherwise', async () => {
+    // An arm64 PE as far as any header check can tell: the x64 addon built above with its machine field set to ARM64.
+    const pe = Buffer.from(await readFile(path.join(root.dir, 'adder.node')));
+    pe.writeUInt16LE(0xaa64, pe.readUInt32LE(0x3c) + 4);
+    const input = () => packageTar({ name: 'arm-win', version: '1.0.0', main: 'index.js', dependencies: { 'node-gyp-build': '4.8.4' }, scripts: { install: 'node-gyp-build' } }, {
+      'index.js': 'module.exports = require("node-gyp-build")(__dirname);\n',
+      'binding.gyp': '{ "targets": [] }\n',
+      'prebuilds/win32-arm64/arm-win.napi.node': { content: pe, mode: 0o644 },
+    });
+    const target = parseTarget('win32-arm64@22');
+    const refused = await (await testScaffold(path.join(root.dir, 'arm-win'), { target })).build(input()).then(() => undefined, (error: unknown) => error);
+    expect(refused).toMatchObject({ code: 'ERR_NATIVE_VERIFY', message: expect.stringContaining('win32-arm64 binaries do not run on this machine'), hint: expect.stringContaining('allowHeaderOnlyVerify: true') });
+    const scaffold = await testScaffold(path.join(root.dir, 'arm-win-headers'), { target, allowHeaderOnlyVerify: true });
+    const result = await scaffold.run(input());
+    await saveTgz(result.output, path.join(root.dir, 'arm-win-headers.tgz'));
+    await result.settled;
+    expect(result.summary).toMatchObject({ method: 'cross', verification: 'headers', nativeFiles: ['prebuilds/win32-arm64/arm-win.napi.node'] });
+  }, 300_000);
+
   it('a V8-API addon (node.h) is refused before anything compiles, with ERR_NATIVE_NEEDS_TARGET naming the package, the reason and a Windows builder', async () => {
     const workRoot = path.join(root.dir, 'v8');
     const scaffold = await testScaffold(workRoot, { target: win });
