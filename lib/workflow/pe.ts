@@ -2,9 +2,10 @@
  * Windows PE files read for what they link: the names a DLL or EXE exports (node.exe's Node-API,
  * the authority an addon is linked and checked against) and the DLLs and names a module imports,
  * eager and delay-loaded. Reads only the headers and the tables, never the whole file (node.exe
- * is 80 MB).
+ * is 80 MB). The checks a win32 bundle's binaries get against the target's node.exe are here too.
  */
-import { open } from 'node:fs/promises';
+import { access, open } from 'node:fs/promises';
+import path from 'node:path';
 import type { FileHandle } from 'node:fs/promises';
 
 export interface PeImport {
@@ -182,4 +183,40 @@ async function thunkNames(layout: Layout, tableRva: number, base: number): Promi
     else names.push(await stringAt(layout, Number(value & 0x7fffffffn) - base + 2, section)); // skip the 2-byte hint
   }
   throw new PeFormatError('import lookup table does not end');
+}
+
+// --- checks against the target's node.exe ------------------------------------------------
+
+/** MinGW's runtime DLLs: never on Windows, so a binary needing one must ship it beside itself. */
+const MINGW_RUNTIME_DLL = /^(libstdc\+\+-\d+|libgcc_s_[\w-]+|libwinpthread-\d+|libgomp-\d+|libssp-\d+)\.dll$/i;
+
+/** Why a PE binary's imports cannot be satisfied on the target Node, or undefined when they can. */
+export async function checkPeImports(file: string, nodeExports: ReadonlySet<string>, nodeVersion: string): Promise<string | undefined> {
+  let imports;
+  try {
+    imports = await readPeImports(file);
+  } catch (error) {
+    return `its import tables cannot be read (${(error as Error).message})`;
+  }
+  const missing = imports.filter((entry) => entry.dll.toLowerCase() === 'node.exe').flatMap((entry) => entry.names.filter((name) => !nodeExports.has(name)));
+  if (missing.length > 0) return `imports ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` (and ${missing.length - 5} more)` : ''} from node.exe, which Node ${nodeVersion}'s node.exe does not export`;
+  const runtimeDlls = [];
+  for (const entry of imports) {
+    if (MINGW_RUNTIME_DLL.test(entry.dll) && !(await access(path.join(path.dirname(file), entry.dll)).then(() => true, () => false))) runtimeDlls.push(entry.dll);
+  }
+  if (runtimeDlls.length > 0) return `needs ${runtimeDlls.join(', ')} (MinGW's runtime, which Windows does not have) and its package does not ship it beside the binary`;
+  return undefined;
+}
+
+/** Node-API's names: what stays the same from one Node version to the next. */
+const NODE_API_NAME = /^(napi|node_api)_/;
+
+/** The addons (PE) that import anything but Node-API from node.exe. */
+export async function beyondNodeApi(dir: string, addons: string[]): Promise<string[]> {
+  const beyond: string[] = [];
+  for (const addon of addons) {
+    const imports = await readPeImports(path.join(dir, addon)).catch(() => undefined);
+    if (!imports || imports.some((entry) => entry.dll.toLowerCase() === 'node.exe' && entry.names.some((name) => !NODE_API_NAME.test(name)))) beyond.push(addon);
+  }
+  return beyond;
 }

@@ -141,6 +141,7 @@ describe('verifyNative', () => {
       nativeFiles: ['build/Release/root.node', 'node_modules/dep/build/Release/dep.node'],
       executables: ['node_modules/@scope/lib/lib/libthing.so.1'],
       foreign: [],
+      loaded: true,
     });
     expect(events.join('\n')).toContain('2 native addon(s) load under Node 22.');
   });
@@ -332,11 +333,17 @@ describe('findNativeBuildNeeds', () => {
     await put(dir, 'node_modules/prebuilt-inside/package.json', JSON.stringify({ name: 'prebuilt-inside', gypfile: false }));
     await put(dir, 'node_modules/prebuilt-inside/binding.gyp', '{}');
     await put(dir, 'node_modules/a/package.json', JSON.stringify({ name: 'a', scripts: { prepare: 'tsc' } }));
+    // npm builds binding.gyp only without an install script of the package's own: the script is the reason, or nothing when allow-listed.
+    await put(dir, 'node_modules/@parcel/watcher/package.json', JSON.stringify({ name: '@parcel/watcher', scripts: { install: 'node scripts/build-from-source.js' } }));
+    await put(dir, 'node_modules/@parcel/watcher/binding.gyp', '{}');
+    await put(dir, 'node_modules/scripted/package.json', JSON.stringify({ name: 'scripted', scripts: { install: 'node-gyp-build' } }));
+    await put(dir, 'node_modules/scripted/binding.gyp', '{}');
     const needs = await findNativeBuildNeeds({ dir });
     expect(needs).toEqual([
       { name: 'app', path: '.', reasons: ['binding.gyp'] },
       { name: '@scope/downloader', path: 'node_modules/@scope/downloader', reasons: ['postinstall: node fetch-binary.js'] },
       { name: 'gyp-only', path: 'node_modules/a/node_modules/gyp-only', reasons: ['gypfile: true'] },
+      { name: 'scripted', path: 'node_modules/scripted', reasons: ['install: node-gyp-build'] },
     ]);
   });
 
@@ -378,7 +385,7 @@ describe('a real cross install: npm install --os darwin --cpu arm64 --ignore-scr
     expect(result.nativeFiles).toEqual(['node_modules/@rollup/rollup-darwin-arm64/rollup.darwin-arm64.node', 'node_modules/fsevents/fsevents.node']);
     const needs = await findNativeBuildNeeds({ dir });
     expect(needs.map((n) => n.name)).toEqual(['better-sqlite3']);
-    expect(needs[0]?.reasons).toEqual(['binding.gyp', 'install: prebuild-install || node-gyp rebuild --release']);
+    expect(needs[0]?.reasons).toEqual(['install: prebuild-install || node-gyp rebuild --release']);
   });
 
   it('is not a linux-x64 tree: verify and the platform check both say so', async () => {

