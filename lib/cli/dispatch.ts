@@ -18,7 +18,7 @@ import { RunHistory, targetStateOf, type RunDocument } from '../dispatch/history
 import { prepareInput, type ToolEnvironment } from '../dispatch/input.js';
 import { acquireLock, lockFile, type HeldLock } from '../dispatch/lock.js';
 import { ensureLockfile } from '../dispatch/lockfile.js';
-import { parseTargets, planTargets, resolvePools, type Pool } from '../dispatch/plan.js';
+import { parseTargets, planTargets, resolvePools, withHostNode, type Pool } from '../dispatch/plan.js';
 import { dispatch, newRunId, type DispatchEvent, type DispatchResult } from '../dispatch/run.js';
 import { BundleError, isBundleError, toBundleError } from '../errors.js';
 import { isTerminal, type BuildRecord, type RequestOverrides } from '../protocol.js';
@@ -409,7 +409,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
       cleanups.push(() => embedded?.stop() ?? Promise.resolve());
       pools = embedded.pools;
     }
-    const plan = planTargets(targetList, pools);
+    let plan = planTargets(targetList, pools);
 
     // Inspect and resolve the input: a bad one fails here, before anything is uploaded.
     await mkdir(config.workDir, { recursive: true });
@@ -418,6 +418,9 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     const tools = await toolEnvironment(config, context.env, workDir);
     const input = await prepareInput(args.input, { cwd: context.cwd, workDir, tools, limits: config.limits, signal });
     const source = await ensureLockfile(input, { tools, workDir, signal, checkedDir: path.join(config.cacheDir, 'dispatch', 'lockfiles-in-sync') });
+    // No --targets: this machine, and its own Node major where the package allows it, so the
+    // bundle installs here (a named target without a range keeps the newest-LTS rule).
+    if (!args.targets || args.targets.length === 0) plan = await withHostNode(plan, input.packageJson, process.versions.node);
 
     const progress = args.json ? undefined : context.stderr;
     const lock: HeldLock = await acquireLock(lockFile(path.join(config.cacheDir, 'dispatch', 'locks'), destination.location, source.sha256), {

@@ -64,6 +64,19 @@ export function planTargets(targets: readonly Target[], pools: readonly Pool[]):
 }
 
 /**
+ * The default target (this machine) pinned to this machine's Node major, unless package.json's
+ * engines.node (or devEngines) rules this machine's version out; the label stays as planned.
+ */
+export async function withHostNode(plan: PlannedTarget[], packageJson: Record<string, unknown>, hostVersion: string): Promise<PlannedTarget[]> {
+  // Loaded here, after the input is read: the runtime rules are not needed before.
+  const { chooseNodeRange } = await import('../workflow/steps/runtime.js');
+  const { default: semver } = await import('semver');
+  const { range, from } = chooseNodeRange(packageJson);
+  if (from !== 'any' && !semver.satisfies(hostVersion, range, { includePrerelease: true })) return plan;
+  return plan.map((planned) => (planned.target.node ? planned : { ...planned, target: { ...planned.target, node: String(semver.major(hostVersion)) } }));
+}
+
+/**
  * Builds the pools from `dispatch.pools`: tokens are read from the env vars the config names
  * (a named variable that is unset is ERR_CONFIG, listing every one).
  */

@@ -14,7 +14,7 @@ import { buildNpmEnv, configSecrets, locateNpm, npmFailure, readNpmVersion, spaw
 import { dropBuildIntermediates, listAllPackages, listTopLevelPackages, lockPackage, neutralizeDependencies, neutralizeInstall, packagesWithInstallWork } from './steps/bundle.js';
 import { NPM_EPOCH, pack } from './steps/pack.js';
 import { dropForeignPrebuilds, prebuiltNeeds, type PrebuiltUse } from './steps/prebuilds.js';
-import { cachedRegistryVersions, chooseNodeRange, pickVersion, resolveRuntime, type RangeSource, type Runtime } from './steps/runtime.js';
+import { cachedRegistryVersions, chooseNodeRange, describeNodeChoice, pickVersion, resolveRuntime, type RangeSource, type Runtime } from './steps/runtime.js';
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
 import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed, type VerifyNativeOptions } from './steps/verify.js';
 import { findWine, preparePrefix, WINE_NODE_MAJORS, windowsNodeStarts, wineRuns } from './wine.js';
@@ -300,6 +300,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     let scriptRuntime: Runtime | undefined;
     const runtime: Runtime = await step('runtime', async () => {
       const { range, from } = chooseNodeRange(unpacked.packageJson, config.target.node);
+      const say = (chosen: Runtime) => log('runtime', describeNodeChoice(chosen.version, range, from), 'status', { kind: 'runtime-choice', version: chosen.version, range, from });
       const resolve = (target: Target, wanted: { range: string; from: RangeSource }, needBinary: boolean) => resolveRuntime({
         ...wanted,
         target,
@@ -315,6 +316,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       });
       // A GNU cross build runs the target's own Node under the emulator; MinGW needs node.exe only (fetched below).
       const chosen = await resolve(config.target, { range, from }, toolchain?.kind === 'gnu');
+      say(chosen);
       if (toolchain) scriptRuntime = await resolve(context.host, { range: chosen.version, from: 'target' }, false);
       return chosen;
     });
@@ -325,6 +327,9 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     // Lifecycle scripts find that runtime first on PATH; node-gyp builds against the target's headers.
     if (scriptNode) spawnInfo.env.PATH = `${scriptNode.binDir}${path.delimiter}${spawnInfo.env.PATH ?? ''}`;
     spawnInfo.env.npm_config_nodedir = runtime.nodedir;
+    // npm checks engines against the Node it runs under (npm 11 has no setting to change that):
+    // say which Node does what, and mark npm's EBADENGINE "current:" lines as npm's own Node.
+    log('install', `npm runs under Node ${context.hostNode.version.replace(/^v/, '')} (this machine's); ${native || toolchain ? 'install scripts and node-gyp run under' : 'the bundle is for'} Node ${runtime.version}${native || toolchain ? ', the Node the bundle is for' : ''}; engines are checked against ${runtime.version}`);
     // Cross-compiling: scripts are told the target (compilers, cpu, headers).
     if (toolchain?.kind === 'gnu') Object.assign(spawnInfo.env, crossCompileEnv(toolchain, runtime));
     const crossFlags = native ? [] : ['--os', config.target.os, '--cpu', config.target.cpu, ...(config.target.libc ? ['--libc', config.target.libc] : [])];
@@ -369,7 +374,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         env: spawnInfo.env,
         signal,
         secrets,
-        onLine: (line, stream) => log('install', line, stream),
+        onLine: (line, stream) => log('install', annotateEngineLine(line, context.hostNode.version, runtime.version), stream),
         onSpawn: (child) => emitEvent('npm.spawned', [scaffold, child, status]),
         onMemory: (rss, peak) => emit({ type: 'memory', buildId, at: Date.now(), rss, peak: Math.max(peak, peakMemory) }),
         ...(options.runAs ? { runAs: options.runAs } : {}),
@@ -642,4 +647,14 @@ async function hasAddons(dir: string): Promise<boolean> {
 
 async function fileExists(file: string): Promise<boolean> {
   return (await stat(file).catch(() => undefined)) !== undefined;
+}
+
+/**
+ * npm's `EBADENGINE current: { node: 'v20.20.2' … }` names the Node npm runs under; when the
+ * bundle is for another, the line says so.
+ */
+export function annotateEngineLine(line: string, npmNode: string, bundleNode: string): string {
+  const current = /EBADENGINE\s+current: \{ node: '(v?[\d.]+)'/.exec(line);
+  if (!current || current[1]?.replace(/^v/, '') === bundleNode || current[1]?.replace(/^v/, '') !== npmNode.replace(/^v/, '')) return line;
+  return `${line} (the Node npm runs under; the bundle is for Node ${bundleNode}, which its scripts use)`;
 }

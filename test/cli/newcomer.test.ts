@@ -2,7 +2,11 @@
  * What a newcomer trips over (issue 28), each through the real bin: an input path with a typo is
  * a usage error naming the file (not npm's 404), and a closed output ends the command quietly.
  */
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { createWriteStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { promisify } from 'node:util';
+import { createGzip } from 'node:zlib';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveRunId } from '../../lib/dispatch/history.js';
@@ -10,8 +14,11 @@ import { looksLikeFile } from '../../lib/dispatch/input.js';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { TEST_UID_RANGES, startTestBuilder } from '../helpers/builder.js';
 import { runCli } from '../helpers/cli.js';
-import { repoRoot, tempDir } from '../helpers/packages.js';
+import { installOffline } from '../helpers/consumer.js';
+import { packageTar, repoRoot, tempDir } from '../helpers/packages.js';
+import type { DispatchResult } from '../../lib/dispatch/run.js';
 
+const execFileAsync = promisify(execFile);
 let root: { dir: string; remove: () => Promise<void> };
 beforeAll(async () => {
   root = await tempDir('bd-newcomer-');
@@ -36,6 +43,55 @@ describe('an input that looks like a file', () => {
     expect(json.code).toBe(2);
     expect(JSON.parse(json.stdout)).toMatchObject({ error: { code: 'ERR_INPUT_NOT_FOUND' } });
   });
+});
+
+describe('the Node version a build uses', () => {
+  const major = process.versions.node.split('.')[0];
+  it('no --targets: the README\'s sample is built for this machine\'s Node major (its engines allow it), so the bundle installs here', async () => {
+    const cwd = path.join(root.dir, 'host-node');
+    await mkdir(cwd, { recursive: true });
+    const run = await runCli([path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz'), '--json', '--cache-dir', path.join(root.dir, 'cache')], { cwd, env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') } });
+    expect(run.code, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout) as DispatchResult;
+    const outcome = result.targets[0];
+    expect(outcome).toMatchObject({ ok: true, target: `linux-${process.arch}` });
+    if (!outcome?.ok) throw new Error(run.stdout);
+    expect(outcome.node?.split('.')[0]).toBe(major);
+    const bundle = path.join(cwd, 'dist', outcome.key);
+    const { stdout } = await execFileAsync('tar', ['-xzOf', bundle, 'package/package.json']);
+    expect((JSON.parse(stdout) as { engines: { node: string } }).engines.node).toBe(`${major}.x`);
+    // This machine's npm takes it: no EBADENGINE.
+    const installed = await installOffline(bundle, path.join(root.dir, 'consumer'));
+    expect(installed.stderr).not.toMatch(/EBADENGINE/);
+  }, 300_000);
+
+  it('a Node other than this machine\'s (engines rule it out): the summary\'s notes say which and why', async () => {
+    const cwd = path.join(root.dir, 'other-node');
+    await mkdir(cwd, { recursive: true });
+    const other = major === '22' ? '20' : '22';
+    const input = path.join(cwd, 'pinned-1.0.0.tgz');
+    await pipeline(packageTar({ name: 'pinned', version: '1.0.0', engines: { node: `${other}.x` } }, { 'index.js': 'module.exports = 1;\n' }), createGzip(), createWriteStream(input));
+    const run = await runCli([input, '--cache-dir', path.join(root.dir, 'cache')], { cwd, env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') } });
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(new RegExp(`notes:\\n  linux-${process.arch}: Node ${other}\\.\\d+\\.\\d+: the newest LTS release that satisfies engines\\.node "${other}\\.x" in package\\.json`));
+  }, 300_000);
+});
+
+describe('npm\'s EBADENGINE in a build for another Node', () => {
+  it('the log says npm runs under this machine\'s Node while the bundle (and its scripts) use the chosen one, and marks npm\'s "current:" line as npm\'s own', async () => {
+    const cwd = path.join(root.dir, 'engine-lines');
+    await mkdir(cwd, { recursive: true });
+    const other = process.versions.node.split('.')[0] === '22' ? '20' : '22';
+    const input = path.join(cwd, 'needs-new-1.0.0.tgz');
+    // cookie 2.0.2 declares engines.node >=22: npm under this machine's Node warns EBADENGINE.
+    await pipeline(packageTar({ name: 'needs-new', version: '1.0.0', dependencies: { cookie: '2.0.2' } }, { 'index.js': 'module.exports = 1;\n' }), createGzip(), createWriteStream(input));
+    const run = await runCli(['bundle', input, '--node', other, '--verbose', '--cache-dir', path.join(root.dir, 'cache'), '-o', path.join(cwd, 'out.tgz')], { cwd, env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') } });
+    expect(run.code, run.stderr).toBe(0);
+    const output = run.stdout + run.stderr;
+    expect(output).toMatch(new RegExp(`npm runs under Node ${process.versions.node.replaceAll('.', '\\.')} \\(this machine's\\); install scripts and node-gyp run under Node ${other}\\.\\d+\\.\\d+, the Node the bundle is for`));
+    if (other === '20') return; // cookie wants >=22: only a build for 20 on a 22 machine would not warn
+    expect(output).toMatch(new RegExp(`EBADENGINE\\s+current: \\{ node: 'v${process.versions.node.replaceAll('.', '\\.')}'.*\\(the Node npm runs under; the bundle is for Node ${other}\\.`));
+  }, 300_000);
 });
 
 describe('a closed output', () => {

@@ -93,6 +93,26 @@ function validRange(range: string, _from: RangeSource, code: 'ERR_USAGE' | 'ERR_
   return trimmed;
 }
 
+/**
+ * One line saying which Node a build uses and why (the dispatch summary's note when it is not
+ * the dispatching machine's major).
+ *
+ * @example
+ * describeNodeChoice('26.1.0', '*', 'any') // 'Node 26.1.0: package.json has no engines.node, so the newest LTS release (pin one with --targets <target>@<major> or engines.node)'
+ */
+export function describeNodeChoice(version: string, range: string, from: RangeSource): string {
+  switch (from) {
+    case 'target':
+      return `Node ${version}: the target asks for ${range}`;
+    case 'engines':
+      return `Node ${version}: the newest LTS release that satisfies engines.node "${range}" in package.json`;
+    case 'devEngines':
+      return `Node ${version}: the newest LTS release that satisfies devEngines.runtime "${range}" in package.json`;
+    default:
+      return `Node ${version}: package.json has no engines.node, so the newest LTS release (pin one with --targets <target>@<major> or engines.node)`;
+  }
+}
+
 /** Even majors were LTS lines; before 1.0 the even minors were the stable ones (0.10, 0.12). */
 function isStableLine(version: semver.SemVer): boolean {
   return version.major === 0 ? version.minor % 2 === 0 : version.major % 2 === 0;
