@@ -154,7 +154,10 @@ export function statusCommand({ context, signal, setExitCode }: CommandRun): Com
     builder: (argv) => historyOptions(argv)
       .positional('run', { type: 'string', default: 'latest', describe: 'A run id (printed by every run), a unique prefix of one, latest (the default), or a build URL …/v1/builds/<id>.' })
       .option('verbose', { type: 'boolean', default: false, describe: 'Full build logs.' })
+      .option('follow', { type: 'boolean', default: true, describe: 'Follow a running run to its end (--no-follow: show it once).' })
+      .option('exit-status', { type: 'boolean', default: false, describe: 'Exit with the run\'s outcome: 0 delivered, 1 failed, 130 cancelled or interrupted, 8 still running (default: 0 once shown).' })
       .example(...example('$0 status 20260301T020000Z-1a2b3c4d', 'a run from the local history'))
+      .example(...example('$0 status --exit-status', 'the latest run, followed to its end; exit 1 if a target failed'))
       .example(...example('$0 status <run-id> --json', 'one JSON document (the run document)')) as unknown as Argv<StatusArgs>,
     handler: async (args) => {
       const { commandStatus } = await import('./dispatch.js');

@@ -14,7 +14,7 @@ import type { BuilderClient } from '../builder/client.js';
 import type { PoolMember, ResolvedConfig } from '../config/load.js';
 import { createEmbeddedBuilder, embeddedKeyPath, type EmbeddedBuilder } from '../dispatch/embedded.js';
 import { loadOrCreateSigningKey } from '../provenance/keys.js';
-import { RunHistory, targetStateOf, type RunDocument } from '../dispatch/history.js';
+import { RunHistory, runOutcome, targetStateOf, type RunDocument, type RunOutcome } from '../dispatch/history.js';
 import { prepareInput, type ToolEnvironment } from '../dispatch/input.js';
 import { acquireLock, lockFile, type HeldLock } from '../dispatch/lock.js';
 import { ensureLockfile } from '../dispatch/lockfile.js';
@@ -59,6 +59,10 @@ export interface StatusArgs {
   run: string;
   json: boolean;
   verbose: boolean;
+  /** Follow a running run to its end (default); `--no-follow` shows it once. */
+  follow?: boolean;
+  /** Exit with the run's outcome (0 delivered, 1 failed, 130 cancelled or interrupted, 8 still running) instead of 0 for "shown". */
+  'exit-status'?: boolean;
   config?: string;
   'cache-dir'?: string;
 }
@@ -560,13 +564,16 @@ export async function commandStatus(args: StatusArgs, context: CliContext, signa
     });
     if (args.json) context.stdout.write(`${JSON.stringify(record, null, 2)}\n`);
     else out?.write(`${record.id} ${describeRecord(record)}\n`);
+    if (!args['exit-status']) return EXIT.ok;
     return record.state === 'succeeded' ? EXIT.ok : record.state === 'cancelled' ? EXIT.interrupted : EXIT.failed;
   }
   const { requireRun } = await import('./runs.js');
-  const doc: RunDocument = await requireRun(runsDir(config), args.run ?? 'latest');
-  // Re-attach: builds the run left unfinished (still running, or the dispatcher died) are
-  // followed to their end on their builders.
-  if (doc.state === 'running' || doc.state === 'interrupted') {
+  const dir = runsDir(config);
+  let doc: RunDocument = await requireRun(dir, args.run ?? 'latest');
+  // A run whose dispatching process is alive: followed to its end (gh run watch), as that process writes it.
+  if (args.follow !== false && runOutcome(doc) === 'running') doc = await followRun(dir, doc, out, signal);
+  // Re-attach: builds a run left unfinished when its dispatcher died are followed to their end on their builders.
+  if (args.follow !== false && runOutcome(doc) === 'interrupted') {
     await Promise.all(Object.entries(doc.targets).map(async ([label, entry]) => {
       if (!entry.builderUrl || !entry.buildId || entry.builderUrl === 'embedded' || ['succeeded', 'failed', 'cancelled', 'cached'].includes(entry.state)) return;
       try {
@@ -587,16 +594,57 @@ export async function commandStatus(args: StatusArgs, context: CliContext, signa
       }
     }));
   }
+  const outcome = runOutcome(doc);
   if (args.json) {
     context.stdout.write(`${JSON.stringify(doc, null, 2)}\n`);
   } else {
-    out?.write(`run ${doc.runId} · ${doc.state} · started ${doc.startedAt} · ${doc.input} → ${doc.destination}\n`);
+    // One state model with `runs`: running, succeeded, failed, cancelled, interrupted.
+    out?.write(`run ${doc.runId} · ${outcome} · started ${doc.startedAt} · ${doc.input} → ${doc.destination}\n`);
+    if (doc.error) out?.write(`  error: ${doc.error.code}: ${doc.error.message}\n`);
     for (const [label, entry] of Object.entries(doc.targets)) {
-      out?.write(`  ${label.padEnd(20)} ${TARGET_WORDS[entry.state] ?? entry.state}${entry.buildId ? ` (build ${entry.buildId}${entry.builderUrl && entry.builderUrl !== 'embedded' ? ` on ${entry.builderUrl}` : ''})` : ''}${entry.detail ? ` ${entry.detail}` : ''}\n`);
+      out?.write(`  ${label.padEnd(20)} ${targetWord(entry.state, outcome)}${entry.buildId ? ` (build ${entry.buildId}${entry.builderUrl && entry.builderUrl !== 'embedded' ? ` on ${entry.builderUrl}` : ''})` : ''}${entry.detail ? ` ${entry.detail}` : ''}\n`);
       for (const note of entry.failovers ?? []) out?.write(`  ${''.padEnd(20)} ! ${note.kind} · ${note.builder}: ${note.message}\n`);
     }
+    if (outcome === 'running') out?.write(`  still running (pid ${doc.pid}): bundle-dispatch status ${doc.runId} follows it to its end\n`);
   }
-  const states = Object.values(doc.targets).map((entry) => entry.state);
-  if (doc.state === 'interrupted' || doc.state === 'cancelled') return EXIT.interrupted;
-  return states.every((state) => state === 'succeeded' || state === 'cached') ? EXIT.ok : EXIT.failed;
+  // gh's convention: 0 when the run could be shown; --exit-status: the run's outcome.
+  if (!args['exit-status']) return EXIT.ok;
+  return { succeeded: EXIT.ok, failed: EXIT.failed, cancelled: EXIT.interrupted, interrupted: EXIT.interrupted, running: EXIT.running }[outcome];
+}
+
+/** A target's state in words; a target that never started in a run that ended says so. */
+function targetWord(state: string, outcome: RunOutcome): string {
+  if (outcome !== 'running' && ['planned', 'queued', 'running', 'copying'].includes(state)) return state === 'planned' ? 'not started' : `unfinished (${TARGET_WORDS[state] ?? state})`;
+  return TARGET_WORDS[state] ?? state;
+}
+
+/** How often `status` re-reads a running run's document (the run writes it every 200 ms). */
+const FOLLOW_POLL_MS = 500;
+
+/**
+ * Follows a running run's document until the run ends (or its process dies), printing each
+ * target's state and step as they change; returns the last document.
+ */
+async function followRun(dir: string, first: RunDocument, out: Writable | undefined, signal: AbortSignal): Promise<RunDocument> {
+  const { readRun } = await import('../dispatch/history.js');
+  const seen = new Map<string, { state: string; step?: string | undefined }>();
+  out?.write(`run ${first.runId} · running (pid ${first.pid}) · following it to its end (Ctrl-C stops following, not the run)\n`);
+  let doc = first;
+  for (;;) {
+    for (const [label, entry] of Object.entries(doc.targets)) {
+      const before = seen.get(label);
+      if (before?.state !== entry.state) out?.write(`[${label}] ${TARGET_WORDS[entry.state] ?? entry.state}${entry.buildId ? ` (build ${entry.buildId})` : ''}\n`);
+      if (entry.step && before?.step !== entry.step) out?.write(`[${label}]   ▸ ${entry.step}\n`);
+      seen.set(label, { state: entry.state, step: entry.step });
+    }
+    if (runOutcome(doc) !== 'running') return doc;
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(resolve, FOLLOW_POLL_MS);
+      signal.addEventListener('abort', () => {
+        clearTimeout(timer);
+        reject(toBundleError(signal.reason));
+      }, { once: true });
+    });
+    doc = (await readRun(dir, doc.runId)) ?? doc;
+  }
 }

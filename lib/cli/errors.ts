@@ -3,10 +3,11 @@ import { toBundleError, type ErrorCode } from '../errors.js';
 import { redact } from '../redact.js';
 
 /**
- * Exit codes: 0 all ok · 1 a build/target failed · 2 usage, config or bad input · 75 another run
+ * Exit codes: 0 all ok · 1 a build/target failed · 2 usage, config or bad input · 8 still running
+ * (`status --exit-status --no-follow`, as gh's pending checks) · 75 another run
  * holds the lock (EX_TEMPFAIL of sysexits.h: try again later) · 130 interrupted.
  */
-export const EXIT = { ok: 0, failed: 1, usage: 2, locked: 75, interrupted: 130 } as const;
+export const EXIT = { ok: 0, failed: 1, usage: 2, running: 8, locked: 75, interrupted: 130 } as const;
 
 const USAGE_CODES: ReadonlySet<ErrorCode> = new Set(['ERR_USAGE', 'ERR_CONFIG', 'ERR_HOOK_MODULE', 'ERR_HOOK_UNKNOWN', 'ERR_INPUT_NOT_FOUND', 'ERR_TARGET_UNSUPPORTED', 'ERR_STORE_URL', 'ERR_PACKAGE_INVALID', 'ERR_RUNTIME_UNAVAILABLE',
   // Bad input: the same input fails the same way on every run and every builder; retrying

@@ -40,7 +40,10 @@ export interface RunSummary {
   finishedAt?: string;
   /** The run's duration; for a running run, how long it has been running. */
   durationMs: number;
-  targets: { ok: number; failed: number; cancelled: number; pending: number };
+  /** `pending`: not finished while the run runs; `notStarted`: never built, the run having ended (its error says why). */
+  targets: { ok: number; failed: number; cancelled: number; pending: number; notStarted: number };
+  /** Why the run failed before or beside its targets (an input, store or lock error). */
+  error?: { code: string; message: string };
   destination: string;
   pid: number;
 }
@@ -103,15 +106,16 @@ export async function requireRun(dir: string, given: string): Promise<RunDocumen
 }
 
 export function summarizeRun(doc: RunDocument, now = Date.now()): RunSummary {
-  const targets = { ok: 0, failed: 0, cancelled: 0, pending: 0 };
+  const targets = { ok: 0, failed: 0, cancelled: 0, pending: 0, notStarted: 0 };
+  const state = runOutcome(doc);
   for (const entry of Object.values(doc.targets)) {
     if (entry.state === 'succeeded' || entry.state === 'cached') targets.ok += 1;
     else if (entry.state === 'failed') targets.failed += 1;
     else if (entry.state === 'cancelled') targets.cancelled += 1;
-    else targets.pending += 1;
+    else if (state === 'running') targets.pending += 1;
+    else targets.notStarted += 1;
   }
   const pkg = doc.package ?? doc.result?.package;
-  const state = runOutcome(doc);
   const ended = doc.finishedAt ? Date.parse(doc.finishedAt) : undefined;
   return {
     runId: doc.runId,
@@ -125,6 +129,7 @@ export function summarizeRun(doc: RunDocument, now = Date.now()): RunSummary {
     targets,
     destination: doc.destination,
     pid: doc.pid,
+    ...(doc.error ? { error: doc.error } : {}),
   };
 }
 
@@ -145,7 +150,7 @@ function formatAge(ms: number): string {
 }
 
 function describeTargets(counts: RunSummary['targets']): string {
-  const parts = [['ok', counts.ok], ['failed', counts.failed], ['cancelled', counts.cancelled], ['pending', counts.pending]] as const;
+  const parts = [['ok', counts.ok], ['failed', counts.failed], ['cancelled', counts.cancelled], ['pending', counts.pending], ['not started', counts.notStarted]] as const;
   return parts.filter(([, count]) => count > 0).map(([word, count]) => `${count} ${word}`).join(', ') || 'none';
 }
 
@@ -177,6 +182,9 @@ export async function commandRuns(args: RunsArgs, context: CliContext): Promise<
       ['RUN', 'PACKAGE', 'STARTED', 'TARGETS', 'DURATION', 'STATE', 'LABEL'],
       ...runs.map((run) => [run.runId, run.package ?? run.input, formatAge(now - Date.parse(run.startedAt)), describeTargets(run.targets), formatDuration(run.durationMs), run.state, run.label ?? '']),
     ])}\n`);
+    // A run that failed before its builds did: its error, where the table has no room for it.
+    const failedEarly = runs.filter((run) => run.error && run.targets.ok + run.targets.failed + run.targets.cancelled === 0);
+    for (const run of failedEarly) context.stdout.write(`\n${run.runId}: ${run.error?.code}: ${run.error?.message.split('\n')[0] ?? ''}\n`);
   }
   return EXIT.ok;
 }

@@ -94,6 +94,30 @@ describe('npm\'s EBADENGINE in a build for another Node', () => {
   }, 300_000);
 });
 
+describe('one state model for runs and status', () => {
+  it('a run that failed before any build: both say failed, its target "not started" (not pending or waiting), and both show the error', async () => {
+    const cwd = path.join(root.dir, 'failed-early');
+    await mkdir(cwd, { recursive: true });
+    // An S3 destination whose endpoint refuses connections: the cache check fails before any build.
+    await writeFile(path.join(cwd, '.bundlerc'), JSON.stringify({ dispatch: { s3: { endpoint: 'http://127.0.0.1:9', region: 'us-east-1', forcePathStyle: true } } }));
+    const cache = path.join(root.dir, 'failed-early-cache');
+    const env = { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') };
+    const run = await runCli([path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz'), '-d', 's3://bucket/x', '--cache-dir', cache], { cwd, env });
+    expect(run.code).toBe(1);
+    const runs = await runCli(['runs', '--cache-dir', cache], { cwd, env });
+    expect(runs.stdout).toMatch(/1 not started\s+\S+ s\s+failed/);
+    expect(runs.stdout).toMatch(/\n\S+: ERR_STORE_IO: S3 download of s3:\/\/bucket\/x\//);
+    const status = await runCli(['status', '--cache-dir', cache], { cwd, env });
+    expect(status.code).toBe(0);
+    expect(status.stdout).toMatch(/^run \S+ · failed · /);
+    expect(status.stdout).toMatch(/\n {2}error: ERR_STORE_IO: S3 download/);
+    expect(status.stdout).toMatch(new RegExp(`linux-${process.arch}\\s+not started`));
+    expect((await runCli(['status', '--exit-status', '--cache-dir', cache], { cwd, env })).code).toBe(1);
+    const json = JSON.parse((await runCli(['runs', '--json', '--cache-dir', cache], { cwd, env })).stdout) as { runs: Array<{ state: string; targets: Record<string, number>; error?: { code: string } }> };
+    expect(json.runs[0]).toMatchObject({ state: 'failed', targets: { pending: 0, notStarted: 1 }, error: { code: 'ERR_STORE_IO' } });
+  }, 120_000);
+});
+
 describe('a closed output', () => {
   it('`… | head -1`: the command stops quietly, exit 0, no EPIPE stack', async () => {
     // The reader closes its end at once, as `head -1` does after its line; --help then writes ~6 KiB.

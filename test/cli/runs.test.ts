@@ -225,7 +225,7 @@ describe('bundle-dispatch cancel', () => {
     expect(during.follow.code, during.follow.stderr).toBe(0);
     expect(during.follow.stdout).toContain(`[${x64}] install: `);
 
-    const status = await runCli(['status', during.runId, '--json'], { cwd: pooled, env: pooledEnv });
+    const status = await runCli(['status', during.runId, '--json', '--exit-status'], { cwd: pooled, env: pooledEnv });
     expect(status.code).toBe(130);
     const doc = parse<RunDocument>(status);
     expect(doc).toMatchObject({ state: 'cancelled', cancel: { pid: expect.any(Number), at: expect.any(String) }, targets: { [x64]: { state: 'cancelled', builderUrl: builder.url } } });
@@ -240,11 +240,25 @@ describe('bundle-dispatch cancel', () => {
     expect(parse<CancelAnswer>(again)).toMatchObject({ cancelled: false, state: 'cancelled', targets: { [x64]: { state: 'cancelled' } }, builds: [] });
   });
 
-  it('on the embedded default: the dispatching process cancels its in-process build and exits 130', async () => {
+  it('on the embedded default: the dispatching process cancels its in-process build and exits 130; status followed the running run to that end', async () => {
     const fixture = await writeFixture(path.join(root.dir, 'cancel-embedded-1.0.0.tgz'), { name: 'cancel-embedded-fixture', version: '1.0.0' }, { SLOW: 'yes\n' });
-    const { run, during } = await dispatchAndWhileInstalling([fixture, '--targets', host], { cwd: project, env }, async (runId) => ({ runId, cancel: await runCli(['cancel', runId, '--cache-dir', cacheDir], { cwd: elsewhere, env }) }));
+    const { run, during } = await dispatchAndWhileInstalling([fixture, '--targets', host], { cwd: project, env }, async (runId) => {
+      // Shown once: it says the run is still running; --exit-status gives that its own code (8).
+      const snapshot = await runCli(['status', runId, '--no-follow', '--exit-status', '--cache-dir', cacheDir], { cwd: elsewhere, env });
+      // Followed (gh run watch): it ends when the run does.
+      const following = runCli(['status', runId, '--exit-status', '--cache-dir', cacheDir], { cwd: elsewhere, env });
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      return { runId, snapshot, cancel: await runCli(['cancel', runId, '--cache-dir', cacheDir], { cwd: elsewhere, env }), followed: await following };
+    });
     expect(run.code, run.stderr).toBe(130);
     if (!during) throw new Error(`the install step never started:\n${run.stderr}`);
+    expect(during.snapshot.code, during.snapshot.stderr).toBe(8);
+    expect(during.snapshot.stdout).toMatch(new RegExp(`run ${during.runId} · running · [^]*still running \\(pid \\d+\\)`));
+    expect(during.followed.code, during.followed.stderr).toBe(130);
+    expect(during.followed.stdout).toContain(`run ${during.runId} · running (pid`);
+    expect(during.followed.stdout).toMatch(new RegExp(`\\[${host.replace(/[.]/g, '\\.')}\\] building[^]*\\[${host.replace(/[.]/g, '\\.')}\\] cancelled[^]*run ${during.runId} · cancelled`));
+    // Without --exit-status: 0 once shown (gh's convention), whatever the outcome.
+    expect((await runCli(['status', during.runId, '--cache-dir', cacheDir], { cwd: elsewhere, env })).code).toBe(0);
     expect(during.cancel.code, during.cancel.stderr).toBe(0);
     expect(during.cancel.stdout).toContain(`✔ run ${during.runId} cancelled`);
     expect(during.cancel.stdout).toMatch(new RegExp(`\\[${host.replace(/[.]/g, '\\.')}\\] cancelled \\(build \\S+\\)`));
