@@ -114,6 +114,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     secrets: knownSecrets(context.env, tokens),
   });
   const store = await openStore(settings.store, { cwd: context.cwd });
+  await store.checkConfiguration?.();
   const npmVersion = await readNpmVersion(process.execPath, locateNpm(context.env.PATH), { PATH: context.env.PATH ?? '', npm_config_update_notifier: 'false' });
 
   // Loaded (or generated, mode 0600) before anything is served; build users never get a path to it.

@@ -381,6 +381,8 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     stores.push(sourceStore);
     const destination = await openStore(settings.destination, options);
     stores.push(destination);
+    // An S3 store with no region or credentials is a configuration error (exit 2), found before any work.
+    await Promise.all([sourceStore, destination].map((store) => store.checkConfiguration?.({ signal })));
     let embedded: EmbeddedBuilder | undefined;
     let pools: Pool[];
     if (Object.keys(settings.pools).length > 0) {

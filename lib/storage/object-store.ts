@@ -168,6 +168,11 @@ export interface ObjectStore {
   presignGet(key: string, options?: PresignOptions): Promise<PresignedRequest>;
   /** A URL anyone can PUT to for `expiresIn` seconds (S3 only; ERR_STORE_URL elsewhere). */
   presignPut(key: string, options?: PresignPutOptions): Promise<PresignedRequest>;
+  /**
+   * Checks, without a request to the store, that it is configured well enough to be used (S3:
+   * a region and credentials the SDK can resolve); ERR_CONFIG saying what to set otherwise.
+   */
+  checkConfiguration?(options?: OperationOptions): Promise<void>;
   /** Releases what the store holds open (the S3 client's sockets); the store is unusable after. */
   close(): void;
 }

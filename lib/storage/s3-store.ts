@@ -140,9 +140,34 @@ export class S3Store implements ObjectStore {
   /** Stores with the same endpoint identity can copy server-side between each other. */
   readonly endpointId: string;
   readonly #client: S3Client;
+  readonly #endpoint: string | undefined;
   readonly #partSize: number;
   readonly #queueSize: number;
   readonly #presignExpiresIn: number;
+
+  /**
+   * The region and credentials the SDK resolves (env, profile, SSO, instance role), asked
+   * before any work so a store nobody configured is a configuration error, not a failed upload
+   * "to retry later".
+   */
+  async checkConfiguration(options: OperationOptions = {}): Promise<void> {
+    throwIfAborted(options.signal);
+    const where = `the S3 store ${this.location}${this.#endpoint ? ` (endpoint ${this.#endpoint})` : ''}`;
+    const region = await this.#client.config.region().catch(() => undefined);
+    if (!region) {
+      throw new BundleError('ERR_CONFIG', `No region for ${where}.`, {
+        hint: this.#endpoint
+          ? 'Set dispatch.s3.region in .bundlerc (an S3-compatible server takes any, e.g. "us-east-1"), or AWS_REGION.'
+          : 'Set dispatch.s3.region in .bundlerc or AWS_REGION (the bucket\'s region, e.g. "eu-west-1"), or a profile with a region (AWS_PROFILE).',
+      });
+    }
+    const credentials = await this.#client.config.credentials().catch((error: unknown) => error as Error);
+    if (credentials instanceof Error || !credentials.accessKeyId) {
+      throw new BundleError('ERR_CONFIG', `No credentials for ${where}: the AWS SDK found none (${credentials instanceof Error ? credentials.message : 'empty access key'}).`, {
+        hint: 'Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (a profile in ~/.aws/credentials or SSO), or run where an instance or pod role provides them.',
+      });
+    }
+  }
 
   constructor(options: S3StoreOptions) {
     if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(options.bucket)) {
@@ -157,6 +182,7 @@ export class S3Store implements ObjectStore {
     this.#queueSize = Math.max(1, options.queueSize ?? 4);
     this.#presignExpiresIn = checkExpiry(options.presignExpiresIn ?? 3600);
     this.endpointId = JSON.stringify([options.endpoint ?? 'aws', options.region ?? '', options.forcePathStyle ?? false]);
+    this.#endpoint = options.endpoint;
     this.#client = new S3Client({
       ...(options.endpoint ? { endpoint: options.endpoint } : {}),
       ...(options.region ? { region: options.region } : {}),

@@ -118,6 +118,27 @@ describe('one state model for runs and status', () => {
   }, 120_000);
 });
 
+describe('an S3 store nobody configured', () => {
+  it('is ERR_CONFIG (exit 2) before any work, saying what to set: no region, then no credentials', async () => {
+    const cwd = path.join(root.dir, 's3-unconfigured');
+    await mkdir(cwd, { recursive: true });
+    // Nothing of this machine's AWS setup may leak in: no region, no keys, no profile files, no instance role.
+    const env = { AWS_REGION: '', AWS_DEFAULT_REGION: '', AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '', AWS_PROFILE: '', AWS_CONFIG_FILE: path.join(cwd, 'none'), AWS_SHARED_CREDENTIALS_FILE: path.join(cwd, 'none'), AWS_EC2_METADATA_DISABLED: 'true', BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') };
+    const cache = path.join(root.dir, 's3-unconfigured-cache');
+    const noRegion = await runCli([path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz'), '-d', 's3://releases/bundles', '--cache-dir', cache], { cwd, env });
+    expect(noRegion.code).toBe(2);
+    expect(noRegion.stderr).toContain('ERR_CONFIG: No region for the S3 store s3://releases/bundles/.');
+    expect(noRegion.stderr).toContain('Set dispatch.s3.region in .bundlerc or AWS_REGION');
+    const noKeys = await runCli([path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz'), '-d', 's3://releases/bundles', '--cache-dir', cache], { cwd, env: { ...env, AWS_REGION: 'eu-west-1' } });
+    expect(noKeys.code).toBe(2);
+    expect(noKeys.stderr).toContain('ERR_CONFIG: No credentials for the S3 store s3://releases/bundles/');
+    expect(noKeys.stderr).toContain('Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE');
+    for (const run of [noRegion, noKeys]) expect(run.stderr).not.toMatch(/retry|ERR_STORE_IO|at \S+:\d+:\d+/);
+    // Nothing was started: no run was recorded.
+    expect((await runCli(['runs', '--json', '--cache-dir', cache], { cwd, env })).stdout).toContain('"runs": []');
+  });
+});
+
 describe('a closed output', () => {
   it('`… | head -1`: the command stops quietly, exit 0, no EPIPE stack', async () => {
     // The reader closes its end at once, as `head -1` does after its line; --help then writes ~6 KiB.
