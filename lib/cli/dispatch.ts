@@ -18,7 +18,7 @@ import { RunHistory, runOutcome, targetStateOf, type RunDocument, type RunOutcom
 import { prepareInput, type ToolEnvironment } from '../dispatch/input.js';
 import { acquireLock, lockFile, type HeldLock } from '../dispatch/lock.js';
 import { ensureLockfile } from '../dispatch/lockfile.js';
-import { parseTargets, planTargets, resolvePools, withHostNode, type Pool } from '../dispatch/plan.js';
+import { parseTargets, planTargets, refuseUncompilable, resolvePools, withHostNode, type Pool } from '../dispatch/plan.js';
 import { dispatch, newRunId, type DispatchEvent, type DispatchResult } from '../dispatch/run.js';
 import { BundleError, isBundleError, toBundleError } from '../errors.js';
 import { isTerminal, type BuildRecord, type RequestOverrides } from '../protocol.js';
@@ -427,6 +427,8 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     // No --targets: this machine, and its own Node major where the package allows it, so the
     // bundle installs here (a named target without a range keeps the newest-LTS rule).
     if (!args.targets || args.targets.length === 0) plan = await withHostNode(plan, input.packageJson, process.versions.node);
+    // A native package for a target no builder can compile for: refused now, not after an upload.
+    await refuseUncompilable(plan, input.dir, signal);
 
     const progress = args.json ? undefined : context.stderr;
     const lock: HeldLock = await acquireLock(lockFile(path.join(config.cacheDir, 'dispatch', 'locks'), destination.location, source.sha256), {

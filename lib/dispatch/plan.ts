@@ -6,7 +6,9 @@ import type { BuilderClient } from '../builder/client.js';
 import { BundleError } from '../errors.js';
 import type { TrustedKey } from '../provenance/dsse.js';
 import { loadTrustedKey } from '../provenance/keys.js';
-import { formatTarget, parseTarget, sameTarget, type Target } from '../target.js';
+import { access } from 'node:fs/promises';
+import path from 'node:path';
+import { formatTarget, normalizeTarget, parseTarget, sameTarget, type Target } from '../target.js';
 
 /** One builder of a pool, ready to call. */
 export interface PoolBuilder {
@@ -61,6 +63,33 @@ export function planTargets(targets: readonly Target[], pools: readonly Pool[]):
     label: formatTarget(target),
     builders: pools.filter((pool) => sameTarget(pool.platform, target)).flatMap((pool) => pool.builders),
   }));
+}
+
+/**
+ * Refuses, before anything is uploaded, the targets that certainly cannot be built: the package
+ * itself has native work (a binding.gyp, gypfile or install script of its own, and no
+ * `prebuilds/` that might serve the target) and every builder of the target's pool says it
+ * cannot compile for it (method `cross` in its health answer). A builder that does not answer
+ * leaves the target to the build, as does a package whose native work is only in dependencies
+ * (they are known once installed).
+ */
+export async function refuseUncompilable(plan: readonly PlannedTarget[], packageDir: string, signal?: AbortSignal): Promise<void> {
+  const { findNativeBuildNeeds } = await import('../workflow/steps/verify.js');
+  const own = (await findNativeBuildNeeds({ dir: packageDir })).filter((need) => need.path === '.');
+  if (own.length === 0 || (await access(path.join(packageDir, 'prebuilds')).then(() => true, () => false))) return;
+  const refused: string[] = [];
+  await Promise.all(plan.map(async (planned) => {
+    const { node: _node, ...platform } = normalizeTarget(planned.target);
+    const name = formatTarget(platform);
+    const methods = await Promise.all(planned.builders.map((builder) => builder.client.health(signal ? { signal } : {}).then((health) => health.methods[name], () => undefined)));
+    if (methods.length > 0 && methods.every((method) => method === 'cross')) refused.push(planned.label);
+  }));
+  if (refused.length === 0) return;
+  const reasons = own.flatMap((need) => need.reasons).join(', ');
+  throw new BundleError('ERR_NATIVE_NEEDS_TARGET', `Cannot build ${refused.sort().join(', ')}: the package compiles native code at install time (${reasons}) and no builder of ${refused.length === 1 ? 'that target\'s pool' : 'those targets\' pools'} can compile for it. Nothing was uploaded.`, {
+    hint: `Add a builder running on ${refused.length === 1 ? 'that platform' : 'each of those platforms'} to dispatch.pools in .bundlerc (a builder compiles natively for its own platform), or give a builder a cross toolchain for it (docs/runtimes.md), or drop ${refused.length === 1 ? 'it' : 'them'} from --targets.`,
+    details: { targets: refused, reasons: own.flatMap((need) => need.reasons) },
+  });
 }
 
 /**

@@ -222,9 +222,14 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   if (!interrupted) {
     run.emit({ type: 'phase', phase: 'manifest', state: 'started' });
     const previous = await (previousManifest ?? readJson<Manifest>(destination, manifestKey, signal).catch(() => undefined));
-    await writeManifest(destination, manifestKey, result, previous, signal);
-    result.manifest = manifestKey;
-    run.emit({ type: 'phase', phase: 'manifest', state: 'finished', detail: manifestKey });
+    // A manifest lists bundles: with none delivered and none from an earlier run, there is nothing to list.
+    if (previous || targets.some((outcome) => outcome.ok)) {
+      await writeManifest(destination, manifestKey, result, previous, signal);
+      result.manifest = manifestKey;
+      run.emit({ type: 'phase', phase: 'manifest', state: 'finished', detail: manifestKey });
+    } else {
+      run.emit({ type: 'phase', phase: 'manifest', state: 'finished', detail: 'not written: no bundle was delivered' });
+    }
   }
   await removingStaged;
   result.durationMs = Date.now() - started;

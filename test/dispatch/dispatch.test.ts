@@ -186,8 +186,9 @@ describe('dispatch', () => {
       const result = await run(fixture, [`linux-x64@${NODE}`]);
       expect(result.targets[0]).toMatchObject({ ok: false, error: { code: 'ERR_INTEGRITY' } });
       const listed = await world.releases.list({ prefix: 'corrupt-fixture/1.0.0/' });
-      // Only the manifest (recording the failure): no bundle, no cache marker.
-      expect(listed.items.map((item) => item.key)).toEqual(['corrupt-fixture/1.0.0/manifest.json']);
+      // Nothing: no bundle, no cache marker, and no manifest (it would list no bundle).
+      expect(listed.items.map((item) => item.key)).toEqual([]);
+      expect(result.manifest).toBeUndefined();
       expect((await world.sources.list({ prefix: 'staging/' })).items).toEqual([]);
       const outcome = result.targets[0];
       expect(await world.releases.exists(markerKey({ name: 'corrupt-fixture', version: '1.0.0' }, outcome?.buildKey ?? ''))).toBe(false);
