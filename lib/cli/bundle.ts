@@ -24,6 +24,8 @@ export interface BundleRequest {
   input: string;
   /** A file, or a directory (existing or ending in /) for the default name. */
   output?: string;
+  /** The target as the main command names one: `os-cpu[-libc][@node]` (instead of os/cpu/libc). */
+  targets?: string;
   os?: string;
   cpu?: string;
   libc?: string;
@@ -53,7 +55,17 @@ export interface BundleOutcome {
 }
 
 /** The target a `bundle` run builds for: the host, with --os/--cpu/--libc/--node applied. */
-export function requestedTarget(request: Pick<BundleRequest, 'os' | 'cpu' | 'libc' | 'node' | 'host'>): Target {
+export function requestedTarget(request: Pick<BundleRequest, 'targets' | 'os' | 'cpu' | 'libc' | 'node' | 'host'>): Target {
+  if (request.targets !== undefined) {
+    if (request.os !== undefined || request.cpu !== undefined || request.libc !== undefined) {
+      throw new BundleError('ERR_USAGE', 'Give the target either as --targets os-cpu[-libc][@node] or with --os/--cpu/--libc, not both.');
+    }
+    if (request.targets.includes(',')) {
+      throw new BundleError('ERR_USAGE', `bundle builds one target; "${request.targets}" names several.`, { hint: 'The main command builds several at once: bundle-dispatch <input> --targets a,b.' });
+    }
+    const parsed = parseTarget(request.targets.trim());
+    return request.node ? { ...parsed, node: request.node } : parsed;
+  }
   const os = (request.os ?? request.host.os) as TargetOs;
   const cpu = (request.cpu ?? request.host.cpu) as TargetCpu;
   const libc = request.libc ?? (os === request.host.os ? request.host.libc : undefined);
@@ -136,7 +148,7 @@ interface CommonArgs {
 }
 
 /** The bundle command's own flags are the request's fields. */
-export type BundleArgs = CommonArgs & Pick<BundleRequest, 'input' | 'output' | 'os' | 'cpu' | 'libc' | 'node'>;
+export type BundleArgs = CommonArgs & Pick<BundleRequest, 'input' | 'output' | 'targets' | 'os' | 'cpu' | 'libc' | 'node'>;
 
 /** Flags that set config keys, by config key (no yargs defaults: config applies them). */
 function configFlags(args: CommonArgs): Record<string, unknown> {

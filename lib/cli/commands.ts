@@ -41,6 +41,7 @@ function bundleOptions<T>(argv: Argv<T>) {
     .option('sandbox', { type: 'string', choices: ['auto', 'required', 'off'], describe: 'Run npm and install scripts in a bubblewrap sandbox: auto (where it works), required, off (default auto).' })
     .positional('input', { type: 'string', demandOption: true, describe: 'The .tgz (or .tar) that `npm pack` wrote.' })
     .option('output', { alias: 'o', type: 'string', describe: 'Where to write the bundle (default: {name}-{version}-{os}-{cpu}[-{libc}]-node{major}.tgz in the current dir).' })
+    .option('targets', { alias: ['t', 'target'], type: 'string', describe: 'The target as the main command names it, os-cpu[-libc][@node] (or --os/--cpu/--libc/--node); default: this machine.' })
     .option('os', { type: 'string', describe: 'Target os (linux, darwin, win32); default: this machine.' })
     .option('cpu', { type: 'string', describe: 'Target cpu (x64, arm64, …); default: this machine.' })
     .option('libc', { type: 'string', choices: ['glibc', 'musl'], describe: 'Target libc (linux only); default: this machine\'s.' })
@@ -191,11 +192,11 @@ export function logsCommand({ context, signal, setExitCode }: CommandRun): Comma
     describe: 'Print each target\'s build log of a run, prefixed by target (from its builder, or the local copy when the builder is gone).',
     builder: (argv) => historyOptions(argv)
       .positional('run', { type: 'string', demandOption: true, describe: 'A run id (bundle-dispatch runs lists them), a unique prefix of one, or latest.' })
-      .option('target', { alias: 't', type: 'string', describe: 'Only this target (its label, or os-cpu[-libc] without the @range).' })
+      .option('targets', { alias: ['t', 'target'], type: 'string', describe: 'Only these targets, comma-separated (each a label, or os-cpu[-libc] without the @range).' })
       .option('follow', { alias: 'f', type: 'boolean', default: false, describe: 'For a running run: keep printing lines as they come until it ends.' })
       .example(...example('$0 logs 20260301T020000Z-1a2b3c4d', 'every target\'s log'))
       .example(...example('$0 logs 20260301T020000Z-1a2b3c4d -f', 'follow a running run to its end'))
-      .example(...example('$0 logs --target linux-arm64 <run-id>', 'one target')) as unknown as Argv<LogsArgs>,
+      .example(...example('$0 logs --targets linux-arm64 <run-id>', 'one target')) as unknown as Argv<LogsArgs>,
     handler: async (args) => {
       const { commandLogs } = await import('./runs.js');
       setExitCode(await commandLogs(args, context, signal));
@@ -246,10 +247,10 @@ export function verifyCommand({ context, signal, setExitCode }: CommandRun): Com
       .option('provenance', { type: 'string', describe: 'The provenance (file or URL); default <bundle>.intoto.jsonl.' })
       .option('key', { type: 'string', array: true, describe: 'A trusted public key of the builder (PEM file; repeatable).' })
       .option('source-sha256', { type: 'string', describe: 'Also require the bundle to be built from this source tarball (its sha256).' })
-      .option('target', { type: 'string', describe: 'Also require this target (os-cpu[-libc]).' })
+      .option('targets', { alias: ['t', 'target'], type: 'string', describe: 'Also require this target (os-cpu[-libc]).' })
       .option('builder', { type: 'string', describe: 'Also require this builder (its builder.id, or the URI urn:bundle-dispatch:builder:<id>).' })
       .option('json', { type: 'boolean', default: false, describe: 'Print exactly one JSON document on stdout.' })
-      .example(...example('$0 verify app-1.0.0-linux-x64-glibc-node22.tgz \\\n--key builder.pub.pem --target linux-x64', 'check before npm install'))
+      .example(...example('$0 verify app-1.0.0-linux-x64-glibc-node22.tgz \\\n--key builder.pub.pem --targets linux-x64', 'check before npm install'))
       .example(...example('$0 verify --key builder.pub.pem --json \\\nhttps://releases.example/app/1.0.0/app-1.0.0-linux-x64-glibc-node22.tgz', 'a published bundle')) as unknown as Argv<VerifyArgs>,
     handler: async (args) => {
       const { runVerify } = await import('./verify.js');

@@ -5,7 +5,7 @@
  * document with --json) and picks the exit code (dispatchExitCode): 0 all ok · 1 a target
  * failed · 2 usage, config or bad input · 75 locked · 130 interrupted.
  */
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -356,7 +356,26 @@ export function dispatchExitCode(result: Pick<DispatchResult, 'interrupted' | 'o
   return !delivered && codes.length > 0 && codes.every(isUsageCode) ? EXIT.usage : EXIT.failed;
 }
 
+/** The commands besides the main one: an input that is one of them mistyped is a usage error. */
+const COMMAND_NAMES = ['bundle', 'builder', 'dispatch', 'status', 'runs', 'logs', 'cancel', 'prune', 'verify'];
+
+/**
+ * `bundle-dispatch stauts`: yargs takes an unknown word for the main command's input (a registry
+ * spec). A bare word one or two edits from a command, naming no file here, is refused with a
+ * "did you mean"; a package of that name is still reachable as `name@latest`.
+ */
+export async function refuseMistypedCommand(input: string, cwd: string): Promise<void> {
+  if (!/^[a-z][a-z-]*$/.test(input) || COMMAND_NAMES.includes(input)) return;
+  const { editDistance } = await import('../edit-distance.js');
+  const meant = COMMAND_NAMES.find((name) => editDistance(input, name) <= (name.length >= 4 ? 2 : 1));
+  if (!meant || (await stat(path.resolve(cwd, input)).then(() => true, () => false))) return;
+  throw new BundleError('ERR_USAGE', `Unknown command "${input}". Did you mean bundle-dispatch ${meant}?`, {
+    hint: `Run bundle-dispatch --help for the commands. To bundle the registry package "${input}", give it with a version or tag: ${input}@latest.`,
+  });
+}
+
 export async function commandDispatch(args: DispatchArgs, context: CliContext, signal: AbortSignal): Promise<number> {
+  await refuseMistypedCommand(args.input, context.cwd);
   const config = await loadCliConfig(context, {
     registry: args.registry,
     cacheDir: args['cache-dir'],

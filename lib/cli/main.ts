@@ -5,6 +5,7 @@ import { ownVersion } from '../package-root.js';
 import { commandTable } from './commands.js';
 import { EXIT, errorJson, exitCodeFor, formatError } from './errors.js';
 import { knownSecrets } from '../redact.js';
+import { editDistance } from '../edit-distance.js';
 
 export interface CliContext {
   env: NodeJS.ProcessEnv;
@@ -75,8 +76,11 @@ export async function main(argv: string[], context: CliContext): Promise<number>
     .version(await ownVersion())
     .wrap(Math.min(110, (context.stdout as { columns?: number }).columns ?? 100))
     .exitProcess(false)
-    .fail((message, error) => {
-      throw error ?? new BundleError('ERR_USAGE', message, { hint: 'Run bundle-dispatch --help.' });
+    .fail((message, error, usage) => {
+      if (error) throw error;
+      // yargs names an unknown flag; the flags of the command being parsed say what was meant.
+      const known = Object.keys((usage as unknown as { getDescriptions(): Record<string, unknown> }).getDescriptions());
+      throw new BundleError('ERR_USAGE', message, { hint: unknownFlagHint(message, known) ?? 'Run bundle-dispatch --help.' });
     });
 
   try {
@@ -93,4 +97,25 @@ export async function main(argv: string[], context: CliContext): Promise<number>
   }
   // The listener stays: output written last (help, a summary) may fail after we return.
   return outputClosed ? EXIT.ok : exitCode;
+}
+
+/**
+ * "Did you mean --targets?" for yargs' `Unknown argument(s): tagets` (several: each with a
+ * close flag), from the flags `known` to the command being parsed.
+ */
+export function unknownFlagHint(message: string, known: readonly string[]): string | undefined {
+  const unknown = /^Unknown arguments?: (.+)$/.exec(message)?.[1]?.split(', ').map((name) => name.trim()) ?? [];
+  const suggestions = unknown.flatMap((name) => {
+    const closest = closestNames(name, known);
+    return closest ? [`--${closest} (for ${name.length === 1 ? '-' : '--'}${name})`] : [];
+  });
+  if (suggestions.length === 0) return undefined;
+  return `Did you mean ${suggestions.join(', ')}? Run the command with --help for its flags.`;
+}
+
+/** The known name nearest to `name` by edit distance, when near enough to be a typo. */
+function closestNames(name: string, known: readonly string[]): string | undefined {
+  const scored = known.map((candidate) => ({ candidate, score: editDistance(name.toLowerCase(), candidate.toLowerCase()) })).sort((a, b) => a.score - b.score);
+  const best = scored[0];
+  return best && best.score <= Math.max(1, Math.floor(name.length / 3)) ? best.candidate : undefined;
 }

@@ -50,7 +50,8 @@ export interface RunSummary {
 
 export interface LogsArgs extends HistoryArgs {
   run: string;
-  target?: string;
+  /** Labels or platforms, comma-separated (`--targets`, alias `--target`). */
+  targets?: string;
   follow: boolean;
 }
 
@@ -206,8 +207,12 @@ export interface TargetLog {
 function selectTargets(doc: RunDocument, wanted: string | undefined): string[] {
   const labels = Object.keys(doc.targets);
   if (wanted === undefined) return labels;
-  const chosen = labels.filter((label) => label === wanted || label.replace(/@.*$/, '') === wanted);
-  if (chosen.length === 0) throw new BundleError('ERR_USAGE', `Run ${doc.runId} has no target "${wanted}".`, { hint: `Its targets: ${labels.join(', ')}.` });
+  const chosen: string[] = [];
+  for (const one of wanted.split(',').map((text) => text.trim()).filter(Boolean)) {
+    const matches = labels.filter((label) => label === one || label.replace(/@.*$/, '') === one);
+    if (matches.length === 0) throw new BundleError('ERR_USAGE', `Run ${doc.runId} has no target "${one}".`, { hint: `Its targets: ${labels.join(', ')}.` });
+    chosen.push(...matches.filter((label) => !chosen.includes(label)));
+  }
   return chosen;
 }
 
@@ -278,7 +283,7 @@ export async function commandLogs(args: LogsArgs, context: CliContext, signal: A
   const config = await historyConfig(args, context);
   const dir = runsDirOf(config.cacheDir);
   let doc = await requireRun(dir, args.run);
-  const labels = selectTargets(doc, args.target);
+  const labels = selectTargets(doc, args.targets);
   const out = args.json ? undefined : context.stdout;
   let logs: TargetLog[];
   if (args.follow && runAlive(doc)) {

@@ -20,7 +20,8 @@ export interface VerifyArgs {
   provenance?: string;
   key?: string[];
   'source-sha256'?: string;
-  target?: string;
+  /** The target the bundle must be for (`--targets`, alias `--target`). */
+  targets?: string;
   builder?: string;
   json: boolean;
 }
@@ -58,7 +59,7 @@ export async function commandVerify(args: VerifyArgs, context: CliContext, signa
     const verified = verifyProvenance(parseJsonl(await readFile(statements, 'utf8')), {
       keys: trusted, sha256, file: fileName,
       ...(args['source-sha256'] ? { sourceSha256: args['source-sha256'] } : {}),
-      ...(args.target ? { target: args.target } : {}),
+      ...(args.targets ? { target: args.targets } : {}),
       ...(args.builder ? { builder: args.builder } : {}),
     });
     return { code: EXIT.ok, verified, file: fileName };
@@ -78,7 +79,7 @@ export function formatVerified(result: { verified: VerifiedProvenance; file: str
     `  signed by  ${verified.keyid}`,
     `  statement  ${verified.statement._type}, ${verified.statement.predicateType}`,
     `  source     sha256 ${verified.sourceSha256} (${mark(checked.source)} --source-sha256)`,
-    `  target     ${verified.target} (${mark(checked.target)} --target)`,
+    `  target     ${verified.target} (${mark(checked.target)} --targets)`,
     `  builder    ${verified.builderId} (${mark(checked.builder)} --builder)`,
     `  built      ${verified.finishedOn}, invocation ${verified.invocationId}${input?.spec ? `, input ${input.spec}` : ''}`,
     '',
@@ -88,7 +89,7 @@ export function formatVerified(result: { verified: VerifiedProvenance; file: str
 /** `bundle-dispatch verify`: verifies, prints the outcome (JSON or for people), returns the exit code. */
 export async function runVerify(args: VerifyArgs, context: CliContext, signal: AbortSignal): Promise<number> {
   const result = await commandVerify(args, context, signal);
-  const checked = { source: Boolean(args['source-sha256']), target: Boolean(args.target), builder: Boolean(args.builder) };
+  const checked = { source: Boolean(args['source-sha256']), target: Boolean(args.targets), builder: Boolean(args.builder) };
   if (args.json) {
     const { verified } = result;
     context.stdout.write(`${JSON.stringify({

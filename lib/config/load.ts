@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { availableParallelism, hostname } from 'node:os';
 import path from 'node:path';
+import { editDistance } from '../edit-distance.js';
 import { CONFIG_KEYS, findKey, type KeyDefinition } from './schema.js';
 import type { ToolchainSettings } from '../workflow/toolchains.js';
 import type { SandboxSetting } from '../workflow/sandbox.js';
@@ -139,27 +140,13 @@ function shortJson(value: unknown): string {
 }
 
 /** Edit distance (Levenshtein), for "did you mean". */
-function distance(a: string, b: string): number {
-  const row = Array.from({ length: b.length + 1 }, (_, index) => index);
-  for (let i = 1; i <= a.length; i += 1) {
-    let diagonal = row[0] ?? 0;
-    row[0] = i;
-    for (let j = 1; j <= b.length; j += 1) {
-      const above = row[j] ?? 0;
-      row[j] = Math.min(above + 1, (row[j - 1] ?? 0) + 1, diagonal + (a[i - 1] === b[j - 1] ? 0 : 1));
-      diagonal = above;
-    }
-  }
-  return row[b.length] ?? 0;
-}
-
 /**
  * The known keys closest to an unknown one: by edit distance of the whole key or of its last
  * part (`concurency` → `dispatch.concurrency`), at most 2, and only near misses.
  */
 export function closestKeys(key: string): string[] {
   const last = (name: string) => name.split('.').at(-1) ?? name;
-  const scored = CONFIG_KEYS.map((definition) => ({ key: definition.key, score: Math.min(distance(key.toLowerCase(), definition.key.toLowerCase()), distance(last(key).toLowerCase(), last(definition.key).toLowerCase())) }));
+  const scored = CONFIG_KEYS.map((definition) => ({ key: definition.key, score: Math.min(editDistance(key.toLowerCase(), definition.key.toLowerCase()), editDistance(last(key).toLowerCase(), last(definition.key).toLowerCase())) }));
   const limit = Math.max(2, Math.floor(last(key).length / 3));
   return scored.filter((entry) => entry.score <= limit).sort((a, b) => a.score - b.score || a.key.localeCompare(b.key)).slice(0, 2).map((entry) => entry.key);
 }

@@ -44,10 +44,12 @@ function helpFlags(text: string): Set<string> {
   const options = text.split('\nOptions:\n')[1]?.split('\n\n')[0] ?? '';
   const flags = new Set<string>();
   for (const line of options.split('\n')) {
-    const match = /^ {2}(?:(-[a-z]), )? *(--[a-z0-9-]+)/.exec(line);
+    // `-t, --targets, --target  …`: the short alias, the name, and further long aliases.
+    const match = /^ {2}(?:(-[a-z]), )? *(--[a-z0-9-]+)((?:, --[a-z0-9-]+)*)/.exec(line);
     if (!match) continue;
     if (match[1]) flags.add(match[1]);
     flags.add(match[2] as string);
+    for (const alias of (match[3] ?? '').split(', ').filter(Boolean)) flags.add(alias);
   }
   flags.delete('--help');
   flags.delete('-h');

@@ -157,6 +157,39 @@ describe('a target no builder can compile for', () => {
   }, 120_000);
 });
 
+describe('flag names and typos', () => {
+  it('an unknown flag: exit 2 with a "did you mean" from the command\'s own flags; a mistyped command likewise, before npm is asked', async () => {
+    const flag = await runCli(['my-app-1.0.0.tgz', '--tagets', 'linux-x64', '--jsn'], { cwd: root.dir });
+    expect(flag.code).toBe(2);
+    expect(flag.stderr).toContain('Unknown arguments: tagets, jsn');
+    expect(flag.stderr).toContain('Did you mean --targets (for --tagets), --json (for --jsn)?');
+    const logs = await runCli(['logs', 'latest', '--folow'], { cwd: root.dir });
+    expect(logs.stderr).toContain('Did you mean --follow (for --folow)?');
+    const command = await runCli(['stauts', '--cache-dir', path.join(root.dir, 'cache')], { cwd: root.dir });
+    expect(command.code).toBe(2);
+    expect(command.stderr).toContain('Unknown command "stauts". Did you mean bundle-dispatch status?');
+    expect(command.stderr).not.toMatch(/E404|npm pack/);
+  });
+
+  it('--targets/-t names a target everywhere (bundle, logs, verify), the old names kept as aliases', async () => {
+    const cwd = path.join(root.dir, 'targets-flag');
+    await mkdir(cwd, { recursive: true });
+    const target = `linux-${process.arch}@${process.versions.node}`;
+    const bundled = await runCli(['bundle', path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz'), '-t', target, '--json', '--cache-dir', path.join(root.dir, 'cache'), '-o', `${cwd}/`], { cwd, env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') } });
+    expect(bundled.code, bundled.stderr).toBe(0);
+    expect(JSON.parse(bundled.stdout)).toMatchObject({ node: process.versions.node, target: { os: 'linux', cpu: process.arch } });
+    const both = await runCli(['bundle', path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz'), '--targets', target, '--os', 'linux'], { cwd });
+    expect(both.code).toBe(2);
+    expect(both.stderr).toContain('Give the target either as --targets os-cpu[-libc][@node] or with --os/--cpu/--libc, not both.');
+    const several = await runCli(['bundle', path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz'), '--target', 'linux-x64,linux-arm64'], { cwd });
+    expect(several.stderr).toContain('bundle builds one target');
+    for (const command of ['logs', 'verify']) {
+      const help = await runCli([command, '--help'], { cwd });
+      expect(help.stdout).toMatch(/-t, --targets, --target/);
+    }
+  }, 120_000);
+});
+
 describe('a closed output', () => {
   it('`… | head -1`: the command stops quietly, exit 0, no EPIPE stack', async () => {
     // The reader closes its end at once, as `head -1` does after its line; --help then writes ~6 KiB.
