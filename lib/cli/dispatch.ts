@@ -283,6 +283,8 @@ interface SummaryExtras {
   /** Since the process started: what the user waited, start-up and runtime fetches included. */
   wallMs: number;
   nodeChoices: ReadonlyMap<string, string>;
+  /** The terminal's width, when stdout is one: the table is fitted to it (gh run list style). */
+  columns?: number;
 }
 
 function summaryTable(result: DispatchResult, extras: SummaryExtras): string {
@@ -294,14 +296,29 @@ function summaryTable(result: DispatchResult, extras: SummaryExtras): string {
   const header = ['target', 'result', 'how', 'node', 'size', 'build', 'bundle / error'];
   const widths = header.map((title, index) => Math.max(title.length, ...rows.map((row) => (row[index] ?? '').length)));
   const line = (row: string[]) => row.map((cell, index) => (index === row.length - 1 ? cell : cell.padEnd(widths[index] ?? 0))).join('  ').trimEnd();
-  // A message's first line rarely names the cause (npm's own lines follow it): a failed row
-  // is followed by the rest of its message, indented under the error column.
-  const indent = ' '.repeat(widths.slice(0, -1).reduce((sum, width) => sum + width + 2, 0));
-  const body = rows.flatMap((row, index) => {
-    const outcome = result.targets[index];
-    const more = outcome && !outcome.ok ? outcome.error.message.split('\n').slice(1).map((text) => text.trim()).filter(Boolean) : [];
-    return [line(row), ...more.map((text) => `${indent}${text}`)];
-  });
+  const fits = extras.columns === undefined || [header, ...rows].every((row) => line(row).length <= (extras.columns ?? 0));
+  let body: string[];
+  let below: string[] = [];
+  let headerLine = line(header);
+  if (fits) {
+    // A message's first line rarely names the cause (npm's own lines follow it): a failed row
+    // is followed by the rest of its message, indented under the error column.
+    const indent = ' '.repeat(widths.slice(0, -1).reduce((sum, width) => sum + width + 2, 0));
+    body = rows.flatMap((row, index) => {
+      const outcome = result.targets[index];
+      const more = outcome && !outcome.ok ? outcome.error.message.split('\n').slice(1).map((text) => text.trim()).filter(Boolean) : [];
+      return [line(row), ...more.map((text) => `${indent}${text}`)];
+    });
+  } else {
+    // Too wide for the terminal: the table keeps the short columns (cut to fit), and each full
+    // path or error goes below it on lines of its own, where the terminal may wrap them whole.
+    const short = fitColumns([header.slice(0, -1), ...rows.map((row) => row.slice(0, -1))], extras.columns ?? 80);
+    headerLine = short[0] ?? '';
+    body = short.slice(1);
+    below = ['', ...result.targets.flatMap((outcome) => (outcome.ok
+      ? [`${outcome.target}  ${where(outcome.key)}`]
+      : [`${outcome.target}  ${outcome.error.code}:`, ...outcome.error.message.split('\n').map((text) => text.trim()).filter(Boolean).map((text) => `  ${text}`)]))];
+  }
   // Footnotes: what a row alone would hide — the builders skipped, retried or lost on the way,
   // and a Node chosen other than the host's.
   const notes = result.targets.flatMap((outcome) => [
@@ -314,14 +331,20 @@ function summaryTable(result: DispatchResult, extras: SummaryExtras): string {
   const ok = result.targets.filter((outcome) => outcome.ok).length;
   const builds = result.targets.flatMap((outcome) => (outcome.ok && !outcome.cached && outcome.durations.buildMs !== undefined ? [outcome.durations.buildMs] : []));
   return [
-    line(header),
+    headerLine,
     ...body,
+    ...below,
     ...(notes.length > 0 ? ['', 'notes:', ...notes] : []),
     '',
-    `${result.ok ? '✔' : '✖'} ${ok}/${result.targets.length} target(s) ok · ${result.package.name}@${result.package.version} · source ${result.source.sha256.slice(0, 12)}${result.input.commit ? ` · commit ${result.input.commit.slice(0, 12)}` : ''} · ${formatMs(extras.wallMs)} wall${builds.length > 0 ? ` (longest build ${formatMs(Math.max(...builds))})` : ''}`,
+    ...fitParts([
+      `${result.ok ? '✔' : '✖'} ${ok}/${result.targets.length} target(s) ok`, `${result.package.name}@${result.package.version}`, `source ${result.source.sha256.slice(0, 12)}`,
+      ...(result.input.commit ? [`commit ${result.input.commit.slice(0, 12)}`] : []), `${formatMs(extras.wallMs)} wall${builds.length > 0 ? ` (longest build ${formatMs(Math.max(...builds))})` : ''}`,
+    ], extras.columns),
     ...(result.manifest ? [`  manifest ${where(result.manifest)}`] : []),
     ...(isolations.length === 0 ? [] : [`  isolation ${sameIsolation.size === 1 ? [...sameIsolation][0] : isolations.join(', ')}`]),
-    `  run ${result.runId} (bundle-dispatch status ${result.runId})`,
+    ...(extras.columns === undefined || `  run ${result.runId} (bundle-dispatch status ${result.runId})`.length <= extras.columns
+      ? [`  run ${result.runId} (bundle-dispatch status ${result.runId})`]
+      : [`  run ${result.runId}`, `    bundle-dispatch status ${result.runId}`]),
     '',
   ].join('\n');
 }
@@ -522,7 +545,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
       if (problem) context.stderr.write(`! --notify ${redact(settings.notify)}: ${problem}\n`);
     }
     if (args.json) context.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
-    else context.stdout.write(summaryTable(result, { wallMs: Math.round(performance.now()), nodeChoices }));
+    else context.stdout.write(summaryTable(result, { wallMs: Math.round(performance.now()), nodeChoices, ...(context.stdout.isTTY && (context.stdout as { columns?: number }).columns ? { columns: (context.stdout as { columns?: number }).columns as number } : {}) }));
     return dispatchExitCode(result);
   } finally {
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
@@ -633,6 +656,36 @@ export async function commandStatus(args: StatusArgs, context: CliContext, signa
   // gh's convention: 0 when the run could be shown; --exit-status: the run's outcome.
   if (!args['exit-status']) return EXIT.ok;
   return { succeeded: EXIT.ok, failed: EXIT.failed, cancelled: EXIT.interrupted, interrupted: EXIT.interrupted, running: EXIT.running }[outcome];
+}
+
+/** Parts joined by " · " on one line, or on as many as `columns` needs (continuations indented). */
+function fitParts(parts: readonly string[], columns?: number): string[] {
+  const lines: string[] = [];
+  for (const part of parts) {
+    const last = lines.at(-1);
+    if (last !== undefined && (columns === undefined || last.length + 3 + part.length <= columns)) lines[lines.length - 1] = `${last} · ${part}`;
+    else lines.push(last === undefined ? part : `  ${part}`);
+  }
+  return lines;
+}
+
+/**
+ * Rows (the header first) padded into columns no wider together than `columns`: the widest
+ * column gives up characters first, its cells cut with "…".
+ */
+export function fitColumns(rows: string[][], columns: number): string[] {
+  const widths = (rows[0] ?? []).map((_, index) => Math.max(...rows.map((row) => (row[index] ?? '').length)));
+  const total = () => widths.reduce((sum, width) => sum + width, 0) + 2 * Math.max(0, widths.length - 1);
+  while (total() > columns) {
+    const widest = widths.indexOf(Math.max(...widths));
+    if ((widths[widest] ?? 0) <= 4) break;
+    widths[widest] = (widths[widest] ?? 0) - 1;
+  }
+  const cut = (cell: string, width: number) => (cell.length <= width ? cell : `${cell.slice(0, Math.max(0, width - 1))}…`);
+  return rows.map((row) => {
+    const cells = row.map((cell, index) => cut(cell, widths[index] ?? 0));
+    return cells.map((cell, index) => (index === cells.length - 1 ? cell : cell.padEnd(widths[index] ?? 0))).join('  ').trimEnd();
+  });
 }
 
 /** A target's state in words; a target that never started in a run that ended says so. */

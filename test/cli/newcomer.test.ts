@@ -13,7 +13,7 @@ import { resolveRunId } from '../../lib/dispatch/history.js';
 import { looksLikeFile } from '../../lib/dispatch/input.js';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { TEST_UID_RANGES, startTestBuilder } from '../helpers/builder.js';
-import { runCli } from '../helpers/cli.js';
+import { runCli, runCliInTerminal } from '../helpers/cli.js';
 import { installOffline } from '../helpers/consumer.js';
 import { packageTar, repoRoot, tempDir } from '../helpers/packages.js';
 import type { DispatchResult } from '../../lib/dispatch/run.js';
@@ -188,6 +188,38 @@ describe('flag names and typos', () => {
       expect(help.stdout).toMatch(/-t, --targets, --target/);
     }
   }, 120_000);
+});
+
+describe('the summary in a terminal', () => {
+  for (const columns of [80, 120]) {
+    it(`at ${columns} columns: the table fits (header on one line, cells cut), full paths and errors below it, whole`, async () => {
+      const cwd = path.join(root.dir, `terminal-${columns}`);
+      await mkdir(cwd, { recursive: true });
+      const env = { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') };
+      // One target delivered (a long path), one failed (a long error): both too wide for a row.
+      const run = await runCliInTerminal([path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz'), '--targets', `linux-${process.arch}@${process.versions.node},linux-${process.arch}@>=99`, '--cache-dir', path.join(root.dir, 'cache')], { cwd, columns, env });
+      expect(run.code, run.screen).toBe(1);
+      const lines = run.screen.split('\n');
+      const header = lines.findIndex((line) => line.startsWith('target ') && line.includes('result'));
+      expect(header, run.screen).toBeGreaterThan(-1);
+      const table = lines.slice(header, header + 3);
+      for (const line of table) expect(line.length, line).toBeLessThanOrEqual(columns);
+      expect(table[0]).toMatch(/^target\s+result\s+how\s+node\s+size\s+build$/);
+      const bundle = path.join(cwd, 'dist', 'hello-app', '1.0.0', `hello-app-1.0.0-linux-${process.arch}-glibc-node${process.versions.node.split('.')[0]}.tgz`);
+      expect(lines).toContain(`linux-${process.arch}@${process.versions.node}  ${bundle}`);
+      expect(lines).toContain(`linux-${process.arch}@>=99  ERR_ENGINES_UNSATISFIED:`);
+      const summary = lines.filter((line) => line.startsWith('✖ 1/2 target(s) ok') || line.startsWith('  run ') || line.startsWith('    bundle-dispatch status'));
+      for (const line of summary) expect(line.length, line).toBeLessThanOrEqual(columns);
+    }, 300_000);
+  }
+
+  it('plain output (no terminal) keeps the one wide table', async () => {
+    const cwd = path.join(root.dir, 'terminal-plain');
+    await mkdir(cwd, { recursive: true });
+    const run = await runCli([path.join(repoRoot, 'examples', 'hello-app-1.0.0.tgz'), '--targets', `linux-${process.arch}@${process.versions.node}`, '--cache-dir', path.join(root.dir, 'cache')], { cwd, env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') } });
+    expect(run.code, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(/^target\s+result\s+how\s+node\s+size\s+build\s+bundle \/ error\n/);
+  }, 300_000);
 });
 
 describe('a closed output', () => {

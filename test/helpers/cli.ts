@@ -29,3 +29,23 @@ export function runCli(args: string[], options: { cwd: string; env?: NodeJS.Proc
     child.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
+
+/**
+ * Runs the real bin in a real terminal of `columns` columns (util-linux `script` gives it a
+ * pty), CI unset, as a user at a terminal would; returns what the terminal showed, without
+ * colour and cursor sequences, and the exit code.
+ */
+export function runCliInTerminal(args: string[], options: { cwd: string; columns: number; env?: NodeJS.ProcessEnv }): Promise<{ code: number | null; screen: string }> {
+  const quote = (text: string) => `'${text.replaceAll("'", "'\\''")}'`;
+  const command = `stty cols ${options.columns} rows 50; exec ${[process.execPath, path.join(repoRoot, 'bin', 'bundle-dispatch.js'), ...args].map(quote).join(' ')}`;
+  return new Promise((resolve, reject) => {
+    const { CI: _ci, ...env } = { ...process.env, ...options.env };
+    const child = spawn('script', ['-qec', command, '/dev/null'], { cwd: options.cwd, env: { ...env, TERM: 'xterm' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let screen = '';
+    child.stdout.on('data', (chunk: Buffer) => {
+      screen += chunk.toString();
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, screen: screen.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;?]*[a-zA-Z]`, 'g'), '').replace(/\r/g, '') }));
+  });
+}
