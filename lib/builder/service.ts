@@ -26,7 +26,7 @@ import { createAddressGuard, type AddressGuard } from './network.js';
 import { SlotQueue } from './queue.js';
 import { RecordStore, keys, notFound } from './records.js';
 import { UidPool, checkFreeDisk, killUidProcesses } from './resources.js';
-import { findBlockingAncestor } from '../workflow/run-as.js';
+import { findBlockingAncestor, unreachableError } from '../workflow/run-as.js';
 import { signProvenance, type NodeHashes } from './provenance.js';
 import type { SigningKey } from '../provenance/keys.js';
 
@@ -185,11 +185,7 @@ export class BuilderService {
     await mkdir(this.options.workDir, { recursive: true });
     if (this.options.uidRange) {
       const blocking = await findBlockingAncestor(path.dirname(this.options.workDir));
-      if (blocking) {
-        throw new BundleError('ERR_CONFIG', `The work dir ${this.options.workDir} is under ${blocking}, which the build users (builder.runAsUids) cannot pass through.`, {
-          hint: 'Set workDir to a directory whose parents are o+x (e.g. /var/tmp/bundle-dispatch), or chmod o+x that directory.',
-        });
-      }
+      if (blocking) throw await unreachableError('workDir', this.options.workDir, blocking, 'the build users (builder.runAsUids)', 'workDir /var/tmp/bundle-dispatch');
     }
     // Build users pass through the work dir (x) but cannot list it; the spool stays root's.
     await chmod(this.options.workDir, 0o711);

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { createAuthenticator, readTokens, watchTokenFile } from '../builder/auth.js';
 import { createDashboard } from '../builder/dashboard/index.js';
 import { parseUidRange } from '../builder/resources.js';
-import { findBlockingAncestor } from '../workflow/run-as.js';
+import { findBlockingAncestor, unreachableError } from '../workflow/run-as.js';
 import { startBuilder } from '../builder/server.js';
 import { loadOrCreateSigningKey, publicKeyPath } from '../provenance/keys.js';
 import { describeTargets, servedTargets } from '../builder/targets.js';
@@ -95,11 +95,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   if (uidRange) {
     // Build users need to pass through to their npm caches and the runtimes they execute.
     const blocking = await findBlockingAncestor(config.cacheDir);
-    if (blocking) {
-      throw new BundleError('ERR_CONFIG', `cacheDir ${config.cacheDir} is under ${blocking}, which the build users (builder.runAsUids) cannot pass through.`, {
-        hint: 'Put cacheDir outside root\'s home, e.g. --cache-dir /var/cache/bundle-dispatch, or chmod o+x the directory.',
-      });
-    }
+    if (blocking) throw await unreachableError('cacheDir', config.cacheDir, blocking, `the build users (uids ${settings.runAsUids}, builder.runAsUids)`, '--cache-dir /var/cache/bundle-dispatch');
   }
   const hookModules = await loadHookModules(config.hooks, context.cwd);
   const defaults = workflowDefaults(config, context.env);

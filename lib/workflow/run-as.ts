@@ -29,14 +29,28 @@ export async function findBlockingAncestor(dir: string): Promise<string | undefi
   return undefined;
 }
 
+/**
+ * ERR_CONFIG for a directory build users cannot reach: which directory stops them, its mode and
+ * owner (a cache dir the main command made is 0700), and the two ways out.
+ *
+ * @example
+ * await unreachableError('cacheDir', '/root/.cache/bd', '/root/.cache/bd', 'the build users (uids 61000-61099)', '/var/cache/bundle-dispatch')
+ * // ERR_CONFIG: cacheDir /root/.cache/bd cannot be reached by the build users (…): /root/.cache/bd itself has mode 0700 (owner uid 0), …
+ */
+export async function unreachableError(what: string, dir: string, blocking: string, who: string, instead: string): Promise<BundleError> {
+  const info = await stat(blocking).catch(() => undefined);
+  const mode = info ? `mode 0${(info.mode & 0o777).toString(8)} (owner uid ${info.uid})` : 'no execute permission for others';
+  const where = path.resolve(blocking) === path.resolve(dir) ? `${blocking} itself has ${mode}` : `its parent ${blocking} has ${mode}`;
+  return new BundleError('ERR_CONFIG', `${what} ${dir} cannot be reached by ${who}: ${where}, which lets no other user pass through.`, {
+    hint: `Allow passing through it (chmod o+x ${blocking}; nothing becomes listable or readable by that), or use a ${what} whose parents all allow it, e.g. ${instead}.`,
+    details: { dir, blocking },
+  });
+}
+
 /** Fails with a clear ERR_CONFIG when the build user could not reach `dir`. */
 export async function assertReachable(what: string, dir: string, user: RunAs): Promise<void> {
   const blocking = await findBlockingAncestor(dir);
-  if (blocking) {
-    throw new BundleError('ERR_CONFIG', `The build user (uid ${user.uid}) cannot reach the ${what} ${dir}: ${blocking} is not passable (o+x).`, {
-      hint: 'Keep work, cache and runtime directories under parents that others may pass through (e.g. /var/tmp/bundle-dispatch, /var/cache/bundle-dispatch), or chmod o+x the directory named.',
-    });
-  }
+  if (blocking) throw await unreachableError(`the ${what}`, dir, blocking, `the build user (uid ${user.uid})`, what.includes('cache') ? '/var/cache/bundle-dispatch' : '/var/tmp/bundle-dispatch');
 }
 
 /**

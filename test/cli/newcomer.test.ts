@@ -11,7 +11,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveRunId } from '../../lib/dispatch/history.js';
 import { looksLikeFile } from '../../lib/dispatch/input.js';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { TEST_UID_RANGES, startTestBuilder } from '../helpers/builder.js';
 import { runCli, runCliInTerminal } from '../helpers/cli.js';
 import { installOffline } from '../helpers/consumer.js';
@@ -220,6 +220,20 @@ describe('the summary in a terminal', () => {
     expect(run.code, run.stderr).toBe(0);
     expect(run.stdout).toMatch(/^target\s+result\s+how\s+node\s+size\s+build\s+bundle \/ error\n/);
   }, 300_000);
+});
+
+describe('a builder started as root on a cache dir its build users cannot reach', () => {
+  it.runIf(process.getuid?.() === 0)('names the directory that stops them, its mode and owner, and the two ways out (exit 2)', async () => {
+    // As the main command leaves its cache dir: 0700, root's.
+    await chmod(root.dir, 0o711);
+    const cache = path.join(root.dir, 'private-cache');
+    await mkdir(cache, { mode: 0o700 });
+    const run = await runCli(['builder', '--port', '0', '--store', path.join(root.dir, 'private-store'), '--cache-dir', cache], { cwd: root.dir, env: { BUNDLE_DISPATCH_BUILDER_TOKENS: 'a-token-long-enough-0123456789' } });
+    expect(run.code).toBe(2);
+    expect(run.stderr).toContain(`ERR_CONFIG: cacheDir ${cache} cannot be reached by the build users (uids 61000-61999, builder.runAsUids): ${cache} itself has mode 0700 (owner uid 0), which lets no other user pass through.`);
+    expect(run.stderr).toContain(`chmod o+x ${cache}`);
+    expect(run.stderr).not.toMatch(/root's home|is under/);
+  });
 });
 
 describe('a closed output', () => {
