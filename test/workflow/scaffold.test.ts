@@ -320,7 +320,7 @@ describe('scaffold.build', () => {
     const closed = await tempDir('bd-closed-');
     const unreachable = await testScaffold(path.join(closed.dir, 'work'));
     const refused = await unreachable.build(packageTar({ name: 'who', version: '1.0.0' }), {}, { runAs: { uid: 65534, gid: 65534 } }).catch((error: unknown) => error);
-    expect(refused).toMatchObject({ code: 'ERR_CONFIG', message: expect.stringContaining(`${closed.dir} is not passable`) });
+    expect(refused).toMatchObject({ code: 'ERR_CONFIG', message: expect.stringContaining(`cannot be reached by the build user (uid 65534): ${closed.dir} itself has mode 0700 (owner uid 0)`) });
     await closed.remove();
     await secretDir.remove();
   });
