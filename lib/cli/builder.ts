@@ -5,6 +5,7 @@
 import { mkdir } from 'node:fs/promises';
 import { once } from 'node:events';
 import path from 'node:path';
+import type { Writable } from 'node:stream';
 import { createAuthenticator, readTokens, watchTokenFile } from '../builder/auth.js';
 import { createDashboard } from '../builder/dashboard/index.js';
 import { parseUidRange } from '../builder/resources.js';
@@ -83,7 +84,10 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
       hint: `Set ${TOKENS_ENV}=<token>[,<token>…] or --token-file <file> (one token per line, mode 0600).`,
     });
   }
-  for (const warning of warnings) context.stderr.write(`${JSON.stringify({ level: 40, time: Date.now(), msg: warning })}\n`);
+  // JSON lines for log collectors; on a terminal, the same lines made readable (pino-pretty).
+  const logSink = await builderLogSink(context.stderr);
+  const logLine = (level: number, msg: string) => logSink.write(`${JSON.stringify({ level, time: Date.now(), msg })}\n`);
+  for (const warning of warnings) logLine(40, warning);
 
   const host = hostTarget();
   const scaffoldEnv = Object.fromEntries(Object.entries(context.env).filter(([name]) => !WITHHELD_ENV.test(name)));
@@ -115,7 +119,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
 
   // Loaded (or generated, mode 0600) before anything is served; build users never get a path to it.
   const signingKey = await loadOrCreateSigningKey(settings.signingKey);
-  if (signingKey.created) context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `generated the provenance signing key ${settings.signingKey} (keyid ${signingKey.keyid}); public key in ${publicKeyPath(settings.signingKey)}` })}\n`);
+  if (signingKey.created) logLine(30, `generated the provenance signing key ${settings.signingKey} (keyid ${signingKey.keyid}); public key in ${publicKeyPath(settings.signingKey)}`);
   const auth = createAuthenticator(tokens);
   const dashboard = createDashboard({ tokens, auth });
   const logLevel = args['log-level'] ?? 'info';
@@ -138,7 +142,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     allowSources: settings.allowSources,
     ...(uidRange ? { uidRange } : {}),
     heartbeatMs: settings.heartbeat * 1000,
-    logStream: context.stderr,
+    logStream: logSink,
     logLevel,
     version: await ownVersion(),
     npmVersion,
@@ -149,9 +153,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   });
   context.stdout.write(`${builder.url}\n`);
   // The same level as fastify's logger (pino: info = 30): `--log-level warn` keeps stderr quiet.
-  if (logLevel === 'debug' || logLevel === 'info') context.stderr.write(`${JSON.stringify({ level: 30, time: Date.now(), msg: `serving ${describeTargets(targets, Object.fromEntries(targets.map((target) => [formatTarget(target), scaffold.buildMethod(target)])))} with ${settings.slots} slot(s)${uidRange ? `, builds as uids ${uidRange.first}-${uidRange.last}` : ''}` })}\n`);
-
-  const logLine = (level: number, msg: string) => context.stderr.write(`${JSON.stringify({ level, time: Date.now(), msg })}\n`);
+  if (logLevel === 'debug' || logLevel === 'info') logLine(30, `serving ${describeTargets(targets, Object.fromEntries(targets.map((target) => [formatTarget(target), scaffold.buildMethod(target)])))} with ${settings.slots} slot(s)${uidRange ? `, builds as uids ${uidRange.first}-${uidRange.last}` : ''}`);
   // Token rotation without a restart: the file is re-read when it changes, and on SIGHUP.
   const tokenWatch = settings.tokenFile ? watchTokenFile({
     tokenFile: settings.tokenFile,
@@ -170,4 +172,14 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
   }
   await builder.stop(settings.shutdownGrace * 1000);
   return 0;
+}
+
+/**
+ * Where the builder's log lines go: stderr as JSON lines (for journald, a log shipper), or on a
+ * terminal through pino-pretty (`12:04:05 INFO: request POST /v1/builds 202`), loaded only then.
+ */
+async function builderLogSink(stderr: Writable & { isTTY?: boolean }): Promise<Writable> {
+  if (!stderr.isTTY) return stderr;
+  const { default: pretty } = await import('pino-pretty');
+  return pretty({ destination: stderr, colorize: true, translateTime: 'SYS:HH:MM:ss', ignore: 'pid,hostname', singleLine: true, sync: true });
 }

@@ -81,7 +81,7 @@ function builderOptions<T>(argv: Argv<T>) {
     .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
     .option('cache-dir', { type: 'string', describe: 'npm cache and fetched Node runtimes.' })
     .option('sandbox', { type: 'string', choices: ['auto', 'required', 'off'], describe: 'Run builds in a bubblewrap sandbox: auto (where it works), required, off (default auto).' })
-    .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error'], describe: 'JSON log level on stderr (default info).' })
+    .option('log-level', { type: 'string', choices: ['debug', 'info', 'warn', 'error'], describe: 'Log level on stderr: JSON lines, or readable lines on a terminal (default info).' })
     .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' });
 }
 

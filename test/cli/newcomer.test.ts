@@ -3,6 +3,7 @@
  * a usage error naming the file (not npm's 404), and a closed output ends the command quietly.
  */
 import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
@@ -233,6 +234,42 @@ describe('a builder started as root on a cache dir its build users cannot reach'
     expect(run.stderr).toContain(`ERR_CONFIG: cacheDir ${cache} cannot be reached by the build users (uids 61000-61999, builder.runAsUids): ${cache} itself has mode 0700 (owner uid 0), which lets no other user pass through.`);
     expect(run.stderr).toContain(`chmod o+x ${cache}`);
     expect(run.stderr).not.toMatch(/root's home|is under/);
+  });
+});
+
+describe('the builder\'s log', () => {
+  const token = 'a-token-long-enough-0123456789';
+  it('on a terminal: readable lines (time, level, message), not JSON', async () => {
+    // Its build users (as root) pass through to the cache dir below.
+    await chmod(root.dir, 0o711);
+    const run = await runCliInTerminal(['builder', '--port', '0', '--store', path.join(root.dir, 'log-store'), '--cache-dir', path.join(root.dir, 'cache'), '--sandbox', 'off'], { cwd: root.dir, columns: 120, stopAfterSeconds: 4, env: { BUNDLE_DISPATCH_BUILDER_TOKENS: token } });
+    expect(run.screen).toMatch(/^\[\d\d:\d\d:\d\d\] INFO: builder listening/m);
+    expect(run.screen).toMatch(/^\[\d\d:\d\d:\d\d\] INFO: serving linux-/m);
+    expect(run.screen).toMatch(/INFO: stopped/);
+    expect(run.screen).not.toMatch(/^\{"level"/m);
+  });
+
+  it('elsewhere: one JSON document per line, each key once (reqId too)', async () => {
+    await chmod(root.dir, 0o711);
+    const child = spawn(process.execPath, [path.join(repoRoot, 'bin', 'bundle-dispatch.js'), 'builder', '--port', '0', '--store', path.join(root.dir, 'log-store-2'), '--cache-dir', path.join(root.dir, 'cache'), '--sandbox', 'off'], {
+      cwd: root.dir, env: { ...process.env, BUNDLE_DISPATCH_BUILDER_TOKENS: token }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const url = await new Promise<string>((resolve, reject) => {
+      child.stdout.once('data', (chunk: Buffer) => resolve(chunk.toString().split('\n')[0] as string));
+      child.once('close', () => reject(new Error(`the builder stopped: ${stderr}`)));
+    });
+    await fetch(`${url}/v1/builds`, { method: 'POST', headers: { 'x-request-id': 'req-1' } });
+    await fetch(`${url}/v1/builds/nope`, { headers: { authorization: `Bearer ${token}` } });
+    child.kill('SIGTERM');
+    await once(child, 'close');
+    const lines = stderr.trim().split('\n');
+    for (const line of lines) {
+      expect(() => JSON.parse(line), line).not.toThrow();
+      expect(line.match(/"reqId"/g)?.length ?? 0, line).toBeLessThanOrEqual(1);
+    }
+    expect(lines.filter((line) => line.includes('"reqId":"req-1"'))).toHaveLength(1);
   });
 });
 

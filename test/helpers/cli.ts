@@ -35,9 +35,11 @@ export function runCli(args: string[], options: { cwd: string; env?: NodeJS.Proc
  * pty), CI unset, as a user at a terminal would; returns what the terminal showed, without
  * colour and cursor sequences, and the exit code.
  */
-export function runCliInTerminal(args: string[], options: { cwd: string; columns: number; env?: NodeJS.ProcessEnv }): Promise<{ code: number | null; screen: string }> {
+export function runCliInTerminal(args: string[], options: { cwd: string; columns: number; env?: NodeJS.ProcessEnv; stopAfterSeconds?: number }): Promise<{ code: number | null; screen: string }> {
   const quote = (text: string) => `'${text.replaceAll("'", "'\\''")}'`;
-  const command = `stty cols ${options.columns} rows 50; exec ${[process.execPath, path.join(repoRoot, 'bin', 'bundle-dispatch.js'), ...args].map(quote).join(' ')}`;
+  // A service (the builder) gets SIGTERM after stopAfterSeconds, as from `timeout`.
+  const stop = options.stopAfterSeconds ? `timeout ${options.stopAfterSeconds} ` : 'exec ';
+  const command = `stty cols ${options.columns} rows 50; ${stop}${[process.execPath, path.join(repoRoot, 'bin', 'bundle-dispatch.js'), ...args].map(quote).join(' ')}`;
   return new Promise((resolve, reject) => {
     const { CI: _ci, ...env } = { ...process.env, ...options.env };
     const child = spawn('script', ['-qec', command, '/dev/null'], { cwd: options.cwd, env: { ...env, TERM: 'xterm' }, stdio: ['ignore', 'pipe', 'pipe'] });
