@@ -248,6 +248,24 @@ export async function fetchRuntime(options: { pkg: string; version: string; cach
   }
 }
 
+/** How often a runtime download in progress is reported. */
+const PROGRESS_MS = 2000;
+
+/** The bytes of the tarball npm is writing into `dir` (0 before it appears). */
+async function tarballBytes(dir: string): Promise<number> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const sizes = await Promise.all(names.filter((name) => name.endsWith('.tgz')).map((name) => stat(path.join(dir, name)).then((info) => info.size, () => 0)));
+  return sizes.reduce((sum, size) => sum + size, 0);
+}
+
+function formatMegabytes(bytes: number): string {
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+function formatSeconds(ms: number): string {
+  return `${(ms / 1000).toFixed(1)} s`;
+}
+
 async function downloadRuntime(options: { pkg: string; version: string; cacheDir: string; dir: string; npm: NpmOptions; signal: AbortSignal; log?: LogFn; binaryOnly?: boolean }): Promise<string> {
   const { pkg, version, cacheDir, dir, npm, signal, log } = options;
   const spec = `${pkg}@${version}`;
@@ -257,8 +275,17 @@ async function downloadRuntime(options: { pkg: string; version: string; cacheDir
   await mkdir(temp, { recursive: true });
   const started = Date.now();
   log?.(`Fetching Node runtime ${spec} from the registry`, { event: 'runtime.fetch', package: pkg, version });
+  // npm writes the tarball as it arrives: its size, every 2 s while it grows, is the progress.
+  let reported = 0;
+  const progress = setInterval(() => {
+    void tarballBytes(temp).then((bytes) => {
+      if (bytes <= reported) return;
+      reported = bytes;
+      log?.(`Fetching Node runtime ${spec}: ${formatMegabytes(bytes)} so far (${formatSeconds(Date.now() - started)})`, { event: 'runtime.fetch.progress', package: pkg, version, bytes });
+    });
+  }, PROGRESS_MS);
   try {
-    const result = await runNpm(npm, ['pack', spec, '--pack-destination', temp, '--json'], signal, temp);
+    const result = await runNpm(npm, ['pack', spec, '--pack-destination', temp, '--json'], signal, temp).finally(() => clearInterval(progress));
     if (result.code !== 0) {
       const error = npmError(result);
       throw new BundleError('ERR_RUNTIME_FETCH', `Could not fetch Node runtime ${spec}: ${error.code} ${error.summary}`.trim(), {
@@ -287,7 +314,8 @@ async function downloadRuntime(options: { pkg: string; version: string; cacheDir
       if (!((code === 'ENOTEMPTY' || code === 'EEXIST') && (await isCompleteRuntime(dir, options.binaryOnly)))) throw error;
       log?.(`Another process cached ${spec} first; using its copy`, { event: 'runtime.fetch.raced', package: pkg, version });
     }
-    log?.(`Fetched Node runtime ${spec}`, { event: 'runtime.fetched', package: pkg, version, ms: Date.now() - started, integrity: packed.integrity });
+    const size = (await stat(tarball)).size;
+    log?.(`Fetched Node runtime ${spec} (${formatMegabytes(size)} in ${formatSeconds(Date.now() - started)})`, { event: 'runtime.fetched', package: pkg, version, ms: Date.now() - started, bytes: size, integrity: packed.integrity });
     return dir;
   } catch (error) {
     if (signal.aborted) throw abortError(signal);

