@@ -108,6 +108,13 @@ function readmeFlags(readme: string, name: string): Set<string> {
 }
 
 describe('help and the README', () => {
+  it('the README\'s first command runs the tool itself, so its own output comes at once and its wall time is the user\'s wait', async () => {
+    const readme = await readFile(path.join(repoRoot, 'README.md'), 'utf8');
+    const first = /```sh\n([^\n]+)\n/.exec(readme)?.[1] ?? '';
+    // npx would install this very project into npm's cache first (prepare: tsc), behind npm's spinner.
+    expect(first).toBe('npm ci && node bin/bundle-dispatch.js examples/hello-app-1.0.0.tgz');
+  });
+
   it('the README lists exactly the flags of every command\'s --help', async () => {
     const readme = await readFile(path.join(repoRoot, 'README.md'), 'utf8');
     const names = commands().map((command) => command.name);
