@@ -585,6 +585,10 @@ export class BuilderService {
       case 'memory':
         entry.record.peakMemory = Math.max(entry.record.peakMemory ?? 0, event.peak);
         break;
+      case 'package':
+        entry.record.package = { name: event.name, version: event.version };
+        this.changed(entry);
+        break;
       case 'complete':
         entry.record.resolved = { node: event.summary.runtime.version, abi: event.summary.runtime.abi, npm: event.summary.npmVersion, method: event.summary.method, verification: event.summary.verification, isolation: event.summary.isolation,
           ...(event.summary.prebuilt.length > 0 ? { prebuilt: event.summary.prebuilt } : {}) };

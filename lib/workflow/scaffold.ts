@@ -256,7 +256,10 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     const [unpacked, config] = await Promise.all([
       step('unpack', async () => {
         await mkdir(dirs.package, { recursive: true });
-        return unpack(context.tar, dirs.package, { limits: early.limits, signal });
+        const result = await unpack(context.tar, dirs.package, { limits: early.limits, signal });
+        // Known from here on: a builder's record (and its dashboard) names the build by it.
+        emit({ type: 'package', buildId, at: Date.now(), name: result.packageJson.name, version: result.packageJson.version });
+        return result;
       }),
       step('configure', async () => {
         const defaults = structuredClone(scaffold.defaults) as BuildConfig;

@@ -194,5 +194,7 @@ export type BuildEvent =
   | { type: 'step'; buildId: string; step: StepName; state: 'finished' | 'failed'; at: number; durationMs: number }
   | { type: 'log'; buildId: string; step: StepName | 'hook'; at: number; stream: 'stdout' | 'stderr' | 'status'; message: string; data?: Record<string, unknown> }
   | { type: 'memory'; buildId: string; at: number; rss: number; peak: number }
+  /** The input's package.json was read (right after unpacking): its name and version. */
+  | { type: 'package'; buildId: string; at: number; name: string; version: string }
   | { type: 'complete'; buildId: string; at: number; summary: BuildSummary }
   | { type: 'error'; buildId: string; at: number; error: { code: string; message: string } };

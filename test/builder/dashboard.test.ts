@@ -209,8 +209,8 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     expect(ids).toEqual([live.id, quick.id]);
     const liveRow = page.locator(`tr[data-id="${live.id}"]`);
     await expect.poll(() => liveRow.innerText(), POLL).toContain('running');
-    // Running: the record has no package.json data yet, so the source's file name stands in.
-    expect(await liveRow.innerText()).toContain('live-log.tgz');
+    // Running, and already named by its package (the builder read package.json when it unpacked the source).
+    expect(await liveRow.innerText()).toContain('live-log@2.0.0');
     expect(await liveRow.innerText()).toContain('ci #512');
     const quickRow = await page.locator(`tr[data-id="${quick.id}"]`).innerText();
     expect(quickRow).toContain('succeeded');
@@ -253,6 +253,20 @@ describe('builder dashboard (real bin, headless Chromium)', () => {
     const steps = await page.locator('table.steps').innerText();
     expect(steps).toMatch(/unpack\s+finished\s+\d/);
     expect(steps).toMatch(/install\s+running/);
+    // The steps still to come are listed, in order, so progress is visible.
+    expect(steps).toMatch(/install\s+running[^]*bundle\s+pending[^]*verify\s+pending[^]*pack\s+pending[^]*output\s+pending/);
+    // Named by its package while it runs (read when the builder unpacked it), not by the source's hash or file.
+    expect(await page.locator('h1').innerText()).toBe('live-log@2.0.0');
+    expect((await client.getBuild(live.id)).package).toEqual({ name: 'live-log', version: '2.0.0' });
+    // Times: relative, with the full date, time and zone on hover.
+    const started = page.locator('dl.meta time').nth(1);
+    expect(await started.innerText()).toMatch(/^(just now|\d+ s ago|\d+ min ago)$/);
+    expect(await started.getAttribute('title')).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+ \(\d{4}-\d\d-\d\dT[\d:.]+Z\)$/);
+    // At 1280×800 the log starts above the fold.
+    await page.setViewportSize({ width: 1280, height: 800 });
+    const logTop = await page.locator('#log').evaluate((log) => (log as unknown as { getBoundingClientRect(): { top: number } }).getBoundingClientRect().top);
+    expect(logTop).toBeLessThan(800 - 120);
+    await page.setViewportSize({ width: 1280, height: 900 });
     const meta = await page.locator('dl.meta').innerText();
     expect(meta).toContain('ci #512');
     expect(meta).toMatch(/Runtime\s+Node \d+\.\d+\.\d+/);

@@ -52,13 +52,19 @@
     const end = record.finishedAt ? Date.parse(record.finishedAt) : Date.now();
     return end - Date.parse(record.startedAt);
   };
+  /** A moment as "12 s ago" / "5 min ago" / "3 d ago"; the full date, time and zone on hover. */
   const when = (iso) => {
     if (!iso) return '';
     const date = new Date(iso);
-    const today = new Date().toDateString() === date.toDateString();
-    const time = `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
-    return today ? time : `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ${time}`;
+    const seconds = Math.max(0, Math.round((Date.now() - date.getTime()) / 1000));
+    const relative = seconds < 10 ? 'just now' : seconds < 60 ? `${seconds} s ago` : seconds < 3600 ? `${Math.floor(seconds / 60)} min ago`
+      : seconds < 86400 ? `${Math.floor(seconds / 3600)} h ago` : `${Math.floor(seconds / 86400)} d ago`;
+    const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+    const full = `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())} ${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())} ${zone} (${date.toISOString()})`;
+    return h('time', { datetime: date.toISOString(), title: full }, relative);
   };
+  /** The workflow's steps in order: the ones not started yet are listed too, as pending. */
+  const STEP_ORDER = ['unpack', 'configure', 'runtime', 'install', 'bundle', 'verify', 'pack', 'output'];
   const bytes = (n) => {
     if (typeof n !== 'number') return '';
     const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -71,7 +77,7 @@
     return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
   };
   const target = (t) => `${t.os}-${t.cpu}${t.libc && t.libc !== 'glibc' ? `-${t.libc}` : ''}${t.node ? `@${t.node}` : ''}`;
-  /** name@version once the build has read package.json (the record has it from the end on), else the source's file name. */
+  /** name@version once the build has unpacked its source (the record has it from then on), else the source's file name. */
   const pkg = (record) => {
     if (record.package) return `${record.package.name}@${record.package.version}`;
     const source = record.source && (record.source.url || record.source.key);
@@ -216,7 +222,7 @@
         h('td', {}, badge(record.state)),
         h('td', {}, h('a', { href: `/builds/${encodeURIComponent(record.id)}` }, pkg(record))),
         h('td', { 'data-label': 'target', class: 'mono' }, target(record.target)),
-        h('td', { 'data-label': 'started', title: record.startedAt || record.createdAt }, when(record.startedAt || record.createdAt)),
+        h('td', { 'data-label': 'started' }, when(record.startedAt || record.createdAt)),
         h('td', { 'data-label': 'duration', class: 'num' }, duration(elapsed(record))),
         h('td', { 'data-label': 'trigger' }, record.label || ''))));
       message.textContent = list.builds.length === 0 ? (state ? `No ${state} builds on this page.` : 'No builds yet.') : '';
@@ -252,9 +258,11 @@
     app.replaceChildren(
       h('p', {}, h('a', { href: '/' }, '← Builds')),
       h('div', { class: 'bar' }, title, state, cancel),
-      problem, meta,
-      h('h2', {}, 'Steps'),
-      h('table', { class: 'steps' }, h('thead', {}, h('tr', {}, h('th', {}, 'Step'), h('th', {}, 'State'), h('th', {}, 'Duration'))), steps),
+      problem,
+      // Details and steps side by side where there is room, so the log starts above the fold.
+      h('div', { class: 'overview' },
+        meta,
+        h('table', { class: 'steps' }, h('thead', {}, h('tr', {}, h('th', {}, 'Step'), h('th', {}, 'State'), h('th', {}, 'Duration'))), steps)),
       h('div', { class: 'logbar' }, h('h2', {}, 'Log'), count, follow, h('a', { href: `/v1/builds/${encodeURIComponent(id)}/log`, id: 'raw-log' }, 'NDJSON')),
       log);
 
@@ -291,7 +299,10 @@
         ['Error', record.error && h('span', { class: 'error' }, h('span', { class: 'mono' }, record.error.code), ` ${record.error.message}`)],
       ].filter(([, value]) => value !== undefined && value !== null && value !== '');
       meta.replaceChildren(...rows.flatMap(([name, value]) => [h('dt', {}, name), h('dd', {}, value)]));
-      steps.replaceChildren(...record.steps.map((step) => h('tr', {},
+      const known = new Set(record.steps.map((step) => step.name));
+      // A build that ended never reaches the rest: only a live one lists them as pending.
+      const pending = terminal(record.state) ? [] : STEP_ORDER.filter((name) => !known.has(name)).map((name) => ({ name, state: 'pending' }));
+      steps.replaceChildren(...[...record.steps, ...pending].map((step) => h('tr', { 'data-step': step.name },
         h('td', {}, step.name), h('td', {}, badge(step.state)),
         h('td', { class: 'num' }, duration(step.durationMs !== undefined ? step.durationMs : step.startedAt ? Date.now() - Date.parse(step.startedAt) : undefined)))));
     };
