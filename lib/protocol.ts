@@ -120,9 +120,11 @@ export type BuildMethod = 'native' | 'cross-compiled' | 'cross';
 /**
  * `wine-node-api`: a win32 addon that takes only Node-API from node.exe, loaded under Wine by an
  * older Windows Node (the target's does not start there; Node-API is ABI-stable), its imports
- * checked against the target version's own node.exe.
+ * checked against the target version's own node.exe. `structure`: macOS binaries verified by
+ * structure, not run (cpu slice, file type, minimum macOS, libraries, code signature page hashes,
+ * every symbol left to Node exported by the target Node).
  */
-export type Verification = 'loaded' | 'emulated' | 'wine' | 'wine-node-api' | 'headers' | 'none';
+export type Verification = 'loaded' | 'emulated' | 'wine' | 'wine-node-api' | 'structure' | 'headers' | 'none';
 
 /** A package whose install-time build a prebuild it ships did instead, for a cross target: `file` relative to its `path`. */
 export interface PrebuiltBinary {
@@ -153,7 +155,7 @@ export interface BuildRecord {
   package?: { name: string; version: string };
   /**
    * What the build used and how it proved its addons: `method` native | cross-compiled |
-   * cross, `verification` loaded | emulated | wine | wine-node-api | headers | none, `isolation` of its install scripts
+   * cross, `verification` loaded | emulated | wine | wine-node-api | structure | headers | none, `isolation` of its install scripts
    * bubblewrap | bubblewrap+build-user | build-user | none (see the workflow's BuildSummary).
    */
   resolved?: { node: string; abi: string; npm: string; method?: BuildMethod; verification?: Verification; isolation?: Isolation; prebuilt?: PrebuiltBinary[] };

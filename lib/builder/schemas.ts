@@ -186,7 +186,7 @@ export const buildRecordSchema = {
         abi: { type: 'string' },
         npm: { type: 'string' },
         method: { type: 'string', enum: ['native', 'cross-compiled', 'cross'] },
-        verification: { type: 'string', enum: ['loaded', 'emulated', 'wine', 'wine-node-api', 'headers', 'none'] },
+        verification: { type: 'string', enum: ['loaded', 'emulated', 'wine', 'wine-node-api', 'structure', 'headers', 'none'] },
         isolation: { type: 'string', enum: ['bubblewrap', 'bubblewrap+build-user', 'build-user', 'none'] },
         prebuilt: {
           type: 'array',

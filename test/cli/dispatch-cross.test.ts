@@ -63,7 +63,7 @@ describe.skipIf(!available && !required)('bundle-dispatch --targets linux-x64,li
 });
 
 describe('bundle-dispatch --targets linux-x64,darwin-arm64: the main command\'s own example, for an app with a native dependency', () => {
-  it('delivers both on the embedded default: darwin-arm64 from the prebuild argon2 ships (nothing compiled, checked by header), said in --json, the manifest and the summary', async () => {
+  it('delivers both on the embedded default: darwin-arm64 from the prebuild argon2 ships (nothing compiled, verified by structure), said in --json, the manifest and the summary', async () => {
     const cwd = path.join(root.dir, 'darwin-project');
     await mkdir(cwd, { recursive: true });
     const input = path.join(cwd, 'hash-app-1.0.0.tgz');
@@ -76,13 +76,13 @@ describe('bundle-dispatch --targets linux-x64,darwin-arm64: the main command\'s 
     expect(run.code, run.stderr + run.stdout).toBe(0);
     const result = JSON.parse(run.stdout) as DispatchResult;
     const darwin = result.targets.find((outcome) => outcome.target === 'darwin-arm64');
-    expect(darwin).toMatchObject({ ok: true, method: 'cross', verification: 'headers', prebuilt: [{ name: 'argon2', file: 'prebuilds/darwin-arm64/argon2.armv8.glibc.node' }] });
+    expect(darwin).toMatchObject({ ok: true, method: 'cross', verification: 'structure', prebuilt: [{ name: 'argon2', file: 'prebuilds/darwin-arm64/argon2.armv8.glibc.node' }] });
     expect(result.targets.find((outcome) => outcome.target.startsWith('linux-x64'))).toMatchObject({ ok: true, method: 'native', verification: 'loaded' });
     const manifest = JSON.parse(await readFile(path.join(cwd, 'dist', 'hash-app/1.0.0/manifest.json'), 'utf8')) as { targets: Record<string, unknown> };
-    expect(manifest.targets['darwin-arm64']).toMatchObject({ ok: true, method: 'cross', verification: 'headers', prebuilt: [{ name: 'argon2' }] });
+    expect(manifest.targets['darwin-arm64']).toMatchObject({ ok: true, method: 'cross', verification: 'structure', prebuilt: [{ name: 'argon2' }] });
     const human = await runCli(args, { cwd, env });
     expect(human.code, human.stderr).toBe(0);
-    expect(human.stdout).toMatch(/darwin-arm64\s+cached\s+cross, prebuilt \(headers\)/);
+    expect(human.stdout).toMatch(/darwin-arm64\s+cached\s+cross, prebuilt \(structure\)/);
   }, 300_000);
 });
 

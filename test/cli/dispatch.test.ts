@@ -217,7 +217,7 @@ describe('bundle-dispatch <input>', () => {
     }
   });
 
-  it('ERR_NPM_FAILED carries npm\'s cause (not its usage text) in the message, --json, manifest, summary row and build record', async () => {
+  it('ERR_NPM_FAILED carries npm\'s cause (not its usage text) in the message, --json, summary row and build record; no manifest lists no bundle', async () => {
     // The hook adds a devDependency on the builder: npm ci prints its "not in sync" error and
     // then ~90 lines of usage text.
     const fixture = await writeFixture(path.join(root.dir, 'unlocked-1.0.0.tgz'), { name: 'cli-unlocked-fixture', version: '1.0.0' }, { UNLOCK: 'yes\n' });
@@ -233,8 +233,9 @@ describe('bundle-dispatch <input>', () => {
     expect(outcome.error.message).toContain('(EUSAGE)');
     expect(outcome.error.message).not.toContain('Usage:');
     expect(outcome.error.message).not.toContain('--install-strategy');
-    const manifest = JSON.parse(await readFile(path.join(cwd, 'dist', result.manifest ?? ''), 'utf8')) as unknown;
-    expect(manifest).toMatchObject({ targets: { [host]: { ok: false, error: { code: 'ERR_NPM_FAILED', message: expect.stringContaining(cause) } } } });
+    // Nothing was delivered and no earlier manifest is there: none is written.
+    expect(result.manifest).toBeUndefined();
+    expect(await readdir(path.join(cwd, 'dist')).catch(() => [])).toEqual([]);
     const record = JSON.parse(await readFile(path.join(root.dir, 'unlocked-cache', 'dispatch', 'store', 'builder', 'builds', outcome.buildId ?? '', 'record.json'), 'utf8')) as unknown;
     expect(record).toMatchObject({ state: 'failed', error: { code: 'ERR_NPM_FAILED', message: expect.stringContaining(cause) } });
     // The summary table (no --json): the failed row is followed by npm's cause lines. The build

@@ -240,9 +240,9 @@ describe('a builder started as root on a cache dir its build users cannot reach'
 describe('the builder\'s log', () => {
   const token = 'a-token-long-enough-0123456789';
   it('on a terminal: readable lines (time, level, message), not JSON', async () => {
-    // Its build users (as root) pass through to the cache dir below.
+    // Its build users (as root) pass through to the cache dir below, which the builder makes (0755): not the main command's 0700 one.
     await chmod(root.dir, 0o711);
-    const run = await runCliInTerminal(['builder', '--port', '0', '--store', path.join(root.dir, 'log-store'), '--cache-dir', path.join(root.dir, 'cache'), '--sandbox', 'off'], { cwd: root.dir, columns: 120, stopAfterSeconds: 4, env: { BUNDLE_DISPATCH_BUILDER_TOKENS: token } });
+    const run = await runCliInTerminal(['builder', '--port', '0', '--store', path.join(root.dir, 'log-store'), '--cache-dir', path.join(root.dir, 'builder-cache'), '--sandbox', 'off'], { cwd: root.dir, columns: 120, stopAfterSeconds: 4, env: { BUNDLE_DISPATCH_BUILDER_TOKENS: token } });
     expect(run.screen).toMatch(/^\[\d\d:\d\d:\d\d\] INFO: builder listening/m);
     expect(run.screen).toMatch(/^\[\d\d:\d\d:\d\d\] INFO: serving linux-/m);
     expect(run.screen).toMatch(/INFO: stopped/);
@@ -251,7 +251,7 @@ describe('the builder\'s log', () => {
 
   it('elsewhere: one JSON document per line, each key once (reqId too)', async () => {
     await chmod(root.dir, 0o711);
-    const child = spawn(process.execPath, [path.join(repoRoot, 'bin', 'bundle-dispatch.js'), 'builder', '--port', '0', '--store', path.join(root.dir, 'log-store-2'), '--cache-dir', path.join(root.dir, 'cache'), '--sandbox', 'off'], {
+    const child = spawn(process.execPath, [path.join(repoRoot, 'bin', 'bundle-dispatch.js'), 'builder', '--port', '0', '--store', path.join(root.dir, 'log-store-2'), '--cache-dir', path.join(root.dir, 'builder-cache'), '--sandbox', 'off'], {
       cwd: root.dir, env: { ...process.env, BUNDLE_DISPATCH_BUILDER_TOKENS: token }, stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';

@@ -281,7 +281,8 @@ export async function cachedRegistryVersions(cacheDir: string, pkg: string, npm:
   const listed = await listRegistryVersions(pkg, npm, signal);
   if (listed.ok) {
     await mkdir(path.dirname(file), { recursive: true });
-    const temporary = `${file}.${process.pid}.${Date.now()}.tmp`;
+    // Two builds of one process may list at the same millisecond: the name must still be theirs alone.
+    const temporary = `${file}.${process.pid}.${Date.now()}.${Math.random().toString(36).slice(2)}.tmp`;
     await writeFile(temporary, JSON.stringify(listed.versions));
     await rename(temporary, file);
   }

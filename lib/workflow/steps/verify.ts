@@ -4,6 +4,7 @@ import { BundleError, throwIfAborted } from '../../errors.js';
 import { formatTarget, normalizeTarget } from '../../target.js';
 import type { Target, TargetCpu } from '../../target.js';
 import { readBinaryHeader } from '../binary-header.js';
+import { checkMachO } from '../macho.js';
 import { beyondNodeApi, checkPeImports } from '../pe.js';
 import type { BinaryHeader } from '../binary-header.js';
 import { runCommand, type RunAs } from '../runtime-registry.js';
@@ -58,6 +59,11 @@ export interface VerifyNativeOptions {
    * it does not ship beside it.
    */
   windowsExports?: ReadonlySet<string>;
+  /**
+   * A darwin target: every Mach-O binary is checked by its structure (lib/workflow/macho.ts),
+   * its Node imports against `nodeExports` (the target Node binary's exports) when given.
+   */
+  darwin?: { nodeMajor: number; nodeExports?: ReadonlySet<string> };
   signal?: AbortSignal;
   log?: LogFn;
 }
@@ -76,6 +82,8 @@ export interface VerifyNativeResult {
   foreign: string[];
   /** The addons were loaded (natively, emulated or under Wine), not only their headers checked. */
   loaded: boolean;
+  /** darwin: every Mach-O binary passed the structural checks, its Node symbols included. */
+  structure?: boolean;
 }
 
 /**
@@ -118,6 +126,10 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
       continue;
     }
     if (!problem && header.format === 'pe' && options.windowsExports) problem = await checkPeImports(file.absolute, options.windowsExports, options.runtime.version);
+    if (!problem && (header.format === 'macho' || header.format === 'macho-fat') && options.darwin) {
+      const found = await checkMachO(file.absolute, { target: { cpu: target.cpu }, nodeMajor: options.darwin.nodeMajor, addon: isAddon, ...(options.darwin.nodeExports ? { nodeExports: options.darwin.nodeExports } : {}) });
+      if (found.length > 0) problem = found.join('; ');
+    }
     if (problem) problems.push({ file: file.relative, problem });
     else if (isAddon) nativeFiles.push(file.relative);
     else executables.push(file.relative);
@@ -144,7 +156,9 @@ export async function verifyNative(options: VerifyNativeOptions): Promise<Verify
     log?.(`${nativeFiles.length} native addon(s) load under Node ${fallback ?? options.runtime.version}${options.launch ? ` (${formatTarget(target, { withNode: false })}, emulated)` : ''}`, { event: 'verify.loaded', files: nativeFiles, emulated: options.launch !== undefined });
   }
   log?.(`Binaries match ${formatTarget(target, { withNode: false })}: ${nativeFiles.length} addon(s), ${executables.length} other`, { event: 'verify.headers' });
-  return { nativeFiles, executables, foreign, loaded: canExecute && nativeFiles.length > 0 };
+  const structure = options.darwin?.nodeExports !== undefined && nativeFiles.length > 0;
+  if (structure) log?.(`${nativeFiles.length} addon(s) verified by structure for ${formatTarget(target, { withNode: false })} (cpu slice, file type, minimum macOS, libraries, code signature, Node symbols), not run: nothing here runs macOS code`, { event: 'verify.structure', files: nativeFiles });
+  return { nativeFiles, executables, foreign, loaded: canExecute && nativeFiles.length > 0, ...(options.darwin ? { structure } : {}) };
 }
 
 /** Why a header does not fit the target, or undefined when it does. */
