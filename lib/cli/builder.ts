@@ -24,7 +24,7 @@ import { knownSecrets } from '../redact.js';
 import { createScaffold } from '../workflow/scaffold.js';
 import { ownVersion } from '../package-root.js';
 import { commaList, loadCliConfig, workflowDefaults } from './config.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 
 export interface BuilderArgs {
   config?: string;

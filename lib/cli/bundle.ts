@@ -17,7 +17,7 @@ import { knownSecrets } from '../redact.js';
 import type { BuildEvent, BuildOverrides, BuildSummary } from '../workflow/types.js';
 import { loadCliConfig, workflowDefaults } from './config.js';
 import { EXIT } from './errors.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 import { createLineView, createListrView, formatBytes, formatMs } from './progress.js';
 
 export interface BundleRequest {

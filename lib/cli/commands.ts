@@ -9,7 +9,7 @@ import type { Argv, CommandModule } from 'yargs';
 import type { BuilderArgs } from './builder.js';
 import type { BundleArgs } from './bundle.js';
 import type { DispatchArgs, StatusArgs } from './dispatch.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 import type { CancelArgs, LogsArgs, PruneArgs, RunsArgs } from './runs.js';
 import type { VerifyArgs } from './verify.js';
 

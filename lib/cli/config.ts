@@ -7,7 +7,7 @@ import { loadConfig, type ResolvedConfig } from '../config/load.js';
 import { CONFIG_KEYS } from '../config/schema.js';
 import { BundleError } from '../errors.js';
 import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 
 /** Loads the configuration or throws ERR_CONFIG listing every problem with its key path. */
 export async function loadCliConfig(context: Pick<CliContext, 'cwd' | 'env'>, flags: Record<string, unknown>, configFile?: string, options: { systemDirs?: boolean } = {}): Promise<ResolvedConfig> {

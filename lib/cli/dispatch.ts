@@ -31,7 +31,7 @@ import { createSandbox } from '../workflow/sandbox.js';
 import { loadCliConfig, registryAuth, workflowDefaults } from './config.js';
 import { EXIT, isUsageCode } from './errors.js';
 import { ownVersion } from '../package-root.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 import { formatBytes, formatMs, STEP_TITLES } from './progress.js';
 
 export interface DispatchArgs {

@@ -1,5 +1,4 @@
-import type { EventEmitter } from 'node:events';
-import type { Writable } from 'node:stream';
+import type { CliContext } from './context.js';
 import { BundleError, toBundleError } from '../errors.js';
 import { ownVersion } from '../package-root.js';
 import { commandTable } from './commands.js';
@@ -7,14 +6,7 @@ import { EXIT, errorJson, exitCodeFor, formatError } from './errors.js';
 import { knownSecrets } from '../redact.js';
 import { editDistance } from '../edit-distance.js';
 
-export interface CliContext {
-  env: NodeJS.ProcessEnv;
-  cwd: string;
-  stdout: Writable & { isTTY?: boolean };
-  stderr: Writable & { isTTY?: boolean };
-  /** Where SIGINT/SIGTERM come from (the process, in the bin). */
-  signals?: EventEmitter;
-}
+export type { CliContext } from './context.js';
 
 /**
  * Runs the CLI and returns the exit code; the bin sets process.exitCode from it. The only

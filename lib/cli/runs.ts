@@ -13,7 +13,7 @@ import { BundleError, abortError, toBundleError } from '../errors.js';
 import type { LogLine } from '../protocol.js';
 import { loadCliConfig } from './config.js';
 import { EXIT } from './errors.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 import { formatBytes, formatMs } from './progress.js';
 
 /** Flags every history command takes. */

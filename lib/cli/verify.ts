@@ -13,7 +13,7 @@ import { sha256File } from '../hash-stream.js';
 import { loadTrustedKey } from '../provenance/keys.js';
 import { parseJsonl, verifyProvenance, type VerifiedProvenance } from '../provenance/verify.js';
 import { EXIT } from './errors.js';
-import type { CliContext } from './main.js';
+import type { CliContext } from './context.js';
 
 export interface VerifyArgs {
   bundle: string;

@@ -65,3 +65,16 @@ describe('start-up: what each command loads', () => {
     expect(heavyIn(run.modules).filter((name) => name !== 'semver' && name !== 'tar-stream')).toEqual([]);
   });
 });
+
+describe('the CLI\'s modules', () => {
+  it('have no import circle through main.ts: no module imports it (the bin does), commands take CliContext from context.ts', async () => {
+    const { readdir } = await import('node:fs/promises');
+    const files = (await readdir(path.join(repoRoot, 'lib'), { recursive: true })).filter((file) => file.endsWith('.ts'));
+    const importers: string[] = [];
+    for (const file of files) {
+      const text = await readFile(path.join(repoRoot, 'lib', file), 'utf8');
+      if (/from '\.\/main\.js'|from '\.\.\/cli\/main\.js'|import\('\.\/main\.js'\)/.test(text)) importers.push(file);
+    }
+    expect(importers).toEqual([]);
+  });
+});
