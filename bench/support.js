@@ -32,16 +32,6 @@ export async function writeExpressApp(dir) {
  * The case the tool exists for: an app with a native addon of its own (the tests' V8 fixture,
  * C++ compiled by node-gyp against the target's headers) and express, as a package directory.
  */
-/** A Node-API app (node-addon-api C++ with exceptions, test/fixtures/win-addon) plus express: what builds for win32 too. */
-export async function writeNodeApiApp(dir) {
-  const fixture = path.join(repo, 'test', 'fixtures', 'win-addon');
-  await mkdir(path.join(dir, 'src'), { recursive: true });
-  for (const file of ['binding.gyp', 'src/hello.cc', 'src/win.cc', 'src/posix.cc']) await copyFile(path.join(fixture, file), path.join(dir, file));
-  await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'napi-app', version: '1.0.0', main: 'index.js', dependencies: { express: '5.3.0', 'node-addon-api': '8.9.2' } }));
-  await writeFile(path.join(dir, 'index.js'), 'module.exports = { hello: require("./build/Release/hello.node").hello, express: require("express") };\n');
-  return dir;
-}
-
 export async function writeNativeApp(dir) {
   await mkdir(dir, { recursive: true });
   const fixture = path.join(repo, 'test', 'fixtures', 'v8-addon');
@@ -49,5 +39,15 @@ export async function writeNativeApp(dir) {
   await copyFile(path.join(fixture, 'binding.gyp'), path.join(dir, 'binding.gyp'));
   await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'native-app', version: '1.0.0', main: 'index.js', dependencies: { express: '5.3.0' } }));
   await writeFile(path.join(dir, 'index.js'), 'module.exports = { add: require("./build/Release/v8adder.node").add, express: require("express") };\n');
+  return dir;
+}
+
+/** A Node-API app (node-addon-api C++ with exceptions, test/fixtures/win-addon) plus express: what builds for win32 too. */
+export async function writeNodeApiApp(dir) {
+  const fixture = path.join(repo, 'test', 'fixtures', 'win-addon');
+  await mkdir(path.join(dir, 'src'), { recursive: true });
+  for (const file of ['binding.gyp', 'src/hello.cc', 'src/win.cc', 'src/posix.cc']) await copyFile(path.join(fixture, file), path.join(dir, file));
+  await writeFile(path.join(dir, 'package.json'), JSON.stringify({ name: 'napi-app', version: '1.0.0', main: 'index.js', dependencies: { express: '5.3.0', 'node-addon-api': '8.9.2' } }));
+  await writeFile(path.join(dir, 'index.js'), 'module.exports = { hello: require("./build/Release/hello.node").hello, express: require("express") };\n');
   return dir;
 }

@@ -461,7 +461,11 @@ export class BuilderService {
       return this.view(entry);
     }
     entry.controller.abort(new BundleError('ERR_ABORTED', reason));
-    await Promise.race([entry.finished, new Promise((resolve) => setTimeout(resolve, CANCEL_WAIT_MS))]);
+    // The wait must not outlive the build: a pending timer would hold the process (the embedded
+    // default's dispatch) open for its full 5 s after the build ended.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([entry.finished, new Promise((resolve) => { timer = setTimeout(resolve, CANCEL_WAIT_MS); })]);
+    clearTimeout(timer);
     return this.view(entry);
   }
 
