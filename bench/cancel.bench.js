@@ -2,6 +2,8 @@
 // process's exit, on the embedded default, for a build whose install step sleeps (a hook makes
 // npm wait). The real bin both sides, as an operator runs them. Goal: ≤ 1.5 s each time.
 import { spawn } from 'node:child_process';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { benchEnv, repo } from './support.js';
@@ -37,7 +39,7 @@ export async function run({ log }) {
     const started = new Promise((resolve) => { installing = resolve; });
     const dispatch = runBin([input, '--force'], { onStderr: (text) => { if (text.includes('▸ Install production dependencies')) installing(); } });
     await started;
-    await new Promise((resolve) => setTimeout(resolve, 300));
+    await sleep(300);
     const asked = performance.now();
     const cancel = await runBin(['cancel', 'latest']);
     const ended = await dispatch;
