@@ -9,7 +9,6 @@ import { chmod, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGzip } from 'node:zlib';
 import { BundleError, toBundleError } from '../errors.js';
 import { bundleFileName } from '../keys.js';
 import { isTerminal, type BuildLinks, type BuildRecord, type BuildState, type CreateBuildRequest, type LogLine, type StepName } from '../protocol.js';
@@ -29,6 +28,7 @@ import { UidPool, checkFreeDisk, killUidProcesses } from './resources.js';
 import { findBlockingAncestor, unreachableError } from '../workflow/run-as.js';
 import { signProvenance, type NodeHashes } from './provenance.js';
 import type { SigningKey } from '../provenance/keys.js';
+import { createParallelGzip } from '../workflow/parallel-gzip.js';
 
 /** The few logger methods the service uses (fastify's pino logger fits). */
 export interface ServiceLogger {
@@ -644,7 +644,8 @@ export class BuilderService {
         ...(user ? { runAs: user } : {}),
       });
       const gz = createHashingStream();
-      await pipeline(result.output as Readable, createGzip(), gz.stream, createWriteStream(outFile, { mode: 0o600 }), { signal });
+      // Deflated on every core, the same bytes whatever their number (lib/workflow/parallel-gzip.ts).
+      await pipeline(result.output as Readable, createParallelGzip(), gz.stream, createWriteStream(outFile, { mode: 0o600 }), { signal });
       await result.settled;
       const { sha256, size } = gz.result();
       const file = bundleFileName({ name: result.summary.name, version: result.summary.version, target: result.summary.target, nodeVersion: result.summary.runtime.version });

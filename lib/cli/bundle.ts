@@ -4,7 +4,6 @@ import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { createGzip } from 'node:zlib';
 import { BundleError } from '../errors.js';
 import { createHashingStream } from '../hash-stream.js';
 import { bundleFileName } from '../keys.js';
@@ -19,6 +18,7 @@ import { loadCliConfig, workflowDefaults } from './config.js';
 import { EXIT } from './errors.js';
 import type { CliContext } from './context.js';
 import { createLineView, createListrView, formatBytes, formatMs } from './progress.js';
+import { createParallelGzip } from '../workflow/parallel-gzip.js';
 
 export interface BundleRequest {
   input: string;
@@ -109,7 +109,8 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
   const tar = createHashingStream();
   const gz = createHashingStream();
   try {
-    await pipeline(result.output as Readable, tar.stream, createGzip(), gz.stream, createWriteStream(temporary, { flags: 'wx' }), { signal: options.signal });
+    // Deflated on every core, the same bytes whatever their number (lib/workflow/parallel-gzip.ts).
+    await pipeline(result.output as Readable, tar.stream, createParallelGzip(), gz.stream, createWriteStream(temporary, { flags: 'wx' }), { signal: options.signal });
     await rename(temporary, file);
   } catch (error) {
     await rm(temporary, { force: true });
