@@ -294,8 +294,10 @@ export async function checkMachO(file: string, options: MachOCheckOptions): Prom
   // arm64 Macs start at macOS 11: no arm64 binary can ask for less, nor need to.
   const floor = NODE_MIN_MACOS[options.nodeMajor] ?? '13.5';
   const oldest = options.target.cpu === 'arm64' && compareVersions(floor, '11.0') < 0 ? '11.0' : floor;
-  if (!slice.minOs) problems.push('minimum macOS: none recorded (no LC_BUILD_VERSION or LC_VERSION_MIN_MACOSX)');
-  else if (compareVersions(slice.minOs, oldest) > 0) problems.push(`minimum macOS: asks for ${slice.minOs}, but Node ${options.nodeMajor} runs on macOS ${oldest} and later`);
+  // An addon asking for a newer macOS than Node runs on would fail to load where Node works; a
+  // program a package ships (esbuild's binary) follows that package's own policy.
+  if (options.addon && !slice.minOs) problems.push('minimum macOS: none recorded (no LC_BUILD_VERSION or LC_VERSION_MIN_MACOSX)');
+  else if (options.addon && slice.minOs && compareVersions(slice.minOs, oldest) > 0) problems.push(`minimum macOS: asks for ${slice.minOs}, but Node ${options.nodeMajor} runs on macOS ${oldest} and later`);
   for (const dylib of slice.dylibs) {
     if (systemLibrary(dylib)) continue;
     if (/^@(loader_path|rpath|executable_path)\//.test(dylib) && (await shippedBeside(file, dylib, slice.rpaths))) continue;

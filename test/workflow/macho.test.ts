@@ -92,6 +92,9 @@ describe('Mach-O verified by structure', () => {
     const file = await changed('new-macos', (bytes) => bytes.writeUInt32LE(0x000f0000, loadCommand(bytes, 0x32) + 12));
     const problems = await check(file);
     expect(problems).toContain('minimum macOS: asks for 15.0, but Node 22 runs on macOS 11.0 and later');
+    // A program a package ships (esbuild's binary asks for macOS 12) keeps its package's own policy.
+    const asProgram = await checkMachO(file, { target: { cpu: 'arm64' }, nodeMajor: 22, nodeExports, addon: false });
+    expect(asProgram.filter((problem) => problem.startsWith('minimum macOS'))).toEqual([]);
   });
 
   it('a symbol Node does not export, and a library no Mac has', async () => {

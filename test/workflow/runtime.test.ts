@@ -254,7 +254,8 @@ describe('resolveRuntime (real registry, real npm)', () => {
     expect(await readBinaryHeader(path.join(fetched, 'bin', 'node'))).toEqual({ format: 'macho', cpu: 'arm64', bits: 64 });
     // The host Node is no candidate for another platform.
     const error = await resolveRuntime(options({ range: '20.20', target: { os: 'darwin', cpu: 'arm64' } })).catch((e: unknown) => e);
-    expect(error).toMatchObject({ code: 'ERR_ENGINES_UNSATISFIED', message: expect.stringContaining('installed: 22.23.2 (cached);') });
+    // Other darwin-arm64 versions may be cached too (darwin builds fetch their Node to read its exports).
+    expect(error).toMatchObject({ code: 'ERR_ENGINES_UNSATISFIED', message: expect.stringMatching(/installed: [^;]*\b22\.23\.2 \(cached\)[^;]*;/) });
     expect((error as Error).message).not.toContain('(host)');
   });
 
