@@ -470,7 +470,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     // bundle installs here (a named target without a range keeps the newest-LTS rule).
     if (!args.targets || args.targets.length === 0) plan = await withHostNode(plan, input.packageJson, process.versions.node);
     // A native package for a target no builder can compile for: refused now, not after an upload.
-    await refuseUncompilable(plan, input.dir, signal);
+    await refuseUncompilable(plan, input.dir, input.packageJson, signal);
 
     const progress = args.json ? undefined : context.stderr;
     const lock: HeldLock = await acquireLock(lockFile(path.join(config.cacheDir, 'dispatch', 'locks'), destination.location, source.sha256), {

@@ -2,6 +2,7 @@ import type { CliContext } from './context.js';
 import { BundleError, toBundleError } from '../errors.js';
 import { ownVersion } from '../package-root.js';
 import { commandTable } from './commands.js';
+import { cachedHelp, helpRequest, helpWidth } from './help-cache.js';
 import { EXIT, errorJson, exitCodeFor, formatError } from './errors.js';
 import { knownSecrets } from '../redact.js';
 import { editDistance } from '../edit-distance.js';
@@ -17,6 +18,16 @@ export async function main(argv: string[], context: CliContext): Promise<number>
   if (argv.length === 1 && argv[0] === '--version') {
     context.stdout.write(`${await ownVersion()}\n`);
     return EXIT.ok;
+  }
+  // `--help` (and `<command> --help`): the text yargs rendered at build time for this width.
+  const help = helpRequest(argv);
+  if (help && !context.env.BUNDLE_DISPATCH_RENDER_HELP) {
+    const text = await cachedHelp(help, helpWidth((context.stdout as { columns?: number }).columns));
+    if (text !== undefined) {
+      context.stdout.on('error', () => undefined);
+      context.stdout.write(text);
+      return EXIT.ok;
+    }
   }
   const controller = new AbortController();
   const onSignal = (name: string) => () => controller.abort(new BundleError('ERR_ABORTED', `Interrupted by ${name}.`));
@@ -66,7 +77,7 @@ export async function main(argv: string[], context: CliContext): Promise<number>
     .help()
     .alias('help', 'h')
     .version(await ownVersion())
-    .wrap(Math.min(110, (context.stdout as { columns?: number }).columns ?? 100))
+    .wrap(helpWidth((context.stdout as { columns?: number }).columns))
     .exitProcess(false)
     .fail((message, error, usage) => {
       if (error) throw error;

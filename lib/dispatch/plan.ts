@@ -73,7 +73,12 @@ export function planTargets(targets: readonly Target[], pools: readonly Pool[]):
  * leaves the target to the build, as does a package whose native work is only in dependencies
  * (they are known once installed).
  */
-export async function refuseUncompilable(plan: readonly PlannedTarget[], packageDir: string, signal?: AbortSignal): Promise<void> {
+export async function refuseUncompilable(plan: readonly PlannedTarget[], packageDir: string, packageJson: Record<string, unknown>, signal?: AbortSignal): Promise<void> {
+  // Most packages compile nothing themselves: known from package.json and one stat, without
+  // loading the verify step (a cached re-run pays nothing for this check).
+  const scripts = (typeof packageJson.scripts === 'object' && packageJson.scripts !== null ? packageJson.scripts : {}) as Record<string, unknown>;
+  const scripted = ['preinstall', 'install', 'postinstall'].some((name) => typeof scripts[name] === 'string');
+  if (!scripted && packageJson.gypfile !== true && !(await access(path.join(packageDir, 'binding.gyp')).then(() => true, () => false))) return;
   const { findNativeBuildNeeds } = await import('../workflow/steps/verify.js');
   const own = (await findNativeBuildNeeds({ dir: packageDir })).filter((need) => need.path === '.');
   if (own.length === 0 || (await access(path.join(packageDir, 'prebuilds')).then(() => true, () => false))) return;
@@ -98,7 +103,7 @@ export async function refuseUncompilable(plan: readonly PlannedTarget[], package
  */
 export async function withHostNode(plan: PlannedTarget[], packageJson: Record<string, unknown>, hostVersion: string): Promise<PlannedTarget[]> {
   // Loaded here, after the input is read: the runtime rules are not needed before.
-  const { chooseNodeRange } = await import('../workflow/steps/runtime.js');
+  const { chooseNodeRange } = await import('../workflow/node-range.js');
   const { default: semver } = await import('semver');
   const { range, from } = chooseNodeRange(packageJson);
   if (from !== 'any' && !semver.satisfies(hostVersion, range, { includePrerelease: true })) return plan;

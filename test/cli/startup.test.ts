@@ -1,7 +1,9 @@
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { main as Main } from '../../lib/cli/main.js';
+import type { HELP_COMMANDS as Commands } from '../../lib/cli/help-cache.js';
 import { runCli } from '../helpers/cli.js';
 import { repoRoot, tempDir } from '../helpers/packages.js';
 
@@ -43,10 +45,10 @@ describe('start-up: what each command loads', () => {
     expect(ownModules(run.modules).filter((file) => /^(workflow|builder|dispatch|storage|provenance)\//.test(file))).toEqual([]);
   });
 
-  it.each([[['--help']], [['bundle', '--help']], [['builder', '--help']], [['verify', '--help']], [['status', '--help']], [['runs', '--help']], [['logs', '--help']], [['cancel', '--help']], [['prune', '--help']]])('%j loads yargs and the command table only, and lists the command\'s flags', async (args) => {
+  it.each([[['--help']], [['bundle', '--help']], [['builder', '--help']], [['verify', '--help']], [['status', '--help']], [['runs', '--help']], [['logs', '--help']], [['cancel', '--help']], [['prune', '--help']]])('%j prints the help rendered at build time: no package loaded, not even yargs, and the command\'s flags listed', async (args) => {
     const run = await loaded(args, args.join('-'));
     expect(run.code).toBe(0);
-    expect(packagesOf(run.modules).has('yargs')).toBe(true);
+    expect([...packagesOf(run.modules)]).toEqual([]);
     expect(heavyIn(run.modules)).toEqual([]);
     expect(ownModules(run.modules).filter((file) => /^(workflow|builder|dispatch|storage|provenance)\//.test(file))).toEqual([]);
     expect(run.stdout).toContain('Show help');
@@ -66,9 +68,33 @@ describe('start-up: what each command loads', () => {
   });
 });
 
+describe('help rendered at build time', () => {
+  it('is yargs\' own text for every command, without a terminal (100 columns) and at 80 and 120 columns, byte for byte', async () => {
+    // The build's modules (npm run build renders the texts beside them), as the bin runs them.
+    const { main } = await import(pathToFileURL(path.join(repoRoot, 'build', 'lib', 'cli', 'main.js')).href) as { main: typeof Main };
+    const { HELP_COMMANDS, HELP_DIR } = await import(pathToFileURL(path.join(repoRoot, 'build', 'lib', 'cli', 'help-cache.js')).href) as { HELP_COMMANDS: typeof Commands; HELP_DIR: string };
+    expect((await readdir(HELP_DIR)).length).toBe(HELP_COMMANDS.length * 51);
+    const { Writable } = await import('node:stream');
+    const render = async (argv: string[], columns: number | undefined, parser: boolean) => {
+      let text = '';
+      const stdout = Object.assign(new Writable({ write(chunk: Buffer, _encoding, callback) { text += chunk.toString(); callback(); } }), columns === undefined ? {} : { columns });
+      const stderr = new Writable({ write(_chunk, _encoding, callback) { callback(); } });
+      await main(argv, { env: { ...process.env, ...(parser ? { BUNDLE_DISPATCH_RENDER_HELP: '1' } : {}) }, cwd: root.dir, stdout, stderr });
+      return text;
+    };
+    for (const command of HELP_COMMANDS) {
+      const argv = command === 'main' ? ['--help'] : [command, '--help'];
+      for (const columns of [undefined, 80, 120]) {
+        const cached = await render(argv, columns, false);
+        expect(cached.length, `${argv.join(' ')} at ${String(columns)}`).toBeGreaterThan(200);
+        expect(cached, `${argv.join(' ')} at ${String(columns)}`).toBe(await render(argv, columns, true));
+      }
+    }
+  });
+});
+
 describe('the CLI\'s modules', () => {
   it('have no import circle through main.ts: no module imports it (the bin does), commands take CliContext from context.ts', async () => {
-    const { readdir } = await import('node:fs/promises');
     const files = (await readdir(path.join(repoRoot, 'lib'), { recursive: true })).filter((file) => file.endsWith('.ts'));
     const importers: string[] = [];
     for (const file of files) {
