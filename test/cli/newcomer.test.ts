@@ -20,6 +20,8 @@ import { packageTar, repoRoot, tempDir } from '../helpers/packages.js';
 import type { DispatchResult } from '../../lib/dispatch/run.js';
 
 const execFileAsync = promisify(execFile);
+/** The uids of the builders this file starts through the bin: their start-up sweep kills processes of the range, so never the default (61000-61999) other files' builds use. */
+const BIN_UIDS = `${TEST_UID_RANGES.newcomerBin.first}-${TEST_UID_RANGES.newcomerBin.last}`;
 let root: { dir: string; remove: () => Promise<void> };
 beforeAll(async () => {
   root = await tempDir('bd-newcomer-');
@@ -229,9 +231,9 @@ describe('a builder started as root on a cache dir its build users cannot reach'
     await chmod(root.dir, 0o711);
     const cache = path.join(root.dir, 'private-cache');
     await mkdir(cache, { mode: 0o700 });
-    const run = await runCli(['builder', '--port', '0', '--store', path.join(root.dir, 'private-store'), '--cache-dir', cache], { cwd: root.dir, env: { BUNDLE_DISPATCH_BUILDER_TOKENS: 'a-token-long-enough-0123456789' } });
+    const run = await runCli(['builder', '--port', '0', '--store', path.join(root.dir, 'private-store'), '--cache-dir', cache], { cwd: root.dir, env: { BUNDLE_DISPATCH_BUILDER_TOKENS: 'a-token-long-enough-0123456789', BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS: BIN_UIDS } });
     expect(run.code).toBe(2);
-    expect(run.stderr).toContain(`ERR_CONFIG: cacheDir ${cache} cannot be reached by the build users (uids 61000-61999, builder.runAsUids): ${cache} itself has mode 0700 (owner uid 0), which lets no other user pass through.`);
+    expect(run.stderr).toContain(`ERR_CONFIG: cacheDir ${cache} cannot be reached by the build users (uids ${BIN_UIDS}, builder.runAsUids): ${cache} itself has mode 0700 (owner uid 0), which lets no other user pass through.`);
     expect(run.stderr).toContain(`chmod o+x ${cache}`);
     expect(run.stderr).not.toMatch(/root's home|is under/);
   });
@@ -242,7 +244,7 @@ describe('the builder\'s log', () => {
   it('on a terminal: readable lines (time, level, message), not JSON', async () => {
     // Its build users (as root) pass through to the cache dir below, which the builder makes (0755): not the main command's 0700 one.
     await chmod(root.dir, 0o711);
-    const run = await runCliInTerminal(['builder', '--port', '0', '--store', path.join(root.dir, 'log-store'), '--cache-dir', path.join(root.dir, 'builder-cache'), '--sandbox', 'off'], { cwd: root.dir, columns: 120, stopAfterSeconds: 4, env: { BUNDLE_DISPATCH_BUILDER_TOKENS: token } });
+    const run = await runCliInTerminal(['builder', '--port', '0', '--store', path.join(root.dir, 'log-store'), '--cache-dir', path.join(root.dir, 'builder-cache'), '--sandbox', 'off'], { cwd: root.dir, columns: 120, stopAfterSeconds: 4, env: { BUNDLE_DISPATCH_BUILDER_TOKENS: token, BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS: BIN_UIDS } });
     expect(run.screen).toMatch(/^\[\d\d:\d\d:\d\d\] INFO: builder listening/m);
     expect(run.screen).toMatch(/^\[\d\d:\d\d:\d\d\] INFO: serving linux-/m);
     expect(run.screen).toMatch(/INFO: stopped/);
@@ -252,7 +254,7 @@ describe('the builder\'s log', () => {
   it('elsewhere: one JSON document per line, each key once (reqId too)', async () => {
     await chmod(root.dir, 0o711);
     const child = spawn(process.execPath, [path.join(repoRoot, 'bin', 'bundle-dispatch.js'), 'builder', '--port', '0', '--store', path.join(root.dir, 'log-store-2'), '--cache-dir', path.join(root.dir, 'builder-cache'), '--sandbox', 'off'], {
-      cwd: root.dir, env: { ...process.env, BUNDLE_DISPATCH_BUILDER_TOKENS: token }, stdio: ['ignore', 'pipe', 'pipe'],
+      cwd: root.dir, env: { ...process.env, BUNDLE_DISPATCH_BUILDER_TOKENS: token, BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS: BIN_UIDS }, stdio: ['ignore', 'pipe', 'pipe'],
     });
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));

@@ -44,6 +44,8 @@ export const TEST_UID_RANGES = {
   tokens: { first: 61210, last: 61214 },
   newcomer: { first: 61215, last: 61219 },
   windows: { first: 61220, last: 61224 },
+  // The builders test/cli/newcomer.test.ts starts through the bin (their start-up sweep must not reach other files' builds).
+  newcomerBin: { first: 61225, last: 61229 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
