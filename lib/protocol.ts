@@ -209,6 +209,37 @@ export interface BuildList {
 }
 
 /** `GET /v1/health` */
+/** One check of GET /v1/health/ready. */
+export interface ReadinessCheck {
+  name: 'draining' | 'disk' | 'store';
+  ok: boolean;
+  message: string;
+}
+
+/** GET /v1/health/ready: 200 when `ready`, else 503 (a balancer stops sending builds). */
+export interface ReadinessResponse {
+  ready: boolean;
+  builder: string;
+  checks: ReadinessCheck[];
+}
+
+/** GET /v1/health/live: 200 while the process serves requests, draining or not. */
+export interface LivenessResponse {
+  live: true;
+  builder: string;
+  uptimeSeconds: number;
+}
+
+/** POST /v1/drain. */
+export interface DrainResponse {
+  draining: true;
+  since: string;
+  /** Builds that were queued and went back to dispatch (ERR_BUILD_HANDED_BACK). */
+  handedBack: string[];
+  /** Builds still running; they finish (or meet builder.shutdownGrace at SIGTERM). */
+  running: number;
+}
+
 export interface HealthResponse {
   ok: boolean;
   version: string;

@@ -31,6 +31,8 @@ export const keys = {
   activePrefix: (builder: string) => `${ROOT}/active/${encodeURIComponent(builder)}/`,
   active: (builder: string, id: string) => `${ROOT}/active/${encodeURIComponent(builder)}/${id}`,
   idempotencyPrefix: () => `${ROOT}/idempotency/`,
+  /** A key nobody writes: readiness asks whether it exists, to see that the store answers. */
+  probe: () => `${ROOT}/readiness-probe`,
   idempotency: (key: string) => `${ROOT}/idempotency/${createHash('sha256').update(key).digest('hex')}`,
 };
 

@@ -4,7 +4,7 @@
  */
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { BundleError } from '../errors.js';
-import type { BuildRecord, CreateBuildRequest, HealthResponse, KeysResponse, LogLine } from '../protocol.js';
+import type { BuildRecord, CreateBuildRequest, DrainResponse, HealthResponse, KeysResponse, LivenessResponse, LogLine } from '../protocol.js';
 import type { BuilderService } from './service.js';
 import {
   buildListSchema,
@@ -12,12 +12,16 @@ import {
   createBuildBodySchema,
   createBuildHeadersSchema,
   createBuildResponseSchema,
+  drainQuerySchema,
+  drainSchema,
   eventsHeadersSchema,
   healthSchema,
   idParamsSchema,
   keysSchema,
+  livenessSchema,
   listQuerySchema,
   logQuerySchema,
+  readinessSchema,
 } from './schemas.js';
 import { notFound } from './records.js';
 
@@ -29,6 +33,8 @@ export interface RouteContext {
   keys: () => KeysResponse;
   /** Interval of SSE heartbeat comments, ms. */
   sseHeartbeatMs: number;
+  /** When the server started (ms since the epoch), for liveness. */
+  startedAt: number;
 }
 
 export interface RouteDefinition {
@@ -140,6 +146,39 @@ export const ROUTES: RouteDefinition[] = [
     schema: { response: { 200: healthSchema } },
     async handler({ health }) {
       return health();
+    },
+  },
+  {
+    method: 'GET',
+    url: '/v1/health/live',
+    summary: 'Liveness: 200 while the process serves requests, draining or not (a Kubernetes livenessProbe). Public.',
+    public: true,
+    schema: { response: { 200: livenessSchema } },
+    async handler({ service, startedAt }): Promise<LivenessResponse> {
+      return { live: true, builder: service.builderId, uptimeSeconds: Math.round((Date.now() - startedAt) / 1000) };
+    },
+  },
+  {
+    method: 'GET',
+    url: '/v1/health/ready',
+    summary: 'Readiness: 200 when the builder takes builds; 503 while draining, while the work disk is below builder.minFreeDisk, or while the store cannot be reached. `checks` says which. For a load balancer\'s health check and a Kubernetes readinessProbe. Public.',
+    public: true,
+    schema: { response: { 200: readinessSchema, 503: readinessSchema } },
+    async handler({ service }, _request, reply) {
+      const readiness = await service.readiness();
+      reply.code(readiness.ready ? 200 : 503).header('cache-control', 'no-store');
+      return readiness;
+    },
+  },
+  {
+    method: 'POST',
+    url: '/v1/drain',
+    summary: 'Stop taking builds (as the first step of SIGTERM does): readiness turns 503, POST /v1/builds answers 503 `draining`, queued builds are handed back to dispatch (ERR_BUILD_HANDED_BACK), running builds and reads go on. `?wait=true` answers once no build runs (for a Kubernetes preStop hook). There is no undrain: restart the builder.',
+    schema: { querystring: drainQuerySchema, response: { 200: drainSchema } },
+    async handler({ service }, request): Promise<DrainResponse> {
+      const handedBack = await service.drain('POST /v1/drain');
+      if ((request.query as { wait: boolean }).wait) await service.idle();
+      return { draining: true, since: service.drainStarted ?? new Date().toISOString(), handedBack, running: service.queueState.running };
     },
   },
   {

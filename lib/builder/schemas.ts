@@ -255,6 +255,46 @@ export const healthSchema = {
   },
 } as const;
 
+export const readinessSchema = {
+  type: 'object',
+  required: ['ready', 'builder', 'checks'],
+  properties: {
+    ready: { type: 'boolean' },
+    builder: { type: 'string' },
+    checks: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['name', 'ok', 'message'],
+        properties: { name: { type: 'string', enum: ['draining', 'disk', 'store'] }, ok: { type: 'boolean' }, message: { type: 'string' } },
+      },
+    },
+  },
+} as const;
+
+export const livenessSchema = {
+  type: 'object',
+  required: ['live', 'builder', 'uptimeSeconds'],
+  properties: { live: { type: 'boolean', const: true }, builder: { type: 'string' }, uptimeSeconds: { type: 'number' } },
+} as const;
+
+export const drainQuerySchema = {
+  type: 'object',
+  properties: { wait: { type: 'boolean', default: false, description: 'Answer once no build runs.' } },
+  additionalProperties: false,
+} as const;
+
+export const drainSchema = {
+  type: 'object',
+  required: ['draining', 'since', 'handedBack', 'running'],
+  properties: {
+    draining: { type: 'boolean', const: true },
+    since: { type: 'string' },
+    handedBack: { type: 'array', items: { type: 'string' } },
+    running: { type: 'integer' },
+  },
+} as const;
+
 export const logLineSchema = {
   type: 'object',
   required: ['seq', 'time', 'step', 'stream', 'message'],

@@ -3,6 +3,8 @@
  * structured JSON logs around the routes of `routes.ts`.
  */
 import { randomUUID } from 'node:crypto';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import type { Writable } from 'node:stream';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { BundleError, toBundleError, type ErrorCode } from '../errors.js';
@@ -12,6 +14,7 @@ import { formatTarget } from '../target.js';
 import { createAuthenticator, type Authenticator } from './auth.js';
 import { openapiDocument } from './openapi.js';
 import { ROUTES } from './routes.js';
+import { createBuilderMetrics, type BuilderMetrics } from './metrics.js';
 import { BuilderService, type BuilderServiceOptions } from './service.js';
 
 export interface BuilderServerOptions extends Omit<BuilderServiceOptions, 'logger' | 'secrets'> {
@@ -42,6 +45,12 @@ export interface BuilderServerOptions extends Omit<BuilderServiceOptions, 'logge
    * need no token.
    */
   register?: (app: FastifyInstance, service: BuilderService) => void | Promise<void>;
+  /**
+   * Where GET /metrics (Prometheus) is served: undefined = on the API port, without a token; a
+   * number = on a listener of its own at `host:metricsPort` (0: any free port) and not on the API
+   * port; `false` = nowhere.
+   */
+  metricsPort?: number | false;
 }
 
 export interface RunningBuilder {
@@ -51,6 +60,10 @@ export interface RunningBuilder {
   app: FastifyInstance;
   /** Graceful stop (SIGTERM): no new builds, running ones get `graceMs`, then the server closes. */
   stop(graceMs: number): Promise<void>;
+  /** `http://host:port/metrics` when metrics have a listener of their own. */
+  metricsUrl?: string;
+  /** Ends a stop's grace period now (the second signal): running builds are cancelled and recorded. */
+  hurry(): void;
 }
 
 const STATUS: Partial<Record<ErrorCode, number>> = {
@@ -67,6 +80,9 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   ERR_STORE_NOT_FOUND: 422,
   ERR_BUILDER_STOPPING: 503,
 };
+
+/** Seconds a draining builder's 503 asks a client to wait before it asks (this URL) again. */
+const DRAINING_RETRY_AFTER_S = 5;
 
 /** A request id from `X-Request-Id` when it is sane, else a new one. */
 function requestId(header: string | string[] | undefined): string {
@@ -98,11 +114,13 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   // Every log line, error and record is scrubbed of these: every token ever accepted (the array
   // grows with rotation) and what the process knows.
   const secrets = auth.secrets;
-  const service = new BuilderService({ ...options, secrets, logger: {
+  const metrics = options.metricsPort === false ? undefined : createBuilderMetrics({ version: options.version, builderId: options.builderId });
+  const service = new BuilderService({ ...options, secrets, ...(metrics ? { metrics } : {}), logger: {
     info: (object, message) => logger.info(object, message),
     warn: (object, message) => logger.warn(object, message),
     error: (object, message) => logger.error(object, message),
   } });
+  metrics?.attach({ targets: service.targets, slots: service.slots, draining: () => service.stopping, load: () => service.load() });
   const { recovered } = await service.start();
   if (recovered.length > 0) logger.warn({ builds: recovered }, `${recovered.length} build(s) failed with ERR_BUILDER_RESTARTED`);
 
@@ -130,6 +148,7 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
     openapi: () => (openapi ??= openapiDocument(ROUTES, { version: options.version, methods, keys: keys.keys, isolation })),
     keys: () => keys,
     sseHeartbeatMs: options.sseHeartbeatMs ?? 15_000,
+    startedAt: Date.now(),
   };
 
   app.addHook('onRequest', async (request, reply) => {
@@ -165,7 +184,10 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
         code: failure.code,
         message: redact(failure.message, secrets),
         ...(failure.details?.served ? { details: { served: failure.details.served } } : {}),
+        ...(failure.details?.reason === 'draining' ? { details: { reason: 'draining' } } : {}),
       };
+      // Draining: this replica will not take the build; a balancer sends the retry elsewhere.
+      if (failure.details?.reason === 'draining') void reply.header('retry-after', String(DRAINING_RETRY_AFTER_S));
       if (status >= 500) logger.error({ reqId: request.id, err: { code: failure.code, message: body.message, stack: redact(failure.stack ?? '', secrets) } }, 'request failed');
     }
     void reply.code(status).send({ error: body });
@@ -184,19 +206,28 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
     });
   }
 
+  if (metrics && options.metricsPort === undefined) {
+    app.get('/metrics', { config: { public: true } }, async (_request, reply) => {
+      const { contentType, body } = await metrics.render();
+      return reply.type(contentType).send(body);
+    });
+  }
+  const metricsServer = metrics && typeof options.metricsPort === 'number' ? await listenMetrics(metrics, options.host, options.metricsPort) : undefined;
+
   await options.register?.(app, service);
   await app.listen({ host: options.host, port: options.port });
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : options.port;
   const host = options.host.includes(':') ? `[${options.host}]` : options.host;
   const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${port}`;
-  logger.info({ url, builder: options.builderId, targets: service.targets, slots: options.slots, store: options.store.location }, 'builder listening');
+  logger.info({ url, builder: options.builderId, targets: service.targets, slots: options.slots, store: options.store.location, ...(metricsServer ? { metrics: metricsServer.url } : {}) }, 'builder listening');
 
   let stopping: Promise<void> | undefined;
   return {
     url,
     service,
     app,
+    ...(metricsServer ? { metricsUrl: metricsServer.url } : {}),
     stop(graceMs) {
       stopping ??= (async () => {
         logger.info({ graceMs }, 'stopping: no new builds');
@@ -204,9 +235,37 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
         // SSE streams are hijacked: close every connection so close() does not wait on them.
         app.server.closeAllConnections();
         await app.close();
+        await metricsServer?.close();
         logger.info({}, 'stopped');
       })();
       return stopping;
     },
+    hurry() {
+      service.hurry();
+    },
+  };
+}
+
+/** GET /metrics on a listener of its own (builder.metricsPort): nothing else is served there. */
+async function listenMetrics(metrics: BuilderMetrics, host: string, port: number): Promise<{ url: string; close: () => Promise<void> }> {
+  const server = createServer((request, response) => {
+    if (request.method !== 'GET' || request.url?.split('?')[0] !== '/metrics') {
+      response.writeHead(404, { 'content-type': 'text/plain' }).end('Only GET /metrics is served here.\n');
+      return;
+    }
+    metrics.render().then(({ contentType, body }) => response.writeHead(200, { 'content-type': contentType }).end(body), () => response.writeHead(500).end());
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  const bound = (server.address() as AddressInfo).port;
+  const shown = host.includes(':') ? `[${host}]` : host;
+  return {
+    url: `http://${shown === '0.0.0.0' || shown === '[::]' ? '127.0.0.1' : shown}:${bound}/metrics`,
+    close: () => new Promise<void>((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    }),
   };
 }

@@ -11,7 +11,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { BundleError, toBundleError } from '../errors.js';
 import { bundleFileName } from '../keys.js';
-import { isTerminal, type BuildLinks, type BuildRecord, type BuildState, type CreateBuildRequest, type LogLine, type StepName } from '../protocol.js';
+import { isTerminal, type BuildLinks, type BuildRecord, type BuildState, type CreateBuildRequest, type LogLine, type ReadinessCheck, type ReadinessResponse, type StepName } from '../protocol.js';
 import { redact } from '../redact.js';
 import { validateKey, type ObjectStore } from '../storage/index.js';
 import { formatTarget, normalizeTarget, sameTarget, type Target } from '../target.js';
@@ -24,11 +24,12 @@ import { downloadToFile, uploadFile } from './client.js';
 import { createAddressGuard, type AddressGuard } from './network.js';
 import { SlotQueue } from './queue.js';
 import { RecordStore, keys, notFound } from './records.js';
-import { UidPool, checkFreeDisk, killUidProcesses } from './resources.js';
+import { UidPool, checkFreeDisk, freeDiskBytes, killUidProcesses } from './resources.js';
 import { findBlockingAncestor, unreachableError } from '../workflow/run-as.js';
 import { signProvenance, type NodeHashes } from './provenance.js';
 import type { SigningKey } from '../provenance/keys.js';
 import { createParallelGzip } from '../workflow/parallel-gzip.js';
+import type { BuildOutcome, MetricsRecorder, RefusalReason } from './metrics.js';
 
 /** The few logger methods the service uses (fastify's pino logger fits). */
 export interface ServiceLogger {
@@ -70,6 +71,8 @@ export interface BuilderServiceOptions {
   /** Builder tokens and other secrets: redacted from every log line, error and record. */
   secrets: readonly string[];
   logger: ServiceLogger;
+  /** Told of acceptances, starts, ends and refusals (Prometheus, lib/builder/metrics.ts). */
+  metrics?: MetricsRecorder;
 }
 
 /** What follows a build: log lines, record changes, and the end (then nothing more). */
@@ -98,6 +101,8 @@ interface BuildEntry {
   markFinished: () => void;
   /** A save of the record waiting for RECORD_SAVE_INTERVAL_MS (changes while the build runs). */
   saveTimer?: NodeJS.Timeout;
+  /** The served target it matched, as metrics label it (`linux-x64`). */
+  served: string;
 }
 
 /**
@@ -109,6 +114,9 @@ const RESERVED_ENV = /^(NODE_.*|NPM_.*|PATH|HOME|TMPDIR|TMP|TEMP|LD_.*|DYLD_.*|B
 /** Finished builds kept in memory (with their logs); older ones are served from the store. */
 const MEMORY_KEEP = 200;
 const CANCEL_WAIT_MS = 5000;
+/** A readiness probe of the store is reused this long, and given up on after this long. */
+const STORE_PROBE_TTL_MS = 5000;
+const STORE_PROBE_TIMEOUT_MS = 3000;
 /**
  * While a build runs, its record is written to the store at most this often: each write is a
  * dozen file operations, and one per step change slowed the build's own file-heavy steps (bundle,
@@ -116,6 +124,24 @@ const CANCEL_WAIT_MS = 5000;
  * read the store, at most this far behind. The end of a build is written at once.
  */
 const RECORD_SAVE_INTERVAL_MS = 1000;
+
+/** Refusals of POST /v1/builds as the metrics count them, by error code. */
+const REFUSAL_REASONS: Partial<Record<string, RefusalReason>> = {
+  ERR_BUILDER_STOPPING: 'draining',
+  ERR_TARGET_UNSUPPORTED: 'unsupported_target',
+  ERR_REQUEST_INVALID: 'invalid',
+  ERR_STORE_KEY: 'invalid',
+  ERR_SOURCE_REFUSED: 'source_refused',
+  ERR_SOURCE_FETCH: 'source_fetch',
+  ERR_STORE_NOT_FOUND: 'source_fetch',
+  ERR_INTEGRITY: 'integrity',
+  ERR_INPUT_TOO_LARGE: 'too_large',
+};
+
+/** What POST /v1/builds answers while draining: 503, Retry-After, reason `draining`. */
+function drainingError(): BundleError {
+  return new BundleError('ERR_BUILDER_STOPPING', 'The builder is draining (shutting down or POST /v1/drain) and accepts no new builds; send the build to another builder.', { details: { reason: 'draining', status: 503 } });
+}
 
 export function newBuildId(now = Date.now()): string {
   return `${now.toString(36).padStart(9, '0')}${randomBytes(8).toString('hex')}`;
@@ -149,6 +175,10 @@ export class BuilderService {
   /** Every source download and output upload connects through it (SSRF guard). */
   private readonly guard: AddressGuard;
   private stoppingFlag = false;
+  private drainingSince: string | undefined;
+  private hurried = false;
+  private endGrace: (() => void) | undefined;
+  private storeProbe: { at: number; result: Promise<ReadinessCheck> } | undefined;
   /** sha256 of host Node binaries named in provenance, by path, size and mtime (hashing one takes ~0.3 s). */
   private readonly nodeHashes: NodeHashes = new Map();
 
@@ -165,12 +195,33 @@ export class BuilderService {
     for (const warning of this.guard.warnings) options.logger.warn({}, warning);
   }
 
+  get builderId(): string {
+    return this.options.builderId;
+  }
+
   get stopping(): boolean {
     return this.stoppingFlag;
   }
 
   get queueState(): { running: number; queued: number; capacity: number } {
     return { running: this.queue.running, queued: this.queue.queued, capacity: this.options.slots };
+  }
+
+  /** Builds queued and running now, by served target (what the metrics' gauges show). */
+  load(): Map<string, { queued: number; running: number }> {
+    const load = new Map<string, { queued: number; running: number }>();
+    for (const entry of this.builds.values()) {
+      const state = entry.record.state;
+      if (state !== 'queued' && state !== 'running') continue;
+      const counts = load.get(entry.served) ?? { queued: 0, running: 0 };
+      counts[state] += 1;
+      load.set(entry.served, counts);
+    }
+    return load;
+  }
+
+  get slots(): number {
+    return this.options.slots;
   }
 
   get targets(): string[] {
@@ -227,7 +278,17 @@ export class BuilderService {
 
   /** Accepts a build: checks the target, fetches and verifies the source, queues it. */
   async submit(request: CreateBuildRequest, idempotencyKey?: string): Promise<{ record: BuildRecord; existing: boolean }> {
-    if (this.stoppingFlag) throw new BundleError('ERR_BUILDER_STOPPING', 'The builder is shutting down and accepts no new builds.');
+    try {
+      return await this.submitOnce(request, idempotencyKey);
+    } catch (error) {
+      const reason = REFUSAL_REASONS[toBundleError(error).code];
+      if (reason) this.options.metrics?.refused(reason);
+      throw error;
+    }
+  }
+
+  private async submitOnce(request: CreateBuildRequest, idempotencyKey?: string): Promise<{ record: BuildRecord; existing: boolean }> {
+    if (this.stoppingFlag) throw drainingError();
     const target = normalizeTarget(request.target);
     if (!this.options.targets.some((served) => sameTarget(served, target))) {
       throw new BundleError('ERR_TARGET_UNSUPPORTED', `This builder does not serve ${formatTarget(target)}; it serves ${this.targets.join(', ')}.`, { details: { served: this.targets } });
@@ -307,6 +368,11 @@ export class BuilderService {
 
   private async accept(request: CreateBuildRequest, target: Target, source: FetchedSource, idempotencyKey?: string): Promise<{ record: BuildRecord; existing: boolean }> {
     const { id, spool } = source;
+    // The drain began while the source was downloading: the queue starts nothing more.
+    if (this.stoppingFlag) {
+      await rm(spool, { force: true });
+      throw drainingError();
+    }
     let markFinished = () => undefined as void;
     const finished = new Promise<void>((resolve) => {
       markFinished = resolve;
@@ -328,7 +394,9 @@ export class BuilderService {
       lastSeq: 0,
       links: buildLinks(id),
     };
-    const entry: BuildEntry = { record, lines: [], listeners: new Set(), request, spool, controller: new AbortController(), finished, markFinished };
+    const served = formatTarget(this.options.targets.find((candidate) => sameTarget(candidate, target)) ?? target);
+    const entry: BuildEntry = { record, lines: [], listeners: new Set(), request, spool, controller: new AbortController(), finished, markFinished, served };
+    this.options.metrics?.accepted(served, source.size);
     this.builds.set(id, entry);
     if (idempotencyKey) this.idempotent.set(idempotencyKey, id);
     const persisted = Promise.all([
@@ -478,25 +546,101 @@ export class BuilderService {
   }
 
   /**
-   * SIGTERM: accept nothing new, cancel what waits, give running builds `graceMs` to finish,
-   * then cancel them with ERR_BUILDER_STOPPING, and wait for every record to be written.
+   * Stops taking builds (POST /v1/drain, or the first step of a SIGTERM): readiness turns false,
+   * new builds are refused with 503, reads go on, running builds go on. Builds still queued are
+   * handed back at once (`cancelled`, ERR_BUILD_HANDED_BACK): dispatch sends them to another
+   * builder without waiting. Calling it again hands back nothing more and changes nothing.
+   */
+  async drain(why: string): Promise<string[]> {
+    if (!this.stoppingFlag) {
+      this.stoppingFlag = true;
+      this.drainingSince = new Date().toISOString();
+      this.options.logger.info({ why }, 'draining: no new builds');
+    }
+    const handedBack = this.queue.drainWaiting();
+    for (const id of handedBack) {
+      const entry = this.builds.get(id);
+      if (entry) await this.finish(entry, new BundleError('ERR_BUILD_HANDED_BACK', `The builder ${this.options.builderId} is draining (${why}) and had not started this build; it goes back to dispatch, which sends it to another builder.`));
+    }
+    return handedBack;
+  }
+
+  /**
+   * GET /v1/health/ready: false while draining, while the work disk has less than
+   * builder.minFreeDisk free (every build would fail ERR_DISK_FULL), or while the store cannot
+   * be reached (its probe is cached STORE_PROBE_TTL_MS, so probes do not become store traffic).
+   */
+  async readiness(): Promise<ReadinessResponse> {
+    const [disk, store] = await Promise.all([this.diskCheck(), this.storeCheck()]);
+    const draining: ReadinessCheck = this.drainingSince
+      ? { name: 'draining', ok: false, message: `draining since ${this.drainingSince}: no new builds` }
+      : { name: 'draining', ok: true, message: 'accepting builds' };
+    const checks = [draining, disk, store];
+    return { ready: checks.every((check) => check.ok), builder: this.options.builderId, checks };
+  }
+
+  private async diskCheck(): Promise<ReadinessCheck> {
+    try {
+      const free = await freeDiskBytes(this.options.workDir);
+      const ok = free >= this.options.minFreeDisk;
+      return { name: 'disk', ok, message: `${free} bytes free under ${this.options.workDir}; builds need ${this.options.minFreeDisk} (builder.minFreeDisk)` };
+    } catch (error) {
+      return { name: 'disk', ok: false, message: `cannot read the free space under ${this.options.workDir}: ${(error as Error).message}` };
+    }
+  }
+
+  private storeCheck(): Promise<ReadinessCheck> {
+    const now = Date.now();
+    if (!this.storeProbe || now - this.storeProbe.at >= STORE_PROBE_TTL_MS) {
+      const result = this.options.store.exists(keys.probe(), { signal: AbortSignal.timeout(STORE_PROBE_TIMEOUT_MS) }).then(
+        (): ReadinessCheck => ({ name: 'store', ok: true, message: `${this.options.store.location} answers` }),
+        (error: unknown): ReadinessCheck => ({ name: 'store', ok: false, message: `${this.options.store.location} cannot be reached: ${this.safe(error).message}` }),
+      );
+      this.storeProbe = { at: now, result };
+    }
+    return this.storeProbe.result;
+  }
+
+  /** When the drain began (ISO time); undefined while accepting builds. */
+  get drainStarted(): string | undefined {
+    return this.drainingSince;
+  }
+
+  /**
+   * SIGTERM: drain, give running builds `graceMs` to finish (a second signal, `hurry()`, ends
+   * the wait at once), then cancel the rest with ERR_BUILDER_STOPPING and wait for every
+   * record to be written: no record is left `running` by a builder that exits.
    */
   async stop(graceMs: number): Promise<void> {
-    this.stoppingFlag = true;
-    for (const id of this.queue.drainWaiting()) {
-      const entry = this.builds.get(id);
-      if (entry) await this.finish(entry, new BundleError('ERR_BUILDER_STOPPING', 'The builder shut down before this build started.'));
-    }
+    await this.drain('shutting down');
     const running = () => [...this.builds.values()].filter((entry) => entry.record.state === 'running');
     const all = Promise.all(running().map((entry) => entry.finished));
     let timer: NodeJS.Timeout | undefined;
-    await Promise.race([all, new Promise((resolve) => { timer = setTimeout(resolve, graceMs); })]);
+    const hurried = new Promise<void>((resolve) => {
+      this.endGrace = resolve;
+      if (this.hurried) resolve();
+    });
+    await Promise.race([all, hurried, new Promise((resolve) => { timer = setTimeout(resolve, graceMs); })]);
     clearTimeout(timer);
     for (const entry of running()) {
-      entry.controller.abort(new BundleError('ERR_BUILDER_STOPPING', `The builder shut down; the build was cancelled after the ${Math.round(graceMs / 1000)} s grace period.`));
+      const message = this.hurried
+        ? 'The builder was stopped at once (a second SIGTERM/SIGINT); the build was cancelled.'
+        : `The builder shut down; the build was cancelled after the ${Math.round(graceMs / 1000)} s grace period (builder.shutdownGrace).`;
+      entry.controller.abort(new BundleError('ERR_BUILDER_STOPPING', message));
     }
     await Promise.all(running().map((entry) => entry.finished));
     await this.records.drain();
+  }
+
+  /** Resolves once no build runs (after a drain nothing new starts, so this is the end of the work). */
+  async idle(): Promise<void> {
+    await Promise.all([...this.builds.values()].filter((entry) => entry.record.state === 'running').map((entry) => entry.finished));
+  }
+
+  /** Ends the grace period of a stop now (the second signal): running builds are cancelled and recorded. */
+  hurry(): void {
+    this.hurried = true;
+    this.endGrace?.();
   }
 
   private view(entry: BuildEntry): BuildRecord {
@@ -624,6 +768,7 @@ export class BuilderService {
     const signal = controller.signal;
     record.state = 'running';
     record.startedAt = new Date().toISOString();
+    this.options.metrics?.started(entry.served, (Date.parse(record.startedAt) - Date.parse(record.createdAt)) / 1000);
     record.heartbeatAt = record.startedAt;
     this.changed(entry);
     const heartbeat = setInterval(() => {
@@ -698,7 +843,7 @@ export class BuilderService {
       if (step.state === 'running') Object.assign(step, { state: 'failed', finishedAt: new Date(now).toISOString(), durationMs: now - Date.parse(step.startedAt) });
     }
     if (failure) {
-      const cancelled = failure.code === 'ERR_ABORTED' || failure.code === 'ERR_BUILDER_STOPPING';
+      const cancelled = failure.code === 'ERR_ABORTED' || failure.code === 'ERR_BUILDER_STOPPING' || failure.code === 'ERR_BUILD_HANDED_BACK';
       record.state = cancelled ? 'cancelled' : 'failed';
       record.error = { code: failure.code, message: redact(failure.message, this.options.secrets) };
       this.addLine(entry, 'builder', 'status', `${cancelled ? 'cancelled' : 'failed'}: ${failure.code}: ${record.error.message}`);
@@ -707,6 +852,7 @@ export class BuilderService {
     }
     record.finishedAt = new Date(now).toISOString();
     record.heartbeatAt = record.finishedAt;
+    this.options.metrics?.finished(entry.served, record.state as BuildOutcome, record.startedAt ? (now - Date.parse(record.startedAt)) / 1000 : undefined);
     // Durable first: a follower that saw the end must find the same end after a crash.
     await Promise.all([this.records.closeLog(record.id), this.saveRecordNow(entry)]);
     const final = this.view(entry);

@@ -25,6 +25,7 @@ import { createScaffold } from '../workflow/scaffold.js';
 import { ownVersion } from '../package-root.js';
 import { commaList, loadCliConfig, workflowDefaults } from './config.js';
 import type { CliContext } from './context.js';
+import { EXIT } from './errors.js';
 
 export interface BuilderArgs {
   config?: string;
@@ -38,6 +39,7 @@ export interface BuilderArgs {
   'token-file'?: string;
   'signing-key'?: string;
   'shutdown-grace'?: number;
+  metrics?: string;
   'allow-sources'?: string[];
   registry?: string;
   'cache-dir'?: string;
@@ -71,6 +73,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
       'builder.tokenFile': args['token-file'],
       'builder.signingKey': args['signing-key'],
       'builder.shutdownGrace': args['shutdown-grace'],
+      'builder.metrics': args.metrics === undefined ? undefined : String(args.metrics),
       'builder.allowSources': commaList(args['allow-sources']),
       hooks: args.hooks,
       registry: args.registry,
@@ -148,10 +151,12 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     npmVersion,
     runtimes: [process.versions.node, ...config.runtimes],
     signingKey,
+    ...(settings.metrics === 'api' ? {} : { metricsPort: settings.metrics === 'off' ? false : Number(settings.metrics) }),
     authorize: dashboard.authorize,
     register: dashboard.register,
   });
   context.stdout.write(`${builder.url}\n`);
+  if (builder.metricsUrl) logLine(30, `metrics at ${builder.metricsUrl}`);
   // The same level as fastify's logger (pino: info = 30): `--log-level warn` keeps stderr quiet.
   if (logLevel === 'debug' || logLevel === 'info') logLine(30, `serving ${describeTargets(targets, Object.fromEntries(targets.map((target) => [formatTarget(target), scaffold.buildMethod(target)])))} with ${settings.slots} slot(s)${uidRange ? `, builds as uids ${uidRange.first}-${uidRange.last}` : ''}`);
   // Token rotation without a restart: the file is re-read when it changes, and on SIGHUP.
@@ -170,8 +175,24 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     tokenWatch?.stop();
     context.signals?.off('SIGHUP', onHangup);
   }
-  await builder.stop(settings.shutdownGrace * 1000);
-  return 0;
+  // The first SIGTERM/SIGINT drains; a second one ends the grace period at once (running builds
+  // are cancelled and recorded, never left `running`) and the exit code says it was forced.
+  let forced = false;
+  const force = () => {
+    if (forced) return;
+    forced = true;
+    logLine(40, 'second signal: cancelling the running builds now');
+    builder.hurry();
+  };
+  context.signals?.on('SIGTERM', force);
+  context.signals?.on('SIGINT', force);
+  try {
+    await builder.stop(settings.shutdownGrace * 1000);
+  } finally {
+    context.signals?.off('SIGTERM', force);
+    context.signals?.off('SIGINT', force);
+  }
+  return forced ? EXIT.interrupted : EXIT.ok;
 }
 
 /**

@@ -73,6 +73,8 @@ export interface BuilderConfig {
   allowSources: string[];
   /** Seconds. */
   shutdownGrace: number;
+  /** `api`, `off` or a port number (as text). */
+  metrics: string;
   /** Seconds. */
   heartbeat: number;
 }

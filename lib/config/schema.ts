@@ -28,6 +28,7 @@ const positive = (value: unknown) => (typeof value === 'number' && Number.isFini
 const nonNegative = (value: unknown) => (typeof value === 'number' && Number.isFinite(value) && value >= 0 ? undefined : 'must be a number ≥ 0');
 const positiveInteger = (value: unknown) => (Number.isInteger(value) && (value as number) > 0 ? undefined : 'must be a whole number ≥ 1');
 const port = (value: unknown) => (Number.isInteger(value) && (value as number) >= 0 && (value as number) <= 65535 ? undefined : 'must be a port number (0–65535; 0 = any free port)');
+const metricsSetting = (value: unknown) => (value === 'api' || value === 'off' || (/^\d{1,5}$/.test(String(value)) && Number(value) <= 65535) ? undefined : 'must be "api", "off" or a port number (0-65535)');
 const uidRange = (value: unknown) => {
   if (value === 'off') return undefined;
   const match = /^(\d+)-(\d+)$/.exec(String(value));
@@ -342,6 +343,15 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     env: 'BUNDLE_DISPATCH_BUILDER_SHUTDOWN_GRACE',
     flag: 'shutdown-grace',
     check: nonNegative,
+  },
+  {
+    key: 'builder.metrics',
+    type: 'string',
+    description: 'Where GET /metrics (Prometheus) is served: "api" on the API port without a token, a port number for a listener of its own on builder.host (0: any free port; the API port then has no /metrics), or "off".',
+    default: 'api',
+    env: 'BUNDLE_DISPATCH_BUILDER_METRICS',
+    flag: 'metrics',
+    check: metricsSetting,
   },
   {
     key: 'builder.heartbeat',

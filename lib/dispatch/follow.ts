@@ -12,7 +12,7 @@ const WATCHDOG_MS = 15_000;
 const LOST_AFTER_MS = 60_000;
 
 /** Build errors that are the builder's, not the build's: such a build is dispatched again. */
-const REDISPATCHED_CODES: ReadonlySet<string> = new Set(['ERR_BUILDER_STOPPING', 'ERR_BUILDER_RESTARTED']);
+const REDISPATCHED_CODES: ReadonlySet<string> = new Set(['ERR_BUILDER_STOPPING', 'ERR_BUILDER_RESTARTED', 'ERR_BUILD_HANDED_BACK']);
 
 export function lostBuild(id: string, builder: PoolBuilder, why: string): BundleError {
   return new BundleError('ERR_BUILD_LOST', `Build ${id} on ${builder.url} is lost: ${why}.`, { details: { buildId: id, builder: builder.url } });

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBuilderClient } from '../../lib/builder/client.js';
 import type { BuildRecord } from '../../lib/protocol.js';
-import { TEST_UID_RANGES, childEnv, hostTargetSpec, newToken, spawnBuilder, startSourceServer, tgz, waitFor, type ChildBuilder, type SourceServer } from '../helpers/builder.js';
+import { TEST_UID_RANGES, childEnv, killChildBuilders, hostTargetSpec, newToken, spawnBuilder, startSourceServer, tgz, waitFor, type ChildBuilder, type SourceServer } from '../helpers/builder.js';
 import { packageTar, tempDir, testCacheDir } from '../helpers/packages.js';
 
 let root: { dir: string; remove: () => Promise<void> };
@@ -19,12 +19,7 @@ beforeAll(async () => {
   sources = await startSourceServer();
 });
 afterAll(async () => {
-  for (const child of children) {
-    if (child.child.exitCode === null && child.child.signalCode === null) {
-      child.child.kill('SIGKILL');
-      await child.exited;
-    }
-  }
+  await killChildBuilders(children);
   await sources?.stop();
   await root?.remove();
 });

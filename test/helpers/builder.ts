@@ -46,6 +46,9 @@ export const TEST_UID_RANGES = {
   windows: { first: 61220, last: 61224 },
   // The builders test/cli/newcomer.test.ts starts through the bin (their start-up sweep must not reach other files' builds).
   newcomerBin: { first: 61225, last: 61229 },
+  drain: { first: 61230, last: 61234 },
+  probes: { first: 61235, last: 61239 },
+  metrics: { first: 61240, last: 61244 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
@@ -114,7 +117,7 @@ export interface TestBuilder {
 }
 
 /** A builder in this process: directory store in a temp dir, the tests' npm cache. */
-export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number; store?: ObjectStore; builderId?: string; addressGuard?: AddressGuard }): Promise<TestBuilder> {
+export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number; store?: ObjectStore; builderId?: string; addressGuard?: AddressGuard; metricsPort?: number | false }): Promise<TestBuilder> {
   const root = await tempDir('bd-builder-');
   // Build users pass through to their workdirs (a builder refuses a work dir they cannot reach).
   await chmod(root.dir, 0o711);
@@ -156,6 +159,7 @@ export async function startTestBuilder(options: { uids: { first: number; last: n
     // the default stays public-only.
     allowSources: ['127.0.0.1'],
     ...(options.addressGuard ? { addressGuard: options.addressGuard } : {}),
+    ...(options.metricsPort !== undefined ? { metricsPort: options.metricsPort } : {}),
     ...(isRoot ? { uidRange: options.uids } : {}),
     heartbeatMs: 1000,
     logStream,
@@ -224,6 +228,14 @@ export async function spawnBuilder(args: string[], env: NodeJS.ProcessEnv, optio
 export function childEnv(extra: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
   const base = Object.fromEntries(Object.entries(process.env).filter(([name]) => !/TOKEN|SECRET|AWS_|^VITEST|^NODE_OPTIONS$/i.test(name)));
   return { ...base, ...extra };
+}
+
+/** SIGKILLs the child builders still running (a test's afterAll) and waits for their exits. */
+export async function killChildBuilders(children: readonly ChildBuilder[]): Promise<void> {
+  await Promise.all(children.filter(({ child }) => child.exitCode === null && child.signalCode === null).map(async ({ child, exited }) => {
+    child.kill('SIGKILL');
+    await exited;
+  }));
 }
 
 /** Waits until `check` returns a value (polling). */
