@@ -19,12 +19,15 @@ export interface Authenticator {
   replace(tokens: readonly string[]): void;
   /** Other secrets of the process (AWS credentials, registry tokens) to redact like the tokens. */
   redactToo(values: readonly string[]): void;
+  /** One accepted token, for a request this builder sends to another replica of its pool. */
+  anyToken(): string | undefined;
 }
 
 const digest = (text: string) => createHash('sha256').update(text).digest();
 
 export function createAuthenticator(tokens: readonly string[]): Authenticator {
   let accepted = tokens.map(digest);
+  let current = [...tokens];
   const secrets = [...tokens];
   const remember = (values: readonly string[]) => {
     for (const value of values) if (!secrets.includes(value)) secrets.push(value);
@@ -35,8 +38,10 @@ export function createAuthenticator(tokens: readonly string[]): Authenticator {
     secrets,
     replace(next) {
       accepted = next.map(digest);
+      current = [...next];
       remember(next);
     },
+    anyToken: () => current[0],
     redactToo: remember,
     check(authorization) {
       const match = /^Bearer\s+(\S+)\s*$/i.exec(authorization ?? '');

@@ -31,6 +31,8 @@ export const keys = {
   activePrefix: (builder: string) => `${ROOT}/active/${encodeURIComponent(builder)}/`,
   active: (builder: string, id: string) => `${ROOT}/active/${encodeURIComponent(builder)}/${id}`,
   idempotencyPrefix: () => `${ROOT}/idempotency/`,
+  /** Where a replica says it can be reached (its advertised URL), for cancels sent to another replica. */
+  replica: (builder: string) => `${ROOT}/replicas/${encodeURIComponent(builder)}.json`,
   /** A key nobody writes: readiness asks whether it exists, to see that the store answers. */
   probe: () => `${ROOT}/readiness-probe`,
   idempotency: (key: string) => `${ROOT}/idempotency/${createHash('sha256').update(key).digest('hex')}`,
@@ -165,11 +167,27 @@ export class RecordStore {
     await this.store.put(keys.idempotency(key), id).catch((error: unknown) => this.onWriteError(error, `idempotency key of ${id}`));
   }
 
+  /** Says where this replica answers: other replicas forward cancels of its builds there. */
+  async saveReplica(entry: ReplicaEntry): Promise<void> {
+    await this.store.put(keys.replica(entry.builder), JSON.stringify(entry), { contentType: 'application/json' });
+  }
+
+  async readReplica(builder: string, signal?: AbortSignal): Promise<ReplicaEntry | undefined> {
+    return readJsonObject<ReplicaEntry>(this.store, keys.replica(builder), signal ? { signal } : {});
+  }
+
   /** Waits for every write in flight. */
   async drain(): Promise<void> {
     await Promise.all([...this.logBuffers.keys()].map((id) => this.flushLog(id)));
     await Promise.all([...this.writing.values()].map((entry) => entry.done));
   }
+}
+
+/** `builder/replicas/<id>.json`: a replica's advertised URL, written when it starts. */
+export interface ReplicaEntry {
+  builder: string;
+  url: string;
+  startedAt: string;
 }
 
 export function notFound(id: string): BundleError {

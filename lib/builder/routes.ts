@@ -24,6 +24,7 @@ import {
   readinessSchema,
 } from './schemas.js';
 import { notFound } from './records.js';
+import { FORWARDED_HEADER } from './replicas.js';
 
 export interface RouteContext {
   service: BuilderService;
@@ -33,6 +34,8 @@ export interface RouteContext {
   keys: () => KeysResponse;
   /** Interval of SSE heartbeat comments, ms. */
   sseHeartbeatMs: number;
+  /** Sends a cancel of another replica's build to that replica. */
+  forwardCancel: (record: BuildRecord, request: FastifyRequest) => Promise<BuildRecord>;
   /** When the server started (ms since the epoch), for liveness. */
   startedAt: number;
 }
@@ -95,10 +98,13 @@ export const ROUTES: RouteDefinition[] = [
   {
     method: 'DELETE',
     url: '/v1/builds/:id',
-    summary: 'Cancel a build: a queued one leaves the queue, a running one has npm\'s process group killed. Answers once it has stopped (at most ~5 s).',
+    summary: 'Cancel a build: a queued one leaves the queue, a running one has npm\'s process group killed. Answers once it has stopped (at most ~5 s). A build another replica runs is cancelled there: the request is forwarded to the address that replica wrote to the shared store.',
     schema: { params: idParamsSchema, response: { 200: buildRecordSchema } },
-    async handler({ service }, request) {
-      return service.cancel((request.params as IdParams).id);
+    async handler({ service, forwardCancel }, request) {
+      const { id } = request.params as IdParams;
+      const forwardedFrom = request.headers[FORWARDED_HEADER];
+      if (typeof forwardedFrom === 'string') return service.cancel(id, `Cancelled by DELETE /v1/builds/:id (forwarded by replica ${forwardedFrom.slice(0, 100)}).`);
+      return service.cancel(id, undefined, { remote: (record) => forwardCancel(record, request) });
     },
   },
   {

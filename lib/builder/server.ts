@@ -8,7 +8,8 @@ import type { AddressInfo } from 'node:net';
 import type { Writable } from 'node:stream';
 import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { BundleError, toBundleError, type ErrorCode } from '../errors.js';
-import type { HealthResponse, KeysResponse } from '../protocol.js';
+import type { BuildRecord, HealthResponse, KeysResponse } from '../protocol.js';
+import { advertisedUrl, forwardCancel } from './replicas.js';
 import { redact } from '../redact.js';
 import { formatTarget } from '../target.js';
 import { createAuthenticator, type Authenticator } from './auth.js';
@@ -51,6 +52,8 @@ export interface BuilderServerOptions extends Omit<BuilderServiceOptions, 'logge
    * port; `false` = nowhere.
    */
   metricsPort?: number | false;
+  /** builder.advertiseUrl: where the other replicas of the pool reach this one (cancels are forwarded there). */
+  advertiseUrl?: string;
 }
 
 export interface RunningBuilder {
@@ -149,6 +152,14 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
     keys: () => keys,
     sseHeartbeatMs: options.sseHeartbeatMs ?? 15_000,
     startedAt: Date.now(),
+    forwardCancel: (record: BuildRecord, request: FastifyRequest) => {
+      // The caller's token when it sent one (the pool's replicas share tokens), else one of ours
+      // (a dashboard session has no bearer token).
+      const given = request.headers.authorization;
+      const authorization = given && /^Bearer\s/i.test(given) ? given : `Bearer ${auth.anyToken() ?? ''}`;
+      logger.info({ reqId: request.id, buildId: record.id, owner: record.builder }, 'cancel forwarded to the replica that runs the build');
+      return forwardCancel({ records: service.records, record, from: options.builderId, authorization, requestId: request.id });
+    },
   };
 
   app.addHook('onRequest', async (request, reply) => {
@@ -220,7 +231,11 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   const port = typeof address === 'object' && address ? address.port : options.port;
   const host = options.host.includes(':') ? `[${options.host}]` : options.host;
   const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${port}`;
-  logger.info({ url, builder: options.builderId, targets: service.targets, slots: options.slots, store: options.store.location, ...(metricsServer ? { metrics: metricsServer.url } : {}) }, 'builder listening');
+  // Other replicas of the pool forward cancels of this replica's builds to this address.
+  const advertised = advertisedUrl({ host: options.host, port }, options.advertiseUrl);
+  await service.records.saveReplica({ builder: options.builderId, url: advertised, startedAt: new Date().toISOString() })
+    .catch((error: unknown) => logger.warn({ err: { message: redact((error as Error).message, secrets) } }, 'could not write this replica\'s address to the store: cancels sent to other replicas will not reach its builds'));
+  logger.info({ url, advertised, builder: options.builderId, targets: service.targets, slots: options.slots, store: options.store.location, ...(metricsServer ? { metrics: metricsServer.url } : {}) }, 'builder listening');
 
   let stopping: Promise<void> | undefined;
   return {

@@ -515,12 +515,14 @@ export class BuilderService {
    * Cancels a build: a queued one leaves the queue; a running one has npm's process group
    * killed. Resolves with the record once the build has stopped (or after 5 s).
    */
-  async cancel(id: string, reason = 'Cancelled by DELETE /v1/builds/:id.'): Promise<BuildRecord> {
+  async cancel(id: string, reason = 'Cancelled by DELETE /v1/builds/:id.', options: { remote?: (record: BuildRecord) => Promise<BuildRecord> } = {}): Promise<BuildRecord> {
     const entry = this.builds.get(id);
     if (!entry) {
       const record = await this.records.readRecord(id);
       if (!record) throw notFound(id);
       if (isTerminal(record.state)) return record;
+      // Another replica's build: it goes to that replica (lib/builder/replicas.ts), once.
+      if (options.remote && record.builder !== this.options.builderId) return options.remote(record);
       throw new BundleError('ERR_BUILDER_REJECTED', `Build ${id} runs on builder ${record.builder}; cancel it there.`, { details: { builder: record.builder, status: 409 } });
     }
     if (isTerminal(entry.record.state)) return this.view(entry);

@@ -23,7 +23,7 @@ import { createSandbox } from '../workflow/sandbox.js';
 import { knownSecrets } from '../redact.js';
 import { createScaffold } from '../workflow/scaffold.js';
 import { ownVersion } from '../package-root.js';
-import { commaList, loadCliConfig, workflowDefaults } from './config.js';
+import { commaList, loadCliConfig, storeOptions, workflowDefaults } from './config.js';
 import type { CliContext } from './context.js';
 import { EXIT } from './errors.js';
 
@@ -40,6 +40,7 @@ export interface BuilderArgs {
   'signing-key'?: string;
   'shutdown-grace'?: number;
   metrics?: string;
+  'advertise-url'?: string;
   'allow-sources'?: string[];
   registry?: string;
   'cache-dir'?: string;
@@ -73,6 +74,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
       'builder.tokenFile': args['token-file'],
       'builder.signingKey': args['signing-key'],
       'builder.shutdownGrace': args['shutdown-grace'],
+      'builder.advertiseUrl': args['advertise-url'],
       'builder.metrics': args.metrics === undefined ? undefined : String(args.metrics),
       'builder.allowSources': commaList(args['allow-sources']),
       hooks: args.hooks,
@@ -116,7 +118,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     sandbox: createSandbox({ setting: config.sandbox, envPath: context.env.PATH }),
     secrets: knownSecrets(context.env, tokens),
   });
-  const store = await openStore(settings.store, { cwd: context.cwd });
+  const store = await openStore(settings.store, storeOptions(config, context.cwd));
   await store.checkConfiguration?.();
   const npmVersion = await readNpmVersion(process.execPath, locateNpm(context.env.PATH), { PATH: context.env.PATH ?? '', npm_config_update_notifier: 'false' });
 
@@ -151,6 +153,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     npmVersion,
     runtimes: [process.versions.node, ...config.runtimes],
     signingKey,
+    ...(settings.advertiseUrl ? { advertiseUrl: settings.advertiseUrl } : {}),
     ...(settings.metrics === 'api' ? {} : { metricsPort: settings.metrics === 'off' ? false : Number(settings.metrics) }),
     authorize: dashboard.authorize,
     register: dashboard.register,

@@ -78,6 +78,7 @@ function builderOptions<T>(argv: Argv<T>) {
     .option('signing-key', { type: 'string', describe: 'PEM private key that signs provenance (generated, mode 0600, when absent; public key beside it as *.pub.pem).' })
     .option('allow-sources', { type: 'string', array: true, describe: 'Loopback/private CIDRs or host names sources and outputs may point at (default: public addresses only; link-local never).' })
     .option('shutdown-grace', { type: 'number', describe: 'Seconds running builds get after SIGTERM (default 30); a second SIGTERM cancels them at once.' })
+    .option('advertise-url', { type: 'string', describe: 'URL the other replicas of the pool reach this builder at (forwarded cancels).' })
     .option('metrics', { type: 'string', describe: 'Where GET /metrics is served: api (default: the API port, no token), a port of its own, or off.' })
     .option('registry', { type: 'string', describe: 'npm registry URL for dependencies.' })
     .option('cache-dir', { type: 'string', describe: 'npm cache and fetched Node runtimes.' })

@@ -8,6 +8,7 @@ import { CONFIG_KEYS } from '../config/schema.js';
 import { BundleError } from '../errors.js';
 import type { BuildOverrides, RegistryAuth } from '../workflow/types.js';
 import type { CliContext } from './context.js';
+import type { OpenStoreOptions } from '../storage/index.js';
 
 /** Loads the configuration or throws ERR_CONFIG listing every problem with its key path. */
 export async function loadCliConfig(context: Pick<CliContext, 'cwd' | 'env'>, flags: Record<string, unknown>, configFile?: string, options: { systemDirs?: boolean } = {}): Promise<ResolvedConfig> {
@@ -56,5 +57,22 @@ export function workflowDefaults(config: ResolvedConfig, env: NodeJS.ProcessEnv)
     keepWorkdir: config.keepWorkdir,
     limits: config.limits,
     ...(env.SOURCE_DATE_EPOCH ? { sourceDateEpoch: Number(env.SOURCE_DATE_EPOCH) } : {}),
+  };
+}
+
+/**
+ * How this process opens s3:// stores (dispatch's source and destination, a builder's
+ * builder.store): the `dispatch.s3.*` settings (BUNDLE_DISPATCH_S3_*), one S3 connection for both.
+ */
+export function storeOptions(config: ResolvedConfig, cwd: string): OpenStoreOptions {
+  const { s3 } = config.dispatch;
+  return {
+    cwd,
+    s3: {
+      ...(s3.endpoint ? { endpoint: s3.endpoint } : {}),
+      ...(s3.region ? { region: s3.region } : {}),
+      ...(s3.forcePathStyle ? { forcePathStyle: true } : {}),
+      presignExpiresIn: config.dispatch.presignExpiry,
+    },
   };
 }

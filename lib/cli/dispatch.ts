@@ -23,12 +23,12 @@ import { dispatch, newRunId, type DispatchEvent, type DispatchResult } from '../
 import { BundleError, isBundleError, toBundleError } from '../errors.js';
 import { isTerminal, type BuildRecord, type RequestOverrides } from '../protocol.js';
 import { knownSecrets, redact } from '../redact.js';
-import { openStore, type ObjectStore, type OpenStoreOptions } from '../storage/index.js';
+import { openStore, type ObjectStore } from '../storage/index.js';
 import { hostTarget } from '../target.js';
 import { loadHookModules } from '../workflow/hooks.js';
 import { ENV_ALLOW_LIST, configSecrets, locateNpm, writeNpmrc } from '../workflow/npm.js';
 import { createSandbox } from '../workflow/sandbox.js';
-import { loadCliConfig, registryAuth, workflowDefaults } from './config.js';
+import { loadCliConfig, registryAuth, storeOptions, workflowDefaults } from './config.js';
 import { EXIT, isUsageCode } from './errors.js';
 import { ownVersion } from '../package-root.js';
 import type { CliContext } from './context.js';
@@ -98,19 +98,6 @@ async function toolEnvironment(config: ResolvedConfig, env: NodeJS.ProcessEnv, w
     },
     secrets: configSecrets({ auth }),
     sandbox: createSandbox({ setting: config.sandbox, envPath: env.PATH }),
-  };
-}
-
-export function storeOptions(config: ResolvedConfig, cwd: string): OpenStoreOptions {
-  const { s3 } = config.dispatch;
-  return {
-    cwd,
-    s3: {
-      ...(s3.endpoint ? { endpoint: s3.endpoint } : {}),
-      ...(s3.region ? { region: s3.region } : {}),
-      ...(s3.forcePathStyle ? { forcePathStyle: true } : {}),
-      presignExpiresIn: config.dispatch.presignExpiry,
-    },
   };
 }
 

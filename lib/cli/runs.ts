@@ -418,7 +418,7 @@ export async function commandCancel(args: CancelArgs, context: CliContext, signa
 /** `bundle-dispatch prune [--older-than 30d] [--dry-run]`: see lib/dispatch/prune.ts for what goes and what stays. */
 export async function commandPrune(args: PruneArgs, context: CliContext, signal: AbortSignal): Promise<number> {
   const config = await historyConfig(args, context);
-  const [{ DEFAULT_RETENTION, parseRetention, prune }, { storeOptions }, { openStore }] = await Promise.all([import('../dispatch/prune.js'), import('./dispatch.js'), import('../storage/index.js')]);
+  const [{ DEFAULT_RETENTION, parseRetention, prune }, { storeOptions }, { openStore }] = await Promise.all([import('../dispatch/prune.js'), import('./config.js'), import('../storage/index.js')]);
   const retention = args['older-than'] ?? DEFAULT_RETENTION;
   const report = await prune({
     cacheDir: config.cacheDir,

@@ -73,6 +73,8 @@ export interface BuilderConfig {
   allowSources: string[];
   /** Seconds. */
   shutdownGrace: number;
+  /** Where the other replicas reach this one; undefined: the listening URL. */
+  advertiseUrl?: string;
   /** `api`, `off` or a port number (as text). */
   metrics: string;
   /** Seconds. */

@@ -345,6 +345,15 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     check: nonNegative,
   },
   {
+    key: 'builder.advertiseUrl',
+    type: 'string',
+    description: 'The URL the other replicas of this builder\'s pool reach it at (a DELETE for one of its builds that lands on another replica is forwarded here). Default: the listening URL, with 0.0.0.0 replaced by this machine\'s first non-loopback IPv4 address.',
+    env: 'BUNDLE_DISPATCH_BUILDER_ADVERTISE_URL',
+    flag: 'advertise-url',
+    check: httpUrl,
+    example: 'http://10.0.3.17:8080',
+  },
+  {
     key: 'builder.metrics',
     type: 'string',
     description: 'Where GET /metrics (Prometheus) is served: "api" on the API port without a token, a port number for a listener of its own on builder.host (0: any free port; the API port then has no /metrics), or "off".',
@@ -441,7 +450,7 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
   {
     key: 'dispatch.s3.endpoint',
     type: 'string',
-    description: 'S3-compatible endpoint for the s3:// source and destination stores (unset: AWS). Credentials come from the AWS SDK\'s default chain, never from .bundlerc.',
+    description: 'S3-compatible endpoint for the s3:// stores: dispatch\'s source and destination, and a builder\'s builder.store (unset: AWS). Credentials come from the AWS SDK\'s default chain, never from .bundlerc.',
     env: 'BUNDLE_DISPATCH_S3_ENDPOINT',
     check: httpUrl,
     example: 'https://s3.eu-central-1.amazonaws.com',

@@ -3,7 +3,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Store } from '../../lib/storage/s3-store.js';
 import type { LogLine } from '../../lib/protocol.js';
-import { TEST_UID_RANGES, hostTargetSpec, startSourceServer, startTestBuilder, tgz, type SourceServer, type TestBuilder } from '../helpers/builder.js';
+import { TEST_UID_RANGES, hostTargetSpec, newToken, startSourceServer, startTestBuilder, tgz, waitFor, type SourceServer, type TestBuilder } from '../helpers/builder.js';
+import { readJsonObject } from '../../lib/storage/read.js';
 import { packageTar } from '../helpers/packages.js';
 import { startS3, type S3TestServer } from '../helpers/s3.js';
 
@@ -16,8 +17,9 @@ let stores: S3Store[] = [];
 beforeAll(async () => {
   [s3, sources] = await Promise.all([startS3({ buckets: ['builds'] }), startSourceServer()]);
   stores = [new S3Store({ ...s3.storeOptions, bucket: 'builds', prefix: 'linux' }), new S3Store({ ...s3.storeOptions, bucket: 'builds', prefix: 'linux' })];
-  a = await startTestBuilder({ uids: TEST_UID_RANGES.replicaA, store: stores[0], builderId: 'replica-a' });
-  b = await startTestBuilder({ uids: TEST_UID_RANGES.replicaB, store: stores[1], builderId: 'replica-b' });
+  const token = newToken();
+  a = await startTestBuilder({ uids: TEST_UID_RANGES.replicaA, store: stores[0], builderId: 'replica-a', token });
+  b = await startTestBuilder({ uids: TEST_UID_RANGES.replicaB, store: stores[1], builderId: 'replica-b', token });
 });
 afterAll(async () => {
   await a?.stop();
@@ -52,4 +54,28 @@ describe('replicas sharing an S3 store', () => {
     // B cannot cancel a build it does not run; an ended one it returns as it is.
     expect((await b.client.cancelBuild(id)).state).toBe('succeeded');
   }, 90_000);
+
+  it('a DELETE landing on the replica that does not run the build is forwarded to the one that does (once); an unknown owner is a 409', async () => {
+    const source = await tgz(packageTar({ name: 'forever', version: '1.0.0', scripts: { install: 'node -e "console.log(\'UP\'); setInterval(() => {}, 1000)"' } }, {}));
+    const url = sources.add('forever.tgz', source.body);
+    const { id } = await a.client.createBuild({ source: { url, sha256: source.sha256 }, target: hostTargetSpec() }, { idempotencyKey: 'forever' });
+    await waitFor(async () => (await a.client.getLog(id)).some((line) => line.message.includes('UP')) || undefined, 60_000, 100);
+    // Each replica wrote where it answers.
+    expect(await readJsonObject(stores[0] as S3Store, 'builder/replicas/replica-a.json')).toMatchObject({ builder: 'replica-a', url: a.url });
+    // A forwarded request is not forwarded again: B answers 409 itself.
+    const loop = await fetch(`${b.url}/v1/builds/${id}`, { method: 'DELETE', headers: { authorization: `Bearer ${b.token}`, 'x-bundle-dispatch-forwarded': 'replica-c' } });
+    expect(loop.status).toBe(409);
+    expect((await a.client.getBuild(id)).state).toBe('running');
+
+    const cancelled = await b.client.cancelBuild(id);
+    expect(cancelled).toMatchObject({ id, state: 'cancelled', builder: 'replica-a', error: { code: 'ERR_ABORTED', message: expect.stringContaining('forwarded by replica replica-b') } });
+    expect((await a.client.getBuild(id)).state).toBe('cancelled');
+    expect(b.logs.join('')).toContain('cancel forwarded to the replica that runs the build');
+
+    // A running build of a replica that never wrote its address: 409, and it says why.
+    const orphan = { ...cancelled, id: 'zzzzzzzzzorphan0000000001', builder: 'replica-gone', state: 'running' };
+    await (stores[0] as S3Store).put(`builder/builds/${orphan.id}/record.json`, JSON.stringify(orphan));
+    await expect(b.client.cancelBuild(orphan.id)).rejects.toMatchObject({ message: expect.stringContaining('replica-gone, which has not written its address') });
+  }, 90_000);
 });
+

@@ -117,11 +117,12 @@ export interface TestBuilder {
 }
 
 /** A builder in this process: directory store in a temp dir, the tests' npm cache. */
-export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number; store?: ObjectStore; builderId?: string; addressGuard?: AddressGuard; metricsPort?: number | false }): Promise<TestBuilder> {
+export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number; store?: ObjectStore; builderId?: string; addressGuard?: AddressGuard; metricsPort?: number | false; token?: string }): Promise<TestBuilder> {
   const root = await tempDir('bd-builder-');
   // Build users pass through to their workdirs (a builder refuses a work dir they cannot reach).
   await chmod(root.dir, 0o711);
-  const token = newToken();
+  // Replicas of one pool share their tokens (a cancel one forwards to another carries the caller's).
+  const token = options.token ?? newToken();
   const store = options.store ?? new DirStore({ root: path.join(root.dir, 'store') });
   const workDir = path.join(root.dir, 'work');
   await mkdir(testCacheDir, { recursive: true });
