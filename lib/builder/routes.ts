@@ -238,6 +238,7 @@ async function streamEvents(context: RouteContext, request: FastifyRequest, repl
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
       'x-request-id': request.id,
+      'x-builder': context.service.builderId,
     });
     raw.write('retry: 1000\n\n');
     heartbeat = setInterval(() => {

@@ -85,7 +85,7 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
 };
 
 /** Seconds a draining builder's 503 asks a client to wait before it asks (this URL) again. */
-const DRAINING_RETRY_AFTER_S = 5;
+const DRAINING_RETRY_AFTER_S = 1;
 
 /** A request id from `X-Request-Id` when it is sane, else a new one. */
 function requestId(header: string | string[] | undefined): string {
@@ -164,6 +164,8 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id);
+    // Which replica answered (behind a balancer, for operators and tests).
+    reply.header('x-builder', options.builderId);
     const isPublic = (request.routeOptions.config as { public?: boolean } | undefined)?.public === true;
     if (!isPublic && !auth.check(request.headers.authorization) && !(options.authorize?.(request) ?? false)) {
       // No detail: a wrong token and a missing one look the same.

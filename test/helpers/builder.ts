@@ -49,6 +49,9 @@ export const TEST_UID_RANGES = {
   drain: { first: 61230, last: 61234 },
   probes: { first: 61235, last: 61239 },
   metrics: { first: 61240, last: 61244 },
+  fleet1: { first: 61245, last: 61249 },
+  fleet2: { first: 61250, last: 61254 },
+  fleet3: { first: 61255, last: 61259 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
