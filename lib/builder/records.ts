@@ -163,6 +163,16 @@ export class RecordStore {
     return (await readText(this.store, keys.idempotency(key)))?.trim() || undefined;
   }
 
+  /** Claims a key for a build about to be accepted (a failed write throws: the request fails, nothing is built). */
+  async claimIdempotent(key: string, id: string): Promise<void> {
+    await this.store.put(keys.idempotency(key), id);
+  }
+
+  /** Removes a claim that still names `id` (its build was never accepted). */
+  async releaseIdempotent(key: string, id: string): Promise<void> {
+    if ((await this.findIdempotent(key)) === id) await this.store.delete(keys.idempotency(key));
+  }
+
   async saveIdempotent(key: string, id: string): Promise<void> {
     await this.store.put(keys.idempotency(key), id).catch((error: unknown) => this.onWriteError(error, `idempotency key of ${id}`));
   }

@@ -117,6 +117,9 @@ const CANCEL_WAIT_MS = 5000;
 /** A readiness probe of the store is reused this long, and given up on after this long. */
 const STORE_PROBE_TTL_MS = 5000;
 const STORE_PROBE_TIMEOUT_MS = 3000;
+/** How long a replica waits for the build another replica claimed an Idempotency-Key for, and how often it looks. */
+const CLAIM_WAIT_MS = 120_000;
+const CLAIM_POLL_MS = 250;
 /**
  * While a build runs, its record is written to the store at most this often: each write is a
  * dozen file operations, and one per step change slowed the build's own file-heavy steps (bundle,
@@ -310,21 +313,35 @@ export class BuilderService {
     const attempt = (async () => {
       // The source is fetched while the key is looked up: a new build (the usual case) does not
       // wait for one before the other; a known key cancels the fetch.
+      const id = newBuildId();
       const cancelFetch = new AbortController();
-      const fetching = this.fetchSource(request, cancelFetch.signal);
+      const fetching = this.fetchSource(request, cancelFetch.signal, id);
       fetching.catch(() => undefined);
-      const stored = await this.records.findIdempotent(idempotencyKey).catch((error: unknown) => {
-        cancelFetch.abort();
-        throw error;
-      });
-      const record = stored ? await this.get(stored) : undefined;
-      if (record) {
+      const dropFetch = () => {
         cancelFetch.abort();
         void fetching.then((fetched) => rm(fetched.spool, { force: true }), () => undefined);
-        this.idempotent.set(idempotencyKey, record.id);
-        return { record, existing: true };
+      };
+      let existing: BuildRecord | undefined;
+      try {
+        existing = await this.claimIdempotent(idempotencyKey, id);
+      } catch (error) {
+        dropFetch();
+        throw error;
       }
-      return this.accept(request, target, await fetching, idempotencyKey);
+      if (existing) {
+        dropFetch();
+        this.idempotent.set(idempotencyKey, existing.id);
+        return { record: existing, existing: true };
+      }
+      let fetched: FetchedSource;
+      try {
+        fetched = await fetching;
+      } catch (error) {
+        // The claim goes, so that a replica waiting on it builds instead.
+        await this.records.releaseIdempotent(idempotencyKey, id).catch(() => undefined);
+        throw error;
+      }
+      return this.accept(request, target, fetched, idempotencyKey);
     })();
     this.accepting.set(idempotencyKey, attempt);
     try {
@@ -334,9 +351,39 @@ export class BuilderService {
     }
   }
 
+  /**
+   * Looks the Idempotency-Key up in the store and, when nobody holds it, claims it for `id`
+   * before the source is downloaded: a replica that gets the same key during the download
+   * finds the claim and waits for that build instead of starting a second one. A claim whose
+   * build does not appear (its replica failed the download, or died) is waited for at most
+   * CLAIM_WAIT_MS. Claims are plain writes read back (S3 has no compare-and-set that every
+   * S3-compatible server honours): two lookups that both miss within one store round trip can
+   * still both build (docs/builder.md, *Replicas behind one URL*).
+   */
+  private async claimIdempotent(key: string, id: string): Promise<BuildRecord | undefined> {
+    const deadline = Date.now() + CLAIM_WAIT_MS;
+    for (;;) {
+      const holder = await this.records.findIdempotent(key);
+      if (holder === undefined || holder === id) {
+        await this.records.claimIdempotent(key, id);
+        const after = await this.records.findIdempotent(key);
+        // Another replica's claim landed after ours: its build is the one.
+        if (after === id || after === undefined) return undefined;
+        continue;
+      }
+      const record = await this.get(holder);
+      if (record) return record;
+      if (Date.now() >= deadline) {
+        this.options.logger.warn({ key: holder }, 'an Idempotency-Key claim did not become a build in time: building here');
+        await this.records.claimIdempotent(key, id);
+        return undefined;
+      }
+      await new Promise((resolve) => setTimeout(resolve, CLAIM_POLL_MS));
+    }
+  }
+
   /** Downloads the source into the spool under a new build id and checks its sha256. */
-  private async fetchSource(request: CreateBuildRequest, signal?: AbortSignal): Promise<FetchedSource> {
-    const id = newBuildId();
+  private async fetchSource(request: CreateBuildRequest, signal?: AbortSignal, id = newBuildId()): Promise<FetchedSource> {
     const spool = path.join(this.spoolDir, `${id}.tgz`);
     const expected = request.source.sha256.toLowerCase();
     // The output URL is checked now too (resolved, not connected to): refused before the build

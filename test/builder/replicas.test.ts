@@ -1,4 +1,7 @@
+import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { S3Store } from '../../lib/storage/s3-store.js';
@@ -13,6 +16,8 @@ let sources: SourceServer;
 let a: TestBuilder;
 let b: TestBuilder;
 let stores: S3Store[] = [];
+/** Where a replica keeps an Idempotency-Key (lib/builder/records.ts keys.idempotency). */
+const idempotencyObject = (key: string) => `builder/idempotency/${createHash('sha256').update(key).digest('hex')}`;
 
 beforeAll(async () => {
   [s3, sources] = await Promise.all([startS3({ buckets: ['builds'] }), startSourceServer()]);
@@ -76,6 +81,42 @@ describe('replicas sharing an S3 store', () => {
     const orphan = { ...cancelled, id: 'zzzzzzzzzorphan0000000001', builder: 'replica-gone', state: 'running' };
     await (stores[0] as S3Store).put(`builder/builds/${orphan.id}/record.json`, JSON.stringify(orphan));
     await expect(b.client.cancelBuild(orphan.id)).rejects.toMatchObject({ message: expect.stringContaining('replica-gone, which has not written its address') });
+  }, 90_000);
+
+  it('the same Idempotency-Key at the other replica while the first still downloads the source: one build; a claim whose download fails is taken over', async () => {
+    const source = await tgz(packageTar({ name: 'claimed', version: '1.0.0' }, { 'index.js': 'module.exports = 1;\n' }));
+    // A source that takes 1.5 s to answer: the window in which a second replica used to start a second build.
+    const slow = createServer((_request, response) => {
+      setTimeout(() => response.writeHead(200, { 'content-length': source.body.length }).end(source.body), 1500);
+    });
+    await new Promise<void>((resolve) => slow.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(slow.address() as AddressInfo).port}/claimed.tgz`;
+    const request = { source: { url, sha256: source.sha256 }, target: hostTargetSpec() };
+    try {
+      const first = a.client.createBuild(request, { idempotencyKey: 'claimed' });
+      // 0.5 s in, A is still downloading (1.5 s) and has claimed the key in the store already.
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(await stores[1]?.exists(idempotencyObject('claimed'))).toBe(true);
+      const second = await b.client.createBuild(request, { idempotencyKey: 'claimed' });
+      const created = await first;
+      expect(created.existing).toBe(false);
+      expect(second).toMatchObject({ id: created.id, existing: true });
+      expect((await a.client.followBuild(created.id)).state).toBe('succeeded');
+
+      // A claims, then fails the download (wrong sha256); B, waiting on the claim, builds it.
+      const failing = a.client.createBuild({ ...request, source: { url, sha256: '0'.repeat(64) } }, { idempotencyKey: 'taken-over' }).then(() => undefined, (error: unknown) => error);
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(await stores[1]?.exists(idempotencyObject('taken-over'))).toBe(true);
+      const taken = await b.client.createBuild(request, { idempotencyKey: 'taken-over' });
+      expect(await failing).toMatchObject({ code: 'ERR_INTEGRITY' });
+      expect(taken.existing).toBe(false);
+      expect(await b.client.followBuild(taken.id)).toMatchObject({ state: 'succeeded', builder: 'replica-b' });
+      // And the key now names B's build, for whoever asks next.
+      expect(await a.client.createBuild(request, { idempotencyKey: 'taken-over' })).toMatchObject({ id: taken.id, existing: true });
+    } finally {
+      slow.closeAllConnections();
+      await new Promise<void>((resolve) => slow.close(() => resolve()));
+    }
   }, 90_000);
 });
 
