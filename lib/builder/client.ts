@@ -82,7 +82,7 @@ export interface BuilderClient {
 }
 
 const KNOWN_CODES: ReadonlySet<string> = new Set([
-  'ERR_REQUEST_INVALID', 'ERR_REQUEST_TOO_LARGE', 'ERR_UNAUTHORIZED', 'ERR_BUILD_NOT_FOUND', 'ERR_BUILDER_STOPPING',
+  'ERR_REQUEST_INVALID', 'ERR_REQUEST_TOO_LARGE', 'ERR_UNAUTHORIZED', 'ERR_BUILD_NOT_FOUND', 'ERR_BUILDER_STOPPING', 'ERR_BUILDER_BUSY',
   'ERR_TARGET_UNSUPPORTED', 'ERR_SOURCE_FETCH', 'ERR_SOURCE_REFUSED', 'ERR_INTEGRITY', 'ERR_INPUT_TOO_LARGE', 'ERR_STORE_KEY', 'ERR_STORE_NOT_FOUND',
 ]);
 
@@ -128,9 +128,9 @@ function retryAfter(header: string | string[] | undefined): number | undefined {
   return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
 }
 
-/** A 503 from a builder that is draining: it will not take the build however often it is asked. */
+/** A 503 from a builder that is draining or whose queue is full: asking it again at once would only repeat the answer. */
 function drainingAnswer(error: unknown): boolean {
-  return error instanceof HTTPError && error.response.statusCode === 503 && parseBody(error.response.body)?.error?.code === 'ERR_BUILDER_STOPPING';
+  return error instanceof HTTPError && error.response.statusCode === 503 && ['ERR_BUILDER_STOPPING', 'ERR_BUILDER_BUSY'].includes(parseBody(error.response.body)?.error?.code ?? '');
 }
 
 function parseBody(body: unknown): { error?: { code?: string; message?: string; details?: Record<string, unknown> } } | undefined {

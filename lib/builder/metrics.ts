@@ -21,7 +21,7 @@ export const DURATION_BUCKETS = [1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200,
 export type BuildOutcome = 'succeeded' | 'failed' | 'cancelled';
 
 /** Why POST /v1/builds was refused, as the `reason` label. */
-export type RefusalReason = 'draining' | 'unsupported_target' | 'invalid' | 'source_refused' | 'source_fetch' | 'integrity' | 'too_large';
+export type RefusalReason = 'draining' | 'queue_full' | 'unsupported_target' | 'invalid' | 'source_refused' | 'source_fetch' | 'integrity' | 'too_large';
 
 /** What the service tells the metrics; every method is cheap and never throws. */
 export interface MetricsRecorder {
@@ -79,7 +79,7 @@ export function createBuilderMetrics(info: { version: string; builderId: string 
   buildInfo.set({ version: info.version, node: process.versions.node, builder: info.builderId }, 1);
 
   const builds = new Counter({ name: `${PREFIX}builds_total`, help: 'Builds that ended, by target and outcome (succeeded, failed, cancelled).', labelNames: ['target', 'outcome'], registers: [registry] });
-  const refused = new Counter({ name: `${PREFIX}refused_requests_total`, help: 'POST /v1/builds refused, by reason (draining, unsupported_target, invalid, source_refused, source_fetch, integrity, too_large).', labelNames: ['reason'], registers: [registry] });
+  const refused = new Counter({ name: `${PREFIX}refused_requests_total`, help: 'POST /v1/builds refused, by reason (draining, queue_full, unsupported_target, invalid, source_refused, source_fetch, integrity, too_large).', labelNames: ['reason'], registers: [registry] });
   const sourceBytes = new Counter({ name: `${PREFIX}source_bytes_total`, help: 'Bytes of sources fetched and verified for accepted builds.', registers: [registry] });
   const duration = new Histogram({ name: `${PREFIX}build_duration_seconds`, help: 'From the start of a build to its end, by target (builds that started).', labelNames: ['target'], buckets: DURATION_BUCKETS, registers: [registry] });
   const queueWait = new Histogram({ name: `${PREFIX}queue_wait_seconds`, help: 'From a build\'s acceptance to its start, by target.', labelNames: ['target'], buckets: DURATION_BUCKETS, registers: [registry] });
@@ -95,7 +95,7 @@ export function createBuilderMetrics(info: { version: string; builderId: string 
         duration.zero({ target });
         queueWait.zero({ target });
       }
-      refused.inc({ reason: 'draining' }, 0);
+      for (const reason of ['draining', 'queue_full'] as const) refused.inc({ reason }, 0);
     },
     accepted(_target, bytes) {
       sourceBytes.inc(bytes);

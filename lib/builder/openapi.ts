@@ -13,7 +13,7 @@ const ERRORS: Record<string, string> = {
   404: 'ERR_BUILD_NOT_FOUND',
   413: 'ERR_REQUEST_TOO_LARGE',
   422: 'ERR_TARGET_UNSUPPORTED (lists the targets served), ERR_SOURCE_FETCH, ERR_INTEGRITY, ERR_INPUT_TOO_LARGE',
-  503: 'ERR_BUILDER_STOPPING: shutting down',
+  503: 'ERR_BUILDER_STOPPING: draining; ERR_BUILDER_BUSY: the queue is full (builder.maxQueued); both with Retry-After',
 };
 
 function parameters(schema: { properties?: Record<string, object>; required?: readonly string[] } | undefined, where: 'path' | 'query' | 'header') {

@@ -82,10 +82,13 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   ERR_INPUT_TOO_LARGE: 422,
   ERR_STORE_NOT_FOUND: 422,
   ERR_BUILDER_STOPPING: 503,
+  ERR_BUILDER_BUSY: 503,
 };
 
 /** Seconds a draining builder's 503 asks a client to wait before it asks (this URL) again. */
 const DRAINING_RETRY_AFTER_S = 1;
+/** And one whose queue is full (builder.maxQueued): a slot frees when a build ends, seconds to minutes away. */
+const BUSY_RETRY_AFTER_S = 5;
 
 /** A request id from `X-Request-Id` when it is sane, else a new one. */
 function requestId(header: string | string[] | undefined): string {
@@ -197,10 +200,11 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
         code: failure.code,
         message: redact(failure.message, secrets),
         ...(failure.details?.served ? { details: { served: failure.details.served } } : {}),
-        ...(failure.details?.reason === 'draining' ? { details: { reason: 'draining' } } : {}),
+        ...(failure.details?.reason === 'draining' || failure.details?.reason === 'queue_full' ? { details: { reason: failure.details.reason } } : {}),
       };
-      // Draining: this replica will not take the build; a balancer sends the retry elsewhere.
+      // Draining or full: this replica will not take the build now; a balancer sends the retry elsewhere.
       if (failure.details?.reason === 'draining') void reply.header('retry-after', String(DRAINING_RETRY_AFTER_S));
+      if (failure.details?.reason === 'queue_full') void reply.header('retry-after', String(BUSY_RETRY_AFTER_S));
       if (status >= 500) logger.error({ reqId: request.id, err: { code: failure.code, message: body.message, stack: redact(failure.stack ?? '', secrets) } }, 'request failed');
     }
     void reply.code(status).send({ error: body });

@@ -71,6 +71,8 @@ export interface BuilderServiceOptions {
   /** Builder tokens and other secrets: redacted from every log line, error and record. */
   secrets: readonly string[];
   logger: ServiceLogger;
+  /** builder.maxQueued: builds waiting for a slot beyond which POST /v1/builds answers 503 ERR_BUILDER_BUSY (0 or undefined: no limit). */
+  maxQueued?: number;
   /** Told of acceptances, starts, ends and refusals (Prometheus, lib/builder/metrics.ts). */
   metrics?: MetricsRecorder;
 }
@@ -131,6 +133,7 @@ const RECORD_SAVE_INTERVAL_MS = 1000;
 /** Refusals of POST /v1/builds as the metrics count them, by error code. */
 const REFUSAL_REASONS: Partial<Record<string, RefusalReason>> = {
   ERR_BUILDER_STOPPING: 'draining',
+  ERR_BUILDER_BUSY: 'queue_full',
   ERR_TARGET_UNSUPPORTED: 'unsupported_target',
   ERR_REQUEST_INVALID: 'invalid',
   ERR_STORE_KEY: 'invalid',
@@ -292,6 +295,7 @@ export class BuilderService {
 
   private async submitOnce(request: CreateBuildRequest, idempotencyKey?: string): Promise<{ record: BuildRecord; existing: boolean }> {
     if (this.stoppingFlag) throw drainingError();
+    this.refuseWhenFull();
     const target = normalizeTarget(request.target);
     if (!this.options.targets.some((served) => sameTarget(served, target))) {
       throw new BundleError('ERR_TARGET_UNSUPPORTED', `This builder does not serve ${formatTarget(target)}; it serves ${this.targets.join(', ')}.`, { details: { served: this.targets } });
@@ -382,6 +386,14 @@ export class BuilderService {
     }
   }
 
+  /** builder.maxQueued: a full queue answers 503 ERR_BUILDER_BUSY (0: no limit). */
+  private refuseWhenFull(): void {
+    const limit = this.options.maxQueued ?? 0;
+    if (limit > 0 && this.queue.queued >= limit) {
+      throw new BundleError('ERR_BUILDER_BUSY', `The builder's queue is full (${this.queue.queued} builds waiting, builder.maxQueued ${limit}); send the build to another builder or try again later.`, { details: { reason: 'queue_full', status: 503 } });
+    }
+  }
+
   /** Downloads the source into the spool under a new build id and checks its sha256. */
   private async fetchSource(request: CreateBuildRequest, signal?: AbortSignal, id = newBuildId()): Promise<FetchedSource> {
     const spool = path.join(this.spoolDir, `${id}.tgz`);
@@ -419,6 +431,12 @@ export class BuilderService {
     if (this.stoppingFlag) {
       await rm(spool, { force: true });
       throw drainingError();
+    }
+    try {
+      this.refuseWhenFull();
+    } catch (error) {
+      await rm(spool, { force: true });
+      throw error;
     }
     let markFinished = () => undefined as void;
     const finished = new Promise<void>((resolve) => {

@@ -154,6 +154,7 @@ export async function commandBuilder(args: BuilderArgs, context: CliContext, sig
     runtimes: [process.versions.node, ...config.runtimes],
     signingKey,
     ...(settings.advertiseUrl ? { advertiseUrl: settings.advertiseUrl } : {}),
+    maxQueued: settings.maxQueued,
     ...(settings.metrics === 'api' ? {} : { metricsPort: settings.metrics === 'off' ? false : Number(settings.metrics) }),
     authorize: dashboard.authorize,
     register: dashboard.register,

@@ -73,6 +73,8 @@ export interface BuilderConfig {
   allowSources: string[];
   /** Seconds. */
   shutdownGrace: number;
+  /** Builds that may wait; 0: no limit. */
+  maxQueued: number;
   /** Where the other replicas reach this one; undefined: the listening URL. */
   advertiseUrl?: string;
   /** `api`, `off` or a port number (as text). */

@@ -345,6 +345,14 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     check: nonNegative,
   },
   {
+    key: 'builder.maxQueued',
+    type: 'number',
+    description: 'Builds that may wait for a slot; beyond it POST /v1/builds answers 503 ERR_BUILDER_BUSY with Retry-After (dispatch then tries another builder of the pool, or waits). 0: no limit.',
+    default: 0,
+    env: 'BUNDLE_DISPATCH_BUILDER_MAX_QUEUED',
+    check: (value: unknown) => (Number.isInteger(value) && (value as number) >= 0 ? undefined : 'must be a whole number ≥ 0 (0: no limit)'),
+  },
+  {
     key: 'builder.advertiseUrl',
     type: 'string',
     description: 'The URL the other replicas of this builder\'s pool reach it at (a DELETE for one of its builds that lands on another replica is forwarded here). Default: the listening URL, with 0.0.0.0 replaced by this machine\'s first non-loopback IPv4 address.',

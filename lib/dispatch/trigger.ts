@@ -94,9 +94,9 @@ function neverSent(error: BundleError): boolean {
   return error.code === 'ERR_BUILDER_UNREACHABLE' && error.details?.sent === false;
 }
 
-/** The builder answered that it is draining: it did not take the build, another one may. */
+/** The builder answered that it is draining, or that its queue is full: it did not take the build, another one may (or it, later). */
 export function isDraining(error: BundleError): boolean {
-  return error.code === 'ERR_BUILDER_STOPPING' && error.details?.status === 503;
+  return (error.code === 'ERR_BUILDER_STOPPING' || error.code === 'ERR_BUILDER_BUSY') && error.details?.status === 503;
 }
 
 function retryableAfterSend(error: unknown): boolean {
@@ -174,7 +174,7 @@ export async function createWithFailover(ordered: readonly PoolBuilder[], reques
         if (!draining) allDraining = false;
         else if (typeof failure.details?.retryAfterMs === 'number') retryAfterMs = Math.max(retryAfterMs, failure.details.retryAfterMs);
         const next = ordered[index + 1];
-        hooks.note({ kind: 'failed-over', builder: builder.url, message: `${draining ? 'draining' : 'not reached'}: ${failure.message}${next ? `; sending it to ${next.url}` : ''}` });
+        hooks.note({ kind: 'failed-over', builder: builder.url, message: `${draining ? (failure.code === 'ERR_BUILDER_BUSY' ? 'queue full' : 'draining') : 'not reached'}: ${failure.message}${next ? `; sending it to ${next.url}` : ''}` });
       }
     }
     const waitMs = allDraining ? Math.min(retryAfterMs, 10_000) : 500 * 2 ** (round - 1);
@@ -182,7 +182,7 @@ export async function createWithFailover(ordered: readonly PoolBuilder[], reques
     if (giveUp || !last) throw last ?? new BundleError('ERR_BUILDER_UNREACHABLE', 'No builder of the pool could be reached.');
     hooks.note({
       kind: 'waiting', builder: ordered[0]?.url ?? '',
-      message: allDraining ? `every builder of the pool is draining; trying again in ${Math.ceil(waitMs / 1000)} s (for up to ${DRAIN_WAIT_MS / 1000} s)` : `no builder of the pool could be reached; trying again in ${waitMs} ms (round ${round + 1} of ${UNREACHABLE_ROUNDS})`,
+      message: allDraining ? `every builder of the pool is draining or has a full queue; trying again in ${Math.ceil(waitMs / 1000)} s (for up to ${DRAIN_WAIT_MS / 1000} s)` : `no builder of the pool could be reached; trying again in ${waitMs} ms (round ${round + 1} of ${UNREACHABLE_ROUNDS})`,
     });
     await sleep(waitMs, undefined, { signal }).catch(() => {
       throw abortError(signal);

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBuilderClient, type BuilderClient } from '../../lib/builder/client.js';
 import type { BuildRecord, DrainResponse, LivenessResponse, ReadinessResponse } from '../../lib/protocol.js';
 import { S3Store } from '../../lib/storage/s3-store.js';
+import { createWithFailover } from '../../lib/dispatch/trigger.js';
 import { TEST_UID_RANGES, childEnv, killChildBuilders, hostTargetSpec, newToken, spawnBuilder, startSourceServer, startTestBuilder, tgz, waitFor, type ChildBuilder, type SourceServer, type TestBuilder } from '../helpers/builder.js';
 import { packageTar, tempDir, testCacheDir } from '../helpers/packages.js';
 import { startS3 } from '../helpers/s3.js';
@@ -190,4 +191,40 @@ describe('POST /v1/drain and the probes (a builder in this process)', () => {
       await s3.stop();
     }
   }, 120_000);
+
+  it('a full queue (builder.maxQueued) answers 503 ERR_BUILDER_BUSY with Retry-After; dispatch sends the build to the next builder of the pool', async () => {
+    const full = await startTestBuilder({ uids: TEST_UID_RANGES.probes, slots: 1, maxQueued: 1, builderId: 'probe-full' });
+    try {
+      const running = await submit(full.client, 'full-running');
+      await started(full.client, running.id);
+      const waiting = await submit(full.client, 'full-waiting', 1);
+      const source = await timedPackage('full-third', 1);
+      const request = { source: { url: sources.add('full-third.tgz', source.body), sha256: source.sha256 }, target: hostTargetSpec() };
+      const refused = await fetch(`${full.url}/v1/builds`, { method: 'POST', headers: { authorization: `Bearer ${full.token}`, 'content-type': 'application/json', 'idempotency-key': 'third' }, body: JSON.stringify(request) });
+      expect(refused.status).toBe(503);
+      expect(refused.headers.get('retry-after')).toBe('5');
+      expect(await refused.json()).toMatchObject({ error: { code: 'ERR_BUILDER_BUSY', message: expect.stringContaining('builder.maxQueued 1'), details: { reason: 'queue_full' } } });
+      // Readiness stays 200: a full queue is busy, not broken (the balancer's retry-on 503 moves the request).
+      expect((await fetch(`${full.url}/v1/health/ready`)).status).toBe(200);
+
+      // dispatch's create: the full builder turns it away, the next member of the pool takes it.
+      const other = await startTestBuilder({ uids: TEST_UID_RANGES.probes, slots: 1, builderId: 'probe-other' });
+      try {
+        const notes: string[] = [];
+        const created = await createWithFailover([{ url: full.url, client: full.client, keys: [] }, { url: other.url, client: other.client, keys: [] }], request, 'third-failover', AbortSignal.timeout(30_000), {
+          onSent: () => undefined, onCreated: () => undefined, note: (note) => notes.push(`${note.kind}: ${note.message}`),
+        });
+        expect(created.builder.url).toBe(other.url);
+        expect(notes).toEqual([expect.stringMatching(new RegExp(`^failed-over: queue full: Builder ${full.url}: The builder's queue is full.*; sending it to ${other.url}$`))]);
+        expect((await other.client.followBuild(created.id)).state).toBe('succeeded');
+      } finally {
+        await other.stop();
+      }
+      await full.client.cancelBuild(waiting.id);
+      await full.client.cancelBuild(running.id);
+    } finally {
+      await full.stop();
+    }
+  }, 60_000);
 });
+

@@ -108,7 +108,7 @@ describe('a draining builder', () => {
     const stop = new AbortController();
     const waiting = run(fixture, world.pools({ 'linux-x64': [member(draining)] }), { events, signal: stop.signal });
     const note = await waitFor(() => events.find((event) => event.type === 'failover' && event.note.kind === 'waiting'), 30_000);
-    expect(note).toMatchObject({ note: { builder: draining.url, message: expect.stringContaining('every builder of the pool is draining; trying again in') } });
+    expect(note).toMatchObject({ note: { builder: draining.url, message: expect.stringContaining('every builder of the pool is draining or has a full queue; trying again in') } });
     // Still trying: the target has not failed while the pool drains.
     expect(events.some((event) => event.type === 'target' && event.state === 'failed')).toBe(false);
     stop.abort();

@@ -120,7 +120,7 @@ export interface TestBuilder {
 }
 
 /** A builder in this process: directory store in a temp dir, the tests' npm cache. */
-export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number; store?: ObjectStore; builderId?: string; addressGuard?: AddressGuard; metricsPort?: number | false; token?: string }): Promise<TestBuilder> {
+export async function startTestBuilder(options: { uids: { first: number; last: number }; slots?: number; maxBodyBytes?: number; buildTimeoutMs?: number; sseHeartbeatMs?: number; minFreeDisk?: number; store?: ObjectStore; builderId?: string; addressGuard?: AddressGuard; metricsPort?: number | false; token?: string; maxQueued?: number }): Promise<TestBuilder> {
   const root = await tempDir('bd-builder-');
   // Build users pass through to their workdirs (a builder refuses a work dir they cannot reach).
   await chmod(root.dir, 0o711);
@@ -164,6 +164,7 @@ export async function startTestBuilder(options: { uids: { first: number; last: n
     allowSources: ['127.0.0.1'],
     ...(options.addressGuard ? { addressGuard: options.addressGuard } : {}),
     ...(options.metricsPort !== undefined ? { metricsPort: options.metricsPort } : {}),
+    ...(options.maxQueued !== undefined ? { maxQueued: options.maxQueued } : {}),
     ...(isRoot ? { uidRange: options.uids } : {}),
     heartbeatMs: 1000,
     logStream,
