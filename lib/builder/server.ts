@@ -15,7 +15,7 @@ import { formatTarget } from '../target.js';
 import { createAuthenticator, type Authenticator } from './auth.js';
 import { openapiDocument } from './openapi.js';
 import { ROUTES } from './routes.js';
-import { createBuilderMetrics, type BuilderMetrics } from './metrics.js';
+import type { BuilderMetrics } from './metrics.js';
 import { BuilderService, type BuilderServiceOptions } from './service.js';
 
 export interface BuilderServerOptions extends Omit<BuilderServiceOptions, 'logger' | 'secrets'> {
@@ -54,6 +54,8 @@ export interface BuilderServerOptions extends Omit<BuilderServiceOptions, 'logge
   metricsPort?: number | false;
   /** builder.advertiseUrl: where the other replicas of the pool reach this one (cancels are forwarded there). */
   advertiseUrl?: string;
+  /** false: no replica entry in the store (the embedded default, which has no other replicas and writes nothing before a build). */
+  registerReplica?: boolean;
 }
 
 export interface RunningBuilder {
@@ -120,7 +122,8 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   // Every log line, error and record is scrubbed of these: every token ever accepted (the array
   // grows with rotation) and what the process knows.
   const secrets = auth.secrets;
-  const metrics = options.metricsPort === false ? undefined : createBuilderMetrics({ version: options.version, builderId: options.builderId });
+  // prom-client loads only where metrics are served (not in the embedded default).
+  const metrics = options.metricsPort === false ? undefined : (await import('./metrics.js')).createBuilderMetrics({ version: options.version, builderId: options.builderId });
   const service = new BuilderService({ ...options, secrets, ...(metrics ? { metrics } : {}), logger: {
     info: (object, message) => logger.info(object, message),
     warn: (object, message) => logger.warn(object, message),
@@ -239,7 +242,7 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${port}`;
   // Other replicas of the pool forward cancels of this replica's builds to this address.
   const advertised = advertisedUrl({ host: options.host, port }, options.advertiseUrl);
-  await service.records.saveReplica({ builder: options.builderId, url: advertised, startedAt: new Date().toISOString() })
+  if (options.registerReplica !== false) await service.records.saveReplica({ builder: options.builderId, url: advertised, startedAt: new Date().toISOString() })
     .catch((error: unknown) => logger.warn({ err: { message: redact((error as Error).message, secrets) } }, 'could not write this replica\'s address to the store: cancels sent to other replicas will not reach its builds'));
   logger.info({ url, advertised, builder: options.builderId, targets: service.targets, slots: options.slots, store: options.store.location, ...(metricsServer ? { metrics: metricsServer.url } : {}) }, 'builder listening');
 

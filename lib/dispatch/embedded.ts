@@ -129,6 +129,9 @@ export function createEmbeddedBuilder(options: EmbeddedBuilderOptions): Embedded
         npmVersion,
         runtimes: [process.versions.node, ...options.runtimes],
         signingKey: options.signingKey,
+        // One builder in this process: no replica to forward cancels to it, no store write before a build.
+        registerReplica: false,
+        metricsPort: false,
       });
       return { builder, client: createBuilderClient({ url: builder.url, token }), workDir };
     })();

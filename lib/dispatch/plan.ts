@@ -5,7 +5,7 @@
 import type { BuilderClient } from '../builder/client.js';
 import { BundleError } from '../errors.js';
 import type { TrustedKey } from '../provenance/dsse.js';
-import { loadTrustedKey } from '../provenance/keys.js';
+import { loadTrustedKeys } from '../provenance/keys.js';
 import { access } from 'node:fs/promises';
 import path from 'node:path';
 import { formatTarget, normalizeTarget, parseTarget, sameTarget, type Target } from '../target.js';
@@ -122,11 +122,11 @@ export async function resolvePools(config: Record<string, Array<{ url: string; t
     for (const member of members) {
       const token = member.tokenEnv ? env[member.tokenEnv] : undefined;
       if (member.tokenEnv && !token) problems.push(`dispatch.pools["${platform}"]: the environment variable ${member.tokenEnv} (token for ${member.url}) is not set`);
-      const key = await loadTrustedKey(member.publicKey).catch((error: unknown) => {
+      const keys = await loadTrustedKeys(member.publicKey).catch((error: unknown) => {
         problems.push(`dispatch.pools["${platform}"]: publicKey of ${member.url}: ${(error as Error).message}`);
-        return undefined;
+        return [];
       });
-      builders.push({ url: member.url, client: createClient(member.url, token), keys: key ? [key] : [] });
+      builders.push({ url: member.url, client: createClient(member.url, token), keys });
     }
     pools.push({ platform: parseTarget(platform), builders });
   }

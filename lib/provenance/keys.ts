@@ -87,22 +87,42 @@ export async function loadOrCreateSigningKey(file: string): Promise<SigningKey &
   return { privateKey, publicKey, publicKeyPem, keyid: keyId(publicKey), algorithm, created };
 }
 
-/** A trusted public key from PEM text (SPKI) or a file holding it. */
-export async function loadTrustedKey(fileOrPem: string): Promise<TrustedKey & { source: string }> {
-  const inline = fileOrPem.includes('-----BEGIN');
-  let text: string;
+/** PEM text given inline, or read from the file it names; `where` names it in messages. */
+async function keyText(fileOrPem: string): Promise<{ text: string; where: string; source: string }> {
+  if (fileOrPem.includes('-----BEGIN')) return { text: fileOrPem, where: 'The key given', source: 'inline' };
   try {
-    text = inline ? fileOrPem : await readFile(fileOrPem, 'utf8');
+    return { text: await readFile(fileOrPem, 'utf8'), where: fileOrPem, source: fileOrPem };
   } catch (error) {
     throw new BundleError('ERR_CONFIG', `Cannot read the public key ${fileOrPem}: ${(error as Error).message}`, { cause: error });
   }
-  if (text.includes('PRIVATE KEY-----')) throw new BundleError('ERR_CONFIG', `${inline ? 'The key given' : fileOrPem} is a private key; give the public key.`);
+}
+
+/**
+ * Every public key of a PEM file (or PEM text) that holds one or more: during a signing-key
+ * rotation a pool member's publicKey file lists the old key and the new one, and a result signed
+ * with either is trusted.
+ */
+export async function loadTrustedKeys(fileOrPem: string): Promise<Array<TrustedKey & { source: string }>> {
+  const { text, where, source } = await keyText(fileOrPem);
+  const blocks = text.match(/-----BEGIN [A-Z ]+-----[^-]+-----END [A-Z ]+-----/g);
+  if (!blocks) throw new BundleError('ERR_CONFIG', `${where} is not a PEM public key.`);
+  return blocks.map((block) => ({ ...publicKeyOf(block, where), source }));
+}
+
+/** A trusted public key from PEM text (SPKI) or a file holding it. */
+export async function loadTrustedKey(fileOrPem: string): Promise<TrustedKey & { source: string }> {
+  const { text, where, source } = await keyText(fileOrPem);
+  return { ...publicKeyOf(text, where), source };
+}
+
+function publicKeyOf(text: string, where: string): TrustedKey {
+  if (text.includes('PRIVATE KEY-----')) throw new BundleError('ERR_CONFIG', `${where} is a private key; give the public key.`);
   let publicKey: KeyObject;
   try {
     publicKey = createPublicKey(text);
   } catch (error) {
-    throw new BundleError('ERR_CONFIG', `${inline ? 'The key given' : fileOrPem} is not a PEM public key.`, { cause: error });
+    throw new BundleError('ERR_CONFIG', `${where} is not a PEM public key.`, { cause: error });
   }
-  algorithmOf(publicKey, inline ? 'The key given' : fileOrPem);
-  return { publicKey, keyid: keyId(publicKey), source: inline ? 'inline' : fileOrPem };
+  algorithmOf(publicKey, where);
+  return { publicKey, keyid: keyId(publicKey) };
 }

@@ -14,6 +14,7 @@ import { buildKey, renderKey, sourceKey } from '../../lib/dispatch/keys.js';
 import { acquireLock } from '../../lib/dispatch/lock.js';
 import { ensureLockfile } from '../../lib/dispatch/lockfile.js';
 import { parseTargets, planTargets, resolvePools } from '../../lib/dispatch/plan.js';
+import { keyId } from '../../lib/provenance/keys.js';
 import { parseTarget } from '../../lib/target.js';
 import { locateNpm } from '../../lib/workflow/npm.js';
 import { createSandbox } from '../../lib/workflow/sandbox.js';
@@ -200,6 +201,19 @@ describe('keys and plan', () => {
     expect(() => planTargets(parseTargets(['linux-x64,darwin-arm64']), pools)).toThrow(/No builder for darwin-arm64\. Configured targets: linux-x64/);
     await expect(resolvePools({ 'linux-x64': [{ url: 'http://x', tokenEnv: 'UNSET_TOKEN_VAR', publicKey }] }, {}, () => client)).rejects.toThrow(/UNSET_TOKEN_VAR/);
     await expect(resolvePools({ 'linux-x64': [{ url: 'http://x', publicKey: path.join(root.dir, 'no-such.pub.pem') }] }, {}, () => client)).rejects.toThrow(/publicKey of http:\/\/x/);
+  });
+
+  it('a publicKey file with two keys (a signing-key rotation) trusts both; a private key or no PEM in it is refused, naming the file', async () => {
+    const client = createBuilderClient({ url: 'http://127.0.0.1:9' });
+    const [oldKey, newKey] = [generateKeyPairSync('ed25519'), generateKeyPairSync('ed25519')];
+    const file = path.join(root.dir, 'rotating.pub.pem');
+    await writeFile(file, `# old key, until the rollout ends\n${oldKey.publicKey.export({ type: 'spki', format: 'pem' }) as string}${newKey.publicKey.export({ type: 'spki', format: 'pem' }) as string}`);
+    const pools = await resolvePools({ 'linux-x64': [{ url: 'http://127.0.0.1:9', publicKey: file }] }, {}, () => client);
+    expect(pools[0]?.builders[0]?.keys.map((key) => key.keyid)).toEqual([keyId(oldKey.publicKey), keyId(newKey.publicKey)]);
+    await writeFile(file, newKey.privateKey.export({ type: 'pkcs8', format: 'pem' }) as string);
+    await expect(resolvePools({ 'linux-x64': [{ url: 'http://x', publicKey: file }] }, {}, () => client)).rejects.toThrow(`${file} is a private key; give the public key.`);
+    await writeFile(file, 'not a key\n');
+    await expect(resolvePools({ 'linux-x64': [{ url: 'http://x', publicKey: file }] }, {}, () => client)).rejects.toThrow(`${file} is not a PEM public key.`);
   });
 });
 

@@ -52,6 +52,7 @@ export const TEST_UID_RANGES = {
   fleet1: { first: 61245, last: 61249 },
   fleet2: { first: 61250, last: 61254 },
   fleet3: { first: 61255, last: 61259 },
+  image: { first: 61260, last: 61264 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
