@@ -12,6 +12,7 @@ import type { DispatchArgs, StatusArgs } from './dispatch.js';
 import type { CliContext } from './context.js';
 import type { CancelArgs, LogsArgs, PruneArgs, RunsArgs } from './runs.js';
 import type { VerifyArgs } from './verify.js';
+import type { WatchArgs } from './watch.js';
 
 /** What every handler needs from main(): its context, the run's signal, where the exit code goes. */
 export interface CommandRun {
@@ -261,7 +262,38 @@ export function verifyCommand({ context, signal, setExitCode }: CommandRun): Com
   };
 }
 
+/** `bundle-dispatch watch [input…]` and `bundle-dispatch watch status`. */
+export function watchCommand({ context, signal, setExitCode }: CommandRun): CommandModule<object, WatchArgs> {
+  return {
+    command: 'watch [inputs..]',
+    describe: 'Build every new version of what it follows (registry packages by dist-tag or semver range), through the normal dispatch; `watch status` shows what it knows.',
+    builder: (argv) => argv
+      .positional('inputs', { type: 'string', array: true, describe: 'What to follow: name@tag or name@range (default: watch.entries of .bundlerc); `status` shows the watcher\'s state.' })
+      .option('targets', { alias: 't', type: 'string', array: true, describe: 'Targets of every dispatch, as for the main command (default: this machine).' })
+      .option('destination', { alias: 'd', type: 'string', describe: 'Destination store (dispatch.destination; a manifest there means the version is done).' })
+      .option('label', { type: 'string', describe: 'Label of the entry\'s runs in `runs` (default: the input).' })
+      .option('once', { type: 'boolean', default: false, describe: 'Check every entry once, dispatch what is new, exit (for cron): 0 all delivered or nothing new, 1 a check or dispatch failed, 75 another watcher holds the state.' })
+      .option('interval', { type: 'number', describe: 'Seconds between checks without --once (watch.interval, default 300).' })
+      .option('backfill', { type: 'number', describe: 'On an entry\'s first check, build the N newest matches (watch.backfill, default 1).' })
+      .option('max-tries', { type: 'number', describe: 'Give up on a failing version after N dispatches (watch.maxTries, default 3).' })
+      .option('notify', { type: 'string', describe: 'POST each dispatch\'s summary, and a notice when a version is given up on, to this URL.' })
+      .option('json', { type: 'boolean', default: false, describe: 'One JSON document per check (or the state, for `watch status`) on stdout.' })
+      .option('verbose', { type: 'boolean', default: false, describe: 'Show each dispatch\'s progress on stderr.' })
+      .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' })
+      .option('registry', { type: 'string', describe: 'npm registry URL (where versions are looked up and packed from).' })
+      .option('cache-dir', { type: 'string', describe: 'Run history, locks and the watcher\'s state (<cache-dir>/watch/).' })
+      .option('sandbox', { type: 'string', choices: ['auto', 'required', 'off'], describe: 'The embedded builder\'s sandbox for install scripts: auto, required, off (default auto).' })
+      .example(...example('$0 watch my-app@latest --targets linux-x64,linux-arm64 \\\n-d s3://releases --once', 'cron: build the version latest points at, if new'))
+      .example(...example('$0 watch @acme/app@^2 --backfill 3 --interval 600', 'every 2.x release, the 3 newest first; checks every 10 minutes'))
+      .example(...example('$0 watch status --json', 'what the watcher knows: last check, newest, last dispatched, failures')) as unknown as Argv<WatchArgs>,
+    handler: async (args) => {
+      const { commandWatch } = await import('./watch.js');
+      setExitCode(await commandWatch(args, context, signal));
+    },
+  };
+}
+
 /** Every command, in the order `--help` lists them. */
 export function commandTable(run: CommandRun): CommandModule<object, never>[] {
-  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), runsCommand(run), logsCommand(run), cancelCommand(run), pruneCommand(run), verifyCommand(run)] as unknown as CommandModule<object, never>[];
+  return [bundleCommand(run), builderCommand(run), dispatchCommand(run), statusCommand(run), runsCommand(run), logsCommand(run), cancelCommand(run), pruneCommand(run), verifyCommand(run), watchCommand(run)] as unknown as CommandModule<object, never>[];
 }

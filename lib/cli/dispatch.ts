@@ -72,7 +72,7 @@ const NOTIFY_TIMEOUT_MS = 10_000;
 
 
 /** npm and git on the dispatching side: allow-listed env, a private npmrc, the shared npm cache. */
-async function toolEnvironment(config: ResolvedConfig, env: NodeJS.ProcessEnv, workDir: string): Promise<ToolEnvironment> {
+export async function toolEnvironment(config: ResolvedConfig, env: NodeJS.ProcessEnv, workDir: string): Promise<ToolEnvironment> {
   const auth = registryAuth(config, env);
   const npmrc = path.join(workDir, 'npmrc');
   await writeNpmrc(npmrc, { registry: config.registry, scopes: config.scopes, auth });

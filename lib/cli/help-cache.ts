@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 
 /** The commands whose help is rendered ahead (`main` is the top-level `--help`). */
-export const HELP_COMMANDS = ['main', 'bundle', 'builder', 'dispatch', 'status', 'runs', 'logs', 'cancel', 'prune', 'verify'] as const;
+export const HELP_COMMANDS = ['main', 'bundle', 'builder', 'dispatch', 'status', 'runs', 'logs', 'cancel', 'prune', 'verify', 'watch'] as const;
 /** The widths rendered ahead: the terminal's columns from 60 up to 110 (narrower ones: the parser), 100 without a terminal. */
 export const HELP_WIDTHS = { min: 60, max: 110, default: 100 } as const;
 

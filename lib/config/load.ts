@@ -23,6 +23,19 @@ export interface ResolvedConfig {
   limits: { maxBytes: number; maxEntries: number };
   builder: BuilderConfig;
   dispatch: DispatchConfig;
+  watch: WatchConfig;
+}
+
+/** `watch.*`: `bundle-dispatch watch` (docs/release-automation.md). */
+export interface WatchConfig {
+  entries: Array<{ input: string; targets?: string[]; destination?: string; label?: string }>;
+  /** Seconds between checks of a long-running watcher. */
+  interval: number;
+  /** On an entry's first check: how many of the newest matches to build. */
+  backfill: number;
+  maxTries: number;
+  /** Seconds of the first back-off after a failed dispatch (then ×4 each time, at most a day). */
+  retryDelay: number;
 }
 
 /** One builder of a pool: its URL, the NAME of the env var holding its token, and its provenance public key. */

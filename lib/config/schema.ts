@@ -29,6 +29,24 @@ const nonNegative = (value: unknown) => (typeof value === 'number' && Number.isF
 const positiveInteger = (value: unknown) => (Number.isInteger(value) && (value as number) > 0 ? undefined : 'must be a whole number ≥ 1');
 const port = (value: unknown) => (Number.isInteger(value) && (value as number) >= 0 && (value as number) <= 65535 ? undefined : 'must be a port number (0–65535; 0 = any free port)');
 const metricsSetting = (value: unknown) => (value === 'api' || value === 'off' || (/^\d{1,5}$/.test(String(value)) && Number(value) <= 65535) ? undefined : 'must be "api", "off" or a port number (0-65535)');
+const watchEntries = (value: unknown) => {
+  if (!Array.isArray(value)) return 'must be a list of { "input": "my-app@latest", "targets": ["linux-x64"], "destination": "s3://releases", "label": "…" }';
+  const problems: string[] = [];
+  value.forEach((entry: unknown, index) => {
+    if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) {
+      problems.push(`[${index}]: must be { input, targets, destination, label }`);
+      return;
+    }
+    const { input, targets, destination, label, ...rest } = entry as Record<string, unknown>;
+    if (typeof input !== 'string' || input === '') problems.push(`[${index}].input: required: what to follow, a registry package with a tag or range (my-app@latest, @acme/app@^2)`);
+    if (targets !== undefined && (!Array.isArray(targets) || !targets.every((target) => typeof target === 'string'))) problems.push(`[${index}].targets: must be a list of targets (["linux-x64", "linux-arm64"])`);
+    if (destination !== undefined && typeof destination !== 'string') problems.push(`[${index}].destination: must be a store location (a directory or s3://bucket/prefix)`);
+    if (label !== undefined && typeof label !== 'string') problems.push(`[${index}].label: must be text`);
+    for (const name of Object.keys(rest)) problems.push(`[${index}]: unknown key "${name}"`);
+  });
+  return problems.length > 0 ? problems.join('; ') : undefined;
+};
+
 const uidRange = (value: unknown) => {
   if (value === 'off') return undefined;
   const match = /^(\d+)-(\d+)$/.exec(String(value));
@@ -476,6 +494,46 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
     description: 'Path-style S3 URLs (endpoint/bucket/key), needed by most S3-compatible servers.',
     default: false,
     env: 'BUNDLE_DISPATCH_S3_FORCE_PATH_STYLE',
+  },
+  {
+    key: 'watch.entries',
+    type: 'json',
+    description: 'What `bundle-dispatch watch` follows when no input is given: a list of { input, targets, destination, label } (input: a registry package with a dist-tag or semver range; destination: default dispatch.destination; label: shown in `runs`, default the input).',
+    default: [],
+    check: watchEntries,
+    example: [{ input: 'my-app@latest', targets: ['linux-x64', 'linux-arm64'], destination: 's3://releases/bundles', label: 'my-app releases' }],
+  },
+  {
+    key: 'watch.interval',
+    type: 'number',
+    description: 'Seconds between checks of a long-running watcher (without --once).',
+    default: 300,
+    env: 'BUNDLE_DISPATCH_WATCH_INTERVAL',
+    flag: 'interval',
+    check: positive,
+  },
+  {
+    key: 'watch.backfill',
+    type: 'number',
+    description: 'On an entry\'s first check: how many of the newest matching versions to build (older ones are passed over).',
+    default: 1,
+    flag: 'backfill',
+    check: positiveInteger,
+  },
+  {
+    key: 'watch.maxTries',
+    type: 'number',
+    description: 'Dispatches of a failing version before the watcher gives up on it (and notifies dispatch.notify).',
+    default: 3,
+    flag: 'max-tries',
+    check: positiveInteger,
+  },
+  {
+    key: 'watch.retryDelay',
+    type: 'number',
+    description: 'Seconds before a failed version is tried again; each further failure waits four times longer (at most a day).',
+    default: 300,
+    check: positive,
   },
 ];
 

@@ -83,6 +83,7 @@ const SECTION: Record<string, string> = {
   logs: 'Runs:',
   cancel: 'Runs:',
   prune: 'Runs:',
+  watch: '`bundle-dispatch watch',
 };
 
 /**
