@@ -277,6 +277,7 @@ export function watchCommand({ context, signal, setExitCode }: CommandRun): Comm
       .option('backfill', { type: 'number', describe: 'On an entry\'s first check, build the N newest matches (watch.backfill, default 1).' })
       .option('max-tries', { type: 'number', describe: 'Give up on a failing version after N dispatches (watch.maxTries, default 3).' })
       .option('notify', { type: 'string', describe: 'POST each dispatch\'s summary, and a notice when a version is given up on, to this URL.' })
+      .option('listen', { type: 'string', describe: 'host:port to receive push/tag webhooks from GitHub, GitLab and Gitea on (long-running only; secrets from BUNDLE_DISPATCH_WEBHOOK_*_SECRET).' })
       .option('json', { type: 'boolean', default: false, describe: 'One JSON document per check (or the state, for `watch status`) on stdout.' })
       .option('verbose', { type: 'boolean', default: false, describe: 'Show each dispatch\'s progress on stderr.' })
       .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' })

@@ -8,7 +8,6 @@
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { BundleError, toBundleError } from '../errors.js';
 import { acquireLock } from '../dispatch/lock.js';
 import { renderKey } from '../dispatch/keys.js';
@@ -16,8 +15,9 @@ import { newRunId } from '../dispatch/run.js';
 import { redact } from '../redact.js';
 import { openStore, type ObjectStore } from '../storage/index.js';
 import { checkEntries, type EntryReport, type GaveUpEvent, type WatchEntry } from '../watch/check.js';
-import { candidates, parseWatchInput } from '../watch/sources.js';
+import { candidates, dispatchSpec, parseWatchInput, type WatchSource } from '../watch/sources.js';
 import { readState, stateFile, writeState, type WatchState } from '../watch/state.js';
+import { normalizeRepository, startWebhookListener, type WebhookListener } from '../watch/webhooks.js';
 import { loadCliConfig, storeOptions } from './config.js';
 import type { CliContext } from './context.js';
 import { commandDispatch, toolEnvironment, type DispatchArgs } from './dispatch.js';
@@ -30,6 +30,8 @@ export interface WatchArgs extends Pick<DispatchArgs, 'targets' | 'destination' 
   interval?: number;
   backfill?: number;
   'max-tries'?: number;
+  /** host:port for webhooks (long-running only). */
+  listen?: string;
 }
 
 const NOTIFY_TIMEOUT_MS = 10_000;
@@ -57,12 +59,15 @@ export async function commandWatch(args: WatchArgs, context: CliContext, signal:
   }
   const sources = new Map(entries.map((entry) => [entry, parseWatchInput(entry.input)]));
   const settings = config.watch;
+  if (args.listen && args.once) throw new BundleError('ERR_USAGE', 'watch: --listen needs a long-running watcher; drop --once.');
+  const listenAt = args.listen ? parseListen(args.listen) : undefined;
 
   // One watcher per state: a second one exits 75 (ERR_LOCKED) instead of building twice.
   const lock = await acquireLock(path.join(path.dirname(file), 'lock'), { runId: `watch-${newRunId()}`, waitMs: 0, signal });
   await mkdir(config.workDir, { recursive: true });
   const workDir = await mkdtemp(path.join(config.workDir, 'watch-'));
   const stores = new Map<string, ObjectStore>();
+  let listener: WebhookListener | undefined;
   try {
     const tools = await toolEnvironment(config, context.env, workDir);
     const destinationOf = async (entry: WatchEntry) => {
@@ -80,29 +85,68 @@ export async function commandWatch(args: WatchArgs, context: CliContext, signal:
     const state = await readState(file);
     const deps = {
       now: () => new Date(),
-      candidates: (entry: WatchEntry) => candidates(sources.get(entry) as ReturnType<typeof parseWatchInput>, tools, { cwd: context.cwd, signal }),
+      candidates: (entry: WatchEntry) => candidates(sources.get(entry) as WatchSource, tools, { cwd: context.cwd, signal }),
       published: async (entry: WatchEntry, version: string) => {
-        const name = (sources.get(entry) as { name: string }).name;
+        const source = sources.get(entry) as WatchSource;
+        // A git ref's package version is known only once it is packed: dispatch decides.
+        if (source.kind === 'git') return false;
+        const name = source.name;
         // A template that names the source's hash or commit cannot be checked before packing: dispatch decides.
         if (/\{(sourceSha|commit|buildKey)\}/.test(config.dispatch.manifestTemplate)) return false;
         const key = renderKey(config.dispatch.manifestTemplate, { name, version, sourceSha: '' });
         return (await destinationOf(entry)).exists(key, { signal });
       },
-      dispatch: (entry: WatchEntry, version: string) => dispatchVersion(entry, `${(sources.get(entry) as { name: string }).name}@${version}`, args, context, signal),
+      dispatch: (entry: WatchEntry, version: string) => dispatchVersion(entry, dispatchSpec(sources.get(entry) as WatchSource, version), args, context, signal),
       save: (next: WatchState) => writeState(file, next),
       ...(config.dispatch.notify ? { notify: (event: GaveUpEvent) => postNotification(config.dispatch.notify as string, event, context) } : {}),
       log,
     };
     const options = { backfill: settings.backfill, maxTries: settings.maxTries, retryBaseMs: settings.retryDelay * 1000, signal };
+    // Webhooks name a repository; the entries that follow it are checked at once.
+    const pending = new Set<WatchEntry>();
+    let wake: (() => void) | undefined;
+    if (listenAt) {
+      const followed = () => new Set([...sources.values()].flatMap((source) => (source.kind === 'git' ? [normalizeRepository(source.url)] : [])));
+      listener = await startWebhookListener({
+        ...listenAt, env: context.env, repositories: followed, status: () => ({ entries: statusEntries(state) }), log: (line) => context.stderr.write(`${line}\n`),
+        onPush: (repository) => {
+          for (const [entry, source] of sources) if (source.kind === 'git' && normalizeRepository(source.url) === repository) pending.add(entry);
+          wake?.();
+        },
+      });
+      context.stderr.write(`listening for webhooks on ${listener.url} (POST /hooks/github, /hooks/gitlab, /hooks/gitea)\n`);
+    }
+    let due = entries;
+    let fullCheckAt = Date.now();
     for (;;) {
-      const { reports, interrupted } = await checkEntries(entries, state, deps, options);
+      const { reports, interrupted } = await checkEntries(due, state, deps, options);
       report(reports, args.json, context);
       if (interrupted || signal.aborted) return args.once ? EXIT.interrupted : EXIT.ok;
       if (args.once) return reports.some((entry) => entry.error || entry.failed.length > 0) ? EXIT.failed : EXIT.ok;
-      await sleep(settings.interval * 1000, undefined, { signal }).catch(() => undefined);
+      if (pending.size === 0) {
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, Math.max(0, fullCheckAt + settings.interval * 1000 - Date.now()));
+          const done = () => {
+            clearTimeout(timer);
+            signal.removeEventListener('abort', done);
+            wake = undefined;
+            resolve();
+          };
+          wake = done;
+          signal.addEventListener('abort', done, { once: true });
+        });
+      }
       if (signal.aborted) return EXIT.ok;
+      if (Date.now() >= fullCheckAt + settings.interval * 1000) {
+        due = entries;
+        fullCheckAt = Date.now();
+      } else {
+        due = [...pending];
+      }
+      pending.clear();
     }
   } finally {
+    await listener?.close();
     for (const store of stores.values()) store.close();
     await rm(workDir, { recursive: true, force: true }).catch(() => undefined);
     await lock.release();
@@ -174,12 +218,23 @@ function report(reports: EntryReport[], json: boolean, context: CliContext): voi
   }
 }
 
-function watchStatus(state: WatchState, json: boolean, context: CliContext): number {
-  const entries = Object.entries(state.entries).map(([key, entry]) => ({
+/** `host:port` of --listen. */
+function parseListen(text: string): { host: string; port: number } {
+  const match = /^(\[[^\]]+\]|[^:]+):(\d{1,5})$/.exec(text);
+  if (!match || Number(match[2]) > 65535) throw new BundleError('ERR_USAGE', `watch: --listen ${text} is not host:port (127.0.0.1:8789, 0.0.0.0:8789; port 0: any free port).`);
+  return { host: (match[1] as string).replace(/^\[|\]$/g, ''), port: Number(match[2]) };
+}
+
+function statusEntries(state: WatchState) {
+  return Object.entries(state.entries).map(([key, entry]) => ({
     key, input: entry.input, ...(entry.label ? { label: entry.label } : {}), lastCheck: entry.lastCheck ?? null, newest: entry.newest ?? null,
     lastDispatched: entry.lastDispatched ?? null, lastFailure: entry.lastFailure ?? null, lastCheckError: entry.lastCheckError ?? null,
     failing: Object.entries(entry.failures).map(([version, failure]) => ({ version, ...failure })),
   }));
+}
+
+function watchStatus(state: WatchState, json: boolean, context: CliContext): number {
+  const entries = statusEntries(state);
   if (json) {
     context.stdout.write(`${JSON.stringify({ entries }, null, 2)}\n`);
     return EXIT.ok;

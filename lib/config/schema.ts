@@ -498,7 +498,7 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
   {
     key: 'watch.entries',
     type: 'json',
-    description: 'What `bundle-dispatch watch` follows when no input is given: a list of { input, targets, destination, label } (input: a registry package with a dist-tag or semver range; destination: default dispatch.destination; label: shown in `runs`, default the input).',
+    description: 'What `bundle-dispatch watch` follows when no input is given: a list of { input, targets, destination, label } (input: a registry package with a dist-tag or semver range, or a git URL with #<tag pattern or branch>; destination: default dispatch.destination; label: shown in `runs`, default the input).',
     default: [],
     check: watchEntries,
     example: [{ input: 'my-app@latest', targets: ['linux-x64', 'linux-arm64'], destination: 's3://releases/bundles', label: 'my-app releases' }],
