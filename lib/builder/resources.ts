@@ -3,7 +3,9 @@
  * own when the builder runs as root (reachability of directories: lib/workflow/run-as.ts).
  */
 import { execFile } from 'node:child_process';
-import { statfs } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, statfs, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { BundleError } from '../errors.js';
 import type { RunAs } from '../workflow/runtime-registry.js';
 
@@ -49,6 +51,49 @@ export class UidPool {
       this.free.sort((a, b) => b - a);
     }
   }
+}
+
+/** Where builders on this machine say which build uids they use (tmpfs: gone with a reboot, as the builders are). */
+export function defaultClaimsDir(): string {
+  return process.platform === 'linux' ? '/run/bundle-dispatch/uid-claims' : path.join(tmpdir(), 'bundle-dispatch-uid-claims');
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Claims a uid range for this process's builder, or refuses with ERR_CONFIG when a live builder
+ * of another process on this machine claimed an overlapping one: a builder kills every process
+ * of its range when it starts, so two builders sharing uids would kill each other's builds.
+ * Claims of processes that are gone are removed. Two builders starting at the same instant with
+ * overlapping ranges may both refuse (never both start). Returns the release.
+ */
+export async function claimUidRange(range: { first: number; last: number }, builder: string, dir = defaultClaimsDir()): Promise<() => Promise<void>> {
+  await mkdir(dir, { recursive: true, mode: 0o755 });
+  const own = path.join(dir, `${process.pid}.json`);
+  await writeFile(own, JSON.stringify({ pid: process.pid, first: range.first, last: range.last, builder, since: new Date().toISOString() }), { mode: 0o644 });
+  for (const name of await readdir(dir)) {
+    const file = path.join(dir, name);
+    if (file === own || !name.endsWith('.json')) continue;
+    const claim = await readFile(file, 'utf8').then((text) => JSON.parse(text) as { pid: number; first: number; last: number; builder?: string; since?: string }, () => undefined);
+    if (!claim || !alive(claim.pid)) {
+      await rm(file, { force: true });
+      continue;
+    }
+    if (claim.first <= range.last && range.first <= claim.last) {
+      await rm(own, { force: true });
+      throw new BundleError('ERR_CONFIG', `builder.runAsUids ${range.first}-${range.last} overlaps ${claim.first}-${claim.last}, the build uids of the builder ${claim.builder ?? '?'} (pid ${claim.pid}, since ${claim.since ?? '?'}) on this machine: each builder kills the processes of its uids when it starts, so they would kill each other's builds.`, {
+        hint: `Give each builder on this machine its own range (--config with builder.runAsUids, or BUNDLE_DISPATCH_BUILDER_RUN_AS_UIDS=62000-62999). If pid ${claim.pid} is not a builder, remove ${file}.`,
+      });
+    }
+  }
+  return () => rm(own, { force: true });
 }
 
 /** Parses `builder.runAsUids`: a range, or undefined for "off". */

@@ -24,7 +24,7 @@ import { downloadToFile, uploadFile } from './client.js';
 import { createAddressGuard, type AddressGuard } from './network.js';
 import { SlotQueue } from './queue.js';
 import { RecordStore, keys, notFound } from './records.js';
-import { UidPool, checkFreeDisk, freeDiskBytes, killUidProcesses } from './resources.js';
+import { UidPool, checkFreeDisk, claimUidRange, freeDiskBytes, killUidProcesses } from './resources.js';
 import { findBlockingAncestor, unreachableError } from '../workflow/run-as.js';
 import { signProvenance, type NodeHashes } from './provenance.js';
 import type { SigningKey } from '../provenance/keys.js';
@@ -53,6 +53,8 @@ export interface BuilderServiceOptions {
   minFreeDisk: number;
   /** Uids for builds when running as root; undefined runs npm as this process's user. */
   uidRange?: { first: number; last: number };
+  /** Where builders of this machine claim their uid ranges (default /run/bundle-dispatch/uid-claims). */
+  uidClaimsDir?: string;
   heartbeatMs: number;
   /**
    * `builder.allowSources`: loopback/private CIDRs, addresses and host names source and output
@@ -185,6 +187,7 @@ export class BuilderService {
   private hurried = false;
   private endGrace: (() => void) | undefined;
   private storeProbe: { at: number; result: Promise<ReadinessCheck> } | undefined;
+  private releaseUids: (() => Promise<void>) | undefined;
   /** sha256 of host Node binaries named in provenance, by path, size and mtime (hashing one takes ~0.3 s). */
   private readonly nodeHashes: NodeHashes = new Map();
 
@@ -253,6 +256,8 @@ export class BuilderService {
       for (const name of await readdir(dir)) await rm(path.join(dir, name), { recursive: true, force: true });
     }
     if (this.options.uidRange) {
+      // First: no other builder on this machine uses these uids (the sweep below would kill its builds).
+      this.releaseUids = await claimUidRange(this.options.uidRange, this.options.builderId, this.options.uidClaimsDir);
       const killed = await killUidProcesses(this.options.uidRange.first, this.options.uidRange.last);
       if (killed.length > 0) this.options.logger.warn({ pids: killed }, 'killed processes left behind by builds of a previous run');
     }
@@ -697,6 +702,7 @@ export class BuilderService {
     }
     await Promise.all(running().map((entry) => entry.finished));
     await this.records.drain();
+    await this.releaseUids?.();
   }
 
   /** Resolves once no build runs (after a drain nothing new starts, so this is the end of the work). */

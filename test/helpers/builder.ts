@@ -53,6 +53,7 @@ export const TEST_UID_RANGES = {
   fleet2: { first: 61250, last: 61254 },
   fleet3: { first: 61255, last: 61259 },
   image: { first: 61260, last: 61264 },
+  claims: { first: 61265, last: 61269 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 
