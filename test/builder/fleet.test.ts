@@ -186,7 +186,7 @@ describe('three replicas behind HAProxy', () => {
     const names = ['drain-a', 'drain-b', 'drain-c', 'drain-d', 'drain-e', 'drain-f'];
     try {
       const runs: Array<Promise<DispatchResult>> = names.map(async (name) => {
-        const fixture = await writeFixture(path.join(root.dir, `${name}-1.0.0.tgz`), { name, version: '1.0.0', scripts: { install: 'node -e "setTimeout(() => {}, 9000)"' } });
+        const fixture = await writeFixture(path.join(root.dir, `${name}-1.0.0.tgz`), { name, version: '1.0.0', scripts: { install: 'node -e "setTimeout(() => {}, 20000)"' } });
         const work = await tempDir('bd-fleet-run-');
         try {
           const prepared = await prepareInput(fixture, { cwd: root.dir, workDir: work.dir, tools: dispatchTools() });
@@ -200,20 +200,23 @@ describe('three replicas behind HAProxy', () => {
           await work.remove();
         }
       });
-      // Six builds on three single-slot replicas: three run, three wait; one replica has both.
-      const loads = await waitFor(async () => {
-        const healths = await Promise.all(replicas.map(async (replica) => (await fetch(`${replica.url}/v1/health`)).json() as Promise<HealthResponse>));
-        const running = healths.reduce((sum, health) => sum + health.queue.running, 0);
-        const queued = healths.reduce((sum, health) => sum + health.queue.queued, 0);
-        return running === 3 && queued === 3 ? healths : undefined;
+      // Six builds on three single-slot replicas: three run, three wait, so one replica has both.
+      // The victim: such a replica whose running build started recently (builds take 20 s), so
+      // the SIGTERM lands while that build still runs and the other one still waits. Each
+      // replica is asked for its own builds (from memory: no store lag).
+      const pick = await waitFor(async () => {
+        for (const [index, replica] of replicas.entries()) {
+          const own = (await createBuilderClient({ url: replica.url, token }).listBuilds({ limit: 50 })).builds.filter((build) => build.builder === NAMES[index]);
+          const runningHere = own.filter((build) => build.state === 'running');
+          const waitingHere = own.filter((build) => build.state === 'queued');
+          if (runningHere.length === 1 && waitingHere.length >= 1 && Date.now() - Date.parse(runningHere[0]?.startedAt ?? '') < 10_000) return { index, running: runningHere[0], queued: waitingHere };
+        }
+        return undefined;
       }, 90_000, 200);
-      const victimIndex = loads.findIndex((health) => health.queue.running === 1 && health.queue.queued >= 1);
-      expect(victimIndex).toBeGreaterThanOrEqual(0);
-      const victim = replicas[victimIndex] as ChildBuilder;
-      const victimName = NAMES[victimIndex] as string;
-      const own = (await createBuilderClient({ url: victim.url, token }).listBuilds({ limit: 50 })).builds.filter((build) => build.builder === victimName && (build.state === 'running' || build.state === 'queued'));
-      const ranThere = own.find((build) => build.state === 'running')?.package?.name;
-      const queuedThere = own.filter((build) => build.state === 'queued').map((build) => build.package?.name ?? build.id);
+      const victim = replicas[pick.index] as ChildBuilder;
+      const victimName = NAMES[pick.index] as string;
+      const ranThere = pick.running?.package?.name;
+      const queuedThere = pick.queued.map((build) => build.id);
 
       victim.child.kill('SIGTERM');
       // Within a few health checks the balancer sends it nothing, while it still drains.

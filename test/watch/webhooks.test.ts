@@ -133,6 +133,19 @@ describe('bundle-dispatch watch --listen (git daemon, GitHub-signed webhooks)', 
     const status = await fetch(`${listenUrl}/status`, { headers: { authorization: `Bearer ${STATUS_TOKEN}` } });
     expect(await status.json()).toMatchObject({ entries: [{ input: `${repoUrl}#v*`, newest: `v1.2.0@${third}` }] });
 
+    // A moved tag: v1.2.0 now points at another commit with the same package version. It is a new
+    // candidate, built under its commit, and the immutable destination refuses to replace 1.2.0.
+    await writeFile(path.join(work, 'index.js'), "module.exports = 'moved';\n");
+    await git(['commit', '--quiet', '-am', 'moved'], work);
+    await git(['tag', '-f', 'v1.2.0'], work);
+    await git(['push', '--quiet', '--force', 'origin', 'v1.2.0'], work);
+    const moved = (await git(['rev-parse', 'HEAD'], work)).stdout.trim();
+    const movedBody = payload('v1.2.0');
+    expect((await deliver(movedBody, { 'x-hub-signature-256': await sign(SECRET, movedBody), 'x-github-delivery': randomUUID() })).status).toBe(202);
+    const failedCheck = await waitFor(() => checks().flatMap((check) => check.entries.flatMap((entry) => (entry as { failed?: Array<{ version: string; error: string }> }).failed ?? [])).find((failure) => failure.version === `v1.2.0@${moved}`), 120_000, 200);
+    expect(failedCheck.error).toContain('ERR_STORE_EXISTS');
+    expect(dispatched()).toHaveLength(3);
+
     // Gitea/Forgejo (the HMAC in hex, no prefix) and GitLab (the secret token itself).
     const hook = (name: string, headers: Record<string, string>, text = body) => fetch(`${listenUrl}/hooks/${name}`, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: text });
     const giteaSignature = (await sign(`gitea-${SECRET}`, body)).replace(/^sha256=/, '');
