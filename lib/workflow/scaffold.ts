@@ -245,8 +245,14 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     npmrc: path.join(work, 'npmrc'),
   };
   let keepWorkdir = false;
+  // A step still winding down when another failed (an unpack stream, a runtime link) may add a
+  // file while the tree is removed (ENOTEMPTY): rm retries; and a failed removal never hides
+  // the build's own error (it is only reported).
   const cleanup = async () => {
-    if (!keepWorkdir) await rm(work, { recursive: true, force: true });
+    if (keepWorkdir) return;
+    await rm(work, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 }).catch((error: unknown) => {
+      log('pack', `could not remove the workdir ${work}: ${(error as Error).message}`, 'stderr');
+    });
   };
 
   try {
@@ -254,7 +260,8 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     const early = mergeConfig(scaffold.defaults, context.overrides);
     keepWorkdir = early.keepWorkdir;
 
-    const [unpacked, config] = await Promise.all([
+    // All three end before a failure of one is thrown: the workdir is removed only once nothing writes into it.
+    const earlySteps = await Promise.allSettled([
       step('unpack', async () => {
         await mkdir(dirs.package, { recursive: true });
         const result = await unpack(context.tar, dirs.package, { limits: early.limits, signal });
@@ -276,6 +283,9 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         await writeFile(path.join(dirs.work, 'global-npmrc'), '');
       })(),
     ]);
+    const failedEarly = earlySteps.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+    if (failedEarly) throw failedEarly.reason;
+    const [unpacked, config] = earlySteps.map((result) => (result as PromiseFulfilledResult<unknown>).value) as [Awaited<ReturnType<typeof unpack>>, BuildConfig];
     keepWorkdir = config.keepWorkdir;
     // Hashed as it came in, before hooks or npm could touch it (the provenance names it).
     const lockfile = unpacked.lockfile ? sha256File(path.join(dirs.package, unpacked.lockfile)).then(({ sha256 }) => ({ name: unpacked.lockfile as string, sha256 })) : undefined;
