@@ -87,10 +87,12 @@ const STATUS: Partial<Record<ErrorCode, number>> = {
   ERR_BUILDER_BUSY: 503,
 };
 
-/** Seconds a draining builder's 503 asks a client to wait before it asks (this URL) again. */
-const DRAINING_RETRY_AFTER_S = 1;
-/** And one whose queue is full (builder.maxQueued): a slot frees when a build ends, seconds to minutes away. */
-const BUSY_RETRY_AFTER_S = 5;
+/**
+ * Seconds a 503 for a new build asks a client to wait before it asks this URL again: draining
+ * (behind a balancer the retry lands elsewhere), or a full queue (builder.maxQueued: a slot
+ * frees when a build ends, seconds to minutes away).
+ */
+const RETRY_AFTER_S: Record<string, number> = { draining: 1, queue_full: 5 };
 
 /** A request id from `X-Request-Id` when it is sane, else a new one. */
 function requestId(header: string | string[] | undefined): string {
@@ -203,11 +205,11 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
         code: failure.code,
         message: redact(failure.message, secrets),
         ...(failure.details?.served ? { details: { served: failure.details.served } } : {}),
-        ...(failure.details?.reason === 'draining' || failure.details?.reason === 'queue_full' ? { details: { reason: failure.details.reason } } : {}),
+        ...(typeof failure.details?.reason === 'string' && RETRY_AFTER_S[failure.details.reason] ? { details: { reason: failure.details.reason } } : {}),
       };
       // Draining or full: this replica will not take the build now; a balancer sends the retry elsewhere.
-      if (failure.details?.reason === 'draining') void reply.header('retry-after', String(DRAINING_RETRY_AFTER_S));
-      if (failure.details?.reason === 'queue_full') void reply.header('retry-after', String(BUSY_RETRY_AFTER_S));
+      const retryAfter = typeof failure.details?.reason === 'string' ? RETRY_AFTER_S[failure.details.reason] : undefined;
+      if (retryAfter) void reply.header('retry-after', String(retryAfter));
       if (status >= 500) logger.error({ reqId: request.id, err: { code: failure.code, message: body.message, stack: redact(failure.stack ?? '', secrets) } }, 'request failed');
     }
     void reply.code(status).send({ error: body });
@@ -238,8 +240,7 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   await app.listen({ host: options.host, port: options.port });
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : options.port;
-  const host = options.host.includes(':') ? `[${options.host}]` : options.host;
-  const url = `http://${host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host}:${port}`;
+  const url = localUrl(options.host, port);
   // Other replicas of the pool forward cancels of this replica's builds to this address.
   const advertised = advertisedUrl({ host: options.host, port }, options.advertiseUrl);
   if (options.registerReplica !== false) await service.records.saveReplica({ builder: options.builderId, url: advertised, startedAt: new Date().toISOString() })
@@ -270,6 +271,12 @@ export async function startBuilder(options: BuilderServerOptions): Promise<Runni
   };
 }
 
+/** `http://host:port` to reach a listener on this machine (a wildcard address as 127.0.0.1). */
+function localUrl(host: string, port: number): string {
+  const shown = host.includes(':') ? `[${host}]` : host;
+  return `http://${shown === '0.0.0.0' || shown === '[::]' ? '127.0.0.1' : shown}:${port}`;
+}
+
 /** GET /metrics on a listener of its own (builder.metricsPort): nothing else is served there. */
 async function listenMetrics(metrics: BuilderMetrics, host: string, port: number): Promise<{ url: string; close: () => Promise<void> }> {
   const server = createServer((request, response) => {
@@ -283,10 +290,8 @@ async function listenMetrics(metrics: BuilderMetrics, host: string, port: number
     server.once('error', reject);
     server.listen(port, host, () => resolve());
   });
-  const bound = (server.address() as AddressInfo).port;
-  const shown = host.includes(':') ? `[${host}]` : host;
   return {
-    url: `http://${shown === '0.0.0.0' || shown === '[::]' ? '127.0.0.1' : shown}:${bound}/metrics`,
+    url: `${localUrl(host, (server.address() as AddressInfo).port)}/metrics`,
     close: () => new Promise<void>((resolve) => {
       server.closeAllConnections();
       server.close(() => resolve());

@@ -182,7 +182,7 @@ export class BuilderService {
   private readonly workRoot: string;
   /** Every source download and output upload connects through it (SSRF guard). */
   private readonly guard: AddressGuard;
-  private stoppingFlag = false;
+  /** When the drain began (ISO time); undefined while the builder takes builds. */
   private drainingSince: string | undefined;
   private hurried = false;
   private endGrace: (() => void) | undefined;
@@ -209,7 +209,7 @@ export class BuilderService {
   }
 
   get stopping(): boolean {
-    return this.stoppingFlag;
+    return this.drainingSince !== undefined;
   }
 
   get queueState(): { running: number; queued: number; capacity: number } {
@@ -299,8 +299,7 @@ export class BuilderService {
   }
 
   private async submitOnce(request: CreateBuildRequest, idempotencyKey?: string): Promise<{ record: BuildRecord; existing: boolean }> {
-    if (this.stoppingFlag) throw drainingError();
-    this.refuseWhenFull();
+    this.refuseNewBuild();
     const target = normalizeTarget(request.target);
     if (!this.options.targets.some((served) => sameTarget(served, target))) {
       throw new BundleError('ERR_TARGET_UNSUPPORTED', `This builder does not serve ${formatTarget(target)}; it serves ${this.targets.join(', ')}.`, { details: { served: this.targets } });
@@ -391,8 +390,9 @@ export class BuilderService {
     }
   }
 
-  /** builder.maxQueued: a full queue answers 503 ERR_BUILDER_BUSY (0: no limit). */
-  private refuseWhenFull(): void {
+  /** 503s for a new build: draining, or a full queue (builder.maxQueued; 0: no limit). */
+  private refuseNewBuild(): void {
+    if (this.stopping) throw drainingError();
     const limit = this.options.maxQueued ?? 0;
     if (limit > 0 && this.queue.queued >= limit) {
       throw new BundleError('ERR_BUILDER_BUSY', `The builder's queue is full (${this.queue.queued} builds waiting, builder.maxQueued ${limit}); send the build to another builder or try again later.`, { details: { reason: 'queue_full', status: 503 } });
@@ -432,13 +432,9 @@ export class BuilderService {
 
   private async accept(request: CreateBuildRequest, target: Target, source: FetchedSource, idempotencyKey?: string): Promise<{ record: BuildRecord; existing: boolean }> {
     const { id, spool } = source;
-    // The drain began while the source was downloading: the queue starts nothing more.
-    if (this.stoppingFlag) {
-      await rm(spool, { force: true });
-      throw drainingError();
-    }
+    // Asked again: the drain may have begun, or the queue filled, while the source downloaded.
     try {
-      this.refuseWhenFull();
+      this.refuseNewBuild();
     } catch (error) {
       await rm(spool, { force: true });
       throw error;
@@ -624,8 +620,7 @@ export class BuilderService {
    * builder without waiting. Calling it again hands back nothing more and changes nothing.
    */
   async drain(why: string): Promise<string[]> {
-    if (!this.stoppingFlag) {
-      this.stoppingFlag = true;
+    if (!this.drainingSince) {
       this.drainingSince = new Date().toISOString();
       this.options.logger.info({ why }, 'draining: no new builds');
     }
@@ -685,7 +680,7 @@ export class BuilderService {
    */
   async stop(graceMs: number): Promise<void> {
     await this.drain('shutting down');
-    const running = () => [...this.builds.values()].filter((entry) => entry.record.state === 'running');
+    const running = () => this.runningEntries();
     const all = Promise.all(running().map((entry) => entry.finished));
     let timer: NodeJS.Timeout | undefined;
     const hurried = new Promise<void>((resolve) => {
@@ -707,7 +702,11 @@ export class BuilderService {
 
   /** Resolves once no build runs (after a drain nothing new starts, so this is the end of the work). */
   async idle(): Promise<void> {
-    await Promise.all([...this.builds.values()].filter((entry) => entry.record.state === 'running').map((entry) => entry.finished));
+    await Promise.all(this.runningEntries().map((entry) => entry.finished));
+  }
+
+  private runningEntries(): BuildEntry[] {
+    return [...this.builds.values()].filter((entry) => entry.record.state === 'running');
   }
 
   /** Ends the grace period of a stop now (the second signal): running builds are cancelled and recorded. */

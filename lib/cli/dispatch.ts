@@ -339,12 +339,13 @@ function summaryTable(result: DispatchResult, extras: SummaryExtras): string {
 // ---------------------------------------------------------------------------------------------
 // dispatch
 
-async function notify(url: string, result: DispatchResult): Promise<string | undefined> {
+/** POSTs a JSON document to a --notify URL; answers what went wrong, if anything (a notice never fails the run). */
+export async function notify(url: string, payload: unknown): Promise<string | undefined> {
   try {
     const response = await fetch(url, {
       method: 'POST',
       headers: { 'content-type': 'application/json', 'user-agent': 'bundle-dispatch' },
-      body: JSON.stringify(result),
+      body: JSON.stringify(payload),
       signal: AbortSignal.timeout(NOTIFY_TIMEOUT_MS),
     });
     return response.ok ? undefined : `HTTP ${response.status}`;

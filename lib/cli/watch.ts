@@ -20,7 +20,7 @@ import { readState, stateFile, writeState, type WatchState } from '../watch/stat
 import { normalizeRepository, startWebhookListener, type WebhookListener } from '../watch/webhooks.js';
 import { loadCliConfig, storeOptions } from './config.js';
 import type { CliContext } from './context.js';
-import { commandDispatch, toolEnvironment, type DispatchArgs } from './dispatch.js';
+import { commandDispatch, notify, toolEnvironment, type DispatchArgs } from './dispatch.js';
 import { EXIT } from './errors.js';
 
 /** The main command's flags that mean the same here, and the watcher's own. */
@@ -34,7 +34,6 @@ export interface WatchArgs extends Pick<DispatchArgs, 'targets' | 'destination' 
   listen?: string;
 }
 
-const NOTIFY_TIMEOUT_MS = 10_000;
 
 export async function commandWatch(args: WatchArgs, context: CliContext, signal: AbortSignal): Promise<number> {
   const config = await loadCliConfig(context, {
@@ -188,12 +187,8 @@ async function dispatchVersion(entry: WatchEntry, spec: string, args: WatchArgs,
 }
 
 async function postNotification(url: string, event: GaveUpEvent, context: CliContext): Promise<void> {
-  try {
-    const response = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json', 'user-agent': 'bundle-dispatch' }, body: JSON.stringify(event), signal: AbortSignal.timeout(NOTIFY_TIMEOUT_MS) });
-    if (!response.ok) context.stderr.write(`! --notify ${redact(url)}: HTTP ${response.status}\n`);
-  } catch (error) {
-    context.stderr.write(`! --notify ${redact(url)}: ${(error as Error).message}\n`);
-  }
+  const problem = await notify(url, event);
+  if (problem) context.stderr.write(`! --notify ${redact(url)}: ${problem}\n`);
 }
 
 function report(reports: EntryReport[], json: boolean, context: CliContext): void {

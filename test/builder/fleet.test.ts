@@ -8,7 +8,6 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBuilderClient, type BuilderClient } from '../../lib/builder/client.js';
@@ -20,7 +19,7 @@ import type { HealthResponse } from '../../lib/protocol.js';
 import { loadTrustedKey, publicKeyPath } from '../../lib/provenance/keys.js';
 import { S3Store } from '../../lib/storage/s3-store.js';
 import { parseTarget } from '../../lib/target.js';
-import { TEST_SIGNING_KEY, TEST_UID_RANGES, childEnv, hostTargetSpec, killChildBuilders, newToken, spawnBuilder, startSourceServer, tgz, waitFor, type ChildBuilder, type SourceServer } from '../helpers/builder.js';
+import { TEST_SIGNING_KEY, TEST_UID_RANGES, childEnv, freePort, hostTargetSpec, killChildBuilders, newToken, spawnBuilder, startSourceServer, tgz, waitFor, type ChildBuilder, type SourceServer } from '../helpers/builder.js';
 import { NODE, dispatchTools, writeFixture } from '../helpers/dispatch.js';
 import { packageTar, repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
 import { startS3, type S3TestServer } from '../helpers/s3.js';
@@ -37,12 +36,6 @@ let lb: string;
 let client: BuilderClient;
 const token = newToken();
 
-const freePort = () => new Promise<number>((resolve) => {
-  const server = createServer().listen(0, '127.0.0.1', () => {
-    const { port } = server.address() as AddressInfo;
-    server.close(() => resolve(port));
-  });
-});
 
 const startReplica = async (index: number) => {
   const name = NAMES[index] as string;

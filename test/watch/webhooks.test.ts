@@ -8,12 +8,11 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
-import { createServer, type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { sign } from '@octokit/webhooks-methods';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { waitFor } from '../helpers/builder.js';
+import { freePort, waitFor } from '../helpers/builder.js';
 import { repoRoot, tempDir } from '../helpers/packages.js';
 
 const execFileAsync = promisify(execFile);
@@ -29,12 +28,6 @@ let work: string;
 let stdout = '';
 let stderr = '';
 
-const freePort = () => new Promise<number>((resolve) => {
-  const server = createServer().listen(0, '127.0.0.1', () => {
-    const { port } = server.address() as AddressInfo;
-    server.close(() => resolve(port));
-  });
-});
 const git = (args: string[], cwd: string) => execFileAsync('git', ['-c', 'user.name=Release Bot', '-c', 'user.email=bot@example.test', ...args], { cwd });
 
 /** Commits version `version` of the package and pushes it with the tag v<version>. */
