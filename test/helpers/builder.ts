@@ -54,6 +54,7 @@ export const TEST_UID_RANGES = {
   fleet3: { first: 61255, last: 61259 },
   image: { first: 61260, last: 61264 },
   claims: { first: 61265, last: 61269 },
+  darwin: { first: 61270, last: 61274 },
 } as const;
 export const isRoot = process.getuid?.() === 0;
 

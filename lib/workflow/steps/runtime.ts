@@ -290,7 +290,7 @@ async function provide(
     // Nothing runs or compiles for a cross target: the version locks engines.node and the ABI
     // is Node's published one, so the platform's build (tens of MB) is not downloaded.
     const dir = cachedRuntimeDir(cacheDir, pkg, version);
-    log?.(`Node ${version} for ${formatTarget(options.target)} is not downloaded: nothing runs or compiles for a cross target`, { event: 'runtime.cross', package: pkg, version });
+    log?.(`Node ${version} for ${formatTarget(options.target)} is not downloaded: nothing here runs it (an addon compiled for it uses the same version's headers, from this machine's build)`, { event: 'runtime.cross', package: pkg, version });
     return { version, abi: knownAbi, nodePath: path.join(dir, 'bin', 'node'), binDir: path.join(dir, 'bin'), nodedir: dir, source: 'registry', runnable: false, package: pkg };
   }
 
