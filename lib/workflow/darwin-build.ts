@@ -13,6 +13,7 @@ import { chown, cp, mkdir, readdir, readFile, realpath, rename, rm, stat, writeF
 import path from 'node:path';
 import { buildGypAddon, gypBuildable, type GypBuildOptions, type GypBuildResult, type GypdSettings, type GypdTarget, type GypFlavor } from './gyp-build.js';
 import { NODE_MIN_MACOS } from './macho.js';
+import { findBlockingAncestor } from './run-as.js';
 import type { Toolchain } from './toolchains.js';
 import { formatTarget, type Target } from '../target.js';
 
@@ -47,10 +48,8 @@ const LINK_FLAGS = ['-shared', '-Wl,-undefined,dynamic_lookup', '-s'];
  * renamed: never half made.
  */
 export async function warmZigCache(options: { toolchain: Toolchain; zigTarget: string; cacheDir: string; run: (command: string, args: string[], env: Record<string, string>) => Promise<{ code: number | null; stderr: string }>; log?: (line: string) => void }): Promise<string> {
-  // One cache per zig binary (its path, size and time) and target.
-  const zig = await stat(options.toolchain.cc);
-  const version = createHash('sha256').update(`${await realpath(options.toolchain.cc)}:${zig.size}:${zig.mtimeMs}`).digest('hex').slice(0, 12);
-  const dir = path.join(options.cacheDir, 'zig-cache', `${options.zigTarget}-${version}`.replace(/[^\w.+-]/g, '_'));
+  // One cache per zig binary and target.
+  const dir = path.join(options.cacheDir, 'zig-cache', `${options.zigTarget}-${await zigId(options.toolchain)}`.replace(/[^\w.+-]/g, '_'));
   if (await readFile(path.join(dir, 'ready'), 'utf8').then(() => true, () => false)) return dir;
   const partial = `${dir}.${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
   await mkdir(partial, { recursive: true });
@@ -73,6 +72,44 @@ export async function warmZigCache(options: { toolchain: Toolchain; zigTarget: s
   } finally {
     await rm(partial, { recursive: true, force: true });
   }
+}
+
+/**
+ * The zig a build user can run: this one, or — when a directory above it is closed to other
+ * users (a package installed under /root, a checkout in a 0700 directory) — a copy staged once
+ * in the runtime cache (hard links where the file system allows, else copied), made under a
+ * temporary name and renamed.
+ */
+export async function zigForBuildUser(toolchain: Toolchain, options: { cacheDir: string; runAs?: { uid: number; gid: number }; run: (command: string, args: string[]) => Promise<{ code: number | null; stderr: string }>; log?: (line: string) => void }): Promise<Toolchain> {
+  const zigDir = path.dirname(toolchain.cc);
+  if (!options.runAs || !(await findBlockingAncestor(zigDir))) return toolchain;
+  const staged = path.join(options.cacheDir, 'zig', await zigId(toolchain));
+  if (!(await stat(path.join(staged, 'zig')).then(() => true, () => false))) {
+    options.log?.(`${zigDir} is closed to build users: staging zig in ${staged} (once per machine)`);
+    const partial = `${staged}.${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+    await mkdir(path.dirname(staged), { recursive: true });
+    try {
+      const linked = await options.run('cp', ['-al', zigDir, partial]);
+      if (linked.code !== 0) {
+        await rm(partial, { recursive: true, force: true });
+        const copied = await options.run('cp', ['-a', zigDir, partial]);
+        if (copied.code !== 0) throw new Error(`could not copy zig to ${partial}: ${copied.stderr.trim()}`);
+      }
+      await rename(partial, staged).catch((error: NodeJS.ErrnoException) => {
+        if (error.code !== 'ENOTEMPTY' && error.code !== 'EEXIST') throw error;
+      });
+    } finally {
+      await rm(partial, { recursive: true, force: true });
+    }
+  }
+  const zig = path.join(staged, 'zig');
+  return { ...toolchain, cc: zig, cxx: zig, ar: zig, sysroot: path.join(staged, 'lib') };
+}
+
+/** One id per zig binary: its real path, size and time. */
+async function zigId(toolchain: Pick<Toolchain, 'cc'>): Promise<string> {
+  const zig = await stat(toolchain.cc);
+  return createHash('sha256').update(`${await realpath(toolchain.cc)}:${zig.size}:${zig.mtimeMs}`).digest('hex').slice(0, 12);
 }
 
 /** A copy of the warmed cache for one build, every entry handed to its user. */

@@ -21,11 +21,11 @@ import { findWine, preparePrefix, WINE_NODE_MAJORS, windowsNodeStarts, wineRuns 
 import { readMachOExports } from './macho.js';
 import { readPeExports } from './pe.js';
 import { buildWindowsAddon, nodeImportLibrary, windowsBuildable, windowsBuilderHint } from './windows-build.js';
-import { buildDarwinAddon, copyZigCache, darwinBuildable, macBuilderHint, warmZigCache, zigMacosTarget } from './darwin-build.js';
+import { buildDarwinAddon, copyZigCache, darwinBuildable, macBuilderHint, warmZigCache, zigForBuildUser, zigMacosTarget } from './darwin-build.js';
 import { GypBuildRefusal, makeOwnedDir, nodePreGypVariables, supportedNodeApi, type GypBuildResult, type RunTool } from './gyp-build.js';
 import { fetchRuntime, registryPackageName, runCommand } from './runtime-registry.js';
 import type { RunAs } from './runtime-registry.js';
-import { assertReachable, handOver } from './run-as.js';
+import { assertReachable, findBlockingAncestor, handOver } from './run-as.js';
 import { createSandbox, type Isolation, type Sandbox, type SandboxView } from './sandbox.js';
 import { buildMethod, crossCompileEnv, emulatedCommand, resolveToolchains, toolchainFor, toolchainHint, type BuildMethod, type Toolchain } from './toolchains.js';
 import type {
@@ -366,6 +366,10 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     // and the Node running it, the toolchain's programs (read-only), besides the system's dirs.
     // The Wine prefix joins the writable paths once it is known (a win32 build's verify step).
     const writable = [dirs.work, dirs.cache];
+    const toolchainDirs: string[] = [];
+    for (const dir of toolchain ? [...[toolchain.cc, toolchain.cxx, toolchain.ar, toolchain.emulator ?? ''].filter((tool) => path.isAbsolute(tool)).map((tool) => path.dirname(tool)), ...(path.isAbsolute(toolchain.sysroot) ? [toolchain.sysroot] : [])] : []) {
+      if (!options.runAs || !(await findBlockingAncestor(dir))) toolchainDirs.push(dir);
+    }
     const view: SandboxView = {
       cwd: dirs.package,
       writable,
@@ -375,8 +379,9 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         ...[runtime, scriptNode].filter((r): r is Runtime => r !== undefined).flatMap((r) => [path.dirname(r.binDir), r.nodedir]),
         packageRoot(context.npmCli),
         packageRoot(spawnInfo.command),
-        ...(toolchain ? [toolchain.cc, toolchain.cxx, toolchain.ar, toolchain.emulator ?? ''].filter((tool) => path.isAbsolute(tool)).map((tool) => path.dirname(tool)) : []),
-        ...(toolchain && path.isAbsolute(toolchain.sysroot) ? [toolchain.sysroot] : []),
+        // A toolchain's directory the build user cannot reach stays out (bwrap, run as that user,
+        // could not bind it): zig is then staged in the runtime cache (darwin-build.ts).
+        ...toolchainDirs,
       ],
     };
     const sandboxed = (command: string, argv: string[]) => context.sandbox.wrap(command, argv, view, options.runAs);
@@ -492,7 +497,8 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         }),
       });
     };
-    const buildForMac = (zig: Toolchain, needs: NativeBuildNeed[]) => {
+    const buildForMac = (detected: Toolchain, needs: NativeBuildNeed[]) => {
+      let zig = detected;
       const zigTarget = zigMacosTarget(zig, semver.major(runtime.version));
       const workDir = path.join(dirs.tmp, 'darwin-build');
       let zigCache = '';
@@ -501,6 +507,12 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         hint: macBuilderHint(config.target),
         describe: `zig (${zigTarget}, ${zig.source === 'detected' ? zig.cc : `configured: ${zig.cc}`}) against Node ${runtime.version}'s headers`,
         async prepare() {
+          zig = await zigForBuildUser(zig, {
+            cacheDir: environment.runtimeCacheDir,
+            ...(options.runAs ? { runAs: options.runAs } : {}),
+            run: (command, args) => runCommand(command, args, { env: spawnInfo.env, cwd: dirs.tmp, signal }),
+            log: (line) => log('install', line),
+          });
           const warmed = await warmZigCache({
             toolchain: zig, zigTarget, cacheDir: environment.runtimeCacheDir,
             run: (command, args, env) => runCommand(command, args, { env: { ...spawnInfo.env, ...env }, cwd: dirs.tmp, signal }),

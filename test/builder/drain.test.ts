@@ -193,7 +193,10 @@ describe('POST /v1/drain and the probes (a builder in this process)', () => {
   }, 120_000);
 
   it('a full queue (builder.maxQueued) answers 503 ERR_BUILDER_BUSY with Retry-After; dispatch sends the build to the next builder of the pool', async () => {
-    const full = await startTestBuilder({ uids: TEST_UID_RANGES.probes, slots: 1, maxQueued: 1, builderId: 'probe-full' });
+    // Two builders in one process: each its own uids, or the second's start-up sweep would kill
+    // the first's running build, freeing its queue (a CI run saw the full builder take the build).
+    const probes = TEST_UID_RANGES.probes;
+    const full = await startTestBuilder({ uids: { first: probes.first, last: probes.first + 2 }, slots: 1, maxQueued: 1, builderId: 'probe-full' });
     try {
       const running = await submit(full.client, 'full-running');
       await started(full.client, running.id);
@@ -208,7 +211,7 @@ describe('POST /v1/drain and the probes (a builder in this process)', () => {
       expect((await fetch(`${full.url}/v1/health/ready`)).status).toBe(200);
 
       // dispatch's create: the full builder turns it away, the next member of the pool takes it.
-      const other = await startTestBuilder({ uids: TEST_UID_RANGES.probes, slots: 1, builderId: 'probe-other' });
+      const other = await startTestBuilder({ uids: { first: probes.first + 3, last: probes.last }, slots: 1, builderId: 'probe-other' });
       try {
         const notes: string[] = [];
         const created = await createWithFailover([{ url: full.url, client: full.client, keys: [] }, { url: other.url, client: other.client, keys: [] }], request, 'third-failover', AbortSignal.timeout(30_000), {

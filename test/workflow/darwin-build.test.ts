@@ -9,6 +9,8 @@
  */
 import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../lib/config/load.js';
 import { hostTarget, parseTarget, type Target } from '../../lib/target.js';
@@ -17,6 +19,7 @@ import { buildMethod, resolveToolchains, toolchainFor } from '../../lib/workflow
 import { TEST_UID_RANGES } from '../helpers/builder.js';
 import { hashingTar, packageTar, repoRoot, saveTgz, tempDir, testRuntimeCacheDir, testScaffold } from '../helpers/packages.js';
 
+const execFileAsync = promisify(execFile);
 const host = hostTarget();
 const arm = parseTarget('darwin-arm64@22');
 const toolchain = host.os === 'linux' ? toolchainFor(arm, resolveToolchains({ host, env: process.env })) : undefined;
@@ -162,20 +165,26 @@ describe.skipIf(!toolchain && !required)('darwin addons compiled with zig, verif
     expect(lines.filter((line) => /^(CC|CXX|LINK) /.test(line))).toEqual([]);
   }, 300_000);
 
-  it.runIf(process.getuid?.() === 0)('as a build user (a builder started as root): gyp and zig run as that uid in the sandbox, on a copy of zig\'s libraries it owns', async () => {
+  it.runIf(process.getuid?.() === 0)('as a build user (a builder started as root): gyp and zig run as that uid in the sandbox, on a copy of zig\'s libraries it owns; a zig in a directory closed to it is staged in the runtime cache', async () => {
     const uid = TEST_UID_RANGES.darwin.first;
     await chmod(root.dir, 0o711);
+    // A zig where build users cannot reach it (as under /root, or a checkout in a 0700 directory).
+    const closed = path.join(root.dir, 'closed');
+    await mkdir(closed, { mode: 0o700 });
+    await execFileAsync('sh', ['-c', 'cp -al "$0" "$1" 2>/dev/null || cp -a "$0" "$1"', path.dirname(toolchain!.cc), path.join(closed, 'zig-dist')]);
     const workRoot = path.join(root.dir, 'as-user');
-    const scaffold = await testScaffold(workRoot, { target: arm });
+    const scaffold = await testScaffold(workRoot, { target: arm, toolchains: { 'darwin-arm64': { cc: path.join(closed, 'zig-dist', 'zig') } } });
     const owners: number[] = [];
+    const lines: string[] = [];
     const result = await scaffold.run(await fixtureTar('native-addon', ['adder.c', 'binding.gyp', 'index.js']), {}, {
       runAs: { uid, gid: uid },
       onEvent: async (event) => {
+        if (event.type !== 'log') return;
+        lines.push(event.message);
         // While the build runs: who owns its copy of zig's cache.
-        if (event.type === 'log' && event.message.startsWith('LINK ')) {
+        if (event.message.startsWith('LINK ')) {
           for (const dir of await readdir(workRoot).catch(() => [])) {
-            const cache = path.join(workRoot, dir, 'tmp', 'darwin-build', 'zig-cache');
-            const info = await stat(cache).catch(() => undefined);
+            const info = await stat(path.join(workRoot, dir, 'tmp', 'darwin-build', 'zig-cache')).catch(() => undefined);
             if (info) owners.push(info.uid);
           }
         }
@@ -184,6 +193,7 @@ describe.skipIf(!toolchain && !required)('darwin addons compiled with zig, verif
     await saveTgz(result.output, `${workRoot}.tgz`);
     await result.settled;
     expect(result.summary).toMatchObject({ isolation: 'bubblewrap+build-user', method: 'cross-compiled', verification: 'structure', nativeFiles: ['build/Release/adder.node'] });
+    expect(lines.join('\n')).toMatch(/zig-dist is closed to build users: staging zig in .*\/zig\/\w+ \(once per machine\)/);
     // The warmed libraries stay with the runtimes, owned by the builder; the build used its own copy.
     const warmed = await readdir(path.join(testRuntimeCacheDir, 'zig-cache'));
     expect(warmed.some((name) => name.startsWith('aarch64-macos.11.0-'))).toBe(true);

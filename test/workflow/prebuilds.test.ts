@@ -141,8 +141,8 @@ describe('prebuilds for other platforms', () => {
       // win32-x64 is loaded by the registry's Windows Node under Wine where Wine is installed (CI installs it).
       // darwin: nothing here runs it; it is verified by structure (lib/workflow/macho.ts) against the target Node's exports.
       const verification = label === 'win32-x64' ? (wine || required ? 'wine' : 'headers') : 'structure';
-      // With MinGW here the win32 build could compile (cross-compiled); argon2's own prebuild spared it that.
-      const method = label === 'win32-x64' && toolchainFor(parseTarget(spec), resolveToolchains({ host, env: process.env })) ? 'cross-compiled' : 'cross';
+      // With MinGW (win32) or zig (darwin) here the build could compile (cross-compiled); argon2's own prebuild spared it that.
+      const method = toolchainFor(parseTarget(spec), resolveToolchains({ host, env: process.env })) ? 'cross-compiled' : 'cross';
       expect(result.summary).toMatchObject({ method, verification, prebuilt: [{ name: 'argon2', path: 'node_modules/argon2', file }], nativeFiles: [`node_modules/argon2/${file}`] });
       const binary = path.join(root.dir, `${label}.node`);
       await writeFile(binary, files.get(`package/node_modules/argon2/${file}`)?.content ?? '');
