@@ -17,21 +17,12 @@ import { addAbortSignal, type Readable } from 'node:stream';
 import { createRequire } from 'node:module';
 import type * as S3Sdk from '@aws-sdk/client-s3';
 import type { S3Client as S3ClientType, S3ClientConfig } from '@aws-sdk/client-s3';
-// Loaded through require, not import: the SDK ships one 270 KB CommonJS file, and an ESM import
-// of it first runs Node's export scanner over it and its dependencies (~30 ms of a cached
-// re-run's ~0.35 s). Types still come from the package.
-const {
-  AbortMultipartUploadCommand,
-  CopyObjectCommand,
-  DeleteObjectCommand,
-  GetObjectCommand,
-  HeadObjectCommand,
-  ListObjectsV2Command,
-  PutObjectCommand,
-  S3Client,
-} = createRequire(import.meta.url)('@aws-sdk/client-s3') as typeof S3Sdk;
-// lib-storage (multipart uploads) and the presigner load where they are used: a cached re-run
-// only asks HEAD/GET of a few keys, and pays for neither.
+// The SDK is loaded through require, not import (an ESM import first runs Node's export scanner
+// over its 270 KB CommonJS file), and only when a request needs it: reads with known
+// credentials and region are signed here (./s3-signed-read.ts), so a cached re-run loads none
+// of it. lib-storage (multipart uploads) and the presigner load where they are used.
+let sdk: typeof S3Sdk | undefined;
+const loadSdk = (): typeof S3Sdk => (sdk ??= createRequire(import.meta.url)('@aws-sdk/client-s3') as typeof S3Sdk);
 import pRetry from 'p-retry';
 import { BundleError, abortError, throwIfAborted } from '../errors.js';
 import { redact } from '../redact.js';
@@ -57,6 +48,7 @@ import {
 } from './object-store.js';
 import { HashState, createVerifyStream, discardBody, hashChunks, peekChunks, toChunks } from './streams.js';
 import { copyObject } from './copy.js';
+import { SignedReader, signedReadSettings } from './s3-signed-read.js';
 
 export interface S3StoreOptions {
   bucket: string;
@@ -84,6 +76,8 @@ export interface S3StoreOptions {
   retryDelay?: number;
   /** Default for PutOptions.immutable (false). */
   immutable?: boolean;
+  /** Where AWS_* settings are read for the signed read path (process.env; the SDK reads process.env itself). */
+  env?: NodeJS.ProcessEnv;
 }
 
 export const DEFAULT_PART_SIZE = 5 * 1024 * 1024;
@@ -144,7 +138,10 @@ export class S3Store implements ObjectStore {
   readonly immutable: boolean;
   /** Stores with the same endpoint identity can copy server-side between each other. */
   readonly endpointId: string;
-  readonly #client: S3ClientType;
+  #client: S3ClientType | undefined;
+  readonly #clientOptions: S3StoreOptions;
+  /** HEAD and GET signed here when region and credentials are known without the SDK. */
+  readonly #reader: SignedReader | undefined;
   readonly #endpoint: string | undefined;
   readonly #partSize: number;
   readonly #queueSize: number;
@@ -157,8 +154,10 @@ export class S3Store implements ObjectStore {
    */
   async checkConfiguration(options: OperationOptions = {}): Promise<void> {
     throwIfAborted(options.signal);
+    // Region and credentials already known (given, or the environment's): nothing to resolve.
+    if (this.#reader) return;
     const where = `the S3 store ${this.location}${this.#endpoint ? ` (endpoint ${this.#endpoint})` : ''}`;
-    const region = await this.#client.config.region().catch(() => undefined);
+    const region = await this.#sdkClient().config.region().catch(() => undefined);
     if (!region) {
       throw new BundleError('ERR_CONFIG', `No region for ${where}.`, {
         hint: this.#endpoint
@@ -166,7 +165,7 @@ export class S3Store implements ObjectStore {
           : 'Set dispatch.s3.region in .bundlerc or AWS_REGION (the bucket\'s region, e.g. "eu-west-1"), or a profile with a region (AWS_PROFILE).',
       });
     }
-    const credentials = await this.#client.config.credentials().catch((error: unknown) => error as Error);
+    const credentials = await this.#sdkClient().config.credentials().catch((error: unknown) => error as Error);
     if (credentials instanceof Error || !credentials.accessKeyId) {
       throw new BundleError('ERR_CONFIG', `No credentials for ${where}: the AWS SDK found none (${credentials instanceof Error ? credentials.message : 'empty access key'}).`, {
         hint: 'Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (a profile in ~/.aws/credentials or SSO), or run where an instance or pod role provides them.',
@@ -188,7 +187,16 @@ export class S3Store implements ObjectStore {
     this.#presignExpiresIn = checkExpiry(options.presignExpiresIn ?? 3600);
     this.endpointId = JSON.stringify([options.endpoint ?? 'aws', options.region ?? '', options.forcePathStyle ?? false]);
     this.#endpoint = options.endpoint;
-    this.#client = new S3Client({
+    this.#clientOptions = options;
+    const settings = signedReadSettings(options, options.env ?? process.env);
+    this.#reader = settings ? new SignedReader(settings, this.bucket) : undefined;
+  }
+
+  /** The SDK's client, made (and the SDK loaded) on first use. */
+  #sdkClient(): S3ClientType {
+    if (this.#client) return this.#client;
+    const options = this.#clientOptions;
+    const client = new (loadSdk().S3Client)({
       ...(options.endpoint ? { endpoint: options.endpoint } : {}),
       ...(options.region ? { region: options.region } : {}),
       ...(options.forcePathStyle === undefined ? {} : { forcePathStyle: options.forcePathStyle }),
@@ -199,22 +207,36 @@ export class S3Store implements ObjectStore {
       responseChecksumValidation: 'WHEN_REQUIRED',
       maxAttempts: 1,
     });
-    const send = this.#client.send.bind(this.#client) as Send;
-    const retries = options.retries ?? 4;
-    const minTimeout = options.retryDelay ?? 250;
+    const send = client.send.bind(client) as Send;
     // Own instance, patched once: lib-storage's part uploads get the same retry policy.
-    (this.#client as unknown as { send: Send }).send = (command, sendOptions) => {
+    (client as unknown as { send: Send }).send = (command, sendOptions) => {
       if (!isReplayable(command)) return send(command, sendOptions);
-      const signal = sendOptions?.abortSignal;
-      return pRetry(() => send(command, sendOptions), {
-        retries,
-        minTimeout,
-        factor: 2,
-        randomize: true,
-        ...(signal ? { signal } : {}),
-        shouldRetry: ({ error }) => !signal?.aborted && isTransient(error),
-      });
+      return this.#retrying(() => send(command, sendOptions), sendOptions?.abortSignal);
     };
+    this.#client = client;
+    return client;
+  }
+
+  /** Retries a request on a transient failure: 5xx, throttling, a dropped connection. */
+  #retrying<T>(attempt: () => Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+    return pRetry(attempt, {
+      retries: this.#clientOptions.retries ?? 4,
+      minTimeout: this.#clientOptions.retryDelay ?? 250,
+      factor: 2,
+      randomize: true,
+      ...(signal ? { signal } : {}),
+      shouldRetry: ({ error }) => !signal?.aborted && isTransient(error),
+    });
+  }
+
+  /** A signed HEAD or GET (no SDK), retried and its failure mapped like the SDK's. */
+  async #signedRead(reader: SignedReader, method: 'HEAD' | 'GET', key: string, operation: string, options: { range?: string; signal?: AbortSignal | undefined }) {
+    throwIfAborted(options.signal);
+    try {
+      return await this.#retrying(() => reader.request(method, this.#full(key), { ...(options.range ? { range: options.range } : {}), ...(options.signal ? { signal: options.signal } : {}) }), options.signal);
+    } catch (error) {
+      throw this.#mapError(error, operation, key, options.signal);
+    }
   }
 
   #full(key: string): string {
@@ -228,7 +250,7 @@ export class S3Store implements ObjectStore {
   async #send<T>(command: unknown, operation: string, key: string | undefined, signal: AbortSignal | undefined): Promise<T> {
     throwIfAborted(signal);
     try {
-      return (await (this.#client.send as unknown as Send)(command, signal ? { abortSignal: signal } : {})) as T;
+      return (await (this.#sdkClient().send as unknown as Send)(command, signal ? { abortSignal: signal } : {})) as T;
     } catch (error) {
       throw this.#mapError(error, operation, key, signal);
     }
@@ -283,7 +305,12 @@ export class S3Store implements ObjectStore {
   }
 
   async head(key: string, options: OperationOptions = {}): Promise<ObjectInfo> {
-    const output = await this.#send<ObjectOutput>(new HeadObjectCommand({ Bucket: this.bucket, Key: this.#full(key) }), 'head', key, options.signal);
+    if (this.#reader) {
+      const { output, body } = await this.#signedRead(this.#reader, 'HEAD', key, 'head', { signal: options.signal });
+      body.resume();
+      return this.#info(key, output);
+    }
+    const output = await this.#send<ObjectOutput>(new (loadSdk().HeadObjectCommand)({ Bucket: this.bucket, Key: this.#full(key) }), 'head', key, options.signal);
     return this.#info(key, output);
   }
 
@@ -347,7 +374,7 @@ export class S3Store implements ObjectStore {
         const data = Buffer.concat(peeked.head);
         const sha256 = state.finish();
         const output = await this.#send<{ ETag?: string }>(
-          new PutObjectCommand({ Bucket: this.bucket, Key: fullKey, Body: data, Metadata: { ...metadata, [SHA256_META]: sha256 }, ...common, ...conditional }),
+          new (loadSdk().PutObjectCommand)({ Bucket: this.bucket, Key: fullKey, Body: data, Metadata: { ...metadata, [SHA256_META]: sha256 }, ...common, ...conditional }),
           'upload',
           key,
           signal,
@@ -369,7 +396,7 @@ export class S3Store implements ObjectStore {
           if (existing) return await this.#sameOrRefuse(key, existing, '', sha256, signal);
         }
         const output = await this.#send<{ CopyObjectResult?: { ETag?: string } }>(
-          new CopyObjectCommand({
+          new (loadSdk().CopyObjectCommand)({
             Bucket: this.bucket,
             Key: fullKey,
             CopySource: copySource(this.bucket, stagingKey),
@@ -385,7 +412,7 @@ export class S3Store implements ObjectStore {
         const etag = output.CopyObjectResult?.ETag?.replace(/"/g, '');
         return { key, size: state.size, sha256, metadata, ...(options.contentType ? { contentType: options.contentType } : {}), ...(etag ? { etag } : {}) };
       } finally {
-        await this.#send(new DeleteObjectCommand({ Bucket: this.bucket, Key: stagingKey }), 'delete staging object', key, undefined).catch(() => undefined);
+        await this.#send(new (loadSdk().DeleteObjectCommand)({ Bucket: this.bucket, Key: stagingKey }), 'delete staging object', key, undefined).catch(() => undefined);
       }
     } catch (error) {
       whole?.destroy();
@@ -430,7 +457,7 @@ export class S3Store implements ObjectStore {
     throwIfAborted(signal);
     const { Upload } = await import('@aws-sdk/lib-storage');
     const upload = new Upload({
-      client: this.#client,
+      client: this.#sdkClient(),
       params: { Bucket: this.bucket, Key: fullKey, Body: body, Metadata: metadata, ...extra },
       partSize: this.#partSize,
       queueSize: this.#queueSize,
@@ -450,7 +477,7 @@ export class S3Store implements ObjectStore {
     } catch (error) {
       const uploadId = (upload as unknown as { uploadId?: string }).uploadId;
       if (uploadId) {
-        await this.#send(new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: fullKey, UploadId: uploadId }), 'abort upload', key, undefined).catch(() => undefined);
+        await this.#send(new (loadSdk().AbortMultipartUploadCommand)({ Bucket: this.bucket, Key: fullKey, UploadId: uploadId }), 'abort upload', key, undefined).catch(() => undefined);
       }
       throw this.#mapError(error, 'upload', key, signal);
     } finally {
@@ -462,12 +489,15 @@ export class S3Store implements ObjectStore {
     const { signal, range } = options;
     const fullKey = this.#full(key);
     if (range && options.verify) throw new BundleError('ERR_STORE_IO', "A byte range cannot be verified against the whole object's sha256.");
-    const output = await this.#send<ObjectOutput & { Body?: unknown; ContentRange?: string }>(
-      new GetObjectCommand({ Bucket: this.bucket, Key: fullKey, ...(range ? { Range: `bytes=${range.start}-${range.end ?? ''}` } : {}) }),
-      'download',
-      key,
-      signal,
-    );
+    const rangeHeader = range ? `bytes=${range.start}-${range.end ?? ''}` : undefined;
+    const output = this.#reader
+      ? await this.#signedRead(this.#reader, 'GET', key, 'download', { ...(rangeHeader ? { range: rangeHeader } : {}), signal }).then(({ output: read, body }) => ({ ...read, Body: body }))
+      : await this.#send<ObjectOutput & { Body?: unknown; ContentRange?: string }>(
+        new (loadSdk().GetObjectCommand)({ Bucket: this.bucket, Key: fullKey, ...(rangeHeader ? { Range: rangeHeader } : {}) }),
+        'download',
+        key,
+        signal,
+      );
     const totalFromRange = output.ContentRange ? Number(output.ContentRange.split('/')[1]) : undefined;
     const info = this.#info(key, output, Number.isFinite(totalFromRange) ? totalFromRange : undefined);
     let body = output.Body as Readable;
@@ -486,12 +516,12 @@ export class S3Store implements ObjectStore {
   }
 
   async delete(key: string, options: OperationOptions = {}): Promise<void> {
-    await this.#send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.#full(key) }), 'delete', key, options.signal);
+    await this.#send(new (loadSdk().DeleteObjectCommand)({ Bucket: this.bucket, Key: this.#full(key) }), 'delete', key, options.signal);
   }
 
   async list(options: ListOptions = {}): Promise<ListPage> {
     const output = await this.#send<{ Contents?: { Key?: string; Size?: number; ETag?: string; LastModified?: Date }[]; NextContinuationToken?: string; IsTruncated?: boolean }>(
-      new ListObjectsV2Command({
+      new (loadSdk().ListObjectsV2Command)({
         Bucket: this.bucket,
         Prefix: this.prefix + (options.prefix ?? ''),
         MaxKeys: Math.min(1000, Math.max(1, options.limit ?? 1000)),
@@ -540,7 +570,7 @@ export class S3Store implements ObjectStore {
     }
     try {
       await this.#send(
-        new CopyObjectCommand({
+        new (loadSdk().CopyObjectCommand)({
           Bucket: this.bucket,
           Key: this.#full(toKey),
           CopySource: copySource(source.bucket, source.prefix + validateKey(sourceKey)),
@@ -574,7 +604,7 @@ export class S3Store implements ObjectStore {
     const expiresIn = checkExpiry(options.expiresIn ?? this.#presignExpiresIn);
     throwIfAborted(options.signal);
     const { getSignedUrl } = await import('@aws-sdk/s3-request-presigner');
-    const url = await getSignedUrl(this.#client, new GetObjectCommand({ Bucket: this.bucket, Key: this.#full(key) }), { expiresIn });
+    const url = await getSignedUrl(this.#sdkClient(), new (loadSdk().GetObjectCommand)({ Bucket: this.bucket, Key: this.#full(key) }), { expiresIn });
     return { url, method: 'GET', headers: {}, expiresAt: new Date(Date.now() + expiresIn * 1000) };
   }
 
@@ -585,7 +615,7 @@ export class S3Store implements ObjectStore {
     const headers: Record<string, string> = {};
     if (sha256) headers[`x-amz-meta-${SHA256_META}`] = sha256;
     if (options.contentType) headers['content-type'] = options.contentType;
-    const command = new PutObjectCommand({
+    const command = new (loadSdk().PutObjectCommand)({
       Bucket: this.bucket,
       Key: this.#full(key),
       ...(sha256 ? { Metadata: { [SHA256_META]: sha256 } } : {}),
@@ -593,12 +623,13 @@ export class S3Store implements ObjectStore {
     });
     // Metadata stays a signed header (not a query parameter) so that every S3 server records it.
     const { getSignedUrl } = await import('@aws-sdk/s3-request-presigner');
-    const url = await getSignedUrl(this.#client, command, { expiresIn, unhoistableHeaders: new Set(Object.keys(headers)) });
+    const url = await getSignedUrl(this.#sdkClient(), command, { expiresIn, unhoistableHeaders: new Set(Object.keys(headers)) });
     return { url, method: 'PUT', headers, expiresAt: new Date(Date.now() + expiresIn * 1000) };
   }
 
   close(): void {
-    this.#client.destroy();
+    this.#client?.destroy();
+    this.#reader?.close();
   }
 }
 

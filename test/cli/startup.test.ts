@@ -1,11 +1,16 @@
-import { readdir, readFile } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { cp, mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { main as Main } from '../../lib/cli/main.js';
 import type { HELP_COMMANDS as Commands } from '../../lib/cli/help-cache.js';
 import { runCli } from '../helpers/cli.js';
 import { repoRoot, tempDir } from '../helpers/packages.js';
+import { startS3 } from '../helpers/s3.js';
+
+const execFileAsync = promisify(execFile);
 
 // What a command loads is its start-up time: --version and --help must not pay for the
 // builder's server (fastify), the AWS SDK, got, listr2, semver or the workflow.
@@ -20,9 +25,9 @@ afterAll(async () => {
   await root.remove();
 });
 
-async function loaded(args: string[], name: string): Promise<{ code: number | null; stdout: string; modules: string[] }> {
+async function loaded(args: string[], name: string, options: { cwd?: string; env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number | null; stdout: string; modules: string[] }> {
   const file = path.join(root.dir, `${name}.txt`);
-  const run = await runCli(args, { cwd: root.dir, env: { NODE_OPTIONS: `--import ${recorder}`, RECORD_IMPORTS: file } });
+  const run = await runCli(args, { cwd: options.cwd ?? root.dir, env: { ...options.env, NODE_OPTIONS: `--import ${recorder}`, RECORD_IMPORTS: file } });
   const modules = (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean);
   return { code: run.code, stdout: run.stdout, modules };
 }
@@ -66,6 +71,37 @@ describe('start-up: what each command loads', () => {
     expect(JSON.parse(run.stdout)).toMatchObject({ error: { code: 'ERR_INPUT_NOT_FOUND' } });
     expect(heavyIn(run.modules).filter((name) => name !== 'semver' && name !== 'tar-stream')).toEqual([]);
   });
+});
+
+describe('a cached re-run with source and destination on S3', () => {
+  it('of a pinned input on s3rver: every target cached, and the AWS SDK never loaded (its reads are signed by the store itself)', async () => {
+    const s3 = await startS3({ buckets: ['sources', 'releases'] });
+    try {
+      const dir = path.join(root.dir, 's3-rerun');
+      const app = path.join(dir, 'hello-app');
+      await mkdir(dir, { recursive: true });
+      await cp(path.join(repoRoot, 'examples', 'hello-app'), app, { recursive: true });
+      // Pinned: a shrinkwrap in the tarball, so the re-run has nothing to ask npm.
+      await execFileAsync('npm', ['install', '--package-lock-only', '--ignore-scripts'], { cwd: app });
+      await rename(path.join(app, 'package-lock.json'), path.join(app, 'npm-shrinkwrap.json'));
+      await execFileAsync('npm', ['pack', '--pack-destination', dir], { cwd: app });
+      await writeFile(path.join(dir, '.bundlerc'), JSON.stringify({ dispatch: { source: 's3://sources/src', destination: 's3://releases/dist', s3: { endpoint: s3.endpoint, region: s3.region, forcePathStyle: true } } }));
+      const env = { AWS_ACCESS_KEY_ID: s3.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: s3.credentials.secretAccessKey, BUNDLE_DISPATCH_CACHE_DIR: path.join(dir, 'cache'), BUNDLE_DISPATCH_WORK_DIR: path.join(dir, 'work') };
+      const first = await runCli(['hello-app-1.0.0.tgz', '--json'], { cwd: dir, env });
+      expect(first.code, first.stderr).toBe(0);
+      const built = JSON.parse(first.stdout) as { targets: Array<{ ok: boolean; cached?: boolean; sha256?: string }> };
+      expect(built.targets.every((target) => target.ok && !target.cached)).toBe(true);
+      const again = await loaded(['hello-app-1.0.0.tgz', '--json'], 's3-rerun', { cwd: dir, env });
+      expect(again.code).toBe(0);
+      const cached = JSON.parse(again.stdout) as typeof built;
+      expect(cached.targets.map((target) => [target.ok, target.cached, target.sha256])).toEqual(built.targets.map((target) => [true, true, target.sha256]));
+      expect(again.modules.length).toBeGreaterThan(0);
+      expect(heavyIn(again.modules).filter((name) => name.startsWith('@aws-sdk'))).toEqual([]);
+      expect([...packagesOf(again.modules)]).toContain('aws4');
+    } finally {
+      await s3.stop();
+    }
+  }, 180_000);
 });
 
 describe('help rendered at build time', () => {
