@@ -104,10 +104,11 @@ export async function refuseUncompilable(plan: readonly PlannedTarget[], package
 export async function withHostNode(plan: PlannedTarget[], packageJson: Record<string, unknown>, hostVersion: string): Promise<PlannedTarget[]> {
   // Loaded here, after the input is read: the runtime rules are not needed before.
   const { chooseNodeRange } = await import('../workflow/node-range.js');
-  const { default: semver } = await import('semver');
+  const { default: satisfies } = await import('semver/functions/satisfies.js');
   const { range, from } = chooseNodeRange(packageJson);
-  if (from !== 'any' && !semver.satisfies(hostVersion, range, { includePrerelease: true })) return plan;
-  return plan.map((planned) => (planned.target.node ? planned : { ...planned, target: { ...planned.target, node: String(semver.major(hostVersion)) } }));
+  if (from !== 'any' && !satisfies(hostVersion, range, { includePrerelease: true })) return plan;
+  const major = hostVersion.split('.')[0] ?? hostVersion;
+  return plan.map((planned) => (planned.target.node ? planned : { ...planned, target: { ...planned.target, node: major } }));
 }
 
 /**

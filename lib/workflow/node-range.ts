@@ -2,7 +2,8 @@
  * Which Node range a build must satisfy: a module of its own, light enough for the dispatching
  * side (which reads it for this machine's target before any build) without the runtime step.
  */
-import semver from 'semver';
+// One function, not semver's 48-module index: a cached re-run loads this module.
+import semverValidRange from 'semver/ranges/valid.js';
 import { BundleError } from '../errors.js';
 
 export type RangeSource = 'target' | 'devEngines' | 'engines' | 'any';
@@ -44,7 +45,7 @@ export function chooseNodeRange(packageJson: Record<string, unknown>, targetRang
 
 function validRange(range: string, _from: RangeSource, code: 'ERR_USAGE' | 'ERR_BAD_PACKAGE_JSON', where: string): string {
   const trimmed = range.trim();
-  if (semver.validRange(trimmed) === null) {
+  if (semverValidRange(trimmed) === null) {
     throw new BundleError(code, `${where} is "${trimmed}", which is not a semver range.`, { hint: 'Write a range such as ">=22 <23", "^22" or "22".' });
   }
   return trimmed;
