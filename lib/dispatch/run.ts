@@ -187,13 +187,13 @@ export async function dispatch(options: DispatchOptions): Promise<DispatchResult
   let uploaded = false;
   let removingStaged: Promise<void> = Promise.resolve();
   try {
-    // Whether the source is already uploaded is asked while the cache is checked.
+    // Whether the source is already uploaded, and the manifest this run will merge into, are
+    // asked while the cache is checked (one round trip, not three, for a run of cache hits); the
+    // lock per destination and input keeps another run of this input from changing the manifest.
     const sourcePresent = sourceStore.exists(run.srcKey, { signal: run.signal });
     sourcePresent.catch(() => undefined);
-    const toBuild = await checkCache(run, planned, outcomes);
-    // The manifest this run will merge into, read while the builds run rather than after them
-    // (the lock per destination and input keeps another run of this input from changing it).
     previousManifest = readJson<Manifest>(destination, manifestKey, signal).catch(() => undefined);
+    const toBuild = await checkCache(run, planned, outcomes);
     if (toBuild.length > 0) uploaded = await uploadSource(run, sourcePresent);
     await buildAll(run, toBuild, outcomes);
   } finally {
