@@ -86,6 +86,15 @@ describe.skipIf(!toolchain && !required)('darwin addons compiled with zig, verif
     expect(toolchainFor(parseTarget('darwin-x64'), resolveToolchains({ host, env: process.env }))).toMatchObject({ kind: 'zig', triple: 'x86_64-macos' });
   });
 
+  it('the pinned zig is what its package says: the version in package.json, the ziglang.org build it names, and zig itself agree; the lockfile pins its integrity', async () => {
+    const manifest = JSON.parse(await readFile(path.join(path.dirname(toolchain!.cc), 'package.json'), 'utf8')) as { name: string; version: string; url: string };
+    const { stdout } = await execFileAsync(toolchain!.cc, ['version']);
+    expect(stdout.trim()).toBe(manifest.version);
+    expect(manifest.url).toBe(`https://ziglang.org/builds/zig-linux-${process.arch === 'arm64' ? 'aarch64' : 'x86_64'}-${manifest.version}.tar.xz`);
+    const lock = JSON.parse(await readFile(path.join(repoRoot, 'package-lock.json'), 'utf8')) as { packages: Record<string, { version?: string; integrity?: string; optional?: boolean }> };
+    expect(lock.packages[`node_modules/${manifest.name}`]).toMatchObject({ version: manifest.version.replace(/\+.*$/, ''), integrity: expect.stringMatching(/^sha512-/), optional: true });
+  });
+
   it('configuration: toolchains["darwin-arm64"] false switches it off (back to "cross"); cc names a zig, one that is not there or cannot target macOS is ERR_CONFIG; .bundlerc accepts darwin keys', async () => {
     const off = resolveToolchains({ host, env: process.env, settings: { 'darwin-arm64': false } });
     expect(toolchainFor(arm, off)).toBeUndefined();
