@@ -17,12 +17,6 @@ import { addAbortSignal, type Readable } from 'node:stream';
 import { createRequire } from 'node:module';
 import type * as S3Sdk from '@aws-sdk/client-s3';
 import type { S3Client as S3ClientType, S3ClientConfig } from '@aws-sdk/client-s3';
-// The SDK is loaded through require, not import (an ESM import first runs Node's export scanner
-// over its 270 KB CommonJS file), and only when a request needs it: reads with known
-// credentials and region are signed here (./s3-signed-read.ts), so a cached re-run loads none
-// of it. lib-storage (multipart uploads) and the presigner load where they are used.
-let sdk: typeof S3Sdk | undefined;
-const loadSdk = (): typeof S3Sdk => (sdk ??= createRequire(import.meta.url)('@aws-sdk/client-s3') as typeof S3Sdk);
 import pRetry from 'p-retry';
 import { BundleError, abortError, throwIfAborted } from '../errors.js';
 import { redact } from '../redact.js';
@@ -49,6 +43,13 @@ import {
 import { HashState, createVerifyStream, discardBody, hashChunks, peekChunks, toChunks } from './streams.js';
 import { copyObject } from './copy.js';
 import { SignedReader, signedReadSettings } from './s3-signed-read.js';
+
+// The SDK is loaded through require, not import (an ESM import first runs Node's export scanner
+// over its 270 KB CommonJS file), and only when a request needs it: reads with known
+// credentials and region are signed here (./s3-signed-read.ts), so a cached re-run loads none
+// of it. lib-storage (multipart uploads) and the presigner load where they are used.
+let sdk: typeof S3Sdk | undefined;
+const loadSdk = (): typeof S3Sdk => (sdk ??= createRequire(import.meta.url)('@aws-sdk/client-s3') as typeof S3Sdk);
 
 export interface S3StoreOptions {
   bucket: string;

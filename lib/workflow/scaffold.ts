@@ -367,7 +367,9 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     // The Wine prefix joins the writable paths once it is known (a win32 build's verify step).
     const writable = [dirs.work, dirs.cache];
     const toolchainDirs: string[] = [];
-    for (const dir of toolchain ? [...[toolchain.cc, toolchain.cxx, toolchain.ar, toolchain.emulator ?? ''].filter((tool) => path.isAbsolute(tool)).map((tool) => path.dirname(tool)), ...(path.isAbsolute(toolchain.sysroot) ? [toolchain.sysroot] : [])] : []) {
+    const toolDirs = toolchain ? [toolchain.cc, toolchain.cxx, toolchain.ar, toolchain.emulator ?? ''].filter((tool) => path.isAbsolute(tool)).map((tool) => path.dirname(tool)) : [];
+    // zig is compiler, linker and archiver at once: each directory asked once.
+    for (const dir of new Set([...toolDirs, ...(toolchain && path.isAbsolute(toolchain.sysroot) ? [toolchain.sysroot] : [])])) {
       if (!options.runAs || !(await findBlockingAncestor(dir))) toolchainDirs.push(dir);
     }
     const view: SandboxView = {

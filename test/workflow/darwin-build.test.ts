@@ -17,7 +17,7 @@ import { hostTarget, parseTarget, type Target } from '../../lib/target.js';
 import { readMachO } from '../../lib/workflow/macho.js';
 import { buildMethod, resolveToolchains, toolchainFor } from '../../lib/workflow/toolchains.js';
 import { TEST_UID_RANGES } from '../helpers/builder.js';
-import { hashingTar, packageTar, repoRoot, saveTgz, tempDir, testRuntimeCacheDir, testScaffold } from '../helpers/packages.js';
+import { fixtureTar, hashingTar, packageTar, repoRoot, saveTgz, tempDir, testRuntimeCacheDir, testScaffold } from '../helpers/packages.js';
 
 const execFileAsync = promisify(execFile);
 const host = hostTarget();
@@ -25,7 +25,6 @@ const arm = parseTarget('darwin-arm64@22');
 const toolchain = host.os === 'linux' ? toolchainFor(arm, resolveToolchains({ host, env: process.env })) : undefined;
 const required = process.env.BUNDLE_DISPATCH_REQUIRE_CROSS === '1';
 if (!toolchain && !required) console.warn('darwin build tests skipped: no zig here (npm ci installs the pinned one as an optional dependency)');
-const fixtures = path.join(repoRoot, 'test', 'fixtures');
 let root: { dir: string; remove: () => Promise<void> };
 
 beforeAll(async () => {
@@ -34,13 +33,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await root?.remove();
 });
-
-async function fixtureTar(name: string, files: string[]) {
-  const dir = path.join(fixtures, name);
-  const contents: Record<string, string> = {};
-  for (const file of files) contents[file] = await readFile(path.join(dir, file), 'utf8');
-  return packageTar(JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as Record<string, unknown>, contents);
-}
 
 async function build(label: string, input: ReturnType<typeof packageTar>, target: Target = arm, runAs?: { uid: number; gid: number }) {
   const workRoot = path.join(root.dir, label);

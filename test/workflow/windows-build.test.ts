@@ -22,7 +22,7 @@ import { locateNpm } from '../../lib/workflow/npm.js';
 import { preparePrefix, wineEnv, windowsPath } from '../../lib/workflow/wine.js';
 import { finishProduct, nodePreGypVariables, windowsBuildable } from '../../lib/workflow/windows-build.js';
 import { TEST_UID_RANGES } from '../helpers/builder.js';
-import { hashingTar, packageTar, repoRoot, saveTgz, tempDir, testRuntimeCacheDir, testScaffold } from '../helpers/packages.js';
+import { fixtureTar, hashingTar, packageTar, saveTgz, tempDir, testRuntimeCacheDir, testScaffold } from '../helpers/packages.js';
 
 const execFileAsync = promisify(execFile);
 const host = hostTarget();
@@ -31,7 +31,6 @@ const toolchain = host.os === 'linux' && host.cpu === 'x64' ? toolchainFor(win, 
 const required = process.env.BUNDLE_DISPATCH_REQUIRE_CROSS === '1';
 const debian = TOOLCHAIN_RECIPES.find((recipe) => recipe.target === 'win32-x64')?.debianPackages ?? '';
 if (!toolchain && !required) console.warn(`win32-x64 build tests skipped: no MinGW-w64 and Wine on this machine (apt-get install ${debian})`);
-const fixtures = path.join(repoRoot, 'test', 'fixtures');
 let root: { dir: string; remove: () => Promise<void> };
 
 beforeAll(async () => {
@@ -40,14 +39,6 @@ beforeAll(async () => {
 afterAll(async () => {
   await root?.remove();
 });
-
-/** A fixture directory as a package tarball stream (every file under it). */
-async function fixtureTar(name: string, files: string[], packageJson?: Record<string, unknown>) {
-  const dir = path.join(fixtures, name);
-  const contents: Record<string, string> = {};
-  for (const file of files) contents[file] = await readFile(path.join(dir, file), 'utf8');
-  return packageTar(packageJson ?? (JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as Record<string, unknown>), contents);
-}
 
 async function build(label: string, input: ReturnType<typeof packageTar>) {
   const workRoot = path.join(root.dir, label);
