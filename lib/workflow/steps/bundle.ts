@@ -6,7 +6,12 @@
  */
 import { open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import semver from 'semver';
+// semver's single functions: its index loads all ~50 of its modules.
+import semverMajor from 'semver/functions/major.js';
+import semverValidRange from 'semver/ranges/valid.js';
+import semverSubset from 'semver/ranges/subset.js';
+import semverMinVersion from 'semver/ranges/min-version.js';
+import semverSatisfies from 'semver/functions/satisfies.js';
 import type { Target } from '../../target.js';
 import type { PackageJson } from './unpack.js';
 

@@ -1,7 +1,16 @@
 import { createHash } from 'node:crypto';
 import { access, mkdir, readFile, realpath, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import semver from 'semver';
+// semver's single functions: its index loads all ~50 of its modules.
+import semverParse from 'semver/functions/parse.js';
+import semverSatisfies from 'semver/functions/satisfies.js';
+import semverRcompare from 'semver/functions/rcompare.js';
+import semverCompare from 'semver/functions/compare.js';
+import semverGt from 'semver/functions/gt.js';
+import semverValid from 'semver/functions/valid.js';
+import semverClean from 'semver/functions/clean.js';
+import semverMajor from 'semver/functions/major.js';
+import type SemVer from 'semver/classes/semver.js';
 import { BundleError, throwIfAborted } from '../../errors.js';
 import { formatTarget, hostTarget, normalizeTarget, sameTarget } from '../../target.js';
 import type { Target } from '../../target.js';
@@ -72,7 +81,7 @@ export function describeNodeChoice(version: string, range: string, from: RangeSo
 }
 
 /** Even majors were LTS lines; before 1.0 the even minors were the stable ones (0.10, 0.12). */
-function isStableLine(version: semver.SemVer): boolean {
+function isStableLine(version: SemVer): boolean {
   return version.major === 0 ? version.minor % 2 === 0 : version.major % 2 === 0;
 }
 
@@ -88,9 +97,9 @@ function isStableLine(version: semver.SemVer): boolean {
  */
 export function pickVersion(range: string, candidates: string[]): string | undefined {
   const satisfying = candidates
-    .map((v) => semver.parse(v))
-    .filter((v): v is semver.SemVer => v !== null && semver.satisfies(v, range))
-    .sort((a, b) => semver.rcompare(a, b));
+    .map((v) => semverParse(v))
+    .filter((v): v is SemVer => v !== null && semverSatisfies(v, range))
+    .sort((a, b) => semverRcompare(a, b));
   return (satisfying.find(isStableLine) ?? satisfying[0])?.version;
 }
 
@@ -187,7 +196,7 @@ export async function resolveRuntime(options: ResolveRuntimeOptions): Promise<Ru
     log?.(`Not using registry runtimes: ${registryNote}`, { event: 'runtime.registry.skipped', target: formatTarget(target) });
   } else if (options.offline) {
     registryNote = 'offline';
-  } else if (semver.valid(range) && installed.some((i) => i.version === semver.clean(range))) {
+  } else if (semverValid(range) && installed.some((i) => i.version === semverClean(range))) {
     // An exact version that is installed: nothing the registry lists can change the choice.
     registryNote = 'not asked: the exact version is installed';
   } else {
@@ -285,7 +294,7 @@ async function provide(
 
   // Only registry versions get here, and a registry version means a registry package.
   if (pkg === undefined) throw runtimeUnavailable(options.target);
-  const knownAbi = NODE_MODULE_VERSIONS[semver.major(version)];
+  const knownAbi = NODE_MODULE_VERSIONS[semverMajor(version)];
   if (!runnable && knownAbi && !options.needBinary) {
     // Nothing runs or compiles for a cross target: the version locks engines.node and the ABI
     // is Node's published one, so the platform's build (tens of MB) is not downloaded.
@@ -364,19 +373,19 @@ async function probeConfigured(configured: string, target: Target, env: NodeJS.P
 
 /** `4.9.1, 6.17.1, …, 26.10.0`: the highest version of each major (0.x by minor), oldest first. */
 export function summarizeVersions(versions: string[]): string {
-  const best = new Map<string, semver.SemVer>();
+  const best = new Map<string, SemVer>();
   for (const v of versions) {
-    const parsed = semver.parse(v);
+    const parsed = semverParse(v);
     if (!parsed || parsed.prerelease.length > 0) continue;
     const line = parsed.major === 0 ? `0.${parsed.minor}` : String(parsed.major);
     const current = best.get(line);
-    if (!current || semver.gt(parsed, current)) best.set(line, parsed);
+    if (!current || semverGt(parsed, current)) best.set(line, parsed);
   }
-  return [...best.values()].sort(semver.compare).map((v) => v.version).join(', ');
+  return [...best.values()].sort(semverCompare).map((v) => v.version).join(', ');
 }
 
 function describeList(versions: string[]): string {
-  return [...new Set(versions)].sort(semver.compare).join(', ');
+  return [...new Set(versions)].sort(semverCompare).join(', ');
 }
 
 const FROM_LABEL: Record<RangeSource, string> = {
