@@ -65,15 +65,17 @@ export async function listTopLevelPackages(packageDir: string): Promise<Installe
   return found.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
 }
 
-/** Every package installed anywhere below `packageDir/node_modules`, depth first. */
+/**
+ * Every package installed anywhere below `packageDir/node_modules`, breadth first: the
+ * packages of one depth are listed at once (most have no node_modules of their own, and
+ * asking one after another cost a thread-pool round trip each), in the order a queue would give.
+ */
 export async function listAllPackages(packageDir: string): Promise<InstalledPackage[]> {
   const all: InstalledPackage[] = [];
-  const queue = [packageDir];
-  for (let dir = queue.shift(); dir !== undefined; dir = queue.shift()) {
-    for (const found of await listTopLevelPackages(dir)) {
-      all.push(found);
-      queue.push(found.dir);
-    }
+  for (let level = [packageDir]; level.length > 0;) {
+    const found = (await Promise.all(level.map((dir) => listTopLevelPackages(dir)))).flat();
+    all.push(...found);
+    level = found.map((pkg) => pkg.dir);
   }
   return all;
 }
@@ -83,11 +85,11 @@ export async function listAllPackages(packageDir: string): Promise<InstalledPack
  * itself asked for within that major (`>=22.12` stays `>=22.12.0 <23.0.0-0`).
  */
 export function lockedNodeRange(runtimeVersion: string, requested: string | undefined): string {
-  const major = semver.major(runtimeVersion);
+  const major = semverMajor(runtimeVersion);
   const whole = `${major}.x`;
-  if (!requested || !semver.validRange(requested) || semver.subset(whole, requested)) return whole;
-  const within = semver.minVersion(`${requested} >=${major}.0.0-0 <${major + 1}.0.0-0`);
-  const floor = within && semver.satisfies(within, `${major}.x`) ? within.version : runtimeVersion;
+  if (!requested || !semverValidRange(requested) || semverSubset(whole, requested)) return whole;
+  const within = semverMinVersion(`${requested} >=${major}.0.0-0 <${major + 1}.0.0-0`);
+  const floor = within && semverSatisfies(within, `${major}.x`) ? within.version : runtimeVersion;
   return `>=${floor} <${major + 1}.0.0-0`;
 }
 

@@ -1,4 +1,4 @@
-import { access, lstat, opendir, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, lstat, opendir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BundleError, throwIfAborted } from '../../errors.js';
 import { formatTarget, normalizeTarget } from '../../target.js';
@@ -362,23 +362,31 @@ interface WalkedFile {
   executable: boolean;
 }
 
-/** Regular files under `dir` (symlinks are not followed: npm's .bin links point at files checked elsewhere). */
+/**
+ * Regular files under `dir` (symlinks are not followed: npm's .bin links point at files checked
+ * elsewhere). A level of directories is listed at once and its files stat'ed at once (the exec
+ * bit is only in the mode): on libuv's pool that is several times faster than one call after
+ * another, and the order of what it yields is not promised (callers sort).
+ */
 async function* walk(dir: string, signal?: AbortSignal): AsyncGenerator<WalkedFile> {
-  const stack = [''];
-  while (stack.length > 0) {
+  let level = [''];
+  while (level.length > 0) {
     throwIfAborted(signal);
-    const relativeDir = stack.pop() as string;
-    const handle = await opendir(path.join(dir, relativeDir));
-    for await (const entry of handle) {
-      const relative = relativeDir ? path.join(relativeDir, entry.name) : entry.name;
-      if (entry.isDirectory()) stack.push(relative);
-      else if (entry.isFile()) {
-        const absolute = path.join(dir, relative);
-        // The exec bit is only in the mode: one lstat per file (a few ms per thousand).
-        const info = await lstat(absolute);
-        yield { absolute, relative, executable: (info.mode & 0o111) !== 0 };
+    const listed = await Promise.all(level.map(async (relativeDir) => ({ relativeDir, entries: await readdir(path.join(dir, relativeDir), { withFileTypes: true }) })));
+    const next: string[] = [];
+    const files: string[] = [];
+    for (const { relativeDir, entries } of listed) {
+      for (const entry of entries) {
+        const relative = relativeDir ? path.join(relativeDir, entry.name) : entry.name;
+        if (entry.isDirectory()) next.push(relative);
+        else if (entry.isFile()) files.push(relative);
       }
     }
+    const modes = await Promise.all(files.map(async (relative) => (await lstat(path.join(dir, relative))).mode));
+    for (const [index, relative] of files.entries()) {
+      yield { absolute: path.join(dir, relative), relative, executable: ((modes[index] as number) & 0o111) !== 0 };
+    }
+    level = next;
   }
 }
 
