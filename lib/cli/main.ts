@@ -67,7 +67,9 @@ export async function main(argv: string[], context: CliContext): Promise<number>
 
   // yargs and the command table are all that `--help` and usage errors load; each command's
   // module loads in its handler (lib/cli/commands.ts).
-  const { default: yargs } = await import('yargs');
+  // yargs without cliui and string-width until help is rendered (lib/cli/yargs-factory.ts).
+  const { loadYargs } = await import('./yargs-factory.js');
+  const yargs = await loadYargs();
   const parser = yargs(argv)
     .scriptName('bundle-dispatch')
     .usage('$0 <command> [options]\n\nBuild self-contained, platform-locked bundles of a Node.js package.')

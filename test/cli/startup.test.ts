@@ -70,6 +70,23 @@ describe('start-up: what each command loads', () => {
     expect(run.code).toBe(2);
     expect(JSON.parse(run.stdout)).toMatchObject({ error: { code: 'ERR_INPUT_NOT_FOUND' } });
     expect(heavyIn(run.modules).filter((name) => name !== 'semver' && name !== 'tar-stream')).toEqual([]);
+    // yargs parses, but its help renderer (cliui, string-width) loads only to render help.
+    expect(packagesOf(run.modules)).toContain('yargs');
+    expect([...packagesOf(run.modules)].filter((name) => ['cliui', 'string-width', 'wrap-ansi'].includes(name))).toEqual([]);
+  });
+
+  it('a usage error names the unknown flag and its likely meaning without loading the help renderer either', async () => {
+    const run = await loaded(['bundle', 'x.tgz', '--tagets', 'linux-x64'], 'bundle-typo');
+    expect(run.code).toBe(2);
+    expect(run.stdout).toBe('');
+    expect([...packagesOf(run.modules)].filter((name) => ['cliui', 'string-width'].includes(name))).toEqual([]);
+  });
+
+  it('help the build-time cache cannot answer (a narrow terminal) is rendered by yargs, loading cliui then', async () => {
+    const run = await loaded(['bundle', '--help'], 'bundle-help-live', { env: { BUNDLE_DISPATCH_RENDER_HELP: '1' } });
+    expect(run.code).toBe(0);
+    expect(run.stdout).toContain('--targets');
+    expect(packagesOf(run.modules)).toContain('cliui');
   });
 });
 
