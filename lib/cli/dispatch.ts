@@ -402,6 +402,24 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
   const runId = newRunId();
   const cleanups: Array<() => Promise<unknown>> = [];
   const stores: ObjectStore[] = [];
+  // The input is read (and, without a lockfile, resolved by npm) while the stores and builders
+  // are set up: neither needs the other. A failure of the set-up still comes first, and stops it.
+  const inputAbort = new AbortController();
+  const inputSignal = AbortSignal.any([signal, inputAbort.signal]);
+  const hostTargetOnly = !args.targets || args.targets.length === 0;
+  // withHostNode's Node-range rules (semver: ~10 ms of loading) load meanwhile too, then cached.
+  if (hostTargetOnly) void Promise.all([import('../workflow/node-range.js'), import('semver/functions/satisfies.js')]).catch(() => undefined);
+  const inputReady = (async () => {
+    await mkdir(config.workDir, { recursive: true });
+    const workDir = await mkdtemp(path.join(config.workDir, 'dispatch-'));
+    cleanups.push(() => rm(workDir, { recursive: true, force: true }));
+    const tools = await toolEnvironment(config, context.env, workDir);
+    // Inspect and resolve the input: a bad one fails here, before anything is uploaded.
+    const input = await prepareInput(args.input, { cwd: context.cwd, workDir, tools, limits: config.limits, signal: inputSignal });
+    const source = await ensureLockfile(input, { tools, workDir, signal: inputSignal, checkedDir: path.join(config.cacheDir, 'dispatch', 'lockfiles-in-sync') });
+    return { workDir, tools, input, source };
+  })();
+  inputReady.catch(() => undefined);
   try {
     // Plan first: targets and pools are checked before the input is even packed.
     const targetList = args.targets && args.targets.length > 0 ? parseTargets(args.targets) : [hostTarget()];
@@ -447,16 +465,10 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     }
     let plan = planTargets(targetList, pools);
 
-    // Inspect and resolve the input: a bad one fails here, before anything is uploaded.
-    await mkdir(config.workDir, { recursive: true });
-    const workDir = await mkdtemp(path.join(config.workDir, 'dispatch-'));
-    cleanups.push(() => rm(workDir, { recursive: true, force: true }));
-    const tools = await toolEnvironment(config, context.env, workDir);
-    const input = await prepareInput(args.input, { cwd: context.cwd, workDir, tools, limits: config.limits, signal });
-    const source = await ensureLockfile(input, { tools, workDir, signal, checkedDir: path.join(config.cacheDir, 'dispatch', 'lockfiles-in-sync') });
+    const { workDir, tools, input, source } = await inputReady;
     // No --targets: this machine, and its own Node major where the package allows it, so the
     // bundle installs here (a named target without a range keeps the newest-LTS rule).
-    if (!args.targets || args.targets.length === 0) plan = await withHostNode(plan, input.packageJson, process.versions.node);
+    if (hostTargetOnly) plan = await withHostNode(plan, input.packageJson, process.versions.node);
     // A native package for a target no builder can compile for: refused now, not after an upload.
     await refuseUncompilable(plan, input.dir, input.packageJson, signal);
 
@@ -536,6 +548,9 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     else context.stdout.write(summaryTable(result, { wallMs: Math.round(performance.now()), nodeChoices, ...(context.stdout.isTTY && (context.stdout as { columns?: number }).columns ? { columns: (context.stdout as { columns?: number }).columns as number } : {}) }));
     return dispatchExitCode(result);
   } finally {
+    // The set-up failed (or the run ended) while the input was still being read: stop that first.
+    inputAbort.abort(new BundleError('ERR_ABORTED', 'The dispatch stopped before its input was read.'));
+    await inputReady.catch(() => undefined);
     for (const cleanup of cleanups.reverse()) await cleanup().catch(() => undefined);
     for (const store of stores) store.close();
   }
