@@ -137,8 +137,14 @@ describe('an S3 store nobody configured', () => {
     expect(noKeys.stderr).toContain('ERR_CONFIG: No credentials for the S3 store s3://releases/bundles/');
     expect(noKeys.stderr).toContain('Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE');
     for (const run of [noRegion, noKeys]) expect(run.stderr).not.toMatch(/retry|ERR_STORE_IO|at \S+:\d+:\d+/);
-    // Nothing was started: no run was recorded.
+    // The input is read while the stores are set up; a set-up failure still comes first.
+    const bothWrong = await runCli([path.join(cwd, 'missing-1.0.0.tgz'), '-d', 's3://releases/bundles', '--cache-dir', cache], { cwd, env });
+    expect(bothWrong.code).toBe(2);
+    expect(bothWrong.stderr).toContain('ERR_CONFIG: No region');
+    // Nothing was started: no run was recorded, and the input's work (npm resolving the
+    // unpinned sample's tree) was stopped and its workdir removed.
     expect((await runCli(['runs', '--json', '--cache-dir', cache], { cwd, env })).stdout).toContain('"runs": []');
+    expect((await readdir(path.join(root.dir, 'work'))).filter((name) => name.startsWith('dispatch-'))).toEqual([]);
   });
 });
 
