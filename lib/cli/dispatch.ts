@@ -457,6 +457,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
         runtimes: config.runtimes,
         version: await ownVersion(),
         builderId: `embedded-${runId}`,
+        requested: targetList,
         // Presigned URLs of an S3 source store point at its endpoint (often a local MinIO).
         ...(config.dispatch.s3.endpoint ? { allowSources: [new URL(config.dispatch.s3.endpoint).hostname.replace(/^\[|\]$/g, '')] } : {}),
       });
