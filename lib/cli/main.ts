@@ -109,7 +109,7 @@ export async function main(argv: string[], context: CliContext): Promise<number>
  * yargs renders a command's whole help text (cliui and string widths: ~40 ms) as the command's
  * handler starts, to print it should the handler fail; main() never prints it (a failure gets
  * its own hint). yargs has no option for that, so its usage instance's cache is made a no-op.
- * Where a yargs version lacks these internals, nothing changes (test/cli/main.test.ts notices).
+ * Where a yargs version lacks these internals, nothing changes (test/cli/startup.test.ts notices).
  */
 export function skipHelpCache(parser: object): boolean {
   type Internals = { getInternalMethods?: () => { getUsageInstance?: () => { cacheHelpMessage?: () => void } } };

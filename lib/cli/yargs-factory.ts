@@ -5,7 +5,8 @@
  * machine) though only help text uses them. This builds yargs from the same factory with the
  * same shim, field for field (test/cli/yargs-factory.test.ts compares them), except that those
  * two load on first use — synchronously, by `require` (Node ≥ 20.19 requires ES modules), when
- * yargs renders help that the build-time cache (help-cache.ts) could not answer.
+ * yargs renders help that the build-time cache (help-cache.ts) could not answer — and that its
+ * `process.exit` only sets the exit code (main() never lets yargs exit: exitProcess(false)).
  *
  * The factory and the shim's pieces are found where yargs' own entry finds them, resolved from
  * yargs' own files; should a yargs release move them, yargs' entry is loaded instead (slower,
