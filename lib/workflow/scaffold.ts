@@ -237,6 +237,9 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
   const emitEvent = <K extends 'npm.spawned' | 'build.complete'>(name: K, args: Parameters<typeof registry.emit<K>>[1]) =>
     registry.emit(name, args, (error) => log('hook', `A ${name} listener threw (ignored): ${error instanceof Error ? error.message : String(error)}`, 'stderr'));
 
+  // Whether bubblewrap works here (a `bwrap … true`, ~10 ms, once per scaffold and uid) is
+  // asked while the input unpacks; the answer is used, and a `required` sandbox refused, below.
+  context.sandbox.isolation(options.runAs).catch(() => undefined);
   await mkdir(environment.workRoot, { recursive: true });
   const work = await mkdtemp(path.join(environment.workRoot, 'build-'));
   const dirs: BuildDirs = {
