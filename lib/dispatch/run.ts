@@ -19,15 +19,20 @@ import { BundleError, abortError, isBundleError, throwIfAborted, toBundleError }
 import type { BuildRecord, CreateBuildRequest, RequestOverrides } from '../protocol.js';
 import type { ObjectStore } from '../storage/index.js';
 import { findCached, readJson } from './cache.js';
-import { deliverBundle } from './deliver.js';
-import { followWithWatchdog, isLost } from './follow.js';
 import type { PreparedInput } from './input.js';
 import { buildKey as computeBuildKey, renderKey, sourceKey, stagingKey } from './keys.js';
 import type { SourceTarball } from './lockfile.js';
 import { writeManifest, type Manifest } from './manifest.js';
 import type { DispatchEvent, DispatchResult, FailoverNote, TargetFailure, TargetOutcome, TargetSuccess } from './outcome.js';
 import type { PlannedTarget, PoolBuilder } from './plan.js';
-import { chooseBuilders, createWithFailover, rankBuilders, type CreatedBuild, type Note } from './trigger.js';
+import type { CreatedBuild, Note } from './trigger.js';
+
+/**
+ * What only a build needs (choosing and triggering builders, following, delivering): loaded
+ * with the first target that is not cached, so a run whose targets all are never loads them.
+ */
+const buildSteps = () => Promise.all([import('./trigger.js'), import('./follow.js'), import('./deliver.js')])
+  .then(([trigger, follow, deliver]) => ({ ...trigger, ...follow, ...deliver }));
 
 export type { DispatchEvent, DispatchResult, FailoverNote, ProvenanceRef, TargetFailure, TargetOutcome, TargetState, TargetSuccess } from './outcome.js';
 export { provenanceKey } from './outcome.js';
@@ -285,6 +290,7 @@ async function buildTarget(run: RunScope, plan: PlannedTarget, buildKey: string)
   const trail = new TargetTrail(run, plan.label);
   try {
     throwIfAborted(run.signal);
+    const { chooseBuilders, deliverBundle } = await buildSteps();
     const ordered = await chooseBuilders(plan.builders, plan.target, plan.label, run.signal, trail.note);
     const { request, stageKey } = await buildRequest(run, plan, buildKey);
     const reused = await triggerBuild(run, trail, ordered, request, buildKey, stageKey);
@@ -358,6 +364,7 @@ function createHooks(run: RunScope, trail: TargetTrail) {
  * only repeat an earlier run), or undefined when the build is to be followed.
  */
 async function triggerBuild(run: RunScope, trail: TargetTrail, ordered: readonly PoolBuilder[], request: CreateBuildRequest, buildKey: string, stageKey: string): Promise<BuildRecord | undefined> {
+  const { createWithFailover } = await buildSteps();
   const hooks = createHooks(run, trail);
   let created: CreatedBuild = await createWithFailover(ordered, request, buildKey, run.signal, hooks);
   const reusable = !created.existing
@@ -380,6 +387,7 @@ async function triggerBuild(run: RunScope, trail: TargetTrail, ordered: readonly
  * can never come back as a second build of the same request.
  */
 async function followToEnd(run: RunScope, trail: TargetTrail, plan: PlannedTarget, request: CreateBuildRequest, buildKey: string): Promise<BuildRecord> {
+  const { createWithFailover, followWithWatchdog, isLost, rankBuilders } = await buildSteps();
   for (let attempt = 0; ; attempt += 1) {
     const builder = trail.builder as PoolBuilder;
     const id = trail.id as string;

@@ -115,6 +115,9 @@ describe('a cached re-run with source and destination on S3', () => {
       expect(again.modules.length).toBeGreaterThan(0);
       expect(heavyIn(again.modules).filter((name) => name.startsWith('@aws-sdk'))).toEqual([]);
       expect([...packagesOf(again.modules)]).toContain('aws4');
+      // Nothing to build: neither triggering, following nor delivering is loaded.
+      expect(ownModules(again.modules).filter((file) => /^dispatch\/(trigger|follow|deliver)\.js$/.test(file))).toEqual([]);
+      expect(ownModules(again.modules)).toContain('dispatch/cache.js');
     } finally {
       await s3.stop();
     }
