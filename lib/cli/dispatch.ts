@@ -18,7 +18,7 @@ import { RunHistory, runOutcome, targetStateOf, type RunDocument, type RunOutcom
 import { prepareInput, type ToolEnvironment } from '../dispatch/input.js';
 import { acquireLock, lockFile, type HeldLock } from '../dispatch/lock.js';
 import { ensureLockfile } from '../dispatch/lockfile.js';
-import { parseTargets, planTargets, refuseUncompilable, resolvePools, withHostNode, type Pool } from '../dispatch/plan.js';
+import { loadHostNodeRules, parseTargets, planTargets, refuseUncompilable, resolvePools, withHostNode, type Pool } from '../dispatch/plan.js';
 import { dispatch, newRunId, type DispatchEvent, type DispatchResult } from '../dispatch/run.js';
 import { BundleError, isBundleError, toBundleError } from '../errors.js';
 import { isTerminal, type BuildRecord, type RequestOverrides } from '../protocol.js';
@@ -407,8 +407,8 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
   const inputAbort = new AbortController();
   const inputSignal = AbortSignal.any([signal, inputAbort.signal]);
   const hostTargetOnly = !args.targets || args.targets.length === 0;
-  // withHostNode's Node-range rules (semver: ~10 ms of loading) load meanwhile too, then cached.
-  if (hostTargetOnly) void Promise.all([import('../workflow/node-range.js'), import('semver/functions/satisfies.js')]).catch(() => undefined);
+  // withHostNode's Node-range rules load meanwhile too.
+  if (hostTargetOnly) loadHostNodeRules().catch(() => undefined);
   const inputReady = (async () => {
     await mkdir(config.workDir, { recursive: true });
     const workDir = await mkdtemp(path.join(config.workDir, 'dispatch-'));

@@ -97,14 +97,25 @@ export async function refuseUncompilable(plan: readonly PlannedTarget[], package
   });
 }
 
+const importHostNodeRules = () => Promise.all([import('../workflow/node-range.js'), import('semver/functions/satisfies.js')])
+  .then(([{ chooseNodeRange }, { default: satisfies }]) => ({ chooseNodeRange, satisfies }));
+let hostNodeRules: ReturnType<typeof importHostNodeRules> | undefined;
+
+/**
+ * The runtime rules withHostNode needs (semver: ~10 ms of loading), loaded once: not at start-up,
+ * and the dispatch starts loading them while it reads the input.
+ */
+export function loadHostNodeRules(): ReturnType<typeof importHostNodeRules> {
+  hostNodeRules ??= importHostNodeRules();
+  return hostNodeRules;
+}
+
 /**
  * The default target (this machine) pinned to this machine's Node major, unless package.json's
  * engines.node (or devEngines) rules this machine's version out; the label stays as planned.
  */
 export async function withHostNode(plan: PlannedTarget[], packageJson: Record<string, unknown>, hostVersion: string): Promise<PlannedTarget[]> {
-  // Loaded here, after the input is read: the runtime rules are not needed before.
-  const { chooseNodeRange } = await import('../workflow/node-range.js');
-  const { default: satisfies } = await import('semver/functions/satisfies.js');
+  const { chooseNodeRange, satisfies } = await loadHostNodeRules();
   const { range, from } = chooseNodeRange(packageJson);
   if (from !== 'any' && !satisfies(hostVersion, range, { includePrerelease: true })) return plan;
   const major = hostVersion.split('.')[0] ?? hostVersion;

@@ -31,8 +31,10 @@ import type { CreatedBuild, Note } from './trigger.js';
  * What only a build needs (choosing and triggering builders, following, delivering): loaded
  * with the first target that is not cached, so a run whose targets all are never loads them.
  */
-const buildSteps = () => Promise.all([import('./trigger.js'), import('./follow.js'), import('./deliver.js')])
+const importBuildSteps = () => Promise.all([import('./trigger.js'), import('./follow.js'), import('./deliver.js')])
   .then(([trigger, follow, deliver]) => ({ ...trigger, ...follow, ...deliver }));
+let loadedBuildSteps: ReturnType<typeof importBuildSteps> | undefined;
+const buildSteps = () => (loadedBuildSteps ??= importBuildSteps());
 
 export type { DispatchEvent, DispatchResult, FailoverNote, ProvenanceRef, TargetFailure, TargetOutcome, TargetState, TargetSuccess } from './outcome.js';
 export { provenanceKey } from './outcome.js';
