@@ -14,7 +14,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { findBlockingAncestor } from '../../lib/workflow/run-as.js';
 import { spawnNpm } from '../../lib/workflow/npm.js';
-import { createSandbox } from '../../lib/workflow/sandbox.js';
+import { createSandbox, unreadableEntries } from '../../lib/workflow/sandbox.js';
 import { createBuilderClient } from '../../lib/builder/client.js';
 import { isRoot, spawnBuilder, startSourceServer } from '../helpers/builder.js';
 import { repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
@@ -37,6 +37,8 @@ let cliRoot = repoRoot;
 let home: string;
 let outside: string;
 let credentialFiles: string[];
+/** This machine's /etc/shadow exists and only root may read it (as on any Linux). */
+let shadowIsPrivate = false;
 
 beforeAll(async () => {
   root = await tempDir('bd-sandbox-');
@@ -49,6 +51,8 @@ beforeAll(async () => {
   await mkdir(path.join(home, '.cache', 'bundle-dispatch', 'keys'), { recursive: true });
   await mkdir(outside, { recursive: true });
   await chmod(outside, 0o777);
+  const shadow = await stat('/etc/shadow').catch(() => undefined);
+  shadowIsPrivate = shadow !== undefined && shadow.size > 0 && (shadow.mode & 0o004) === 0;
   credentialFiles = [
     path.join(home, '.aws', 'credentials'),
     path.join(home, '.npmrc'),
@@ -87,6 +91,8 @@ function hostileScript(): string {
     `for (const file of ${JSON.stringify(credentialFiles)}) {`,
     '  try { say(`READ ${file}: ${fs.readFileSync(file, "latin1")}`); } catch (error) { say(`DENIED ${file}: ${error.code}`); }',
     '}',
+    // A root-owned secret of the system, readable by root only: the sandbox shows it empty.
+    'try { say(`SHADOW ${fs.readFileSync("/etc/shadow").length} bytes`); } catch (error) { say(`SHADOW ${error.code}`); }',
     `for (const file of [${JSON.stringify(path.join(outside, 'pwned'))}, "/tmp/${marker}", process.env.HOME + "/../../../pwned-${marker}"]) {`,
     '  try { fs.writeFileSync(file, "pwned"); say(`WROTE ${file}`); } catch (error) { say(`WRITE DENIED ${file}: ${error.code}`); }',
     '}',
@@ -114,6 +120,13 @@ async function expectContained(output: string, searched: string[]): Promise<void
   expect(pids).toBeLessThan(12);
   expect(output).not.toMatch(/PROC \d+ cmdline: .*(bundle-dispatch\.js|vitest)/);
   for (const file of credentialFiles) expect(output).toContain(`DENIED ${file}: ENOENT`);
+  // Under /etc, what others may not read is masked (bound to /dev/null, which a mount made in
+  // a user namespace cannot open: EACCES): root in the sandbox still owns root's files, and
+  // would read them otherwise.
+  if (shadowIsPrivate) {
+    expect(output).toMatch(/SHADOW (0 bytes|EACCES)/);
+    expect(output).not.toMatch(/SHADOW [1-9]\d* bytes/);
+  }
   expect(output).toContain(`WRITE DENIED ${path.join(outside, 'pwned')}`);
   expect(await stat(path.join(outside, 'pwned')).catch(() => undefined)).toBeUndefined();
   // /tmp inside is the sandbox's own: the write "works" there and is gone with it.
@@ -178,6 +191,32 @@ async function dispatchHostile(name: string, sandbox: 'required' | 'off', uid?: 
   expect(run.code, run.stderr).toBe(0);
   return { dir, cache, output: `${run.stdout}\n${run.stderr}` };
 }
+
+describe('what the sandbox masks under /etc', () => {
+  it('lists what others may not read — files without o+r, directories without o+rx (not entered) — depth first, skipping symlinks', async () => {
+    const etc = path.join(root.dir, 'etc-like');
+    const made = async (file: string, mode: number, content?: string) => {
+      const full = path.join(etc, file);
+      if (content === undefined) await mkdir(full, { recursive: true });
+      else await writeFile(full, content);
+      await chmod(full, mode);
+    };
+    await made('.', 0o755);
+    await made('a', 0o755);
+    await made('a/public.conf', 0o644, 'x');
+    await made('a/secret.key', 0o640, 'x');
+    await made('a/b', 0o755);
+    await made('a/b/c', 0o711); // others may pass but not list: masked whole
+    await made('a/b/open', 0o755);
+    await made('a/b/open/token', 0o600, 'x');
+    await made('private', 0o750);
+    await made('shadow', 0o640, 'x');
+    await made('z.conf', 0o444, 'x');
+    await symlink(path.join(etc, 'shadow'), path.join(etc, 'a', 'link-to-shadow'));
+    const found = await unreadableEntries(etc);
+    expect(found.map((file) => path.relative(etc, file)).sort()).toEqual(['a/b/c', 'a/b/open/token', 'a/secret.key', 'private', 'shadow']);
+  });
+});
 
 describe('the sandbox', () => {
   it('bundle (as this user): the script sees only its own processes, none of the credentials, cannot write outside, leaves no daemon; its secrets reach no output', async () => {
