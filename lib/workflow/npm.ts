@@ -318,6 +318,17 @@ function killGroup(pgid: number, signal: NodeJS.Signals): void {
   }
 }
 
+/** Whether any process (a zombie too) is in the group. */
+function groupAlive(pgid: number): boolean {
+  try {
+    process.kill(-pgid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: there is one, of another user.
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** Live (non-zombie) processes of a group, via `ps` (Linux and macOS). */
 export async function processGroupMembers(pgid: number): Promise<number[]> {
   try {
@@ -331,6 +342,9 @@ export async function processGroupMembers(pgid: number): Promise<number[]> {
 }
 
 async function waitForGroupExit(pgid: number, timeoutMs: number): Promise<void> {
+  // Nearly always the group is gone by now: a signal-0 kill says so without spawning `ps`
+  // (~8 ms on the path of every build). It counts zombies as alive, so `ps` decides the rest.
+  if (!groupAlive(pgid)) return;
   const deadline = Date.now() + timeoutMs;
   while ((await processGroupMembers(pgid)).length > 0 && Date.now() < deadline) {
     killGroup(pgid, 'SIGKILL');

@@ -8,7 +8,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmod, chown, mkdir, readFile, readdir, stat, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, readdir, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -74,6 +74,8 @@ beforeAll(async () => {
 });
 afterAll(async () => {
   await root?.remove();
+  // The unsandboxed cases' scripts write here for real.
+  await rm(`/tmp/${marker}`, { force: true });
 });
 
 /** The four hostile classes in one install script, each reporting what it got on stdout. */

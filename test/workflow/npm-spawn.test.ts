@@ -1,0 +1,34 @@
+/**
+ * spawnNpm returns only once npm's whole process group is gone: what a script left running in
+ * it (here a background node holding npm's output open) is killed, not waited for.
+ */
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { spawnNpm } from '../../lib/workflow/npm.js';
+
+const execFileAsync = promisify(execFile);
+
+async function processesNamed(mark: string): Promise<string[]> {
+  const { stdout } = await execFileAsync('ps', ['-eo', 'stat=,args=']);
+  return stdout.split('\n').filter((line) => line.includes(mark) && !line.trim().startsWith('Z'));
+}
+
+describe('spawnNpm and its process group', () => {
+  it('a child left running in the group (holding the output open) is gone when it returns; the output before it is kept', async () => {
+    const mark = `bd-left-${randomBytes(6).toString('hex')}`;
+    const script = `${JSON.stringify(process.execPath)} -e 'setInterval(() => {}, 1000)' ${mark} & echo started; exit 0`;
+    const lines: string[] = [];
+    const run = await spawnNpm({ command: '/bin/sh', argv: ['-c', script], cwd: process.cwd(), env: { PATH: process.env.PATH ?? '' }, secrets: [], onLine: (line) => lines.push(line) });
+    expect(run.code).toBe(0);
+    expect(lines).toContain('started');
+    expect(await processesNamed(mark)).toEqual([]);
+  });
+
+  it('a group that is already empty: returns with the exit code and every line', async () => {
+    const run = await spawnNpm({ command: process.execPath, argv: ['-e', 'for (let i = 0; i < 3; i++) console.log(`line ${i}`); process.exitCode = 3'], cwd: process.cwd(), env: { PATH: process.env.PATH ?? '' }, secrets: [], onLine: () => undefined });
+    expect(run.code).toBe(3);
+    expect(run.tail).toEqual(['line 0', 'line 1', 'line 2']);
+  });
+});
