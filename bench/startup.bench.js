@@ -170,8 +170,10 @@ async function againstInstall(rows, notes) {
     // Warm-up, untimed: fills the npm cache both use.
     for (const [name, tool] of Object.entries(tools)) await tool(path.join(work, 'runs', spec.name, name, 'warm'));
     const results = { ours: [], install: [] };
+    // A-B then B-A: whichever runs second meets the first one's writeback and freed files.
     for (let round = 0; round < ROUNDS; round += 1) {
-      for (const [name, tool] of Object.entries(tools)) {
+      const order = round % 2 === 0 ? Object.entries(tools) : Object.entries(tools).reverse();
+      for (const [name, tool] of order) {
         const scratch = path.join(work, 'runs', spec.name, name, String(round));
         results[name].push(await tool(scratch));
         await rm(scratch, { recursive: true, force: true });
