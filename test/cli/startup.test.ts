@@ -184,7 +184,7 @@ describe('a command\'s start', () => {
   });
 });
 
-describe('the compile cache (Node >= 22.1)', () => {
+describe('the compile cache (Node >= 22.8)', () => {
   // A Node that has module.enableCompileCache, fetched like any build's runtime.
   const NODE22 = '22.23.3';
   const bin = path.join(repoRoot, 'bin', 'bundle-dispatch.js');
@@ -216,6 +216,9 @@ describe('the compile cache (Node >= 22.1)', () => {
     expect(await run(node22, { XDG_CACHE_HOME: 'relative', HOME: home })).toBe(version);
     expect(await filesBelow(path.join(home, '.cache', 'bundle-dispatch', 'compile-cache'))).toBeGreaterThan(0);
     expect(await filesBelow(path.join(dir, 'relative'))).toBe(0);
+    // No cache home at all (HOME empty): no cache, and none in the cwd.
+    expect(await run(node22, { XDG_CACHE_HOME: '', HOME: '' })).toBe(version);
+    expect(await filesBelow(path.join(dir, '.cache'))).toBe(0);
 
     const off = path.join(dir, 'off');
     expect(await run(node22, { XDG_CACHE_HOME: off, NODE_DISABLE_COMPILE_CACHE: '1' })).toBe(version);
