@@ -4,7 +4,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { realpathSync, statSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
@@ -153,7 +153,7 @@ export interface SpawnNpmOptions {
    * killed before it finished setting up.
    */
   sandboxInfoFd?: 3;
-  /** How often to sample the process tree's memory. */
+  /** How often to sample the memory of npm and what it started (the first samples come sooner: 100, 200, 400 ms). */
   memoryIntervalMs?: number;
 }
 
@@ -232,15 +232,24 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
     if (sampling) return;
     sampling = true;
     try {
-      const rss = await processGroupRss(pgid);
+      const rss = await processTreeRss(pgid);
       if (rss > peak) peak = rss;
       if (rss > 0) options.onMemory?.(rss, peak);
     } finally {
       sampling = false;
     }
   };
-  void sample();
-  const timer = setInterval(() => void sample(), options.memoryIntervalMs ?? 500);
+  // Soon after the start, then every interval: an install that is over within half a second
+  // (npm's own start is ~0.2 s) is still seen at work.
+  const interval = options.memoryIntervalMs ?? 500;
+  let timer: NodeJS.Timeout | undefined;
+  const sampleAfter = (delay: number) => {
+    timer = setTimeout(() => {
+      void sample();
+      sampleAfter(Math.min(delay * 2, interval));
+    }, delay);
+  };
+  sampleAfter(Math.min(100, interval));
 
   let killTimer: NodeJS.Timeout | undefined;
   const killSandbox = async () => {
@@ -263,7 +272,7 @@ export async function spawnNpm(options: SpawnNpmOptions): Promise<NpmRun> {
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => {
     child.once('exit', (exitCode, exitSignal) => resolve([exitCode, exitSignal]));
   });
-  clearInterval(timer);
+  clearTimeout(timer);
   options.signal?.removeEventListener('abort', onAbort);
   // Scripts may leave daemons behind holding npm's pipes open: the group goes with npm, and
   // we return only once it is gone.
@@ -352,18 +361,67 @@ async function waitForGroupExit(pgid: number, timeoutMs: number): Promise<void> 
   }
 }
 
-/** Sum of RSS (bytes) of every process in a group, via `ps` (works on Linux and macOS). */
-export async function processGroupRss(pgid: number): Promise<number> {
+/** One row of the process table: what memory sampling needs of it. */
+interface ProcessRow {
+  pid: number;
+  ppid: number;
+  pgid: number;
+  /** Resident bytes; read (from /proc/<pid>/status) only for the processes counted. */
+  rss: () => Promise<number>;
+}
+
+/**
+ * Resident memory (bytes) of npm and everything it started: the processes of its group and
+ * every descendant of `root` (npm, or bwrap), whatever their group. A sandbox's processes are
+ * not in the group: bubblewrap's `--new-session` gives them a session and group of their own,
+ * so counting the group alone measured bwrap (~2 MB) and not the build. Linux reads /proc (no
+ * process spawned per sample); elsewhere `ps`.
+ */
+export async function processTreeRss(root: number): Promise<number> {
+  const rows = (process.platform === 'linux' ? await procTable() : undefined) ?? (await psTable());
+  const children = new Map<number, ProcessRow[]>();
+  for (const row of rows) children.set(row.ppid, [...(children.get(row.ppid) ?? []), row]);
+  const counted = new Map<number, ProcessRow>();
+  const visit = (row: ProcessRow) => {
+    if (counted.has(row.pid)) return;
+    counted.set(row.pid, row);
+    for (const child of children.get(row.pid) ?? []) visit(child);
+  };
+  for (const row of rows) if (row.pid === root || row.pgid === root) visit(row);
+  const sizes = await Promise.all([...counted.values()].map((row) => row.rss()));
+  return sizes.reduce((sum, bytes) => sum + bytes, 0);
+}
+
+/** The process table from /proc; undefined when /proc cannot be read. */
+async function procTable(): Promise<ProcessRow[] | undefined> {
+  const names = await readdir('/proc').catch(() => undefined);
+  if (!names) return undefined;
+  const rows = await Promise.all(names.filter((name) => /^\d+$/.test(name)).map(async (pid): Promise<ProcessRow | undefined> => {
+    const stat = await readFile(`/proc/${pid}/stat`, 'latin1').catch(() => undefined);
+    if (!stat) return undefined; // gone meanwhile
+    // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses, so count from the last ')'.
+    const [, ppid, pgid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return {
+      pid: Number(pid),
+      ppid: Number(ppid),
+      pgid: Number(pgid),
+      rss: async () => {
+        const status = await readFile(`/proc/${pid}/status`, 'latin1').catch(() => '');
+        return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? 0) * 1024;
+      },
+    };
+  }));
+  return rows.filter((row): row is ProcessRow => row !== undefined);
+}
+
+/** The process table from `ps` (macOS, or a Linux without /proc). */
+async function psTable(): Promise<ProcessRow[]> {
   try {
-    const { stdout } = await execFileAsync('ps', ['-A', '-o', 'pgid=,rss=']);
-    let kb = 0;
-    for (const line of stdout.split('\n')) {
-      const [group, rss] = line.trim().split(/\s+/);
-      if (Number(group) === pgid) kb += Number(rss) || 0;
-    }
-    return kb * 1024;
+    const { stdout } = await execFileAsync('ps', ['-A', '-o', 'pid=,ppid=,pgid=,rss=']);
+    return stdout.split('\n').map((line) => line.trim().split(/\s+/).map(Number)).filter((fields) => fields.length === 4 && fields.every(Number.isFinite))
+      .map(([pid, ppid, pgid, kb]) => ({ pid: pid as number, ppid: ppid as number, pgid: pgid as number, rss: async () => (kb as number) * 1024 }));
   } catch {
-    return 0;
+    return [];
   }
 }
 

@@ -228,8 +228,10 @@ describe('the sandbox', () => {
     const run = await runAs(['bundle', input, '--verbose', '--sandbox', 'required', '--node', process.versions.node, '--cache-dir', testCacheDir, '-o', `${dir}/out/`, '--json'], { cwd: dir, env: hostileEnv() });
     expect(run.stderr).toContain('UID ');
     expect(run.code).toBe(0);
-    const outcome = JSON.parse(run.stdout) as { file: string; isolation: string };
+    const outcome = JSON.parse(run.stdout) as { file: string; isolation: string; peakMemory: number };
     expect(outcome.isolation).toBe('bubblewrap');
+    // npm in the sandbox is counted (its processes are in a session of their own): not bwrap's ~2 MB.
+    expect(outcome.peakMemory).toBeGreaterThan(30 * 1024 * 1024);
     await expectContained(run.stderr, [run.stdout, run.stderr, (await readFile(outcome.file)).toString('latin1')]);
   }, 120_000);
 
