@@ -380,7 +380,11 @@ interface ProcessRow {
 export async function processTreeRss(root: number): Promise<number> {
   const rows = (process.platform === 'linux' ? await procTable() : undefined) ?? (await psTable());
   const children = new Map<number, ProcessRow[]>();
-  for (const row of rows) children.set(row.ppid, [...(children.get(row.ppid) ?? []), row]);
+  for (const row of rows) {
+    const siblings = children.get(row.ppid);
+    if (siblings) siblings.push(row);
+    else children.set(row.ppid, [row]);
+  }
   const counted = new Map<number, ProcessRow>();
   const visit = (row: ProcessRow) => {
     if (counted.has(row.pid)) return;
