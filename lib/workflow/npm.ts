@@ -338,21 +338,14 @@ function groupAlive(pgid: number): boolean {
   }
 }
 
-/** Live (non-zombie) processes of a group, via `ps` (Linux and macOS). */
+/** Live (non-zombie) processes of a group. */
 export async function processGroupMembers(pgid: number): Promise<number[]> {
-  try {
-    const { stdout } = await execFileAsync('ps', ['-A', '-o', 'pid=,pgid=,stat=']);
-    return stdout.split('\n').map((line) => line.trim().split(/\s+/))
-      .filter(([, group, state]) => Number(group) === pgid && !state?.startsWith('Z'))
-      .map(([pid]) => Number(pid));
-  } catch {
-    return [];
-  }
+  return (await processTable()).filter((row) => row.pgid === pgid && !row.zombie).map((row) => row.pid);
 }
 
 async function waitForGroupExit(pgid: number, timeoutMs: number): Promise<void> {
   // Nearly always the group is gone by now: a signal-0 kill says so without spawning `ps`
-  // (~8 ms on the path of every build). It counts zombies as alive, so `ps` decides the rest.
+  // (~8 ms on the path of every build). It counts zombies as alive, so the process table decides the rest.
   if (!groupAlive(pgid)) return;
   const deadline = Date.now() + timeoutMs;
   while ((await processGroupMembers(pgid)).length > 0 && Date.now() < deadline) {
@@ -361,11 +354,12 @@ async function waitForGroupExit(pgid: number, timeoutMs: number): Promise<void> 
   }
 }
 
-/** One row of the process table: what memory sampling needs of it. */
+/** One row of the process table: what the group's wait and memory sampling need of it. */
 interface ProcessRow {
   pid: number;
   ppid: number;
   pgid: number;
+  zombie: boolean;
   /** Resident bytes; read (from /proc/<pid>/status) only for the processes counted. */
   rss: () => Promise<number>;
 }
@@ -378,7 +372,7 @@ interface ProcessRow {
  * process spawned per sample); elsewhere `ps`.
  */
 export async function processTreeRss(root: number): Promise<number> {
-  const rows = (process.platform === 'linux' ? await procTable() : undefined) ?? (await psTable());
+  const rows = await processTable();
   const children = new Map<number, ProcessRow[]>();
   for (const row of rows) {
     const siblings = children.get(row.ppid);
@@ -396,6 +390,11 @@ export async function processTreeRss(root: number): Promise<number> {
   return sizes.reduce((sum, bytes) => sum + bytes, 0);
 }
 
+/** Every process: from /proc on Linux (no process spawned), else (or without /proc) from `ps`. */
+async function processTable(): Promise<ProcessRow[]> {
+  return (process.platform === 'linux' ? await procTable() : undefined) ?? psTable();
+}
+
 /** The process table from /proc; undefined when /proc cannot be read. */
 async function procTable(): Promise<ProcessRow[] | undefined> {
   const names = await readdir('/proc').catch(() => undefined);
@@ -404,11 +403,12 @@ async function procTable(): Promise<ProcessRow[] | undefined> {
     const stat = await readFile(`/proc/${pid}/stat`, 'latin1').catch(() => undefined);
     if (!stat) return undefined; // gone meanwhile
     // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses, so count from the last ')'.
-    const [, ppid, pgid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const [state, ppid, pgid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return {
       pid: Number(pid),
       ppid: Number(ppid),
       pgid: Number(pgid),
+      zombie: state === 'Z',
       rss: async () => {
         const status = await readFile(`/proc/${pid}/status`, 'latin1').catch(() => '');
         return Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? 0) * 1024;
@@ -418,12 +418,12 @@ async function procTable(): Promise<ProcessRow[] | undefined> {
   return rows.filter((row): row is ProcessRow => row !== undefined);
 }
 
-/** The process table from `ps` (macOS, or a Linux without /proc). */
+/** The process table from `ps` (Linux and macOS have these columns). */
 async function psTable(): Promise<ProcessRow[]> {
   try {
-    const { stdout } = await execFileAsync('ps', ['-A', '-o', 'pid=,ppid=,pgid=,rss=']);
-    return stdout.split('\n').map((line) => line.trim().split(/\s+/).map(Number)).filter((fields) => fields.length === 4 && fields.every(Number.isFinite))
-      .map(([pid, ppid, pgid, kb]) => ({ pid: pid as number, ppid: ppid as number, pgid: pgid as number, rss: async () => (kb as number) * 1024 }));
+    const { stdout } = await execFileAsync('ps', ['-A', '-o', 'pid=,ppid=,pgid=,rss=,stat=']);
+    return stdout.split('\n').map((line) => line.trim().split(/\s+/)).filter((fields) => fields.length === 5 && fields.slice(0, 4).every((field) => Number.isFinite(Number(field))))
+      .map(([pid, ppid, pgid, kb, state]) => ({ pid: Number(pid), ppid: Number(ppid), pgid: Number(pgid), zombie: (state as string).startsWith('Z'), rss: async () => Number(kb) * 1024 }));
   } catch {
     return [];
   }
