@@ -51,7 +51,16 @@ export interface RequestOverrides {
   env?: Record<string, string>;
   /** Seconds since the epoch for every mtime in the bundle. */
   sourceDateEpoch?: number;
+  /**
+   * zlib level of the bundle's gzip, 1 (fastest) to 9 (smallest); absent: {@link DEFAULT_GZIP_LEVEL}.
+   * Changes the .tgz's bytes, never the tar inside (tarSha256). Sent only when not the default,
+   * so the build keys of runs that never set it stay what they were.
+   */
+  gzipLevel?: number;
 }
+
+/** The bundle's gzip level when a request or the config names none: zlib's own default. */
+export const DEFAULT_GZIP_LEVEL = 6;
 
 /** `POST /v1/builds` body. Send `Idempotency-Key: <build key>` with it. */
 export interface CreateBuildRequest {

@@ -58,6 +58,7 @@ export const createBuildBodySchema = {
         scopes: STRING_RECORD,
         env: STRING_RECORD,
         sourceDateEpoch: { type: 'integer', minimum: 0 },
+        gzipLevel: { type: 'integer', minimum: 1, maximum: 9, description: 'zlib level of the bundle\'s gzip, 1 (fastest) to 9 (smallest); default 6. Changes the .tgz bytes, not the tar inside.' },
       },
     },
     label: { type: 'string', maxLength: 200 },

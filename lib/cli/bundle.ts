@@ -30,6 +30,8 @@ export interface BundleRequest {
   cpu?: string;
   libc?: string;
   node?: string;
+  /** zlib level of the bundle's gzip, 1–9 (default 6). */
+  gzipLevel?: number;
   cwd: string;
   host: Target;
 }
@@ -110,7 +112,7 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
   const gz = createHashingStream();
   try {
     // Deflated on every core, the same bytes whatever their number (lib/workflow/parallel-gzip.ts).
-    await pipeline(result.output as Readable, tar.stream, createParallelGzip(), gz.stream, createWriteStream(temporary, { flags: 'wx' }), { signal: options.signal });
+    await pipeline(result.output as Readable, tar.stream, createParallelGzip(request.gzipLevel === undefined ? {} : { level: request.gzipLevel }), gz.stream, createWriteStream(temporary, { flags: 'wx' }), { signal: options.signal });
     await rename(temporary, file);
   } catch (error) {
     await rm(temporary, { force: true });
@@ -146,6 +148,7 @@ interface CommonArgs {
   'cache-dir'?: string;
   'keep-workdir'?: boolean;
   sandbox?: string;
+  'gzip-level'?: number;
 }
 
 /** The bundle command's own flags are the request's fields. */
@@ -153,7 +156,7 @@ export type BundleArgs = CommonArgs & Pick<BundleRequest, 'input' | 'output' | '
 
 /** Flags that set config keys, by config key (no yargs defaults: config applies them). */
 function configFlags(args: CommonArgs): Record<string, unknown> {
-  return { hooks: args.hooks, registry: args.registry, cacheDir: args['cache-dir'], keepWorkdir: args['keep-workdir'], sandbox: args.sandbox };
+  return { hooks: args.hooks, registry: args.registry, cacheDir: args['cache-dir'], keepWorkdir: args['keep-workdir'], sandbox: args.sandbox, gzipLevel: args['gzip-level'] };
 }
 
 /** `bundle-dispatch bundle <input>`: builds, writes the bundle, prints the outcome; returns the exit code. */
@@ -177,7 +180,7 @@ export async function commandBundle(args: BundleArgs, context: CliContext, signa
     ? await createListrView(`Bundle ${path.basename(args.input)}`, { verbose: args.verbose })
     : createLineView(context.stderr, { verbose: args.verbose });
   try {
-    const outcome = await runBundle(scaffold, { ...args, cwd: context.cwd, host }, { signal, onEvent: (event) => view.onEvent(event) });
+    const outcome = await runBundle(scaffold, { ...args, gzipLevel: config.gzipLevel, cwd: context.cwd, host }, { signal, onEvent: (event) => view.onEvent(event) });
     await view.done();
     if (args.json) {
       context.stdout.write(`${JSON.stringify(outcome, null, 2)}\n`);

@@ -40,6 +40,7 @@ function bundleOptions<T>(argv: Argv<T>) {
     .option('cache-dir', { type: 'string', describe: 'Directory for npm\'s cache and fetched Node runtimes.' })
     .option('keep-workdir', { type: 'boolean', describe: 'Keep the build\'s workdir for debugging.' })
     .option('sandbox', { type: 'string', choices: ['auto', 'required', 'off'], describe: 'Run npm and install scripts in a bubblewrap sandbox: auto (where it works), required, off (default auto).' })
+    .option('gzip-level', { type: 'number', describe: 'Gzip level of the bundle: 1 (fastest) to 9 (smallest) (default 6).' })
     .positional('input', { type: 'string', demandOption: true, describe: 'The .tgz (or .tar) that `npm pack` wrote.' })
     .option('output', { alias: 'o', type: 'string', describe: 'Where to write the bundle (default: {name}-{version}-{os}-{cpu}[-{libc}]-node{major}.tgz in the current dir).' })
     .option('targets', { alias: ['t', 'target'], type: 'string', describe: 'The target as the main command names it, os-cpu[-libc][@node] (or --os/--cpu/--libc/--node); default: this machine.' })
@@ -122,7 +123,8 @@ function dispatchOptions<T>(argv: Argv<T>) {
     .option('config', { type: 'string', describe: 'Read this config file instead of the nearest .bundlerc.' })
     .option('registry', { type: 'string', describe: 'npm registry URL (for npm pack and the lockfile).' })
     .option('cache-dir', { type: 'string', describe: 'npm cache, run history, locks and the default source store.' })
-    .option('sandbox', { type: 'string', choices: ['auto', 'required', 'off'], describe: 'The embedded builder\'s sandbox for install scripts: auto, required, off (default auto).' });
+    .option('sandbox', { type: 'string', choices: ['auto', 'required', 'off'], describe: 'The embedded builder\'s sandbox for install scripts: auto, required, off (default auto).' })
+    .option('gzip-level', { type: 'number', describe: 'Gzip level of the bundles, sent to every builder: 1 (fastest) to 9 (smallest) (default 6).' });
 }
 
 /** The default command: `bundle-dispatch <input> --targets …`. */

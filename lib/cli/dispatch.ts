@@ -21,7 +21,7 @@ import { ensureLockfile } from '../dispatch/lockfile.js';
 import { loadHostNodeRules, parseTargets, planTargets, refuseUncompilable, resolvePools, withHostNode, type Pool } from '../dispatch/plan.js';
 import { dispatch, newRunId, type DispatchEvent, type DispatchResult } from '../dispatch/run.js';
 import { BundleError, isBundleError, toBundleError } from '../errors.js';
-import { isTerminal, type BuildRecord, type RequestOverrides } from '../protocol.js';
+import { DEFAULT_GZIP_LEVEL, isTerminal, type BuildRecord, type RequestOverrides } from '../protocol.js';
 import { knownSecrets, redact } from '../redact.js';
 import { openStore, type ObjectStore } from '../storage/index.js';
 import { hostTarget } from '../target.js';
@@ -53,6 +53,7 @@ export interface DispatchArgs {
   registry?: string;
   'cache-dir'?: string;
   sandbox?: string;
+  'gzip-level'?: number;
 }
 
 export interface StatusArgs {
@@ -391,6 +392,7 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
     registry: args.registry,
     cacheDir: args['cache-dir'],
     sandbox: args.sandbox,
+    gzipLevel: args['gzip-level'],
     'dispatch.source': args.source,
     'dispatch.destination': args.destination,
     'dispatch.keyTemplate': args['key-template'],
@@ -504,7 +506,11 @@ export async function commandDispatch(args: DispatchArgs, context: CliContext, s
       const message = redact(event.line.message, secrets);
       return message === event.line.message ? event : { ...event, line: { ...event.line, message } };
     };
-    const overrides: RequestOverrides = context.env.SOURCE_DATE_EPOCH ? { sourceDateEpoch: Number(context.env.SOURCE_DATE_EPOCH) } : {};
+    const overrides: RequestOverrides = {
+      ...(context.env.SOURCE_DATE_EPOCH ? { sourceDateEpoch: Number(context.env.SOURCE_DATE_EPOCH) } : {}),
+      // Only a level that is not the default is sent: the build keys of runs that never set one stay as they were.
+      ...(config.gzipLevel !== DEFAULT_GZIP_LEVEL ? { gzipLevel: config.gzipLevel } : {}),
+    };
     let result: DispatchResult;
     try {
       result = await dispatch({

@@ -20,6 +20,8 @@ export interface ResolvedConfig {
   cacheDir: string;
   workDir: string;
   keepWorkdir: boolean;
+  /** zlib level of the bundle's gzip (1–9). */
+  gzipLevel: number;
   limits: { maxBytes: number; maxEntries: number };
   builder: BuilderConfig;
   dispatch: DispatchConfig;

@@ -2,14 +2,15 @@ import { availableParallelism } from 'node:os';
 import { Transform, type TransformCallback } from 'node:stream';
 import { promisify } from 'node:util';
 import { constants, crc32, deflateRaw, type ZlibOptions } from 'node:zlib';
+import { DEFAULT_GZIP_LEVEL } from '../protocol.js';
 
 const deflateRawAsync = promisify(deflateRaw) as (buffer: Buffer, options: ZlibOptions) => Promise<Buffer>;
 
 /** Deflate's window: how far back a match may reach, so what each block is primed with. */
 const WINDOW = 32 * 1024;
 
-/** Level and block size chosen from measurements on the bench's packages (docs/bench.md, Packing). */
-export const GZIP_LEVEL = 6;
+/** Default level and block size chosen from measurements on the bench's packages (docs/bench.md, Packing); the level is a setting (gzipLevel). */
+export const GZIP_LEVEL = DEFAULT_GZIP_LEVEL;
 export const GZIP_BLOCK_SIZE = 1024 * 1024;
 
 export interface ParallelGzipOptions {

@@ -241,6 +241,11 @@ describe('builder API', () => {
     const nodeOptions = await post(JSON.stringify(request({ overrides: { env: { NODE_OPTIONS: '--require /tmp/x.js', FOO: 'bar' } } })));
     expect(nodeOptions.statusCode).toBe(400);
     expect(JSON.parse(nodeOptions.body).error.message).toContain('NODE_OPTIONS');
+    for (const gzipLevel of [0, 10, 2.5]) {
+      const badLevel = await post(JSON.stringify(request({ overrides: { gzipLevel } })));
+      expect(badLevel.statusCode, `gzipLevel ${gzipLevel}`).toBe(400);
+      expect(JSON.parse(badLevel.body).error.message).toContain('gzipLevel');
+    }
     const huge = await post(JSON.stringify({ ...request(), label: 'x'.repeat(20_000) }));
     expect(huge.statusCode).toBe(413);
     expect(JSON.parse(huge.body).error.code).toBe('ERR_REQUEST_TOO_LARGE');

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { gunzipSync } from 'node:zlib';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -46,6 +47,37 @@ describe('bundle-dispatch bundle', () => {
     expect(run.stdout).toContain('✔ human.tgz');
     expect(run.stdout).toContain('bundled  2 packages');
     expect(run.stderr).toContain('✔ Install production dependencies');
+  });
+
+  it('--gzip-level and BUNDLE_DISPATCH_GZIP_LEVEL set the gzip level: other .tgz bytes, the same tar inside; a level out of 1–9 is a config error that writes nothing', async () => {
+    type Outcome = { file: string; sha256: string; tarSha256: string; size: number };
+    const bundleAt = async (name: string, flags: string[], env: Record<string, string> = {}) => {
+      const run = await runCli(['bundle', sample, '-o', path.join(root.dir, 'levels', `${name}.tgz`), '--json', ...hostNode, ...flags], { cwd: root.dir, env });
+      expect(run.code, run.stderr).toBe(0);
+      const outcome = JSON.parse(run.stdout) as Outcome;
+      return { ...outcome, bytes: await readFile(outcome.file) };
+    };
+    const fastest = await bundleAt('fastest', ['--gzip-level', '1']);
+    const smallest = await bundleAt('smallest', [], { BUNDLE_DISPATCH_GZIP_LEVEL: '9' });
+    const standard = await bundleAt('standard', []);
+    // The gzip header's XFL byte says which level wrote it (RFC 1952: 4 fastest, 2 maximum, 0 otherwise).
+    expect([fastest.bytes[8], standard.bytes[8], smallest.bytes[8]]).toEqual([4, 0, 2]);
+    expect(new Set([fastest.sha256, standard.sha256, smallest.sha256]).size).toBe(3);
+    expect(fastest.size).toBeGreaterThan(smallest.size);
+    expect(fastest.tarSha256).toBe(standard.tarSha256);
+    expect(smallest.tarSha256).toBe(standard.tarSha256);
+    expect(createHash('sha256').update(gunzipSync(fastest.bytes)).digest('hex')).toBe(standard.tarSha256);
+
+    for (const [flags, env, source] of [[['--gzip-level', '0'], {}, '--gzip-level: 0'], [[], { BUNDLE_DISPATCH_GZIP_LEVEL: '10' }, 'BUNDLE_DISPATCH_GZIP_LEVEL'], [['--gzip-level', '2.5'], {}, '--gzip-level: 2.5']] as const) {
+      const out = path.join(root.dir, 'bad-level');
+      const run = await runCli(['bundle', sample, '-o', `${out}/`, '--json', ...hostNode, ...flags], { cwd: root.dir, env: { ...env } });
+      expect(run.code).toBe(2);
+      const { error } = JSON.parse(run.stdout) as { error: { code: string; message: string } };
+      expect(error.code).toBe('ERR_CONFIG');
+      expect(error.message).toContain(source);
+      expect(error.message).toContain('must be a whole number from 1 (fastest) to 9 (smallest)');
+      expect(await readdir(out).catch(() => [])).toEqual([]);
+    }
   });
 
   it('bad input: exit 2 (like a usage error: the same input fails again), a coded JSON error, no file written', async () => {

@@ -15,7 +15,7 @@ import type { RunDocument } from '../../lib/dispatch/history.js';
 import { S3Store } from '../../lib/storage/s3-store.js';
 import { runCli } from '../helpers/cli.js';
 import { NODE, SLOW_HOOK, startChildBuilder, writeFixture, type RunningTestBuilder } from '../helpers/dispatch.js';
-import { createGunzip } from 'node:zlib';
+import { createGunzip, gunzipSync } from 'node:zlib';
 import { readTar, tempDir } from '../helpers/packages.js';
 import { startS3, type S3TestServer } from '../helpers/s3.js';
 
@@ -89,6 +89,31 @@ describe('bundle-dispatch <input>', () => {
     const elsewhere = JSON.parse(await readFile(path.join(cwd, 'elsewhere', '@acme/embedded-fixture/1.0.0/manifest.json'), 'utf8')) as { targets: Record<string, { buildId: string; reused?: boolean; sha256: string }> };
     expect(elsewhere.targets[`linux-${process.arch}@${NODE}`]).toMatchObject({ buildId: outcome.buildId, reused: true, sha256: outcome.sha256 });
     expect(createHash('sha256').update(await readFile(path.join(cwd, 'elsewhere', outcome.key))).digest('hex')).toBe(outcome.sha256);
+  });
+
+  it('--gzip-level goes to the builder with each build and into the build key: the delivered .tgz is at that level, the tar inside the same', async () => {
+    const cwd = path.join(root.dir, 'levels');
+    await mkdir(cwd, { recursive: true });
+    const fixture = await writeFixture(path.join(cwd, 'levels-1.0.0.tgz'), { name: 'levels-fixture', version: '1.0.0' }, { 'data.txt': 'the same line, again and again\n'.repeat(2000) });
+    const common = [fixture, '--targets', `linux-${process.arch}@${NODE}`, '--json', '--cache-dir', path.join(root.dir, 'levels-cache')];
+    const dispatchAt = async (destination: string, flags: string[]) => {
+      const run = await runCli([...common, '-d', destination, ...flags], { cwd, env: { BUNDLE_DISPATCH_WORK_DIR: path.join(root.dir, 'levels-work') } });
+      expect(run.code, run.stderr).toBe(0);
+      const outcome = (JSON.parse(run.stdout) as DispatchResult).targets[0];
+      if (!outcome?.ok) throw new Error(run.stdout);
+      return { outcome, bytes: await readFile(path.join(cwd, destination, outcome.key)) };
+    };
+    const fastest = await dispatchAt('fast', ['--gzip-level', '1']);
+    const standard = await dispatchAt('standard', []);
+    // The gzip header's XFL byte: 4 for level 1, 0 for 6 (RFC 1952).
+    expect([fastest.bytes[8], standard.bytes[8]]).toEqual([4, 0]);
+    expect(fastest.outcome.buildKey).not.toBe(standard.outcome.buildKey);
+    expect(standard.outcome.reused).toBeUndefined();
+    expect(gunzipSync(fastest.bytes).equals(gunzipSync(standard.bytes))).toBe(true);
+    // The same level again is the same build: cached at its destination.
+    const again = await dispatchAt('fast', ['--gzip-level', '1']);
+    expect(again.outcome.buildKey).toBe(fastest.outcome.buildKey);
+    expect(again.outcome.cached).toBe(true);
   });
 
   it('an unknown target is a usage error listing the configured targets, before anything is uploaded', async () => {
