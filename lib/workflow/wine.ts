@@ -5,7 +5,8 @@
  * refuses Wine's default Windows 7) and kept beside the runtimes; loads that share a prefix take
  * turns, since each sandbox starts a wineserver of its own.
  */
-import { chown, mkdir, rename, rm, stat } from 'node:fs/promises';
+import { chown, mkdir, mkdtemp, rename, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { BundleError, throwIfAborted } from '../errors.js';
@@ -53,9 +54,14 @@ async function makePrefix(dir: string, options: { wine: string; wineDir: string;
   const temp = `${dir}.tmp-${randomBytes(4).toString('hex')}`;
   await mkdir(temp, { mode: 0o700 });
   if (options.runAs) await chown(temp, options.runAs.uid, options.runAs.gid);
-  const env = { PATH: options.env.PATH ?? '/usr/bin:/bin', HOME: temp, ...wineEnv(temp) };
+  // wineserver keeps its socket in a wine-XXXXXX directory it makes under TMPDIR and names in the
+  // prefix's `wineserver` file. Builds give Wine their own TMPDIR (removed with the workdir); this
+  // one is removed below, so making a prefix leaves nothing in the shared /tmp.
+  const serverTmp = await mkdtemp(path.join(tmpdir(), 'bd-wineserver-'));
+  const env = { PATH: options.env.PATH ?? '/usr/bin:/bin', HOME: temp, TMPDIR: serverTmp, ...wineEnv(temp) };
   const asUser = options.runAs ? { runAs: options.runAs } : {};
   try {
+    if (options.runAs) await chown(serverTmp, options.runAs.uid, options.runAs.gid);
     const configured = await runCommand(options.wine, ['winecfg', '-v', 'win10'], { env, cwd: temp, ...asUser, signal: AbortSignal.any([AbortSignal.timeout(180_000), ...(options.signal ? [options.signal] : [])]) });
     // winecfg returns before wineserver has written the registry: wait for it.
     await runCommand(path.join(path.dirname(options.wine), 'wineserver'), ['-w'], { env, cwd: temp, ...asUser, signal: AbortSignal.timeout(60_000) }).catch(() => undefined);
@@ -70,7 +76,7 @@ async function makePrefix(dir: string, options: { wine: string; wineDir: string;
     });
     return dir;
   } finally {
-    await rm(temp, { recursive: true, force: true });
+    await Promise.all([rm(temp, { recursive: true, force: true }), rm(serverTmp, { recursive: true, force: true })]);
   }
 }
 

@@ -10,6 +10,7 @@
 import { execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { chmod, stat, copyFile, mkdir, open, readdir, readFile, realpath, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -234,6 +235,24 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
     expect(failure).toMatchObject({ code: 'ERR_NATIVE_NEEDS_TARGET', message: expect.stringMatching(/v8-fixture \(v8adder\.cc includes <node\.h>: V8's or Node's C\+\+ API, which MinGW cannot link for Windows/), hint: expect.stringContaining('win32-x64 builder') });
     expect(lines.filter((line) => /^(CC|CXX|LINK) /.test(line))).toEqual([]);
   }, 300_000);
+
+  it('making a Wine prefix leaves no wineserver directory in the shared tmp (a fresh prefix per cache dir would leave one each)', async () => {
+    const wineDir = path.join(root.dir, 'fresh-wine');
+    const prefix = await preparePrefix({ wine: toolchain!.emulator!, wineDir, env: { PATH: process.env.PATH } });
+    expect((await stat(path.join(prefix, 'system.reg'))).isFile()).toBe(true);
+    // wineserver names the directory it made under TMPDIR in the prefix's `wineserver` file.
+    const serverDir = (await readFile(path.join(prefix, 'wineserver'), 'utf8')).trim();
+    expect(serverDir).toMatch(/^wine-\w{6}$/);
+    for (const shared of new Set(['/tmp', tmpdir()])) {
+      expect(await stat(path.join(shared, serverDir)).then(() => true, () => false), `${shared}/${serverDir}`).toBe(false);
+    }
+    // The prefix still works: a build's Wine, with its own TMPDIR, makes the directory there.
+    const buildTmp = path.join(root.dir, 'fresh-wine-build-tmp');
+    await mkdir(buildTmp);
+    const { stdout } = await execFileAsync(toolchain!.emulator!, ['cmd', '/c', 'echo', 'prefix-works'], { env: { PATH: process.env.PATH, TMPDIR: buildTmp, ...wineEnv(prefix) }, timeout: 120_000 });
+    expect(stdout).toContain('prefix-works');
+    expect(await readdir(buildTmp)).toEqual([serverDir]);
+  });
 
   it('packages whose install does more than build binding.gyp, or that use NAN, are not compiled for Windows', () => {
     expect(windowsBuildable({ scripts: { install: 'node-gyp rebuild' } }, true)).toBeUndefined();
