@@ -9,12 +9,11 @@ const deflateRawAsync = promisify(deflateRaw) as (buffer: Buffer, options: ZlibO
 /** Deflate's window: how far back a match may reach, so what each block is primed with. */
 const WINDOW = 32 * 1024;
 
-/** Default level and block size chosen from measurements on the bench's packages (docs/bench.md, Packing); the level is a setting (gzipLevel). */
-export const GZIP_LEVEL = DEFAULT_GZIP_LEVEL;
+/** Block size chosen from measurements on the bench's packages (docs/bench.md, Packing). */
 export const GZIP_BLOCK_SIZE = 1024 * 1024;
 
 export interface ParallelGzipOptions {
-  /** zlib level, 1–9 (default {@link GZIP_LEVEL}). */
+  /** zlib level, 1–9 (default {@link DEFAULT_GZIP_LEVEL}; the gzipLevel setting). */
   level?: number;
   /** Bytes of input per block, at least 32 KiB (default {@link GZIP_BLOCK_SIZE}). Changes the output bytes. */
   blockSize?: number;
@@ -69,7 +68,7 @@ class ParallelGzip extends Transform {
 
   constructor(options: ParallelGzipOptions) {
     super();
-    this.level = options.level ?? GZIP_LEVEL;
+    this.level = options.level ?? DEFAULT_GZIP_LEVEL;
     this.blockSize = options.blockSize ?? GZIP_BLOCK_SIZE;
     this.concurrency = options.concurrency ?? Math.min(availableParallelism() + 1, 4);
     if (!Number.isInteger(this.level) || this.level < 1 || this.level > 9) throw new RangeError(`gzip level must be 1–9, not ${this.level}`);
