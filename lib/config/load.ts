@@ -188,7 +188,8 @@ function flatten(value: Record<string, unknown>, prefix: string, out: Map<string
 
 function parseEnvValue(definition: KeyDefinition, raw: string): unknown {
   switch (definition.type) {
-    case 'number': return raw.trim() === '' ? Number.NaN : Number(raw);
+    // Text that is no number stays text, so the error shows it as written.
+    case 'number': return raw.trim() === '' || Number.isNaN(Number(raw)) ? raw : Number(raw);
     case 'boolean': return /^(1|true|yes)$/i.test(raw) ? true : /^(0|false|no)$/i.test(raw) ? false : raw;
     case 'string[]': return raw.split(',').map((item) => item.trim()).filter(Boolean);
     case 'record':
@@ -273,7 +274,8 @@ export async function loadConfig(options: LoadConfigOptions): Promise<ConfigResu
       const problem = typeProblem(definition, value) ?? definition.check?.(value);
       if (problem) {
         // The value as written, for plain values only: an object may hold a token pasted in by mistake.
-        const shown = definition.type === 'string' || definition.type === 'number' || definition.type === 'boolean' ? `${shortJson(value)} ` : '';
+        // A flag's text that was no number reaches here as NaN (yargs), which JSON would show as null.
+        const shown = (definition.type === 'string' || definition.type === 'number' || definition.type === 'boolean') && !Number.isNaN(value) ? `${shortJson(value)} ` : '';
         errors.push(`${where}: ${shown}${problem}`);
         continue;
       }

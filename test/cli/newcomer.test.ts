@@ -362,6 +362,13 @@ describe('configuration errors', () => {
     const run = await runCli(['status', '--cache-dir', path.join(root.dir, 'cache')], { cwd: project });
     expect(run.code).toBe(2);
     expect(run.stderr).toContain('dispatch.concurrency: "four" must be a number');
+    // A number flag or variable given text: the flag is named (not "null", JSON's NaN), the variable's text shown.
+    const flag = await runCli(['bundle', 'missing.tgz', '--gzip-level', 'fast', '--cache-dir', path.join(root.dir, 'cache')], { cwd: root.dir });
+    expect(flag.code).toBe(2);
+    expect(flag.stderr).toContain('--gzip-level: must be a number');
+    const variable = await runCli(['bundle', 'missing.tgz', '--cache-dir', path.join(root.dir, 'cache')], { cwd: root.dir, env: { BUNDLE_DISPATCH_GZIP_LEVEL: 'fast' } });
+    expect(variable.code).toBe(2);
+    expect(variable.stderr).toContain('BUNDLE_DISPATCH_GZIP_LEVEL: "fast" must be a number');
     expect(run.stderr).not.toContain('Known keys');
     await writeFile(path.join(project, '.bundlerc'), JSON.stringify({ dispatch: { concurency: 4 } }));
     const typo = await runCli(['status', '--cache-dir', path.join(root.dir, 'cache')], { cwd: project });
