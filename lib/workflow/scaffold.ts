@@ -67,6 +67,8 @@ export interface ScaffoldEnvironment {
   sandbox?: Sandbox;
   /** Directories every build may read besides its own, read-only in the sandbox (local `file:` dependency tarballs). */
   readable?: readonly string[];
+  /** How often a running pack logs its progress (default 1000 ms). */
+  progressIntervalMs?: number;
 }
 
 export interface BuildOptions {
@@ -709,7 +711,12 @@ async function runBuild(context: RunContext): Promise<BuildResult> {
     const mtime = config.sourceDateEpoch === undefined ? NPM_EPOCH : new Date(config.sourceDateEpoch * 1000);
     const packStarted = Date.now();
     emit({ type: 'step', buildId, step: 'pack', state: 'started', at: packStarted });
-    const packed = pack(dirs.package, { mtime, signal, onSkip: (file: string, reason: string) => log('pack', `skipped ${file}: ${reason}`) });
+    const packed = pack(dirs.package, {
+      mtime, signal, onSkip: (file: string, reason: string) => log('pack', `skipped ${file}: ${reason}`),
+      // A large app's pack takes seconds (deflate-bound): say how far it is, once a second.
+      ...(environment.progressIntervalMs !== undefined ? { progressIntervalMs: environment.progressIntervalMs } : {}),
+      onProgress: ({ files, bytes, totalFiles }) => log('pack', `packed ${files} of ${totalFiles} files (${Math.round(bytes / 1e6)} MB)`, 'status', { kind: 'pack-progress', files, totalFiles, bytes }),
+    });
     const output = ((await registry.run('build.output', [scaffold, config, spawnInfo, packed, status], 3)) ?? packed) as Readable;
     // Errors of the packed stream reach whoever reads it; this listener only keeps an
     // unread (replaced) stream from crashing the process.

@@ -211,6 +211,21 @@ describe('pack', () => {
     expect((await readdir('/proc/self/fd')).length).toBe(before);
   });
 
+  it('tells its progress at most once per interval: files and bytes so far, of the total', async () => {
+    const dir = path.join(parent, 'progress');
+    await writeTree(dir);
+    const told: Array<{ files: number; bytes: number; totalFiles: number }> = [];
+    const tar = await readAll(pack(dir, { progressIntervalMs: 0, onProgress: (progress) => told.push(progress) }));
+    const total = Object.keys(TREE).length;
+    expect(told.map((progress) => progress.files)).toEqual(Array.from({ length: total }, (_, index) => index + 1));
+    expect(told.every((progress) => progress.totalFiles === total)).toBe(true);
+    expect(told.at(-1)?.bytes).toBe(Object.values(TREE).reduce((sum, file) => sum + Buffer.byteLength(file.content), 0));
+    // The default interval (a second) never fires on a pack this short, and the tar is the same.
+    const quiet: unknown[] = [];
+    expect(sha256(await readAll(pack(dir, { onProgress: (progress) => quiet.push(progress) })))).toBe(sha256(tar));
+    expect(quiet).toEqual([]);
+  });
+
   it('ends with ERR_PACK_FAILED when the directory does not exist', async () => {
     const error: unknown = await readAll(pack(path.join(parent, 'missing'))).catch((rejection: unknown) => rejection);
     expect(error).toBeInstanceOf(BundleError);

@@ -291,6 +291,23 @@ describe('scaffold.build', () => {
     expect(files.get('package/index.js')?.mode).toBe(0o644);
   });
 
+  it('a running pack logs its progress as the pack step\'s status lines (every file here, with the interval at 0)', async () => {
+    const scaffold = await testScaffold(path.join(root.dir, 'work-progress'), {}, [], process.env, { progressIntervalMs: 0 });
+    const events: BuildEvent[] = [];
+    const result = await scaffold.run(packageTar({ name: 'progress', version: '1.0.0' }, { 'index.js': 'module.exports = 1;\n', 'data.txt': 'x'.repeat(5000) }), {}, { onEvent: (event) => events.push(event) });
+    const files = await readTar(result.output);
+    await result.settled;
+    const progress = events.flatMap((event) => (event.type === 'log' && event.step === 'pack' && event.data?.kind === 'pack-progress' ? [event] : []));
+    expect(progress.length).toBe(files.size);
+    expect(progress.at(-1)?.message).toBe(`packed ${files.size} of ${files.size} files (0 MB)`);
+    expect(progress.at(-1)?.data).toMatchObject({ files: files.size, totalFiles: files.size, bytes: [...files.values()].reduce((sum, file) => sum + file.content.length, 0) });
+    expect(progress.every((event) => event.stream === 'status')).toBe(true);
+    // The lines come between the pack step's start and its end.
+    const packEvents = events.filter((event) => event.type === 'step' && event.step === 'pack').map((event) => events.indexOf(event));
+    expect(events.indexOf(progress[0]!)).toBeGreaterThan(packEvents[0]!);
+    expect(events.indexOf(progress.at(-1)!)).toBeLessThan(packEvents[1]!);
+  });
+
   it.runIf(process.getuid?.() === 0)('runAs: npm and install scripts run as the unprivileged user and cannot read root-only files', async () => {
     const secretDir = await tempDir('bd-secret-');
     const secretFile = path.join(secretDir.dir, 'token');

@@ -19,6 +19,14 @@ export interface PackOptions {
   filter?: (relativePath: string, stats: Stats) => boolean;
   /** Told about every entry that is not a regular file or directory and is therefore left out. */
   onSkip?: (relativePath: string, reason: string) => void;
+  /**
+   * Told how far the pack is, at most once per `progressIntervalMs` (default 1000): files and
+   * bytes handed to the tar so far, of `totalFiles`. File contents flow only as fast as the
+   * consumer reads (gzip), so this is the pace of the whole pack. A pack shorter than the
+   * interval is never told.
+   */
+  onProgress?: (progress: { files: number; bytes: number; totalFiles: number }) => void;
+  progressIntervalMs?: number;
 }
 
 /** Bytes read from a large file per chunk; each chunk is handed to the tar stream, never the whole file. */
@@ -112,6 +120,10 @@ async function writeTree(tar: Pack, root: string, mtime: Date, options: PackOpti
   files.sort(Buffer.compare);
 
   let lastYield = Date.now();
+  const progressInterval = options.progressIntervalMs ?? 1000;
+  let lastProgress = Date.now();
+  let packedFiles = 0;
+  let packedBytes = 0;
   for (const file of files) {
     throwIfAborted(options.signal);
     if (tar.destroyed) return;
@@ -120,7 +132,14 @@ async function writeTree(tar: Pack, root: string, mtime: Date, options: PackOpti
       await new Promise((resolve) => setImmediate(resolve));
       lastYield = Date.now();
     }
-    await writeEntry(tar, openFile(root, file.toString('utf8')), mtime);
+    const opened = openFile(root, file.toString('utf8'));
+    await writeEntry(tar, opened, mtime);
+    packedFiles += 1;
+    packedBytes += opened.stats.size;
+    if (options.onProgress && Date.now() - lastProgress >= progressInterval) {
+      options.onProgress({ files: packedFiles, bytes: packedBytes, totalFiles: files.length });
+      lastProgress = Date.now();
+    }
   }
 }
 
