@@ -52,6 +52,9 @@ async function build(label: string, input: ReturnType<typeof packageTar>) {
   return { summary: result.summary, files, tarSha256: hashed.digest(), log: lines.join('\n') };
 }
 
+/** dlltool leaves two empty temp files behind per run (binutils): in TMPDIR, so in the test's own dir, not /tmp. */
+const inDir = (dir: string): NodeJS.ProcessEnv => ({ ...process.env, TMPDIR: dir });
+
 /** The newest Node 22 of a runtime package in the tests' runtime cache (the builds above fetched it). */
 async function cachedRuntime(pkg: string): Promise<{ dir: string; version: string }> {
   const versions = (await readdir(testRuntimeCacheDir)).filter((name) => name.startsWith(`${pkg}@22.`)).map((name) => name.slice(pkg.length + 1));
@@ -283,7 +286,7 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
       const calls = ['napi_create_object', ...extra].map((fn) => `extern void* ${fn}(void*, void*); void* use_${fn}(void) { return ${fn}(0, 0); }`).join('\n');
       await writeFile(path.join(dir, 'addon.c'), calls);
       await writeFile(path.join(dir, 'node.def'), `LIBRARY node.exe\nEXPORTS\n${['napi_create_object', ...extra].map((fn) => `  ${fn}\n`).join('')}`);
-      await execFileAsync(toolchain!.binutils!.dlltool, ['-d', 'node.def', '-l', 'libnode.a', '-D', 'node.exe'], { cwd: dir });
+      await execFileAsync(toolchain!.binutils!.dlltool, ['-d', 'node.def', '-l', 'libnode.a', '-D', 'node.exe'], { cwd: dir, env: inDir(dir) });
       await execFileAsync(toolchain!.cc, ['-shared', '-o', 'addon.node', 'addon.c', 'libnode.a', ...flags], { cwd: dir });
       return path.join(dir, 'addon.node');
     };
@@ -325,7 +328,7 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
       await mkdir(path.join(dir, 'package'), { recursive: true });
       await writeFile(path.join(dir, 'addon.c'), 'extern unsigned int uv_version(void); extern void* napi_create_object(void*, void*); unsigned int use(void) { napi_create_object(0, 0); return uv_version(); }\n');
       await writeFile(path.join(dir, 'node.def'), 'LIBRARY node.exe\nEXPORTS\n  napi_create_object\n  uv_version\n');
-      await execFileAsync(toolchain!.binutils!.dlltool, ['-d', 'node.def', '-y', 'libnode-delay.a', '-D', 'node.exe'], { cwd: dir });
+      await execFileAsync(toolchain!.binutils!.dlltool, ['-d', 'node.def', '-y', 'libnode-delay.a', '-D', 'node.exe'], { cwd: dir, env: inDir(dir) });
       await execFileAsync(toolchain!.cc, ['-shared', '-o', 'package/uv.node', 'addon.c', 'libnode-delay.a', '-ldelayimp'], { cwd: dir });
       await finishProduct(path.join(dir, 'package', 'uv.node'), { toolchain: toolchain!, packageDir: dir, run: (command, args, where) => execFileAsync(command, args, { cwd: where.cwd }).then((done) => ({ code: 0, ...done })) });
       const logged: string[] = [];
@@ -345,7 +348,7 @@ describe.skipIf(!toolchain && !required)('win32-x64 addons compiled with MinGW-w
       await mkdir(dir, { recursive: true });
       await writeFile(path.join(dir, 'addon.c'), '#include <node_api.h>\nextern napi_status napi_not_in_node(napi_env);\nstatic napi_value Call(napi_env env, napi_callback_info info) { (void)info; napi_not_in_node(env); return NULL; }\nNAPI_MODULE_INIT() { napi_value fn; napi_create_function(env, "call", NAPI_AUTO_LENGTH, Call, NULL, &fn); napi_set_named_property(env, exports, "call", fn); return exports; }\n');
       await writeFile(path.join(dir, 'node.def'), 'LIBRARY node.exe\nEXPORTS\n  napi_create_function\n  napi_set_named_property\n  napi_module_register\n  napi_not_in_node\n');
-      await execFileAsync(toolchain!.binutils!.dlltool, ['-d', 'node.def', '-y', 'libnode-delay.a', '-D', 'node.exe'], { cwd: dir });
+      await execFileAsync(toolchain!.binutils!.dlltool, ['-d', 'node.def', '-y', 'libnode-delay.a', '-D', 'node.exe'], { cwd: dir, env: inDir(dir) });
       await execFileAsync(toolchain!.cc, ['-shared', `-I${headers}`, '-o', 'addon.node', 'addon.c', 'libnode-delay.a', '-ldelayimp'], { cwd: dir });
       // As our own MinGW builds do (and MSVC's linker): the delay-import directory names the descriptor.
       await finishProduct(path.join(dir, 'addon.node'), { toolchain: toolchain!, packageDir: dir, run: (command, args, where) => execFileAsync(command, args, { cwd: where.cwd }).then((done) => ({ code: 0, ...done })) });

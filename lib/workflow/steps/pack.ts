@@ -20,8 +20,8 @@ export interface PackOptions {
   /** Told about every entry that is not a regular file or directory and is therefore left out. */
   onSkip?: (relativePath: string, reason: string) => void;
   /**
-   * Told how far the pack is, at most once per `progressIntervalMs` (default 1000): files and
-   * bytes handed to the tar so far, of `totalFiles`. File contents flow only as fast as the
+   * Told how far the pack is, at most once per `progressIntervalMs` (default 1000): the files
+   * handed to the tar so far and their bytes (contents, not tar headers), of `totalFiles`. File contents flow only as fast as the
    * consumer reads (gzip), so this is the pace of the whole pack. A pack shorter than the
    * interval is never told.
    */
