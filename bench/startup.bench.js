@@ -185,7 +185,7 @@ async function againstInstall(rows, notes) {
         return { ms: installed.ms + packed.ms };
       },
     };
-    // Warm-up, untimed: fills the npm cache both use.
+    // Warm-up, untimed: fills the npm cache they all use.
     for (const [name, tool] of Object.entries(tools)) await tool(path.join(work, 'runs', spec.name, name, 'warm'));
     const results = { ours: [], oursFastest: [], install: [], byHand: [] };
     // The order turns each round (A-B-C-D, B-C-D-A, …): whichever runs after another meets its writeback and freed files.
