@@ -862,7 +862,7 @@ export class BuilderService {
       });
       const gz = createHashingStream();
       // Deflated on every core, the same bytes whatever their number (lib/workflow/parallel-gzip.ts).
-      await pipeline(result.output as Readable, createParallelGzip(entry.request.overrides?.gzipLevel === undefined ? {} : { level: entry.request.overrides.gzipLevel }), gz.stream, createWriteStream(outFile, { mode: 0o600 }), { signal });
+      await pipeline(result.output as Readable, createParallelGzip({ level: entry.request.overrides?.gzipLevel }), gz.stream, createWriteStream(outFile, { mode: 0o600 }), { signal });
       await result.settled;
       const { sha256, size } = gz.result();
       const file = bundleFileName({ name: result.summary.name, version: result.summary.version, target: result.summary.target, nodeVersion: result.summary.runtime.version });

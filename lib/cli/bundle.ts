@@ -112,7 +112,7 @@ export async function runBundle(scaffold: Scaffold, request: BundleRequest, opti
   const gz = createHashingStream();
   try {
     // Deflated on every core, the same bytes whatever their number (lib/workflow/parallel-gzip.ts).
-    await pipeline(result.output as Readable, tar.stream, createParallelGzip(request.gzipLevel === undefined ? {} : { level: request.gzipLevel }), gz.stream, createWriteStream(temporary, { flags: 'wx' }), { signal: options.signal });
+    await pipeline(result.output as Readable, tar.stream, createParallelGzip({ level: request.gzipLevel }), gz.stream, createWriteStream(temporary, { flags: 'wx' }), { signal: options.signal });
     await rename(temporary, file);
   } catch (error) {
     await rm(temporary, { force: true });

@@ -14,7 +14,7 @@ export const GZIP_BLOCK_SIZE = 1024 * 1024;
 
 export interface ParallelGzipOptions {
   /** zlib level, 1–9 (default {@link DEFAULT_GZIP_LEVEL}; the gzipLevel setting). */
-  level?: number;
+  level?: number | undefined;
   /** Bytes of input per block, at least 32 KiB (default {@link GZIP_BLOCK_SIZE}). Changes the output bytes. */
   blockSize?: number;
   /**

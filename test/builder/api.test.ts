@@ -13,6 +13,7 @@ import type { BuildRecord, CreateBuildRequest, LogLine } from '../../lib/protoco
 import { createBuilderClient } from '../../lib/builder/client.js';
 import { TEST_UID_RANGES, hostTargetSpec, isRoot, startSourceServer, startTestBuilder, tgz, waitFor, type SourceServer, type TestBuilder } from '../helpers/builder.js';
 import { packageTar, readTar, tempDir } from '../helpers/packages.js';
+import { liveProcessesWith } from '../helpers/processes.js';
 import { startS3, type S3TestServer } from '../helpers/s3.js';
 import { S3Store } from '../../lib/storage/s3-store.js';
 import { DirStore } from '../../lib/storage/dir-store.js';
@@ -290,8 +291,7 @@ describe('builder API', () => {
     const { id } = await builder.client.createBuild(request({ source: { url, sha256: source.sha256 } }), { idempotencyKey: `cancel-${Date.now()}` });
     await waitFor(async () => (await builder.client.getLog(id)).some((candidate) => candidate.message === 'STARTED') || undefined, 60_000, 200);
     // Live (not zombie) processes whose command line carries the marker: the script and its child.
-    const running = () => execFileSync('ps', ['-A', '-o', 'stat=,args=']).toString().split('\n')
-      .filter((line) => line.includes(marker) && !line.trim().startsWith('Z') && !line.includes('ps -A'));
+    const running = () => liveProcessesWith(marker);
     const pids = [0, 1];
     const alive = (index: number) => running().some((line) => (index === 0 ? line.includes(`slow.js ${marker}`) : line.includes(`${marker}-child`)));
     expect(pids.every(alive)).toBe(true);

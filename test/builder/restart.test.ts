@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { chmod, mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -6,6 +5,7 @@ import { createBuilderClient } from '../../lib/builder/client.js';
 import type { BuildRecord } from '../../lib/protocol.js';
 import { TEST_UID_RANGES, childEnv, killChildBuilders, hostTargetSpec, newToken, spawnBuilder, startSourceServer, tgz, waitFor, type ChildBuilder, type SourceServer } from '../helpers/builder.js';
 import { packageTar, tempDir, testCacheDir } from '../helpers/packages.js';
+import { liveProcessesWith } from '../helpers/processes.js';
 
 let root: { dir: string; remove: () => Promise<void> };
 let sources: SourceServer;
@@ -54,8 +54,7 @@ const slowPackage = (name: string) => tgz(packageTar({ name, version: '1.0.0', s
 const markersOf = (name: string) => [`slow.js ${name}`, `${name}-child`];
 
 /** A live (not zombie) process whose command line holds `marker`. */
-const alive = (marker: string) => execFileSync('ps', ['-A', '-o', 'stat=,args=']).toString().split('\n')
-  .some((line) => line.includes(marker) && !line.trim().startsWith('Z'));
+const alive = (marker: string) => liveProcessesWith(marker).length > 0;
 
 describe('builder restart and shutdown (the real bin as a child process)', () => {
   it('marks builds that ran when it was SIGKILLed as ERR_BUILDER_RESTARTED; finished builds and logs survive', async () => {

@@ -3,18 +3,11 @@
  * it (here a background node holding npm's output open) is killed, not waited for. Its memory
  * samples count every process npm started, in its group or not (a sandbox's are not).
  */
-import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { spawnNpm } from '../../lib/workflow/npm.js';
+import { liveProcessesWith } from '../helpers/processes.js';
 
-const execFileAsync = promisify(execFile);
-
-async function processesNamed(mark: string): Promise<string[]> {
-  const { stdout } = await execFileAsync('ps', ['-eo', 'stat=,args=']);
-  return stdout.split('\n').filter((line) => line.includes(mark) && !line.trim().startsWith('Z'));
-}
 
 describe('spawnNpm and its process group', () => {
   it('a child left running in the group (holding the output open) is gone when it returns; the output before it is kept', async () => {
@@ -24,7 +17,7 @@ describe('spawnNpm and its process group', () => {
     const run = await spawnNpm({ command: '/bin/sh', argv: ['-c', script], cwd: process.cwd(), env: { PATH: process.env.PATH ?? '' }, secrets: [], onLine: (line) => lines.push(line) });
     expect(run.code).toBe(0);
     expect(lines).toContain('started');
-    expect(await processesNamed(mark)).toEqual([]);
+    expect(liveProcessesWith(mark)).toEqual([]);
   });
 
   it('a group that is already empty: returns with the exit code and every line', async () => {

@@ -18,6 +18,7 @@ import { createSandbox, unreadableEntries } from '../../lib/workflow/sandbox.js'
 import { createBuilderClient } from '../../lib/builder/client.js';
 import { isRoot, spawnBuilder, startSourceServer } from '../helpers/builder.js';
 import { repoRoot, tempDir, testCacheDir } from '../helpers/packages.js';
+import { liveProcessesWith } from '../helpers/processes.js';
 import { makeTgz, packageEntries } from '../helpers/tar.js';
 
 const execFileAsync = promisify(execFile);
@@ -337,8 +338,7 @@ describe('the sandbox', () => {
         onSpawn: () => setTimeout(() => controller.abort(), attempt % 7) });
       await expect(running).rejects.toMatchObject({ code: 'ERR_ABORTED' });
       expect(Date.now() - started).toBeLessThan(4000);
-      const { stdout } = await execFileAsync('ps', ['-eo', 'stat=,args=']);
-      expect(stdout.split('\n').filter((line) => line.includes(mark) && !line.trim().startsWith('Z'))).toEqual([]);
+      expect(liveProcessesWith(mark)).toEqual([]);
     }
   }, 120_000);
 

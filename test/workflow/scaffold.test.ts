@@ -1,6 +1,4 @@
-import { execFile } from 'node:child_process';
 import { chmod, readFile, readdir, writeFile } from 'node:fs/promises';
-import { promisify } from 'node:util';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,8 +6,8 @@ import { createSandbox } from '../../lib/workflow/sandbox.js';
 import { BundleError } from '../../lib/errors.js';
 import type { BuildEvent, HookModule } from '../../lib/workflow/types.js';
 import { packageTar, readTar, tempDir, testScaffold } from '../helpers/packages.js';
+import { liveProcessesWith } from '../helpers/processes.js';
 
-const execFileAsync = promisify(execFile);
 
 let root: { dir: string; remove: () => Promise<void> };
 beforeAll(async () => {
@@ -252,7 +250,7 @@ describe('scaffold.build', () => {
       onEvent: (event) => { if (event.type === 'log' && event.message === 'STARTED') started = true; },
     });
     for (let tries = 0; tries < 600 && !started; tries += 1) await new Promise((resolve) => setTimeout(resolve, 100));
-    const live = async () => (await execFileAsync('ps', ['-A', '-o', 'stat=,args='])).stdout.split('\n').filter((line) => line.includes(marker) && !line.trim().startsWith('Z'));
+    const live = async () => liveProcessesWith(marker);
     // npm's `sh -c`, the script and its grandchild.
     const before = await live();
     expect(before.some((line) => line.includes(`hang.js ${marker}`))).toBe(true);
